@@ -1,0 +1,789 @@
+"""Datasets of handwritten digits: find, download, verify, parse and cache them.
+
+`load_dataset(name)` returns a `Dataset` of uint8 images `(n, height, width)` and
+int64 labels for one of the names in `DATASETS` ("mnist", "fashion-mnist",
+"sklearn-digits") or for a path to a CSV file of flattened images.
+
+MNIST and Fashion-MNIST come as the four original IDX gzip files, kept under
+`data_dir()/<dataset>/` with their upstream names. Missing files are downloaded
+from `MIRRORS` (first mirror that works wins), checked against SHA-256 values
+pinned here, and only then renamed into place, so a partial file is never left
+behind. A cached file whose checksum is wrong is moved aside (never deleted) and
+fetched again once.
+
+Parsed arrays are cached as `.npy` files beside the gzip files, or in a per-user
+cache (`$XDG_CACHE_HOME/digits/npy`, default `~/.cache/digits/npy`) when the data
+directory is read-only, and memory-mapped on later loads. Cache files are named by
+the SHA-256 of their source, which is checked on every load (about 15 ms for
+MNIST), so a stale cache can never be served.
+
+Left out: Matlab `.mat` files (such as the original 20x20 set) and the "10 means 0"
+label convention of that set; export it as a CSV with labels 0-9.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import struct
+import tempfile
+import time
+import urllib.request
+import warnings
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from digits.errors import ConfigError, DataError, DownloadError
+
+DATA_DIR_ENV = "DIGITS_DATA_DIR"
+DOWNLOAD_TIMEOUT_S = 30  # per connection attempt and per blocking read
+CHUNK_BYTES = 1 << 16
+FILE_MODE = 0o644  # downloaded and cached files: readable by everyone
+SPLIT_SEED = 0  # fixed seed of every train/test split made here
+SKLEARN_TEST_FRACTION = 0.2
+CSV_TEST_FRACTION = 1 / 6  # MNIST's own ratio: 10,000 of 60,000
+SKLEARN_DIGITS_MAX = 16  # sklearn's 8x8 digits count ink in 0..16
+# Resampled float sets (the 20x20 set of 5,000) ring slightly outside 0..1.
+FLOAT_PIXEL_SLACK = 0.25
+LABEL_POSITIONS = ("auto", "first", "last")  # where a CSV keeps its label column
+
+Progress = Callable[[int, int | None, str], None]
+"""`progress(done_bytes, total_bytes, filename)`; total is None if unknown."""
+
+
+class Dataset(NamedTuple):
+    """Train and test images with their labels.
+
+    x_train, x_test : uint8 arrays of shape (n, height, width), 0 = background
+    y_train, y_test : int64 arrays of shape (n,), values in 0..len(class_names)-1
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    name: str
+    checksum: str  # SHA-256 hex identifying the source data
+
+
+@dataclass(frozen=True)
+class IdxSource:
+    """A dataset published as MNIST's four IDX gzip files."""
+
+    folder: str  # sub-folder of the data directory
+    class_names: tuple[str, ...]
+    sha256: Mapping[str, str]  # upstream file name -> pinned SHA-256
+
+
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+FASHION_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+# (images file, labels file) per split, the same names for both datasets.
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def _parse_sums(text: str) -> dict[str, str]:
+    """`sha256sum` output -> {file name: hex digest}."""
+    return {name: digest for digest, name in map(str.split, text.strip().splitlines())}
+
+
+# Pinned from the upstream SHA256SUMS (also in /work/shared/data/*/SHA256SUMS).
+IDX_SOURCES: dict[str, IdxSource] = {
+    "mnist": IdxSource(
+        folder="mnist",
+        class_names=DIGIT_NAMES,
+        sha256=_parse_sums("""
+440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609  train-images-idx3-ubyte.gz
+3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c  train-labels-idx1-ubyte.gz
+8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6  t10k-images-idx3-ubyte.gz
+f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6  t10k-labels-idx1-ubyte.gz
+"""),  # noqa: E501
+    ),
+    "fashion-mnist": IdxSource(
+        folder="fashion-mnist",
+        class_names=FASHION_NAMES,
+        sha256=_parse_sums("""
+3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84  train-images-idx3-ubyte.gz
+a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845  train-labels-idx1-ubyte.gz
+346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073  t10k-images-idx3-ubyte.gz
+67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5  t10k-labels-idx1-ubyte.gz
+"""),  # noqa: E501
+    ),
+}
+
+# Tried in order; tests swap in a local server. Same mirrors as torchvision/tf.
+MIRRORS: dict[str, list[str]] = {
+    "mnist": [
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ],
+    "fashion-mnist": [
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    ],
+}
+
+# IDX header: magic number (0x0000, type 0x08 = ubyte, number of dimensions).
+IDX_MAGIC = {"images": 2051, "labels": 2049}
+IDX_NDIM = {"images": 3, "labels": 1}
+
+
+def data_dir() -> Path:
+    """The data directory: `$DIGITS_DATA_DIR` if set, else `~/.cache/digits`."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    root = Path(configured) if configured else Path.home() / ".cache" / "digits"
+    return root.expanduser().absolute()
+
+
+def _root(given: str | os.PathLike[str] | None) -> Path:
+    return Path(given).expanduser().absolute() if given is not None else data_dir()
+
+
+def npy_cache_dir() -> Path:
+    """Per-user cache of parsed arrays, used when the data directory is read-only."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser().absolute() / "digits" / "npy"
+
+
+# --------------------------------------------------------------------- files
+
+
+def _sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _is_writable_dir(folder: Path) -> bool:
+    """Whether we may write into `folder`.
+
+    Root passes every `os.access` check, so for root the permission bits decide:
+    a directory someone made read-only (like the shared data) stays untouched.
+    """
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        return False
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return bool(folder.stat().st_mode & 0o222)
+    return True
+
+
+def _require_writable_dir(folder: Path, why: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(
+            f"Cannot create the directory {folder} to {why}: {err.strerror or err}. "
+            f"Set {DATA_DIR_ENV} to a writable directory."
+        ) from err
+    if not _is_writable_dir(folder):
+        raise DataError(
+            f"The directory {folder} is not writable, so cannot {why}. "
+            f"Set {DATA_DIR_ENV} to a writable directory."
+        )
+
+
+def _write_atomic(dest: Path, write: Callable[[object], None]) -> None:
+    """Call `write(file)` on a temp file beside `dest`, then rename it to `dest`."""
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; data is meant to be shared
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there if something failed
+
+
+def _move_aside(path: Path, problem: str) -> Path:
+    """Rename a bad file to `<name>.corrupt-<timestamp>` so nothing is lost."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    if not _is_writable_dir(path.parent):
+        raise DataError(
+            f"{path}: {problem}. Its directory is read-only, so it cannot be "
+            "replaced automatically: put a good copy there, or set "
+            f"{DATA_DIR_ENV} to a writable directory to download one."
+        )
+    try:
+        path.rename(aside)
+    except OSError as err:
+        raise DataError(
+            f"{path}: {problem}, and it could not be moved aside ({err})."
+        ) from err
+    return aside
+
+
+# ------------------------------------------------------------------ download
+
+
+class _BadDownload(Exception):
+    """A mirror answered, but not with the file we pinned."""
+
+
+def _url(mirror: str, filename: str) -> str:
+    return mirror if mirror.endswith(filename) else mirror.rstrip("/") + "/" + filename
+
+
+def _fetch_once(url: str, dest: Path, sha256: str, progress: Progress | None) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "digits"})
+
+    def write(out) -> None:
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            length = response.headers.get("Content-Length", "")
+            total = int(length) if length.isdigit() else None
+            done = 0
+            if progress is not None:
+                progress(0, total, dest.name)
+            while chunk := response.read(CHUNK_BYTES):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total, dest.name)
+        # http.client returns b"" instead of raising when the server hangs up.
+        if total is not None and done != total:
+            raise _BadDownload(f"connection closed after {done} of {total} bytes")
+        got = digest.hexdigest()
+        if got != sha256:
+            raise _BadDownload(
+                f"SHA-256 mismatch ({done} bytes, got {got[:16]}..., "
+                f"expected {sha256[:16]}...)"
+            )
+        out.flush()
+        os.fsync(out.fileno())
+
+    _write_atomic(dest, write)
+
+
+def _download(
+    filename: str,
+    folder: Path,
+    sha256: str,
+    mirrors: Sequence[str],
+    progress: Progress | None,
+    all_files: Sequence[str],
+) -> None:
+    """Fetch `filename` into `folder` from the first mirror that serves it intact."""
+    _require_writable_dir(folder, f"download {filename}")
+    failures = []
+    for mirror in mirrors:
+        url = _url(mirror, filename)
+        try:
+            _fetch_once(url, folder / filename, sha256, progress)
+            return
+        except (OSError, http.client.HTTPException, _BadDownload, ValueError) as err:
+            failures.append(f"  {url}: {err}")
+    tried = "\n".join(failures) or "  (no mirrors configured)"
+    raise DownloadError(
+        f"Could not download {filename}; every mirror failed:\n{tried}\n"
+        f"If this computer is offline, get the files elsewhere and put them in "
+        f"{folder}/ as: {', '.join(all_files)} "
+        f"(or set {DATA_DIR_ENV} to a directory holding a {folder.name}/ folder "
+        "with them)."
+    )
+
+
+def fetch(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+    mirrors: Sequence[str] | None = None,
+) -> Path:
+    """Make sure the four IDX files of dataset `name` are present and intact.
+
+    Missing files are downloaded; a file failing its pinned SHA-256 is moved aside
+    to `<name>.corrupt-<timestamp>` and downloaded again once. Returns the folder.
+    """
+    source = _idx_source(name)
+    folder = _root(data_dir) / source.folder
+    mirrors = MIRRORS.get(name, []) if mirrors is None else mirrors
+    names = list(source.sha256)
+    for filename, pinned in source.sha256.items():
+        path = folder / filename
+        if not path.is_file():
+            _download(filename, folder, pinned, mirrors, progress, names)
+            continue
+        got = _sha256_file(path)
+        if got == pinned:
+            continue
+        problem = (
+            f"checksum mismatch ({path.stat().st_size} bytes, SHA-256 "
+            f"{got[:16]}..., expected {pinned[:16]}...): the file is truncated "
+            "or corrupt"
+        )
+        aside = _move_aside(path, problem)
+        try:
+            _download(filename, folder, pinned, mirrors, progress, names)
+        except DownloadError as err:
+            raise DownloadError(
+                f"{path}: {problem}. It was moved aside to {aside.name}. {err}"
+            ) from err
+    return folder
+
+
+def _idx_source(name: str) -> IdxSource:
+    try:
+        return IDX_SOURCES[name]
+    except KeyError:
+        valid = ", ".join(IDX_SOURCES)
+        raise DataError(
+            f"{name!r} is not a downloadable dataset; valid: {valid}"
+        ) from None
+
+
+# ----------------------------------------------------------------- IDX parse
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"Cannot read {path}: {err.strerror or err}") from err
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(
+            f"{path} is not a valid gzip file: it is truncated or corrupt ({err}). "
+            "Delete it (or move it aside) and load again to download a fresh copy."
+        ) from err
+
+
+def read_idx(path: str | os.PathLike[str], kind: str) -> np.ndarray:
+    """Parse one IDX file (gzip or raw) of `kind` "images" or "labels".
+
+    Returns uint8 of shape (n, height, width) for images, (n,) for labels.
+    Checks the magic number (2051 images, 2049 labels), the dimensions and that
+    the file length matches them exactly.
+    """
+    path = Path(path)
+    expected_magic, ndim = IDX_MAGIC[kind], IDX_NDIM[kind]
+    raw = _read_bytes(path)
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(
+            f"{path}: only {len(raw)} bytes, too short for an IDX {kind} header"
+        )
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != expected_magic:
+        raise DataError(
+            f"{path}: wrong magic number {magic}, expected {expected_magic} for "
+            f"IDX {kind}. Is this the right file?"
+        )
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    if kind == "images" and 0 in dims[1:]:
+        raise DataError(f"{path}: image size {dims[1]}x{dims[2]} is empty")
+    needed = header + math.prod(dims)
+    if len(raw) != needed:
+        shape = "x".join(map(str, dims))
+        raise DataError(
+            f"{path}: the header promises {shape} {kind} ({needed} bytes) but the "
+            f"data has {len(raw)} bytes: the file is truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _check_pair(
+    x: np.ndarray, y: np.ndarray, images: Path, labels: Path, n_classes: int
+) -> None:
+    if len(x) != len(y):
+        raise DataError(
+            f"{images} has {len(x)} images but {labels} has {len(y)} labels; "
+            "they must match"
+        )
+    bad = np.flatnonzero((y < 0) | (y >= n_classes))
+    if bad.size:
+        raise DataError(
+            f"{labels}: label {y[bad[0]]} at index {bad[0]} is outside "
+            f"0..{n_classes - 1}"
+        )
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    return read_idx(path, "labels").astype(np.int64)
+
+
+def read_idx_split(
+    images_path: str | os.PathLike[str],
+    labels_path: str | os.PathLike[str],
+    n_classes: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Parse and cross-check an IDX images file and its labels file.
+
+    Returns x uint8 (n, height, width) and y int64 (n,).
+    """
+    images, labels = Path(images_path), Path(labels_path)
+    x = read_idx(images, "images")
+    y = _read_labels(labels)
+    _check_pair(x, y, images, labels, n_classes)
+    return x, y
+
+
+# ---------------------------------------------------------------- npy cache
+
+
+def _cached_parse(source: Path, sha256: str, parse: Callable[[], np.ndarray]):
+    """`parse()`, memoised in `<stem>.<sha>.npy` beside `source` or per user.
+
+    The cache key is the source's verified SHA-256, so a hit is always current.
+    Returns a read-only array (memory-mapped on a hit).
+    """
+    stem = source.name.removesuffix(".gz")
+    name = f"{stem}.{sha256[:16]}.npy"
+    places = [source.parent / name, npy_cache_dir() / name]
+    for place in places:
+        if place.is_file():
+            try:
+                return np.asarray(np.load(place, mmap_mode="r"))
+            except (OSError, ValueError):
+                pass  # damaged cache file: rebuilt below
+    array = parse()
+    for place in places:
+        try:
+            if place.parent != source.parent:
+                place.parent.mkdir(parents=True, exist_ok=True)
+            if not _is_writable_dir(place.parent):
+                continue
+            _write_atomic(place, partial(_save_npy, array=array))
+            break
+        except OSError:
+            continue
+    else:
+        warnings.warn(
+            f"Could not cache parsed {source.name} in {places[0].parent} or "
+            f"{places[1].parent}; loading will stay slow.",
+            stacklevel=4,
+        )
+    array = np.asarray(array)
+    array.flags.writeable = False  # the same contract as a memory-mapped hit
+    return array
+
+
+def _save_npy(f, array: np.ndarray) -> None:
+    np.save(f, array, allow_pickle=False)
+
+
+def load_idx_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> Dataset:
+    """Load "mnist" or "fashion-mnist", downloading missing files (see `fetch`)."""
+    source = _idx_source(name)
+    folder = fetch(name, data_dir, progress)
+    n_classes = len(source.class_names)
+    arrays = {}
+    for split, (images_name, labels_name) in IDX_FILES.items():
+        images, labels = folder / images_name, folder / labels_name
+        x = _cached_parse(
+            images, source.sha256[images_name], partial(read_idx, images, "images")
+        )
+        y = _cached_parse(
+            labels, source.sha256[labels_name], partial(_read_labels, labels)
+        )
+        _check_pair(x, y, images, labels, n_classes)
+        arrays[split] = (x, y)
+    sums = "".join(f"{sha}  {f}\n" for f, sha in sorted(source.sha256.items()))
+    return Dataset(
+        *arrays["train"],
+        *arrays["test"],
+        class_names=source.class_names,
+        name=name,
+        checksum=hashlib.sha256(sums.encode()).hexdigest(),
+    )
+
+
+# ------------------------------------------------------------ sklearn digits
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic train/test split, stratified whenever the classes allow."""
+    from sklearn.model_selection import train_test_split  # slow import: lazy
+
+    try:
+        parts = train_test_split(
+            x, y, test_size=test_fraction, random_state=seed, stratify=y
+        )
+    except ValueError:  # a class with one sample, or fewer test rows than classes
+        parts = train_test_split(x, y, test_size=test_fraction, random_state=seed)
+    x_train, x_test, y_train, y_test = parts
+    return x_train, y_train, x_test, y_test
+
+
+def load_sklearn_digits(
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> Dataset:
+    """scikit-learn's bundled 1,797 8x8 digits, scaled to 0..255; works offline.
+
+    Split 80/20, stratified, with `SPLIT_SEED`. `data_dir` and `progress` are
+    ignored: nothing is read from disk but the copy inside scikit-learn.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = np.rint(bunch.images * (255 / SKLEARN_DIGITS_MAX)).astype(np.uint8)
+    y = bunch.target.astype(np.int64)
+    checksum = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
+    return Dataset(
+        *_split(x, y, SKLEARN_TEST_FRACTION, SPLIT_SEED),
+        class_names=DIGIT_NAMES,
+        name="sklearn-digits",
+        checksum=checksum,
+    )
+
+
+# ----------------------------------------------------------------------- CSV
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _locate_bad_cell(path: Path, skip_header: bool, n_cols: int) -> str:
+    """Describe the first malformed row or cell, for an error message."""
+    with path.open(newline="") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if skip_header and line == 1:
+                continue
+            data_row = line - 1 if skip_header else line
+            if len(row) != n_cols:
+                return (
+                    f"row {data_row} (line {line}) has {len(row)} columns, not {n_cols}"
+                )
+            for col, cell in enumerate(row, start=1):
+                if not _is_number(cell):
+                    return (
+                        f"row {data_row} (line {line}), column {col} is {cell!r}, "
+                        "not a number"
+                    )
+    return "a row could not be parsed"
+
+
+def _label_column(
+    table: np.ndarray, header: list[str] | None, label: str, n_classes: int
+) -> int:
+    """Index of the label column: named "label" in a header, else first or last."""
+    if label == "first":
+        return 0
+    if label == "last":
+        return table.shape[1] - 1
+    if header is not None:
+        named = [i for i, h in enumerate(header) if h.strip().lower() == "label"]
+        if named:
+            return named[0]
+
+    ends = (0, table.shape[1] - 1)
+
+    def looks_like_labels(col: int) -> bool:
+        # Border pixels are often constant 0; a label column holds several classes.
+        values = table[:, col]
+        return bool(np.all(values == np.rint(values)) and np.unique(values).size > 1)
+
+    def in_range(col: int) -> bool:
+        return bool(table[:, col].min() >= 0 and table[:, col].max() < n_classes)
+
+    labelish = [c for c in ends if looks_like_labels(c)]
+    good = [c for c in labelish if in_range(c)]
+    if good:
+        return good[0]
+    # Integer classes out of range: return the column so the caller reports them.
+    return labelish[0] if labelish else -1
+
+
+def load_csv(
+    path: str | os.PathLike[str],
+    *,
+    n_classes: int = 10,
+    label: str = "auto",
+    test_fraction: float = CSV_TEST_FRACTION,
+    seed: int = SPLIT_SEED,
+) -> Dataset:
+    """Load a CSV of flattened square images, one image per row, plus a label.
+
+    Layouts: Kaggle's "Digit Recognizer" (`label,pixel0,...,pixel783` header), or
+    headerless with the label first or last. `label` is "auto", "first" or "last";
+    "auto" uses a column named "label", else whichever end column holds integers
+    in 0..n_classes-1. Pixels are integers 0..255, or floats 0..1 (scaled by 255).
+    The side of the images is sqrt(columns - 1). The split is deterministic:
+    `test_fraction` of the rows, stratified when possible, with `seed`.
+    """
+    if label not in LABEL_POSITIONS:
+        raise ConfigError(f"label={label!r}; use one of {', '.join(LABEL_POSITIONS)}")
+    if n_classes < 2:
+        raise ConfigError(f"n_classes={n_classes}; a classifier needs at least 2")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"CSV file not found: {path.absolute()}")
+    try:
+        with path.open(newline="") as f:
+            first = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"Cannot read {path} as a CSV text file: {err}") from err
+    if not first:
+        raise DataError(f"{path} is empty: expected one image per row")
+    # A header has no numbers; a row mixing both is data with a bad cell.
+    header = None if any(_is_number(c) for c in first) else first
+    n_cols = len(first)
+    side = math.isqrt(max(n_cols - 1, 0))
+    if n_cols < 2 or side * side != n_cols - 1:
+        raise DataError(
+            f"{path}: {n_cols} columns = 1 label + {n_cols - 1} pixels, and "
+            f"{n_cols - 1} is not a perfect square; expected e.g. 785 (28x28) or "
+            "401 (20x20)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Empty input file"
+            table = np.loadtxt(
+                path,
+                delimiter=",",
+                skiprows=1 if header else 0,
+                dtype=np.float64,
+                ndmin=2,
+            )
+    except ValueError as err:
+        where = _locate_bad_cell(path, header is not None, n_cols)
+        raise DataError(f"{path}: {where}.") from err
+    if table.shape[0] == 0:
+        raise DataError(f"{path} has a header but no rows of data")
+    bad = np.argwhere(~np.isfinite(table))
+    if bad.size:
+        row, col = bad[0]
+        raise DataError(
+            f"{path}: row {row + 1}, column {col + 1} is {table[row, col]}, "
+            "not a finite number"
+        )
+
+    col = _label_column(table, header, label, n_classes)
+    if col < 0:
+        raise DataError(
+            f"{path}: found no label column: neither the first nor the last column "
+            f"holds integer classes 0..{n_classes - 1}. If the labels are there "
+            'but all equal, pass label="first" or label="last".'
+        )
+    labels = table[:, col]
+    bad_rows = np.flatnonzero(
+        (labels != np.rint(labels)) | (labels < 0) | (labels >= n_classes)
+    )
+    if bad_rows.size:
+        r = bad_rows[0]
+        raise DataError(
+            f"{path}: label {labels[r]:g} in row {r + 1} (column {col + 1}) is not "
+            f"an integer class in 0..{n_classes - 1} "
+            f"({bad_rows.size} rows have bad labels)"
+        )
+    pixels = np.delete(table, col, axis=1)
+    x = _pixels_to_uint8(pixels, path).reshape(-1, side, side)
+    y = labels.astype(np.int64)
+    return Dataset(
+        *_split(x, y, test_fraction, seed),
+        class_names=tuple(str(c) for c in range(n_classes)),
+        name=str(path),
+        checksum=_sha256_file(path),
+    )
+
+
+def _pixels_to_uint8(pixels: np.ndarray, path: Path) -> np.ndarray:
+    """Floats in 0..1 (or any non-integer data) scale by 255; else ints 0..255."""
+    integral = bool(np.all(pixels == np.rint(pixels)))
+    if not integral or pixels.max() <= 1:
+        low, high = -FLOAT_PIXEL_SLACK, 1 + FLOAT_PIXEL_SLACK
+        scale, unit = 255.0, "floats in 0..1"
+    else:
+        low, high = 0, 255
+        scale, unit = 1.0, "integers in 0..255"
+    outside = np.argwhere((pixels < low) | (pixels > high))
+    if outside.size:
+        row, col = outside[0]
+        raise DataError(
+            f"{path}: pixel value {pixels[row, col]:g} in row {row + 1} is out of "
+            f"range; pixels must be {unit}"
+        )
+    return np.rint(np.clip(pixels * scale, 0, 255)).astype(np.uint8)
+
+
+# ----------------------------------------------------------------- registry
+
+Loader = Callable[[Path, Progress | None], Dataset]
+
+DATASETS: dict[str, Loader] = {
+    **{name: partial(load_idx_dataset, name) for name in IDX_SOURCES},
+    "sklearn-digits": load_sklearn_digits,
+}
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> Dataset:
+    """Load dataset `name`: a key of `DATASETS` or a path ending in ".csv".
+
+    `data_dir` overrides `data_dir()`; `progress(done, total, filename)` is called
+    while downloading. Raises DataError (DownloadError if offline) with a message
+    that names the file and what to do.
+    """
+    if name in DATASETS:
+        return DATASETS[name](_root(data_dir), progress)
+    if str(name).lower().endswith(".csv"):
+        return load_csv(name)
+    valid = ", ".join(DATASETS)
+    raise DataError(
+        f"Unknown dataset {name!r}. Valid names: {valid}, or a path to a .csv file."
+    )
+
+
+def load_dataset_or_fallback(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+    fallback: str = "sklearn-digits",
+) -> tuple[Dataset, str | None]:
+    """`load_dataset(name)`, or the offline `fallback` if downloading fails.
+
+    Returns (dataset, notice): notice is None, or a sentence for the user saying
+    why the fallback was used. Errors other than DownloadError still raise.
+    """
+    try:
+        return load_dataset(name, data_dir, progress), None
+    except DownloadError as err:
+        notice = f"Using {fallback} because {name} is not available. {err}"
+        return load_dataset(fallback, data_dir), notice
