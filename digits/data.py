@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -206,7 +206,7 @@ def _require_writable_dir(folder: Path, why: str) -> None:
         )
 
 
-def _write_atomic(dest: Path, write: Callable[[object], None]) -> None:
+def _write_atomic(dest: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call `write(file)` on a temp file beside `dest`, then rename it to `dest`."""
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     tmp = Path(tmp_name)
@@ -221,18 +221,18 @@ def _write_atomic(dest: Path, write: Callable[[object], None]) -> None:
 
 def _move_aside(path: Path, problem: str) -> Path:
     """Rename a bad file to `<name>.corrupt-<timestamp>` so nothing is lost."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
     if not _is_writable_dir(path.parent):
         raise DataError(
             f"{path}: {problem}. Its directory is read-only, so it cannot be "
             "replaced automatically: put a good copy there, or set "
             f"{DATA_DIR_ENV} to a writable directory to download one."
         )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
     try:
         path.rename(aside)
     except OSError as err:
@@ -256,7 +256,7 @@ def _url(mirror: str, filename: str) -> str:
 def _fetch_once(url: str, dest: Path, sha256: str, progress: Progress | None) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "digits"})
 
-    def write(out) -> None:
+    def write(out: BinaryIO) -> None:
         digest = hashlib.sha256()
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
             length = response.headers.get("Content-Length", "")
@@ -376,7 +376,7 @@ def _read_bytes(path: Path) -> bytes:
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(
             f"{path} is not a valid gzip file: it is truncated or corrupt ({err}). "
-            "Delete it (or move it aside) and load again to download a fresh copy."
+            "Replace it with an intact copy."
         ) from err
 
 
@@ -453,7 +453,9 @@ def read_idx_split(
 # ---------------------------------------------------------------- npy cache
 
 
-def _cached_parse(source: Path, sha256: str, parse: Callable[[], np.ndarray]):
+def _cached_parse(
+    source: Path, sha256: str, parse: Callable[[], np.ndarray]
+) -> np.ndarray:
     """`parse()`, memoised in `<stem>.<sha>.npy` beside `source` or per user.
 
     The cache key is the source's verified SHA-256, so a hit is always current.
@@ -490,7 +492,7 @@ def _cached_parse(source: Path, sha256: str, parse: Callable[[], np.ndarray]):
     return array
 
 
-def _save_npy(f, array: np.ndarray) -> None:
+def _save_npy(f: BinaryIO, array: np.ndarray) -> None:
     np.save(f, array, allow_pickle=False)
 
 
