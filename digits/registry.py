@@ -1,0 +1,408 @@
+"""The model kinds the app can train, and everything pages and the CLI need about each.
+
+``MODELS`` maps a kind's name to a ``ModelKind``: its label, how to build it, its
+default hyperparameters and named presets, how to save it to and load it from a
+run folder, and the hyperparameters (with slider ranges) the dashboard offers.
+Pages and the CLI treat every kind alike through this table:
+
+    kind = get("mlp")
+    model = kind.build("quick", max_iter=5)   # preset, then overrides
+    model.fit(X, y, callbacks=[...])
+
+Kinds:
+
+- ``cnn``: the NumPy convolutional network (``digits.estimator.CNNClassifier``);
+- ``dense``: the same estimator without convolutions (``conv_channels=()``);
+- ``mlp``: scikit-learn's ``MLPClassifier`` as a baseline (``digits.baseline``).
+
+The NumPy kinds are saved as a JSON architecture plus ``.npz`` weights, loaded
+without pickle. The scikit-learn kind is saved with joblib (a pickle); the store
+checks the file's SHA-256 against its metadata before this module loads it, so
+only files the store wrote are ever unpickled. Call ``load`` only through
+``digits.store``.
+
+Estimators are imported when first built, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digits.errors import ConfigError, ModelFileError
+
+# -- hyperparameters --------------------------------------------------------------
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_layers(text: str) -> tuple[int, ...]:
+    """ "256,128" -> (256, 128); "" or "none" -> ()."""
+    text = text.strip().strip("()[]")
+    if text.lower() in ("", "none"):
+        return ()
+    return tuple(int(part) for part in text.replace(" ", ",").split(",") if part)
+
+
+# How the CLI reads each type of value from text.
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "log": float,  # a float whose slider is on a log scale
+    "bool": _parse_bool,
+    "layers": _parse_layers,  # a tuple of layer widths
+    "choice": str,  # refined by Hyperparameter.parse
+}
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One estimator parameter as the dashboard's widget and the CLI's flag show it.
+
+    ``low``/``high`` bound the slider (for ``layers``: the width of each layer);
+    they are suggestions for the widget, not limits the estimator enforces.
+    """
+
+    name: str  # the estimator's parameter name
+    label: str  # short label for the widget
+    type: str  # a key of PARSERS
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+    max_layers: int = 3  # for type "layers": how many widths the widget offers
+    help: str = ""
+
+    def parse(self, text: str) -> Any:
+        """The value of ``text`` as this parameter's type; ConfigError if invalid."""
+        try:
+            if self.type == "choice":
+                matches = [c for c in self.choices if str(c) == text.strip()]
+                if not matches:
+                    raise ValueError(
+                        f"expected one of {', '.join(map(str, self.choices))}"
+                    )
+                return matches[0]
+            return PARSERS[self.type](text)
+        except ValueError as err:
+            raise ConfigError(
+                f"Invalid value {text!r} for {self.name} ({self.label}): {err}."
+            ) from err
+
+
+_LAYERS = Hyperparameter(
+    "hidden_layer_sizes",
+    "Hidden layers",
+    "layers",
+    8,
+    512,
+    help="Units of each fully connected hidden layer, e.g. 256,128.",
+)
+_ACTIVATION = Hyperparameter(
+    "activation", "Activation", "choice", choices=("relu", "tanh", "logistic")
+)
+_SOLVER = Hyperparameter("solver", "Optimizer", "choice", choices=("adam", "sgd"))
+_ALPHA = Hyperparameter("alpha", "L2 penalty (alpha)", "log", 1e-6, 1e-1)
+_BATCH = Hyperparameter("batch_size", "Batch size", "int", 16, 512)
+_LR = Hyperparameter("learning_rate_init", "Learning rate", "log", 1e-4, 1e-1)
+_EPOCHS = Hyperparameter(
+    "max_iter", "Epochs", "int", 1, 100, help="Passes over the training set."
+)
+_EARLY = Hyperparameter(
+    "early_stopping",
+    "Early stopping",
+    "bool",
+    help="Hold out validation_fraction of the training set; stop when its "
+    "accuracy stops improving.",
+)
+_PATIENCE = Hyperparameter(
+    "n_iter_no_change", "Patience (epochs)", "int", 1, 50, help="For early stopping."
+)
+_SEED = Hyperparameter("random_state", "Random seed", "int", 0, 9999)
+
+_NUMPY_COMMON = (_LAYERS, _ACTIVATION, _SOLVER, _ALPHA, _BATCH, _LR, _EPOCHS)
+_NUMPY_EXTRA = (
+    Hyperparameter("dropout", "Dropout", "float", 0.0, 0.7),
+    Hyperparameter(
+        "augment",
+        "Augment",
+        "bool",
+        help="Randomly shift and rotate training images each epoch.",
+    ),
+    _EARLY,
+    _PATIENCE,
+    _SEED,
+)
+_CONV = (
+    Hyperparameter(
+        "conv_channels",
+        "Conv channels",
+        "layers",
+        1,
+        128,
+        help="Channels of each conv + 2x2 max-pool block, e.g. 32,64.",
+    ),
+    Hyperparameter("kernel_size", "Kernel size", "choice", choices=(3, 5, 7)),
+    Hyperparameter("padding", "Padding", "choice", choices=("valid", "same")),
+)
+_MLP = (
+    _LAYERS,
+    Hyperparameter(
+        "activation",
+        "Activation",
+        "choice",
+        choices=("relu", "tanh", "logistic", "identity"),
+    ),
+    _SOLVER,
+    _ALPHA,
+    _BATCH,
+    _LR,
+    Hyperparameter(
+        "learning_rate",
+        "Learning-rate schedule",
+        "choice",
+        choices=("constant", "invscaling", "adaptive"),
+        help="Only for the sgd optimizer.",
+    ),
+    Hyperparameter("momentum", "Momentum", "float", 0.0, 0.99, help="sgd only."),
+    _EPOCHS,
+    _EARLY,
+    _PATIENCE,
+    _SEED,
+)
+
+# -- saving and loading -----------------------------------------------------------
+
+ARCHITECTURE_FILE = "model.json"
+WEIGHTS_FILE = "weights.npz"
+JOBLIB_FILE = "model.joblib"
+
+
+def _save_numpy(model, folder: Path) -> None:
+    """Write the architecture as JSON and the weights as .npz (no pickle)."""
+    config, arrays = model.get_state()
+    (folder / ARCHITECTURE_FILE).write_text(json.dumps(config, indent=1))
+    np.savez(folder / WEIGHTS_FILE, **arrays)
+
+
+def _load_numpy(folder: Path):
+    """Rebuild a CNNClassifier from ``model.json`` and ``weights.npz``."""
+    from digits.estimator import CNNClassifier
+
+    config_path, weights_path = folder / ARCHITECTURE_FILE, folder / WEIGHTS_FILE
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(
+            f"Model file {config_path} cannot be read ({err}). Retrain the model."
+        ) from err
+    # Reading a member of a damaged .npz can fail in the zip layer, in zlib or in
+    # NumPy's header parser; all of them mean the same thing to the user.
+    try:
+        with np.load(weights_path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ModelFileError(
+            f"Weights file {weights_path} is corrupt or truncated ({err}). "
+            f"Retrain the model."
+        ) from err
+    try:
+        return CNNClassifier.from_state(config, arrays)
+    except (ValueError, KeyError, TypeError, ConfigError) as err:
+        raise ModelFileError(
+            f"Weights file {weights_path} does not fit its architecture in "
+            f"{config_path} ({err}). Retrain the model."
+        ) from err
+
+
+def _save_joblib(model, folder: Path) -> None:
+    """Pickle the estimator with joblib, without the optimizer's moment estimates.
+
+    Like the NumPy kinds' files, the saved model holds weights, not optimizer
+    state: it is a third of the size, and further training restarts Adam.
+    """
+    import joblib
+
+    slim = copy.copy(model)
+    slim.model_ = copy.copy(model.model_)
+    slim.model_.__dict__.pop("_optimizer", None)
+    joblib.dump(slim, folder / JOBLIB_FILE)
+
+
+def _load_joblib(folder: Path):
+    """Unpickle ``model.joblib``. Only ``digits.store`` calls this, after it has
+    checked the file's SHA-256 against the run's metadata."""
+    import joblib
+
+    from digits.baseline import MLPBaseline
+
+    path = folder / JOBLIB_FILE
+    # Unpickling a damaged file can raise almost anything (EOFError,
+    # UnpicklingError, KeyError, AttributeError...); each means "unusable file".
+    try:
+        model = joblib.load(path)
+    except Exception as err:
+        raise ModelFileError(
+            f"Model file {path} cannot be loaded ({type(err).__name__}: {err}). "
+            f"Retrain the model."
+        ) from err
+    if not isinstance(model, MLPBaseline):
+        raise ModelFileError(
+            f"Model file {path} holds a {type(model).__name__}, not an MLPBaseline."
+        )
+    return model
+
+
+# -- the kinds --------------------------------------------------------------------
+
+
+def _cnn(**params):
+    from digits.estimator import CNNClassifier
+
+    return CNNClassifier(**params)
+
+
+def _mlp(**params):
+    from digits.baseline import MLPBaseline
+
+    return MLPBaseline(**params)
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A kind of model: how to build, configure, save and load it."""
+
+    name: str
+    label: str
+    description: str
+    constructor: Callable[..., Any]  # keyword parameters -> unfitted estimator
+    defaults: Mapping[str, Any]  # on top of the estimator's own defaults
+    presets: Mapping[str, Mapping[str, Any]]  # name -> overrides of defaults
+    hyperparameters: tuple[Hyperparameter, ...]  # what the dashboard offers
+    save: Callable[[Any, Path], None]  # (fitted model, folder) -> writes files
+    load: Callable[[Path], Any]  # folder -> fitted model; via digits.store only
+    files: tuple[str, ...]  # the files ``save`` writes
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # not settable
+
+    def hyperparameter(self, name: str) -> Hyperparameter:
+        """The widget description of parameter ``name``."""
+        for hp in self.hyperparameters:
+            if hp.name == name:
+                return hp
+        raise ConfigError(f"{self.label} has no hyperparameter {name!r}.")
+
+    def param_names(self) -> list[str]:
+        """Every parameter the estimator accepts, except the fixed ones."""
+        names = self.constructor(**self.fixed).get_params().keys()
+        return sorted(set(names) - set(self.fixed))
+
+    def params(self, preset: str | None = None, **overrides) -> dict[str, Any]:
+        """Hyperparameters: the defaults, then ``preset``'s, then ``overrides``."""
+        if preset is not None and preset not in self.presets:
+            raise ConfigError(
+                f"Unknown preset {preset!r} for {self.name}. "
+                f"Presets: {', '.join(self.presets)}."
+            )
+        params = {**self.defaults, **(self.presets[preset] if preset else {})}
+        params.update(overrides)
+        names = self.param_names()
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"{self.label} has no parameter {', '.join(unknown)}. "
+                f"Its parameters: {', '.join(names)}."
+            )
+        return params
+
+    def build(self, preset: str | None = None, **overrides):
+        """An unfitted estimator with ``params(preset, **overrides)``."""
+        return self.constructor(**self.fixed, **self.params(preset, **overrides))
+
+
+MODELS: dict[str, ModelKind] = {
+    "cnn": ModelKind(
+        name="cnn",
+        label="CNN (NumPy)",
+        description="Convolutional network written in NumPy: conv + max-pool "
+        "blocks, then dense layers.",
+        constructor=_cnn,
+        defaults={"random_state": 0},
+        presets={
+            # The shipped default CNN: the reference network of PERF-NOTES.md.
+            "default": {
+                "conv_channels": (32, 64),
+                "kernel_size": 5,
+                "hidden_layer_sizes": (128,),
+                "max_iter": 3,
+            },
+            "quick": {
+                "conv_channels": (8, 16),
+                "hidden_layer_sizes": (64,),
+                "max_iter": 1,
+            },
+        },
+        hyperparameters=(*_CONV, *_NUMPY_COMMON, *_NUMPY_EXTRA),
+        save=_save_numpy,
+        load=_load_numpy,
+        files=(ARCHITECTURE_FILE, WEIGHTS_FILE),
+    ),
+    "dense": ModelKind(
+        name="dense",
+        label="Dense network (NumPy)",
+        description="Fully connected network written in NumPy (the CNN's "
+        "estimator without convolutions).",
+        constructor=_cnn,
+        defaults={"random_state": 0, "hidden_layer_sizes": (256, 128)},
+        presets={
+            "default": {"hidden_layer_sizes": (256, 128), "max_iter": 10},
+            "quick": {"hidden_layer_sizes": (100,), "max_iter": 3},
+        },
+        hyperparameters=(*_NUMPY_COMMON, *_NUMPY_EXTRA),
+        save=_save_numpy,
+        load=_load_numpy,
+        files=(ARCHITECTURE_FILE, WEIGHTS_FILE),
+        fixed={"conv_channels": ()},
+    ),
+    "mlp": ModelKind(
+        name="mlp",
+        label="MLP baseline (scikit-learn)",
+        description="scikit-learn's MLPClassifier, trained epoch by epoch.",
+        constructor=_mlp,
+        # scikit-learn's "auto" batch size is 200; max_iter=200 would take minutes.
+        defaults={"random_state": 0, "batch_size": 200, "max_iter": 20},
+        presets={
+            # The shipped default MLP.
+            "default": {"hidden_layer_sizes": (256, 128), "max_iter": 30},
+            "quick": {"hidden_layer_sizes": (100,), "max_iter": 10},
+            "small": {"hidden_layer_sizes": (30,), "max_iter": 30},
+        },
+        hyperparameters=_MLP,
+        save=_save_joblib,
+        load=_load_joblib,
+        files=(JOBLIB_FILE,),
+    ),
+}
+
+
+def get(name: str) -> ModelKind:
+    """The kind called ``name``; ConfigError listing the kinds if there is none."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown model kind {name!r}. Kinds: {', '.join(MODELS)}."
+        ) from None
