@@ -1,0 +1,35 @@
+"""Training-time augmentation: random small shifts and rotations of digit images."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+MAX_SHIFT = 2.0  # pixels, in each direction
+MAX_ROTATION = 10.0  # degrees
+
+
+def shift_rotate(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    max_shift: float = MAX_SHIFT,
+    max_rotation: float = MAX_ROTATION,
+) -> np.ndarray:
+    """Randomly shift and rotate each image about its centre, bilinearly.
+
+    images : ndarray (N, H, W), float. Returns a new float32 array of the same shape.
+    One ``map_coordinates`` call resamples the whole batch.
+    """
+    n, h, w = images.shape
+    theta = np.deg2rad(rng.uniform(-max_rotation, max_rotation, n))
+    shift = rng.uniform(-max_shift, max_shift, (n, 2))
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    rows, cols = rows - (h - 1) / 2, cols - (w - 1) / 2
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    # Output pixel (r, c) reads input at R(-theta) . (r, c) - shift.
+    src_r = cos * rows - sin * cols + (h - 1) / 2 - shift[:, 0, None, None]
+    src_c = sin * rows + cos * cols + (w - 1) / 2 - shift[:, 1, None, None]
+    src_n = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], src_r.shape)
+    coords = np.stack([src_n, src_r, src_c])
+    out = ndimage.map_coordinates(images, coords, order=1, mode="constant", cval=0.0)
+    return out.astype(np.float32, copy=False)

@@ -1,0 +1,40 @@
+"""A small neural-network library in NumPy: layers, loss, optimizers, training loop.
+
+Read it in this order: ``layers.py`` (each forward beside its backward),
+``losses.py``, ``optimizers.py``, ``model.py``, ``training.py``, ``callbacks.py``.
+"""
+
+from digits.nn.callbacks import Callback, EarlyStopping, History, StopOnEvent
+from digits.nn.layers import (
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
+from digits.nn.losses import softmax, softmax_cross_entropy
+from digits.nn.model import Sequential
+from digits.nn.optimizers import SGD, Adam
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "Callback",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "EarlyStopping",
+    "Flatten",
+    "History",
+    "MaxPool2D",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "StopOnEvent",
+    "Tanh",
+    "softmax",
+    "softmax_cross_entropy",
+]

@@ -1,0 +1,98 @@
+"""Keras-style callbacks: hooks the training loop calls, and a flag to stop it.
+
+``logs`` holds plain floats. Epoch logs have ``loss``, ``accuracy``, ``val_loss``,
+``val_accuracy`` (when there is validation data), ``seconds`` and
+``images_per_second``; batch logs have the running ``loss`` and ``accuracy`` of the
+epoch so far, plus ``epoch``, ``batch`` and ``batches``.
+
+A callback stops training by setting ``self.stop_training = True``; the loop checks
+between batches, so the model always holds the weights of a completed batch.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+
+class Callback:
+    """Base class with empty hooks."""
+
+    stop_training: bool = False
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        pass
+
+    def on_batch_end(self, step: int, logs: dict) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        pass
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        pass
+
+
+class History(Callback):
+    """Records every epoch's logs."""
+
+    def on_train_begin(self, logs=None):
+        self.epochs: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs):
+        self.epochs.append(dict(logs))
+
+
+class EarlyStopping(Callback):
+    """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    Works for any model that reports epoch logs, including scikit-learn's MLP trained
+    with ``partial_fit`` (which refuses its own ``early_stopping``).
+    """
+
+    def __init__(
+        self, monitor: str = "val_accuracy", patience: int = 10, min_delta: float = 1e-4
+    ) -> None:
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.mode = -1 if "loss" in monitor else 1  # losses fall, accuracies rise
+
+    def on_train_begin(self, logs=None):
+        self.best, self.wait, self.stop_training = -math.inf, 0, False
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, epoch, logs):
+        value = logs.get(self.monitor)
+        if value is None:
+            return
+        if self.mode * value > self.best + self.min_delta:
+            self.best, self.wait = self.mode * value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stop_training, self.stopped_epoch = True, epoch
+
+
+class StopOnEvent(Callback):
+    """Stops when a ``threading.Event`` is set: the dashboard's Stop button, Ctrl-C."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    @property
+    def stop_training(self) -> bool:  # type: ignore[override]
+        return self.event.is_set()
+
+
+class LambdaCallback(Callback):
+    """Calls the given functions from the hooks; handy for progress bars."""
+
+    def __init__(self, on_batch_end=None, on_epoch_end=None) -> None:
+        self._batch, self._epoch = on_batch_end, on_epoch_end
+
+    def on_batch_end(self, step, logs):
+        if self._batch:
+            self._batch(step, logs)
+
+    def on_epoch_end(self, epoch, logs):
+        if self._epoch:
+            self._epoch(epoch, logs)
