@@ -236,7 +236,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if reset:
             d = X2.shape[1]
             if shape is None and self.conv_channels:
-                side = int(round(np.sqrt(d)))
+                side = round(np.sqrt(d))
                 if side * side != d:
                     raise ValueError(
                         f"flat input has {d} features, which is not a square image; "
@@ -373,7 +373,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _split_validation(self, X2, y_idx):
         order = self._rng.permutation(len(X2))
-        n_val = max(1, int(round(self.validation_fraction * len(X2))))
+        n_val = max(1, round(self.validation_fraction * len(X2)))
         val, train = order[:n_val], order[n_val:]
         return X2[train], y_idx[train], (X2[val], y_idx[val])
 

@@ -38,7 +38,7 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
 
 
 def numeric_gradient(f: Callable[[], float], v: np.ndarray, eps: float = EPS):
-    """Central-difference gradient of the scalar ``f()`` with respect to ``v``, in place."""
+    """Central differences of the scalar ``f()`` with respect to ``v``."""
     grad = np.zeros_like(v)
     flat, gflat = v.reshape(-1), grad.reshape(-1)
     for i in range(flat.size):

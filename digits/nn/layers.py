@@ -162,8 +162,7 @@ class MaxPool2D(Layer):
         return (h // 2, w // 2, c)
 
     def forward(self, x: Array, training: bool = False) -> Array:
-        n, h, w, c = x.shape
-        h2, w2 = h // 2, w // 2
+        h2, w2 = x.shape[1] // 2, x.shape[2] // 2
         # The four corners of every 2x2 window are four strided views of x.
         a, b = (
             x[:, 0 : 2 * h2 : 2, 0 : 2 * w2 : 2],

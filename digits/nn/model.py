@@ -26,7 +26,7 @@ class Sequential:
         return x
 
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
-        """Backpropagate dL/d(output); returns dL/d(input) if the first layer makes it."""
+        """Backpropagate dL/d(out); returns dL/d(in) unless the first layer skips it."""
         for layer in reversed(self.layers):
             grad = layer.backward(grad)
         return grad
