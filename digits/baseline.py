@@ -269,19 +269,22 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
         self.model_.set_params(random_state=int(self._rng.integers(2**31)))
         saved = self._weights() if hasattr(self.model_, "coefs_") else None
         start = time.perf_counter()
-        try:
-            self.model_.partial_fit(X, y, classes=self.classes_)
-        except ValueError as err:
-            if saved is not None and not self._finite():
-                self._diverged(saved)
-            raise ConfigError(f"scikit-learn rejected the MLP settings: {err}") from err
+        # Overflow is how divergence shows; it is detected and reported below.
+        with np.errstate(over="ignore", invalid="ignore"):
+            try:
+                self.model_.partial_fit(X, y, classes=self.classes_)
+            except ValueError as err:
+                if hasattr(self.model_, "coefs_") and not self._finite():
+                    self._diverged(saved)
+                raise ConfigError(
+                    f"scikit-learn rejected the MLP settings: {err}"
+                ) from err
         seconds = time.perf_counter() - start
-        loss = float(self.model_.loss_)
-        if not (math.isfinite(loss) and self._finite()):
+        if not (math.isfinite(self.model_.loss_) and self._finite()):
             self._diverged(saved)
         logs = {
             "epoch": self.n_iter_ + 1,  # 1-based, as in the CNN's logs
-            "loss": loss,
+            "loss": float(self.model_.loss_),
             "accuracy": float(np.mean(self.model_.predict(X_acc) == y_acc)),
         }
         if X_val is not None:
@@ -346,13 +349,19 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
     def _finite(self) -> bool:
         return all(np.isfinite(a).all() for a in self.model_.coefs_)
 
-    def _diverged(self, saved) -> None:
+    def _diverged(self, saved: list[np.ndarray] | None) -> None:
+        """Put back the weights from before this epoch (or, in the first epoch,
+        forget the model) and raise TrainingDiverged."""
         if saved is not None:
             self._set_weights(saved)
+            kept = "The weights from before that epoch were kept."
+        else:
+            del self.model_
+            kept = "No epoch finished, so there is no model to keep."
         raise TrainingDiverged(
             f"Training diverged in epoch {self.n_iter_ + 1}: the loss became "
-            f"non-finite. The weights from before that epoch were kept. Try a lower "
-            f"learning_rate_init (now {self.learning_rate_init:g})."
+            f"non-finite. {kept} Try a lower learning_rate_init (now "
+            f"{self.learning_rate_init:g})."
         )
 
     # -- prediction -------------------------------------------------------------
@@ -365,6 +374,7 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels, shape (n,), taken from ``classes_``."""
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
 
     # score(X, y) is ClassifierMixin's: the accuracy of predict(X).

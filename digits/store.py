@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from digits import __version__, metrics, registry
+from digits import __version__, registry
 from digits.errors import ConfigError, DigitsError, ModelFileError
 
 FORMAT_VERSION = 1
@@ -99,13 +99,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """``value`` with tuples as lists, NumPy scalars as Python numbers and
     non-finite floats as None, so that it is strict JSON."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | np.ndarray):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -451,7 +451,7 @@ def save_run(
             f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size}
             for f in spec.files
         }
-        text = json.dumps(_jsonable(meta), indent=1, allow_nan=False)
+        text = json.dumps(jsonable(meta), indent=1, allow_nan=False)
         (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a run is an ordinary folder
         if out is not None:
@@ -478,7 +478,7 @@ def delete_run(ref: str | Run) -> None:
 # -- predictions cache ------------------------------------------------------------
 
 
-def _full_proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+def predict_proba_full(model, X: np.ndarray, n_classes: int) -> np.ndarray:
     """``model.predict_proba(X)`` as float32 (n, n_classes), column j = class j."""
     proba = model.predict_proba(X)
     cols = np.asarray(model.classes_).astype(np.int64)
@@ -509,7 +509,7 @@ def predictions(run: Run | str, dataset, model=None) -> np.ndarray:
         pass  # no cache yet, or a damaged one: compute afresh
     if model is None:
         model = load_model(run)
-    proba = _full_proba(model, dataset.x_test, expected[1])
+    proba = predict_proba_full(model, dataset.x_test, expected[1])
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
@@ -572,7 +572,11 @@ def train_run(
         stopped = "early stopping" if early else "converged"
     else:
         stopped = None
-    proba = _full_proba(model, dataset.x_test, len(dataset.class_names))
+    # Imported here: sklearn.metrics takes a second to import, and listing or
+    # loading runs (the CLI's `runs`, `predict`) does not need it.
+    from digits import metrics
+
+    proba = predict_proba_full(model, dataset.x_test, len(dataset.class_names))
     test = metrics.report(dataset.y_test, proba, dataset.class_names)
     run = save_run(
         model,

@@ -1,0 +1,424 @@
+"""The command line: ``python -m digits`` (or ``digits``) and its commands.
+
+    digits train --model mlp --dataset mnist --preset default
+    digits evaluate default
+    digits predict default my-seven.png
+    digits runs
+
+Progress goes to stderr and results to stdout; with ``--json`` stdout holds exactly
+one JSON object. Errors a user can cause (bad arguments, an unknown dataset, an
+unreadable image, a broken run) end the program with status 2 and a one-line
+message. During training, Ctrl-C stops after the current batch and still saves the
+model trained so far; a second Ctrl-C aborts without saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+import numpy as np
+
+from digits import registry, store
+from digits.errors import ConfigError, DigitsError
+from digits.nn.callbacks import Callback, StopOnEvent
+
+EXIT_USAGE = 2  # argparse's status for bad arguments; used for every user error
+EXIT_INTERRUPTED = 130  # the shell's convention for a process ended by Ctrl-C
+BAR_WIDTH = 24
+REDRAW_SECONDS = 0.1  # redraw a live progress bar at most this often
+# Extra flag spellings for some hyperparameters.
+ALIASES = {"max_iter": ["--epochs"]}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# -- progress ---------------------------------------------------------------------
+
+
+class ProgressBar(Callback):
+    """Text progress on a stream: a live bar per epoch on a terminal, and one line
+    per finished epoch with loss, accuracy, validation accuracy and ETA."""
+
+    def __init__(self, epochs: int, stream: TextIO = sys.stderr) -> None:
+        self.epochs, self.stream = epochs, stream
+        self.live = stream.isatty()
+        self._shown = 0  # length of the live line now on screen
+        self._drawn_at = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def _line(self, epoch: int, fraction: float, logs: dict, eta: float) -> str:
+        filled = round(BAR_WIDTH * fraction)
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        text = (
+            f"epoch {epoch + 1}/{self.epochs} [{bar}]"
+            f" {fraction:4.0%} loss {logs['loss']:.4f} acc {logs['accuracy']:.4f}"
+        )
+        if "val_accuracy" in logs:
+            text += f" val_acc {logs['val_accuracy']:.4f}"
+        return text + f" ETA {_duration(eta)}"
+
+    def _write(self, text: str, end: str = "") -> None:
+        pad = max(0, self._shown - len(text))
+        self.stream.write(("\r" if self.live else "") + text + " " * pad + end)
+        self.stream.flush()
+        self._shown = 0 if end else len(text)
+
+    def on_batch_end(self, step, logs):
+        now = time.perf_counter()
+        if not self.live or now - self._drawn_at < REDRAW_SECONDS:
+            return
+        self._drawn_at = now
+        fraction = logs["batch"] / logs["batches"]
+        eta = logs["seconds"] * (1 - fraction) / max(fraction, 1e-9)
+        self._write(self._line(int(logs["epoch"]), fraction, logs, eta))
+
+    def on_epoch_end(self, epoch, logs):
+        per_epoch = (time.perf_counter() - self.start) / (epoch + 1)
+        eta = per_epoch * max(0, self.epochs - epoch - 1)
+        self._write(
+            self._line(epoch, 1.0, logs, eta) + f" ({logs['seconds']:.1f}s)", end="\n"
+        )
+
+
+class _CtrlC:
+    """SIGINT during training: the first sets the stop event, the second aborts."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.event = threading.Event()
+        self.stream = stream
+
+    def __enter__(self) -> _CtrlC:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.event.is_set():
+            self.stream.write("\nAborted: nothing was saved.\n")
+            # SystemExit, not KeyboardInterrupt: scikit-learn's partial_fit swallows
+            # KeyboardInterrupt and would carry on.
+            raise SystemExit(EXIT_INTERRUPTED)
+        self.event.set()
+        self.stream.write(
+            "\nStopping after this batch; the model trained so far will be saved. "
+            "Press Ctrl-C again to abort.\n"
+        )
+
+
+# -- output -----------------------------------------------------------------------
+
+
+def _emit_json(obj: dict) -> None:
+    print(json.dumps(store.jsonable(obj), allow_nan=False))
+
+
+def _print_report(report: dict, class_names: Sequence[str]) -> None:
+    print(f"Accuracy: {report['accuracy']:.2%} on {report['n']} test images")
+    print(f"Loss (cross-entropy): {report['loss']:.4f}\n")
+    width = max(5, *(len(c) for c in class_names))
+    print(f"{'class':<{width}}  precision  recall     f1  support")
+    for row in report["per_class"]:
+        print(
+            f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}"
+            f"  {row['f1']:5.3f}  {row['support']:7d}"
+        )
+    macro = report["macro"]
+    print(
+        f"{'macro':<{width}}  {macro['precision']:9.3f}  {macro['recall']:6.3f}"
+        f"  {macro['f1']:5.3f}\n"
+    )
+    matrix = np.asarray(report["confusion_matrix"])
+    cell = max(len(str(matrix.max())), *(len(c) for c in class_names)) + 1
+    print("Confusion matrix (rows: true class, columns: predicted class)")
+    print(" " * width + "".join(f"{c:>{cell}}" for c in class_names))
+    for name, row in zip(class_names, matrix, strict=True):
+        print(f"{name:>{width}}" + "".join(f"{v:>{cell}d}" for v in row))
+
+
+def _download_progress(done: int, total: int | None, filename: str) -> None:
+    total_text = f" of {total / 1e6:.1f} MB" if total else ""
+    sys.stderr.write(f"\rdownloading {filename}: {done / 1e6:.1f} MB{total_text}")
+    if total and done >= total:
+        sys.stderr.write("\n")
+
+
+def _load_dataset(name: str):
+    from digits.data import load_dataset
+
+    return load_dataset(name, progress=_download_progress)
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def _hyperparameters(args: argparse.Namespace, kind: registry.ModelKind) -> dict:
+    """The hyperparameter flags given on the command line, parsed for ``kind``."""
+    given = {}
+    for name in _all_hyperparameters():
+        text = getattr(args, name, None)
+        if text is None:
+            continue
+        if name not in {hp.name for hp in kind.hyperparameters}:
+            raise ConfigError(f"{_flag(name)} does not apply to --model {kind.name}.")
+        given[name] = kind.hyperparameter(name).parse(text)
+    return given
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    kind = registry.get(args.model)
+    params = _hyperparameters(args, kind)
+    epochs = kind.params(args.preset, **params).get("max_iter", 1)
+    dataset = _load_dataset(args.dataset)
+    progress = ProgressBar(epochs)
+    with _CtrlC() as ctrl_c:
+        run = store.train_run(
+            kind.name,
+            dataset,
+            preset=args.preset,
+            params=params,
+            callbacks=[progress, StopOnEvent(ctrl_c.event)],
+            train_size=args.train_size,
+            name=args.name,
+            out=args.out,
+            overwrite=args.overwrite,
+        )
+    summary = run.summary()
+    if args.json:
+        _emit_json(
+            summary
+            | {
+                "run": str(run.path),
+                "test_loss": run.meta["test"]["loss"],
+                "params": run.meta["params"],
+                "n_train": run.meta["dataset"]["n_train"],
+            }
+        )
+    else:
+        stopped = f", stopped: {summary['stopped']}" if summary["stopped"] else ""
+        print(
+            f"Saved run {run.name} in {run.path}\n"
+            f"Test accuracy {summary['test_accuracy']:.2%} after {summary['epochs']} "
+            f"epochs ({_duration(summary['train_seconds'])}{stopped})"
+        )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from digits import metrics
+
+    run = store.open_run(args.run, allow_paths=True)
+    dataset = _load_dataset(args.dataset or run.meta["dataset"]["name"])
+    proba = store.predictions(run, dataset)
+    report = metrics.report(dataset.y_test, proba, dataset.class_names)
+    if args.json:
+        _emit_json(
+            {"run": str(run.path), "name": run.name, "dataset": dataset.name} | report
+        )
+        return 0
+    print(f"Run {run.name} ({run.meta.get('label', run.kind)}) on {dataset.name}")
+    _print_report(report, dataset.class_names)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from digits.preprocess import preprocess
+
+    run = store.open_run(args.run, allow_paths=True)
+    height, width = run.image_shape
+    if height != width:
+        raise ConfigError(
+            f"Run {run.name} takes {height}x{width} images; predict needs a model "
+            f"trained on square images."
+        )
+    # Read every image first, so a bad file fails before any output.
+    images = np.stack(
+        [preprocess(path, height, name=path).image for path in args.images]
+    )
+    model = store.load_model(run)
+    proba = store.predict_proba_full(model, images, len(run.class_names))
+    results = [
+        {
+            "file": path,
+            "label": run.class_names[int(p.argmax())],
+            "probabilities": [float(v) for v in p],
+        }
+        for path, p in zip(args.images, proba, strict=True)
+    ]
+    if args.json:
+        _emit_json({"run": str(run.path), "name": run.name, "predictions": results})
+        return 0
+    for r in results:
+        probs = " ".join(
+            f"{name}:{v:.3f}"
+            for name, v in zip(run.class_names, r["probabilities"], strict=True)
+        )
+        print(f"{r['file']}: {r['label']}  ({probs})")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    runs, broken = store.list_runs()
+    for b in broken:
+        print(
+            f"digits: skipped broken run {b.path}: {_one_line(b.error)}",
+            file=sys.stderr,
+        )
+    summaries = [run.summary() for run in runs]
+    if args.json:
+        _emit_json(
+            {
+                "runs": summaries,
+                "broken": [{"path": str(b.path), "error": b.error} for b in broken],
+            }
+        )
+        return 0
+    if not runs:
+        print(f"No runs in {store.runs_dir()}. Train one: digits train --model mlp")
+        return 0
+    header = f"{'name':<42} {'kind':<6} {'dataset':<15} {'test acc':>8} {'epochs':>6}"
+    print(header + "  created")
+    for s in summaries:
+        acc = f"{s['test_accuracy']:.2%}" if s["test_accuracy"] is not None else "-"
+        print(
+            f"{s['name']:<42} {s['kind']:<6} {s['dataset'] or '-':<15} {acc:>8} "
+            f"{s['epochs']:>6}  {s['created'] or '-'}"
+        )
+    return 0
+
+
+def cmd_gradcheck(args: argparse.Namespace) -> int:
+    try:
+        from digits.nn.gradcheck import run_all
+    except ImportError:
+        raise DigitsError(
+            "gradcheck is not available in this version of digits."
+        ) from None
+    result = run_all()
+    if args.json:
+        _emit_json(result if isinstance(result, dict) else {"result": result})
+    else:
+        print(result)
+    ok = result.get("ok", True) if isinstance(result, dict) else bool(result)
+    return 0 if ok else 1
+
+
+# -- parser -----------------------------------------------------------------------
+
+
+def _all_hyperparameters() -> dict[str, registry.Hyperparameter]:
+    """Every hyperparameter of every kind, by name (the first kind's wording)."""
+    found: dict[str, registry.Hyperparameter] = {}
+    for kind in registry.MODELS.values():
+        for hp in kind.hyperparameters:
+            found.setdefault(hp.name, hp)
+    return found
+
+
+def _hp_help(name: str, hp: registry.Hyperparameter) -> str:
+    kinds = [
+        k.name
+        for k in registry.MODELS.values()
+        if any(h.name == name for h in k.hyperparameters)
+    ]
+    detail = hp.label
+    if hp.type == "choice":
+        detail += " (" + "|".join(map(str, hp.choices)) + ")"
+    elif hp.type == "layers":
+        detail += " (comma-separated widths)"
+    if hp.help:
+        detail += ". " + hp.help
+    return f"{detail} [{', '.join(kinds)}]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digits",
+        description="Train, evaluate and try handwritten-digit classifiers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model and save it as a run")
+    train.add_argument("--model", default="cnn", choices=list(registry.MODELS))
+    train.add_argument(
+        "--dataset",
+        default="mnist",
+        help="mnist, fashion-mnist, sklearn-digits or a .csv file (default mnist)",
+    )
+    presets = sorted({p for k in registry.MODELS.values() for p in k.presets})
+    train.add_argument("--preset", choices=presets, help="named hyperparameter set")
+    train.add_argument(
+        "--train-size", type=int, metavar="N", help="train on N random images"
+    )
+    where = train.add_mutually_exclusive_group()
+    where.add_argument("--name", help="run name (default: time-model-dataset)")
+    where.add_argument("--out", metavar="DIR", help="save the run to exactly DIR")
+    train.add_argument(
+        "--overwrite", action="store_true", help="with --out: replace DIR if it exists"
+    )
+    train.add_argument("--json", action="store_true", help="print one JSON object")
+    hyper = train.add_argument_group("hyperparameters (each applies to some models)")
+    for name, hp in _all_hyperparameters().items():
+        hyper.add_argument(
+            _flag(name),
+            *ALIASES.get(name, []),
+            dest=name,
+            metavar="VALUE",
+            help=_hp_help(name, hp),
+        )
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="score a run on a test set")
+    evaluate.add_argument("run", help="run name, folder, or 'default'")
+    evaluate.add_argument("--dataset", help="default: the run's own dataset")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="classify image files")
+    predict.add_argument("run", help="run name, folder, or 'default'")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--json", action="store_true", help="print one JSON object")
+    predict.set_defaults(func=cmd_predict)
+
+    runs = sub.add_parser("runs", help="list the saved runs")
+    runs.add_argument("--json", action="store_true", help="print one JSON object")
+    runs.set_defaults(func=cmd_runs)
+
+    gradcheck = sub.add_parser("gradcheck", help="check the NumPy network's gradients")
+    gradcheck.add_argument("--json", action="store_true", help="print one JSON object")
+    gradcheck.set_defaults(func=cmd_gradcheck)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)  # exits 2 itself on bad arguments
+    try:
+        return args.func(args)
+    except (DigitsError, OSError) as err:
+        print(f"digits: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ndigits: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
