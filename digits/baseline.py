@@ -206,6 +206,12 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change,
         )
+        # Check the settings now rather than inside the first epoch.
+        try:
+            self.model_._validate_params()
+        except ValueError as err:
+            del self.model_
+            raise ConfigError(f"Invalid MLP settings: {err}") from err
 
     def _train(self, X, y, epochs, callbacks, validation_data, *, converge):
         """Run up to ``epochs`` epochs, calling the callbacks' hooks."""

@@ -57,14 +57,16 @@ class ProgressBar(Callback):
     """Text progress on a stream: a live bar per epoch on a terminal, and one line
     per finished epoch with loss, accuracy, validation accuracy and ETA."""
 
-    def __init__(self, epochs: int, stream: TextIO = sys.stderr) -> None:
-        self.epochs, self.stream = epochs, stream
+    def __init__(self, epochs: int, header: str = "", stream: TextIO = sys.stderr):
+        self.epochs, self.header, self.stream = epochs, header, stream
         self.live = stream.isatty()
         self._shown = 0  # length of the live line now on screen
         self._drawn_at = 0.0
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
+        if self.header:
+            self._write(self.header, end="\n")
 
     def _line(self, epoch: int, fraction: float, logs: dict, eta: float) -> str:
         filled = round(BAR_WIDTH * fraction)
@@ -191,7 +193,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     params = _hyperparameters(args, kind)
     epochs = kind.params(args.preset, **params).get("max_iter", 1)
     dataset = _load_dataset(args.dataset)
-    progress = ProgressBar(epochs)
+    n_train = min(args.train_size or len(dataset.x_train), len(dataset.x_train))
+    progress = ProgressBar(
+        epochs,
+        header=f"Training {kind.label} on {n_train} {dataset.name} images for up to "
+        f"{epochs} epochs; Ctrl-C stops early and saves.",
+    )
     with _CtrlC() as ctrl_c:
         run = store.train_run(
             kind.name,
@@ -309,19 +316,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
-    try:
-        from digits.nn.gradcheck import run_all
-    except ImportError:
-        raise DigitsError(
-            "gradcheck is not available in this version of digits."
-        ) from None
-    result = run_all()
+    from digits.nn.gradcheck import TOLERANCE, standard_checks
+
+    checks = standard_checks()
+    passed = all(check["passed"] for check in checks)
     if args.json:
-        _emit_json(result if isinstance(result, dict) else {"result": result})
+        _emit_json({"passed": passed, "tolerance": TOLERANCE, "checks": checks})
     else:
-        print(result)
-    ok = result.get("ok", True) if isinstance(result, dict) else bool(result)
-    return 0 if ok else 1
+        for check in checks:
+            verdict = "ok  " if check["passed"] else "FAIL"
+            print(f"{verdict} {check['max_relative_error']:9.2e}  {check['name']}")
+        print(f"{'All' if passed else 'Not all'} gradients match finite differences "
+              f"(relative error <= {TOLERANCE:g}).")  # fmt: skip
+    return 0 if passed else 1
 
 
 # -- parser -----------------------------------------------------------------------

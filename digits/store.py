@@ -550,10 +550,15 @@ def train_run(
     spec = registry.get(kind)
     hyper = spec.params(preset, **(params or {}))
     model = spec.constructor(**spec.fixed, **hyper)
+    # Everything that can be refused is refused before training starts.
+    if train_size is not None and train_size < 1:
+        raise ConfigError(f"train_size must be at least 1; got {train_size}.")
+    if name is not None:
+        sanitize_name(name)
+    if out is not None and Path(out).exists() and not overwrite:
+        raise ConfigError(f"{out} already exists. Choose another --out, or delete it.")
     x, y = dataset.x_train, dataset.y_train
     if train_size is not None:
-        if train_size < 1:
-            raise ConfigError(f"train_size must be at least 1; got {train_size}.")
         if train_size < len(x):
             rng = np.random.default_rng(hyper.get("random_state"))
             keep = np.sort(rng.permutation(len(x))[:train_size])
