@@ -89,8 +89,10 @@ class Trainer:
         rng: np.random.Generator,
         augment: bool = False,
         n_threads: int = 2,
+        shuffle: bool = True,
     ) -> None:
         keep_freed_memory()
+        self.shuffle = shuffle
         self.model, self.optimizer = model, optimizer
         self.batch_size, self.alpha = batch_size, alpha
         self.prepare, self.rng, self.augment = prepare, rng, augment
@@ -104,6 +106,12 @@ class Trainer:
             (p, g) for key, p, g in model.parameters() if key.endswith(".W")
         ]
         self._backup = [p.copy() for _, p, _ in model.parameters()]
+        self._schedule: tuple[float, int] | None = None
+        self._steps = 0
+
+    def anneal(self, lr: float, epochs: int) -> None:
+        """Cosine-anneal the learning rate from ``lr`` to 0 over ``epochs`` epochs."""
+        self._schedule = (lr, epochs)
 
     def run_epoch(
         self,
@@ -113,13 +121,13 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         step0: int = 0,
     ) -> dict:
-        """Train on all of (x, y) once, in a fresh random order.
+        """Train on all of (x, y) once, in a fresh random order (unless shuffle=False).
 
         Returns the epoch's logs: mean ``loss`` and ``accuracy`` over the batches that
         ran, ``seconds``, ``images_per_second``, ``batches_done`` and ``stopped``.
         """
         n = len(x)
-        order = self.rng.permutation(n)
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         batches = -(-n // self.batch_size)
         loss_sum = correct = seen = 0.0
         stopped, done = False, 0
@@ -193,6 +201,11 @@ class Trainer:
                 loss += 0.5 * self.alpha * float(np.vdot(w, w)) / n
         if not np.isfinite(loss):
             self._diverged(epoch, batch, "the loss became non-finite")
+        if self._schedule:
+            lr0, epochs = self._schedule
+            total = epochs * -(-len(x) // self.batch_size)
+            self.optimizer.lr = lr0 * 0.5 * (1 + np.cos(np.pi * self._steps / total))
+        self._steps += 1
         params = [p for _, p, _ in self.model.parameters()]
         for p, saved in zip(params, self._backup, strict=True):
             np.copyto(saved, p)

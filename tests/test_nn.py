@@ -1,0 +1,149 @@
+"""The NumPy engine: gradients, the forward pass against naive loops, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from digits.nn.gradcheck import TOLERANCE, check_layer, check_loss, standard_checks
+from digits.nn.layers import Conv2D, Dense, Dropout, MaxPool2D, ReLU, Sigmoid, Tanh
+from digits.nn.losses import softmax_cross_entropy
+from digits.nn.model import Sequential
+from digits.nn.optimizers import SGD, Adam
+
+
+def naive_conv(x, w, b, padding):
+    """Direct loops over every output pixel and channel: the obvious, slow version."""
+    k = w.shape[0]
+    if padding == "same":
+        lo, hi = (k - 1) // 2, k // 2
+        x = np.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    n, h, wd, _ = x.shape
+    out = np.zeros((n, h - k + 1, wd - k + 1, w.shape[3]))
+    for i in range(out.shape[1]):
+        for j in range(out.shape[2]):
+            patch = x[:, i : i + k, j : j + k, :]  # (N, k, k, C_in)
+            for o in range(w.shape[3]):
+                out[:, i, j, o] = (patch * w[:, :, :, o]).sum(axis=(1, 2, 3)) + b[o]
+    return out
+
+
+def naive_maxpool(x):
+    n, h, w, c = x.shape
+    out = np.zeros((n, h // 2, w // 2, c))
+    for i in range(h // 2):
+        for j in range(w // 2):
+            out[:, i, j] = x[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].max(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize(
+    ("k", "c_in", "hw"), [(5, 1, (12, 12)), (3, 4, (7, 9)), (4, 2, (6, 5)), (1, 3, (4, 4))]
+)
+def test_conv_forward_matches_naive_loops(padding, k, c_in, hw):
+    rng = np.random.default_rng(1)
+    layer = Conv2D(c_in, 3, k, padding, rng)
+    layer.params["b"][:] = rng.standard_normal(3)
+    x = rng.standard_normal((2, *hw, c_in)).astype(np.float32)
+    expected = naive_conv(x, layer.params["W"], layer.params["b"], padding)
+    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-4, atol=1e-4)
+    assert layer.output_shape((*hw, c_in)) == expected.shape[1:]
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 5), (3, 3)])
+def test_maxpool_forward_matches_naive_loops(hw):
+    x = np.random.default_rng(2).standard_normal((3, *hw, 4))
+    np.testing.assert_array_equal(MaxPool2D().forward(x), naive_maxpool(x))
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "shape"),
+    [
+        ("conv 3x3 valid", lambda r: Conv2D(2, 3, 3, "valid", r), (2, 6, 7, 2)),
+        ("conv 5x5 same odd", lambda r: Conv2D(3, 2, 5, "same", r), (2, 7, 5, 3)),
+        ("conv 2x2 same even", lambda r: Conv2D(2, 2, 2, "same", r), (1, 4, 5, 2)),
+        ("conv 1 channel", lambda r: Conv2D(1, 4, 3, "valid", r), (3, 5, 6, 1)),
+        ("maxpool even", lambda r: MaxPool2D(), (2, 4, 6, 3)),
+        ("maxpool odd", lambda r: MaxPool2D(), (2, 5, 7, 2)),
+        ("dense", lambda r: Dense(6, 4, r), (5, 6)),
+        ("relu", lambda r: ReLU(), (4, 9)),
+        ("sigmoid", lambda r: Sigmoid(), (4, 9)),
+        ("tanh", lambda r: Tanh(), (4, 3, 3)),
+        ("dropout", lambda r: Dropout(0.5, seed=3), (4, 9)),
+    ],
+)
+def test_layer_gradients_match_finite_differences(name, layer, shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    x = np.sign(x) * (0.1 + np.abs(x))  # keep clear of ReLU's kink and pool ties
+    errors = check_layer(layer(rng), x)
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
+def test_loss_gradient_and_value():
+    assert check_loss()["logits"] <= TOLERANCE
+    logits = np.log(np.array([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]]))
+    loss, _ = softmax_cross_entropy(logits, np.array([0, 2]))
+    assert loss == pytest.approx(-(np.log(0.7) + np.log(0.5)) / 2)
+
+
+def test_standard_checks_cover_every_layer_and_a_whole_model():
+    results = standard_checks()
+    names = " ".join(r["name"] for r in results)
+    for kind in ["Conv2D", "MaxPool2D", "Dense", "ReLU", "Sigmoid", "Tanh"]:
+        assert kind in names
+    assert "whole model" in names and "cross-entropy" in names
+    assert all(r["passed"] for r in results), results
+
+
+def quadratic_params():
+    p = [np.array([1.0, -2.0, 3.0]), np.array([[0.5]])]
+    g = [np.zeros_like(x) for x in p]
+    return p, g
+
+
+def test_sgd_momentum_and_nesterov_match_the_formulas():
+    for nesterov in (False, True):
+        p, g = quadratic_params()
+        opt = SGD(p, g, lr=0.1, momentum=0.9, nesterov=nesterov)
+        ref, v = p[0].copy(), np.zeros(3)
+        for _ in range(3):
+            g[0][...] = 2 * p[0]
+            grad = 2 * ref
+            v = 0.9 * v - 0.1 * grad
+            ref = ref + (0.9 * v - 0.1 * grad if nesterov else v)
+            opt.step()
+        np.testing.assert_allclose(p[0], ref)
+
+
+def test_adam_matches_scikit_learns_adam():
+    from sklearn.neural_network._stochastic_optimizers import AdamOptimizer
+
+    p, g = quadratic_params()
+    theirs = [x.copy() for x in p]
+    opt = Adam(p, g, lr=0.01)
+    ref = AdamOptimizer(theirs, learning_rate_init=0.01)
+    for _ in range(5):
+        for mine, grad in zip(g, p, strict=True):
+            mine[...] = 3 * grad
+        ref.update_params(theirs, [3 * t for t in theirs])
+        opt.step()
+    for mine, t in zip(p, theirs, strict=True):
+        np.testing.assert_allclose(mine, t, rtol=1e-6)
+
+
+def test_model_state_round_trip_and_strict_load():
+    rng = np.random.default_rng(0)
+    model = Sequential([Conv2D(1, 2, 3, rng=rng), MaxPool2D(), ReLU()])
+    twin = Sequential.from_config(model.config())
+    twin.load_state_dict(model.state_dict())
+    x = rng.standard_normal((2, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_array_equal(twin.forward(x), model.forward(x))
+    assert "Conv2D(in_channels=1" in repr(model)
+    bad = dict(model.state_dict())
+    bad["0.W"] = np.zeros((5, 5, 1, 2), np.float32)
+    with pytest.raises(ValueError, match=r"0\.W has shape"):
+        twin.load_state_dict(bad)
+    with pytest.raises(ValueError, match="missing"):
+        twin.load_state_dict({"0.W": model.state_dict()["0.W"]})
