@@ -43,7 +43,9 @@ def batches(n_batches: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def run_numpy(x, y, x_test, n_batches: int) -> dict:
     from digits.estimator import CNNClassifier
 
-    est = CNNClassifier(learning_rate="constant", shuffle=False, random_state=0)
+    est = CNNClassifier(
+        learning_rate="constant", learning_rate_init=1e-3, shuffle=False, random_state=0
+    )
     warm = WARMUP_BATCHES * BATCH
     est.partial_fit(x[:warm], y[:warm], classes=np.arange(10))
     start = time.perf_counter()
@@ -130,8 +132,18 @@ def main() -> None:
         sides = ["numpy", "torch"] if pair % 2 == 0 else ["torch", "numpy"]
         for side in sides:
             out = subprocess.run(
-                [sys.executable, __file__, "--side", side, "--batches", str(args.batches)],
-                capture_output=True, text=True, check=True, env=env,
+                [
+                    sys.executable,
+                    __file__,
+                    "--side",
+                    side,
+                    "--batches",
+                    str(args.batches),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
             )
             result[side] = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(result)
