@@ -6,7 +6,7 @@
 | CNNClassifier(conv_channels=(), hidden_layer_sizes=(30,)) | >= 95% |
 | CNN with augment and more epochs | >= 99.5% |
 
-    DIGITS_DATA_DIR=../shared/data python benchmarks/accuracy.py [--only NAME] [--seeds 0 1]
+    DIGITS_DATA_DIR=../shared/data python benchmarks/accuracy.py --seeds 0 1
 """
 
 from __future__ import annotations

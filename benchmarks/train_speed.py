@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 BATCH = 128
+WHAT = ("train", "infer")
 WARMUP_BATCHES = 20
 
 
@@ -149,23 +150,25 @@ def main() -> None:
         rows.append(result)
         n, t = result["numpy"], result["torch"]
         print(
-            f"pair {pair + 1}: train numpy {n['train_images_per_second']:7.0f} "
-            f"torch {t['train_images_per_second']:7.0f} img/s "
-            f"ratio {n['train_images_per_second'] / t['train_images_per_second']:.2f} | "
-            f"infer numpy {n['infer_images_per_second']:7.0f} "
-            f"torch {t['infer_images_per_second']:7.0f} "
-            f"ratio {n['infer_images_per_second'] / t['infer_images_per_second']:.2f}",
+            f"pair {pair + 1}: " + " | ".join(_compare(n, t, w) for w in WHAT),
             flush=True,
         )
-    for what in ("train", "infer"):
+    for what in WHAT:
         key = f"{what}_images_per_second"
         ratios = [r["numpy"][key] / r["torch"][key] for r in rows]
+        numpy_median = statistics.median(r["numpy"][key] for r in rows)
+        torch_median = statistics.median(r["torch"][key] for r in rows)
         print(
-            f"{what}: median numpy {statistics.median(r['numpy'][key] for r in rows):.0f}"
-            f" img/s, median torch {statistics.median(r['torch'][key] for r in rows):.0f}"
-            f" img/s, median ratio {statistics.median(ratios):.2f}"
-            f" (pairs: {', '.join(f'{x:.2f}' for x in ratios)})"
+            f"{what}: median numpy {numpy_median:.0f} img/s, median torch "
+            f"{torch_median:.0f} img/s, median ratio {statistics.median(ratios):.2f} "
+            f"(pairs: {', '.join(f'{x:.2f}' for x in ratios)})"
         )
+
+
+def _compare(numpy_side: dict, torch_side: dict, what: str) -> str:
+    key = f"{what}_images_per_second"
+    a, b = numpy_side[key], torch_side[key]
+    return f"{what} numpy {a:6.0f} torch {b:6.0f} img/s ratio {a / b:.2f}"
 
 
 if __name__ == "__main__":
