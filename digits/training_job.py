@@ -1,0 +1,309 @@
+"""A training run in a background thread, with live progress and a Stop button.
+
+The dashboard's Train page keeps one ``TrainingJob`` per browser session in its
+session state. The job trains in a daemon thread, so page switches and reruns do
+not interrupt it; the thread only writes to the job (under a lock) and never
+touches the user interface. The page polls ``snapshot()`` to draw curves, a
+progress bar, images/s and the ETA, and ``stop()`` sets a ``threading.Event`` that
+``StopOnEvent`` checks between batches (between epochs for scikit-learn's MLP).
+
+What the thread does is ``digits.store.train_run`` with one difference: the
+per-epoch validation curves use a fixed random subset of the test set
+(``VALIDATION_SIZE`` images) instead of all of it, so that validating a CNN takes
+a fraction of a second and a Stop is never held up by it. The saved run is then
+scored on the whole test set, exactly as ``train_run`` does. Like there, the
+validation images never steer training (unless early stopping is on, which holds
+out part of the training set instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from digits import registry, store
+from digits.errors import DigitsError
+from digits.nn.callbacks import Callback, StopOnEvent
+
+log = logging.getLogger(__name__)
+
+VALIDATION_SIZE = 2000  # test images scored after each epoch for the curves
+POINT_SECONDS = 0.25  # record a point of the live training curve this often
+VALIDATION_SEED = 0  # the validation subset is the same for every run
+
+# A job's status moves along: pending -> running -> (stopping ->) saving -> one of
+# the final states.
+FINAL = ("done", "stopped", "failed")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A consistent copy of a job's state, safe to read while the thread runs.
+
+    points : (epoch as a fraction, running loss, running accuracy), the training
+        curve sampled every ``POINT_SECONDS``; ``epochs`` : one logs dict per
+        finished epoch (with ``val_loss`` and ``val_accuracy``).
+    """
+
+    status: str
+    fraction: float  # of all epochs' batches done, 0..1
+    epoch: int  # the epoch in progress, 1-based
+    max_epochs: int
+    images_per_second: float
+    elapsed: float  # seconds since training started
+    eta: float | None  # seconds left, None until there is a rate to go by
+    points: list[tuple[float, float, float]]
+    epochs: list[dict]
+    run: store.Run | None  # the saved run, once there is one
+    error: str | None  # for the user, when status is "failed"
+    stop_latency: float | None  # seconds from stop() until the training loop ended
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL
+
+
+@dataclass
+class _State:
+    status: str = "pending"
+    fraction: float = 0.0
+    epoch: int = 0
+    images_per_second: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    points: list = field(default_factory=list)
+    epochs: list = field(default_factory=list)
+    run: store.Run | None = None
+    error: str | None = None
+    stop_requested: float | None = None
+    train_ended: float | None = None  # when the training loop returned
+
+
+class _Recorder(Callback):
+    """Copies the training loop's logs into the job's state."""
+
+    def __init__(self, job: TrainingJob) -> None:
+        self.job = job
+        self._last_point = 0.0
+
+    def on_batch_end(self, step, logs):
+        now = time.perf_counter()
+        done = logs["epoch"] + logs["batch"] / logs["batches"]
+        with self.job._lock:
+            state = self.job._state
+            state.epoch = int(logs["epoch"]) + 1
+            state.fraction = min(1.0, done / self.job.max_epochs)
+            state.images_per_second = float(logs["images_per_second"])
+            if (
+                now - self._last_point >= POINT_SECONDS
+                or logs["batch"] == logs["batches"]
+            ):
+                state.points.append(
+                    (done, float(logs["loss"]), float(logs["accuracy"]))
+                )
+                self._last_point = now
+
+    def on_epoch_end(self, epoch, logs):
+        with self.job._lock:
+            self.job._state.epochs.append(dict(logs))
+
+    def on_train_end(self, logs=None):
+        with self.job._lock:
+            self.job._state.train_ended = time.perf_counter()
+
+
+class TrainingJob:
+    """Train a ``kind`` model on ``dataset`` in a background thread; save it as a run.
+
+    params : hyperparameters on top of the kind's defaults (see ``registry``).
+    train_size : train on a random subset of this many images (None: all).
+    name : the run's name (default: time-kind-dataset).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        dataset,
+        params: Mapping[str, Any] | None = None,
+        *,
+        train_size: int | None = None,
+        name: str | None = None,
+        validation_size: int = VALIDATION_SIZE,
+    ) -> None:
+        self.kind = kind
+        self.spec = registry.get(kind)
+        self.dataset = dataset
+        # Refused here, in the caller's thread, rather than later in the worker.
+        self.params = self.spec.params(**dict(params or {}))
+        self.max_epochs = int(self.params.get("max_iter", 1))
+        self.train_size = train_size
+        self.name = name
+        self.validation_size = validation_size
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"TrainingJob({self.kind!r}, {self.dataset.name!r}, {self.status})"
+
+    # -- control ----------------------------------------------------------------
+
+    def start(self) -> TrainingJob:
+        """Start training in a daemon thread; returns self."""
+        if self._thread is not None:
+            raise RuntimeError("This training job has already been started.")
+        with self._lock:
+            self._state.status = "running"
+            self._state.started = time.perf_counter()
+        self._thread = threading.Thread(
+            target=self._run, name=f"digits-train-{self.kind}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask training to stop after the current batch; the model is still saved."""
+        with self._lock:
+            if self._state.status in FINAL or self._stop.is_set():
+                return
+            self._state.stop_requested = time.perf_counter()
+            if self._state.status == "running":
+                self._state.status = "stopping"
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; True if it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.status in FINAL
+
+    @property
+    def status(self) -> str:
+        with self._lock:
+            return self._state.status
+
+    def snapshot(self) -> Progress:
+        """The job's state now (see ``Progress``)."""
+        with self._lock:
+            s = self._state
+            now = s.ended or time.perf_counter()
+            elapsed = now - s.started if s.started is not None else 0.0
+            eta = None
+            if s.status in FINAL:
+                eta = 0.0
+            elif 0 < s.fraction < 1:
+                eta = elapsed * (1 - s.fraction) / s.fraction
+            latency = None
+            if s.stop_requested is not None and s.train_ended is not None:
+                latency = max(0.0, s.train_ended - s.stop_requested)
+            return Progress(
+                status=s.status,
+                fraction=s.fraction,
+                epoch=max(1, s.epoch),
+                max_epochs=self.max_epochs,
+                images_per_second=s.images_per_second,
+                elapsed=elapsed,
+                eta=eta,
+                points=list(s.points),
+                epochs=[dict(e) for e in s.epochs],
+                run=s.run,
+                error=s.error,
+                stop_latency=latency,
+            )
+
+    # -- the thread -------------------------------------------------------------
+
+    def _set(self, **changes) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self._state, key, value)
+
+    def _run(self) -> None:
+        try:
+            run = self._train_and_save()
+        except DigitsError as err:
+            self._set(status="failed", error=str(err), ended=time.perf_counter())
+        except Exception as err:
+            # Not the user's doing; the full traceback goes to the server's log.
+            log.exception("Training job %r failed", self)
+            self._set(
+                status="failed",
+                error=f"Training failed unexpectedly ({type(err).__name__}: {err}). "
+                "The details are in the server's log; try other settings.",
+                ended=time.perf_counter(),
+            )
+        else:
+            final = "stopped" if self._stop.is_set() else "done"
+            self._set(status=final, run=run, ended=time.perf_counter())
+
+    def _subsets(self):
+        """The training images (a random subset if asked) and the validation set."""
+        ds = self.dataset
+        x, y = ds.x_train, ds.y_train
+        seed = self.params.get("random_state")
+        if self.train_size is not None and self.train_size < len(x):
+            rng = np.random.default_rng(seed)
+            keep = np.sort(rng.permutation(len(x))[: self.train_size])
+            x, y = x[keep], y[keep]
+        if self.params.get("early_stopping"):
+            return x, y, None  # the estimator holds out part of (x, y)
+        n_val = min(self.validation_size, len(ds.x_test))
+        rng = np.random.default_rng(VALIDATION_SEED)
+        val = np.sort(rng.permutation(len(ds.x_test))[:n_val])
+        return x, y, (ds.x_test[val], ds.y_test[val])
+
+    def _train_and_save(self) -> store.Run:
+        from digits import metrics  # slow import; only when a job runs
+
+        ds = self.dataset
+        x, y, validation_data = self._subsets()
+        model = self.spec.constructor(**self.spec.fixed, **self.params)
+        start = time.perf_counter()
+        model.fit(
+            x,
+            y,
+            callbacks=[_Recorder(self), StopOnEvent(self._stop)],
+            validation_data=validation_data,
+        )
+        seconds = time.perf_counter() - start
+        self._set(status="saving")
+        if not getattr(model, "n_iter_", 0):
+            raise DigitsError(
+                "Training was stopped before the first batch finished, so there is "
+                "no model to save. Start again and let it run a moment."
+            )
+        if self._stop.is_set():
+            stopped = "interrupted"
+        elif model.n_iter_ < self.max_epochs:
+            stopped = (
+                "early stopping" if self.params.get("early_stopping") else ("converged")
+            )
+        else:
+            stopped = None
+        proba = store.predict_proba_full(model, ds.x_test, len(ds.class_names))
+        test = metrics.report(ds.y_test, proba, ds.class_names)
+        n_val = len(validation_data[1]) if validation_data else 0
+        run = store.save_run(
+            model,
+            kind=self.kind,
+            dataset=ds,
+            params=self.params,
+            test=test,
+            train_seconds=seconds,
+            n_train=len(x),
+            stopped=stopped,
+            validation=f"{n_val} test images"
+            if n_val
+            else ("validation_fraction of train"),
+            command="dashboard",
+            name=self.name,
+        )
+        store.predictions(run, ds, model)  # fills the cache for the Evaluate page
+        return run

@@ -1,0 +1,172 @@
+"""Draw: draw a digit (or upload a photo of one) and watch the models read it."""
+
+import time
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+import ui
+from digits import preprocess
+from digits.errors import DigitsError, NoDigitFound
+
+CANVAS_PIXELS = 280
+CANVAS_KEY = "draw-canvas"  # plus the number of clears: a new key empties it
+CLEARS_KEY = "draw-clears"
+STEP_PIXELS = 112  # displayed side of each preprocessing step
+STEPS = {
+    "raw": "Raw",
+    "cropped": "Cropped to the ink",
+    "scaled": "Scaled to fit 20x20",
+    "centred": "Centred by mass, 28x28",
+}
+DEFAULT_MODELS = ("default-cnn", "default-mlp")
+HINT = "Draw a digit on the canvas (or upload a photo) to see what the models read."
+
+
+def default_models(runs) -> list[str]:
+    """The shipped CNN and MLP, else the newest CNN and MLP, else the newest two."""
+    names = [run.name for run in runs]
+    chosen = [name for name in DEFAULT_MODELS if name in names]
+    for kind in ("cnn", "mlp"):
+        if not any(r.kind == kind for r in runs if r.name in chosen):
+            newest = next((r.name for r in runs if r.kind == kind), None)
+            if newest is not None:
+                chosen.append(newest)
+    return chosen or names[:2]
+
+
+def clear() -> None:
+    st.session_state[CLEARS_KEY] = st.session_state.get(CLEARS_KEY, 0) + 1
+
+
+def digit_input():
+    """The canvas or the uploader; returns an RGBA array, file bytes or None."""
+    source = st.segmented_control(
+        "Input",
+        ["Draw", "Upload"],
+        default="Draw",
+        required=True,
+        key="draw-source",
+        persist_state="session",
+    )
+    if source == "Upload":
+        upload = st.file_uploader(
+            "A photo or scan of one digit (PNG or JPEG)", type=["png", "jpg", "jpeg"]
+        )
+        return None if upload is None else upload.getvalue()
+    # Importable only inside a running Streamlit app: it registers its component.
+    from streamlit_drawable_canvas import st_canvas
+
+    brush = st.slider(
+        "Brush width", 6, 40, 20, key="draw-brush", persist_state="session"
+    )
+    result = st_canvas(
+        stroke_width=brush,
+        stroke_color="#FFFFFF",
+        background_color="#000000",
+        height=CANVAS_PIXELS,
+        width=CANVAS_PIXELS,
+        drawing_mode="freedraw",
+        update_streamlit=True,
+        return_image_data=True,
+        key=f"{CANVAS_KEY}-{st.session_state.get(CLEARS_KEY, 0)}",
+    )
+    st.button("Clear", icon=":material/delete:", on_click=clear)
+    return result.image_data
+
+
+def probability_bars(p: np.ndarray, names) -> go.Figure:
+    top = int(p.argmax())
+    fig = go.Figure(
+        go.Bar(
+            x=list(names),
+            y=p,
+            marker_color=["#ff4b4b" if i == top else "#9aa5b1" for i in range(len(p))],
+            hovertemplate="%{x}: %{y:.1%}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    fig.update_layout(height=220, margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def show_steps(pre: preprocess.Preprocessed) -> None:
+    st.caption("How the image becomes a model input, MNIST-style")
+    st.image(
+        [ui.enlarge(getattr(pre, step), STEP_PIXELS) for step in STEPS],
+        caption=list(STEPS.values()),
+        width=STEP_PIXELS,
+    )
+
+
+ui.page_header(
+    "Draw",
+    "Draw a digit and see what each model reads, with every step of the "
+    "preprocessing: predictions update after each stroke.",
+)
+runs = ui.digit_runs()
+if not runs:
+    st.info("No digit model is saved yet. Train one on the Train page.")
+    st.stop()
+by_name = {run.name: run for run in runs}
+names = st.multiselect(
+    "Models",
+    list(by_name),
+    default=default_models(runs),
+    format_func=lambda n: ui.run_label(by_name[n]),
+    key="draw-models",
+    persist_state="session",
+)
+chosen = [by_name[n] for n in names]
+
+left, right = st.columns([1, 2], gap="large")
+with left:
+    image = digit_input()
+with right:
+    if image is None:
+        st.info(HINT, icon=":material/draw:")
+    elif not chosen:
+        st.info("Choose at least one model above.")
+    else:
+        try:
+            models = [ui.load_model(run) for run in chosen]
+            start = time.perf_counter()
+            # One preprocessing per input size (28 for MNIST, 8 for sklearn digits).
+            inputs = {
+                size: preprocess.preprocess(image, size)
+                for size in {run.image_shape[0] for run in chosen}
+            }
+            prepared = time.perf_counter()
+            probas = [
+                ui.predict_one(
+                    model, inputs[run.image_shape[0]].image, len(run.class_names)
+                )
+                for run, model in zip(chosen, models, strict=True)
+            ]
+            done = time.perf_counter()
+        except NoDigitFound:
+            st.info(HINT, icon=":material/draw:")
+        except DigitsError as err:
+            ui.show_error(err)
+        else:
+            for col, run, p in zip(
+                st.columns(len(chosen)), chosen, probas, strict=True
+            ):
+                with col:
+                    st.metric(
+                        "Prediction",
+                        run.class_names[int(p.argmax())],
+                        help=ui.run_label(run),
+                    )
+                    st.caption(f"**{run.name}** · {p.max():.1%} sure")
+                    st.plotly_chart(
+                        probability_bars(p, run.class_names),
+                        config={"displayModeBar": False},
+                    )
+            show_steps(inputs.get(28) or next(iter(inputs.values())))
+            st.caption(
+                f"Server time: preprocessing {1e3 * (prepared - start):.0f} ms, "
+                f"{len(chosen)} models {1e3 * (done - prepared):.0f} ms."
+            )

@@ -1,0 +1,147 @@
+"""Home: choose the dataset, look at samples of each class, see the saved models."""
+
+import numpy as np
+import plotly.express as px
+import streamlit as st
+
+import ui
+from digits import registry, store
+from digits.errors import DigitsError
+
+SAMPLES_PER_CLASS = 16
+SEED_KEY = "home-sample-seed"
+
+
+def choose_dataset() -> None:
+    """The dataset select box, the CSV uploader and the retry-download button."""
+    left, right = st.columns([1, 2], vertical_alignment="bottom")
+    choice = left.selectbox(
+        "Dataset",
+        list(ui.DATASET_LABELS),
+        format_func=ui.DATASET_LABELS.get,
+        key=ui.DATASET_KEY,
+        persist_state="session",
+        help="The dataset every page uses: training, evaluation and samples.",
+    )
+    if choice == ui.CSV_CHOICE:
+        upload = right.file_uploader(
+            "CSV of flattened square images with a label column",
+            type="csv",
+            help="Kaggle's Digit Recognizer layout (label,pixel0,...) or "
+            "headerless with the label first or last.",
+        )
+        if upload is not None:
+            try:
+                ds = ui.load_uploaded_csv(upload.getvalue(), upload.name)
+            except DigitsError as err:
+                ui.show_error(err)
+            else:
+                st.session_state[ui.CSV_KEY] = ds.name
+        if not st.session_state.get(ui.CSV_KEY):
+            right.info("No CSV uploaded yet: showing MNIST.", icon=":material/info:")
+    fallbacks = st.session_state.get(ui.FALLBACK_KEY, {})
+    if ui.dataset_name() in fallbacks:
+        right.button(
+            "Try the download again",
+            icon=":material/refresh:",
+            on_click=lambda: fallbacks.pop(ui.dataset_name(), None),
+        )
+
+
+def sample_figure(ds, seed: int):
+    """A grid of random training images: one row per class, labelled."""
+    rng = np.random.default_rng(seed)
+    h, w = ds.x_train.shape[1:]
+    rows = []
+    for c in range(len(ds.class_names)):
+        idx = np.flatnonzero(ds.y_train == c)
+        pick = rng.choice(idx, min(SAMPLES_PER_CLASS, len(idx)), replace=False)
+        row = np.zeros((SAMPLES_PER_CLASS, h, w), np.uint8)
+        row[: len(pick)] = ds.x_train[np.sort(pick)]
+        rows.append(row)
+    pad = 2
+    image = ui.grid(np.concatenate(rows), SAMPLES_PER_CLASS, pad)
+    fig = px.imshow(image, binary_string=True)
+    centres = [pad + r * (h + pad) + h / 2 for r in range(len(ds.class_names))]
+    fig.update_yaxes(tickvals=centres, ticktext=list(ds.class_names), title=None)
+    fig.update_xaxes(visible=False)
+    height = min(640, 60 + 44 * len(ds.class_names))
+    fig.update_layout(margin=dict(l=0, r=0, t=0, b=0), height=height)
+    return fig
+
+
+def models_table(ds) -> None:
+    """The saved models with their test accuracy; notices for missing defaults."""
+    runs, broken = ui.all_runs()
+    names = {run.name for run in runs}
+    if "default-cnn" not in names:
+        st.info(
+            "The shipped default CNN is not installed yet. Train a CNN on the Train "
+            "page, or run `python -m digits train --model cnn --preset default "
+            f"--out {store.PRETRAINED_DIR / 'cnn'}`.",
+            icon=":material/info:",
+        )
+    if not runs:
+        st.info("No saved models yet. Train one on the Train page.")
+    else:
+        rows = [
+            {
+                "Model": run.name,
+                "Kind": registry.MODELS[run.kind].label,
+                "Dataset": ui.dataset_label(str(run.meta["dataset"]["name"])),
+                "Test accuracy": run.test_accuracy,
+                "Epochs": len(run.meta.get("history") or []),
+                "Training images": run.meta["dataset"].get("n_train"),
+                "Trained": (run.meta.get("created") or "")[:16].replace("T", " "),
+                "Note": "shipped"
+                if run.pretrained
+                else (run.meta.get("stopped") or ""),
+            }
+            for run in runs
+        ]
+        st.dataframe(
+            rows,
+            hide_index=True,
+            column_config={
+                "Test accuracy": st.column_config.ProgressColumn(
+                    format="percent", min_value=0.0, max_value=1.0
+                ),
+                "Training images": st.column_config.NumberColumn(format="localized"),
+            },
+        )
+        usable = len(ui.runs_for(ds))
+        st.caption(f"{usable} of {len(runs)} models were trained on this dataset.")
+    for bad in broken:
+        st.warning(
+            f"Unusable run {bad.path.name}: {bad.error}", icon=":material/warning:"
+        )
+
+
+ui.page_header(
+    "Handwritten digits",
+    "Explore a dataset, train classifiers on it, evaluate them, and draw your own "
+    "digits for them to read.",
+)
+choose_dataset()
+ds = ui.active_dataset()
+
+h, w = ds.x_train.shape[1:]
+cols = st.columns(4)
+cols[0].metric("Dataset", ui.dataset_label(ds.name))
+cols[1].metric("Training images", f"{len(ds.x_train):,}")
+cols[2].metric("Test images", f"{len(ds.x_test):,}")
+cols[3].metric("Image size", f"{h}x{w}", help=f"{len(ds.class_names)} classes")
+
+samples, models = st.columns([3, 2], gap="large")
+with samples:
+    head, button = st.columns([3, 1], vertical_alignment="bottom")
+    head.subheader("Random samples of each class")
+    if button.button("Shuffle", icon=":material/shuffle:"):
+        st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
+    st.plotly_chart(
+        sample_figure(ds, st.session_state.get(SEED_KEY, 0)),
+        config={"displayModeBar": False},
+    )
+with models:
+    st.subheader("Models")
+    models_table(ds)

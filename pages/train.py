@@ -1,0 +1,246 @@
+"""Train: choose a model and its hyperparameters, train it in the background, watch."""
+
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+import ui
+from digits import calibrate, registry
+from digits.errors import DigitsError
+from digits.training_job import VALIDATION_SIZE, TrainingJob
+
+REFRESH_SECONDS = 0.5  # how often the live view redraws while a job runs
+TRAIN_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000, 30_000, 60_000)
+DEFAULT_TRAIN_SIZE = 5000
+GROUPS = {
+    "Architecture": (
+        "conv_channels",
+        "kernel_size",
+        "padding",
+        "hidden_layer_sizes",
+        "activation",
+        "dropout",
+    ),
+    "Optimizer": (
+        "solver",
+        "learning_rate_init",
+        "learning_rate",
+        "momentum",
+        "alpha",
+        "batch_size",
+    ),
+    # ...and everything not named above.
+    "Training": ("max_iter", "augment", "early_stopping", "n_iter_no_change"),
+}
+ANNOUNCED_KEY = "train-announced"  # the job whose result was last announced
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, round(seconds))
+    return (
+        f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+    )
+
+
+def hyperparameters(spec: registry.ModelKind, preset: str | None) -> dict:
+    """One widget per hyperparameter of ``spec``, in groups; returns their values."""
+    defaults = {**spec.build().get_params(), **spec.params(preset)}
+    listed = {name for names in GROUPS.values() for name in names}
+    params = {}
+    for group, names in GROUPS.items():
+        hps = [hp for hp in spec.hyperparameters if hp.name in names]
+        if group == "Training":
+            hps += [hp for hp in spec.hyperparameters if hp.name not in listed]
+        with st.expander(group, expanded=group != "Training"):
+            for hp in hps:
+                key = f"train-{spec.name}-{preset}-{hp.name}"
+                params[hp.name] = ui.hyperparameter_input(hp, defaults[hp.name], key)
+    return params
+
+
+def estimate(spec, params: dict, ds, n_train: int) -> bool:
+    """Parameter count and time per epoch, measured here; False if params are bad."""
+    shape, k = ds.x_train.shape[1:], len(ds.class_names)
+    n_val = 0 if params.get("early_stopping") else min(VALIDATION_SIZE, len(ds.x_test))
+    try:
+        with st.spinner("Timing a few batches of this network on this machine..."):
+            n_params = calibrate.count_params(spec.name, params, shape, k)
+            seconds = calibrate.estimate_epoch_seconds(
+                spec.name,
+                params,
+                n_train,
+                n_validation=n_val,
+                image_shape=shape,
+                n_classes=k,
+            )
+    except DigitsError as err:
+        ui.show_error(err)
+        return False
+    epochs = int(params.get("max_iter", 1))
+    cols = st.columns(3)
+    cols[0].metric("Parameters", f"{n_params:,}")
+    cols[1].metric(
+        "Time per epoch",
+        f"≈ {_duration(seconds)}",
+        help="Measured on this machine by timing a few batches of this network.",
+    )
+    cols[2].metric("All epochs", f"≈ {_duration(seconds * epochs)}")
+    return True
+
+
+def curves(snap) -> go.Figure:
+    """Loss and accuracy: training (running mean per epoch) and validation."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
+    x = [p[0] for p in snap.points]
+    val_x = [e["epoch"] for e in snap.epochs if "val_loss" in e]
+    for col, (index, name) in enumerate(((1, "loss"), (2, "accuracy")), start=1):
+        fig.add_scatter(
+            x=x,
+            y=[p[index] for p in snap.points],
+            name=f"train {name}",
+            mode="lines",
+            line=dict(color="#1f77b4"),
+            row=1,
+            col=col,
+        )
+        fig.add_scatter(
+            x=val_x,
+            y=[e[f"val_{name}"] for e in snap.epochs if "val_loss" in e],
+            name=f"validation {name}",
+            mode="lines+markers",
+            line=dict(color="#ff7f0e"),
+            row=1,
+            col=col,
+        )
+    fig.update_xaxes(title="epoch", rangemode="tozero")
+    fig.update_layout(
+        height=340,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", y=-0.25),
+    )
+    return fig
+
+
+def announce(job: TrainingJob, snap) -> None:
+    """The outcome of a finished job: the saved run, or the error."""
+    if snap.status == "failed":
+        st.error(snap.error, icon=":material/error:")
+        return
+    run = snap.run
+    stopped = " after you pressed Stop" if snap.status == "stopped" else ""
+    st.success(
+        f"Saved as **{run.name}**{stopped}: test accuracy "
+        f"**{run.test_accuracy:.2%}** after {len(run.meta['history'])} epochs.",
+        icon=":material/check_circle:",
+    )
+    if snap.stop_latency is not None:
+        st.caption(
+            f"Training stopped {snap.stop_latency:.2f} s after Stop was pressed."
+        )
+    st.page_link("pages/evaluate.py", label="Evaluate it", icon=":material/analytics:")
+    if st.session_state.get(ANNOUNCED_KEY) is not job:
+        # Make the new run the one the other pages show first.
+        st.session_state[ANNOUNCED_KEY] = job
+        st.session_state["evaluate-model"] = run.name
+
+
+def live(job: TrainingJob, refreshing: bool) -> None:
+    """Progress, speed, ETA, curves and the Stop button of ``job``."""
+    snap = job.snapshot()
+    if refreshing and snap.finished:
+        st.rerun()  # once more as a whole page: stops the timer, enables Start
+    text = f"{job.spec.label} · epoch {snap.epoch} of {snap.max_epochs}"
+    if snap.status in ("stopping", "saving"):
+        text += f" · {snap.status}..."
+    st.progress(snap.fraction, text=text)
+    cols = st.columns([1, 1, 1, 1, 1.2], vertical_alignment="center")
+    cols[0].metric("Images/s", f"{snap.images_per_second:,.0f}")
+    cols[1].metric("Elapsed", _duration(snap.elapsed))
+    cols[2].metric("ETA", _duration(snap.eta))
+    last = snap.epochs[-1] if snap.epochs else {}
+    cols[3].metric(
+        "Validation accuracy",
+        f"{last['val_accuracy']:.2%}" if "val_accuracy" in last else "-",
+    )
+    cols[4].button(
+        "Stop",
+        key="stop",
+        icon=":material/stop_circle:",
+        on_click=job.stop,
+        disabled=snap.status != "running",
+        help="Stops after the current batch; the model trained so far is saved.",
+    )
+    st.plotly_chart(curves(snap), config={"displayModeBar": False})
+    if snap.finished:
+        announce(job, snap)
+
+
+ui.page_header(
+    "Train",
+    "Pick a model and its hyperparameters, then train it in the background: the "
+    "curves update live, and you may switch pages meanwhile.",
+)
+ds = ui.active_dataset()
+job: TrainingJob | None = st.session_state.get(ui.JOB_KEY)
+running = job is not None and not job.snapshot().finished
+
+controls, view = st.columns([1, 2], gap="large")
+with controls:
+    kind = st.segmented_control(
+        "Model",
+        list(registry.MODELS),
+        format_func=lambda name: registry.MODELS[name].label,
+        default="cnn",
+        required=True,
+        key="train-kind",
+        persist_state="session",
+    )
+    spec = registry.get(kind)
+    st.caption(spec.description)
+    left, right = st.columns(2)
+    preset = left.selectbox(
+        "Start from preset",
+        list(spec.presets),
+        index=list(spec.presets).index("quick") if "quick" in spec.presets else 0,
+        key=f"train-preset-{kind}",
+        persist_state="session",
+    )
+    n_all = len(ds.x_train)
+    sizes = [n for n in TRAIN_SIZES if n < n_all] + [n_all]
+    n_train = right.select_slider(
+        "Training images",
+        sizes,
+        value=min(DEFAULT_TRAIN_SIZE, n_all) if DEFAULT_TRAIN_SIZE in sizes else n_all,
+        format_func=lambda n: f"{n:,}",
+        key=f"train-size-{ds.name}",
+        persist_state="session",
+        help="A random subset of the training set, for quick runs.",
+    )
+    params = hyperparameters(spec, preset)
+
+with view:
+    ok = estimate(spec, params, ds, n_train)
+    if st.button(
+        "Start training",
+        type="primary",
+        icon=":material/play_arrow:",
+        disabled=running or not ok,
+        help="A run is already in progress." if running else None,
+    ):
+        try:
+            job = TrainingJob(kind, ds, params, train_size=n_train).start()
+        except DigitsError as err:
+            ui.show_error(err)
+        else:
+            st.session_state[ui.JOB_KEY] = job
+            running = True
+    st.subheader("Progress")
+    if job is None:
+        st.info(
+            "Set the hyperparameters and press **Start training**: the loss and "
+            "accuracy curves appear here as the model learns."
+        )
+    else:
+        st.fragment(run_every=REFRESH_SECONDS if running else None)(live)(job, running)

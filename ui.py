@@ -1,0 +1,411 @@
+"""Streamlit helpers shared by the dashboard's pages (``app.py``, ``pages/``).
+
+What lives here is what every page needs around its one call into ``digits``:
+the active dataset (chosen on Home, downloaded with a progress bar, falling back
+to scikit-learn's digits when offline), cached datasets, models and test-set
+predictions, the list of saved runs, error display, labels and image grids.
+``digits`` itself never imports streamlit; this module is the only bridge.
+
+Caching: datasets and models are ``st.cache_resource`` (one shared, read-only
+object per process); a model's cache key is its run folder plus the modification
+time of its metadata, so a re-saved run is reloaded. Test-set predictions and
+reports are ``st.cache_data`` on the same key plus the dataset's checksum.
+Everything per user (the chosen dataset, the training job) is in
+``st.session_state``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+from threadpoolctl import threadpool_limits
+
+from digits import data, registry, store
+from digits.errors import DataError, DigitsError, DownloadError
+
+# -- session-state keys -------------------------------------------------------------
+DATASET_KEY = "dataset"  # the Home page's dataset choice (a widget that persists)
+CSV_KEY = "csv-path"  # the uploaded CSV, saved to a temporary file
+FALLBACK_KEY = "dataset-fallbacks"  # {dataset: notice} for failed downloads
+JOB_KEY = "training-job"  # the Train page's digits.training_job.TrainingJob
+
+CSV_CHOICE = "csv"
+DATASET_LABELS = {
+    "mnist": "MNIST",
+    "fashion-mnist": "Fashion-MNIST",
+    "sklearn-digits": "sklearn digits (8x8)",
+    CSV_CHOICE: "CSV upload",
+}
+DEFAULT_DATASET = "mnist"
+FALLBACK_DATASET = "sklearn-digits"  # bundled with scikit-learn: always offline
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "digits-uploads"
+GALLERY_PIXELS = 84  # displayed side of a gallery image
+
+
+# -- pages -------------------------------------------------------------------------
+
+
+def page_header(title: str, caption: str) -> None:
+    """The page's title, its one-line explanation and the sidebar's job status."""
+    st.title(title)
+    st.caption(caption)
+    _sidebar_job_status()
+
+
+def _sidebar_job_status() -> None:
+    """A static note in the sidebar while a training job of this session runs."""
+    job = st.session_state.get(JOB_KEY)
+    if job is None:
+        return
+    snap = job.snapshot()
+    if not snap.finished:
+        st.sidebar.progress(
+            snap.fraction,
+            text=f"Training {job.spec.label}: {snap.fraction:.0%}",
+        )
+    elif snap.run is not None:
+        st.sidebar.caption(f"Last run: {snap.run.name}")
+
+
+def show_error(err: BaseException) -> None:
+    """A user error as a red box with its message (never a traceback)."""
+    st.error(str(err), icon=":material/error:")
+
+
+# -- datasets ----------------------------------------------------------------------
+
+
+def _read_only(ds: data.Dataset) -> data.Dataset:
+    """The dataset with its arrays locked: the cached copy is shared by everyone."""
+    for array in ds[:4]:
+        array.flags.writeable = False
+    return ds
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading the dataset...")
+def _load_dataset(name: str) -> data.Dataset:
+    return _read_only(data.load_dataset(name))
+
+
+def _missing_files(name: str) -> bool:
+    """True if dataset ``name`` must be downloaded before it can be loaded."""
+    source = data.IDX_SOURCES.get(name)
+    if source is None:
+        return False
+    folder = data.data_dir() / source.folder
+    return any(not (folder / f).is_file() for f in source.sha256)
+
+
+def _download(name: str) -> None:
+    """Download dataset ``name`` with a progress bar; DownloadError if offline."""
+    label = DATASET_LABELS.get(name, name)
+    bar = st.progress(0.0, text=f"Downloading {label}...")
+
+    def progress(done: int, total: int | None, filename: str) -> None:
+        fraction = min(1.0, done / total) if total else 0.0
+        size = f" of {total / 1e6:.1f} MB" if total else ""
+        bar.progress(
+            fraction, text=f"Downloading {filename}: {done / 1e6:.1f} MB{size}"
+        )
+
+    try:
+        data.fetch(name, progress=progress)
+    finally:
+        bar.empty()
+
+
+def dataset_name() -> str:
+    """The name to load for this session's choice: a dataset name or a CSV path."""
+    choice = st.session_state.get(DATASET_KEY, DEFAULT_DATASET)
+    if choice == CSV_CHOICE:
+        return st.session_state.get(CSV_KEY) or DEFAULT_DATASET
+    return choice
+
+
+def dataset_label(name: str) -> str:
+    """A short label: "MNIST", or the uploaded CSV's original file name."""
+    if name in DATASET_LABELS:
+        return DATASET_LABELS[name]
+    return f"CSV {Path(name).name.split('-', 1)[-1]}"
+
+
+def active_dataset() -> data.Dataset:
+    """The dataset chosen on Home, loaded (and downloaded if need be).
+
+    If the download fails, the session falls back to scikit-learn's digits and a
+    warning says why; other data errors stop the page with the message.
+    """
+    name = dataset_name()
+    fallbacks = st.session_state.setdefault(FALLBACK_KEY, {})
+    if name in fallbacks:
+        st.warning(fallbacks[name], icon=":material/wifi_off:")
+        name = FALLBACK_DATASET
+    elif _missing_files(name):
+        try:
+            _download(name)
+        except DownloadError as err:
+            fallbacks[name] = (
+                f"{dataset_label(name)} could not be downloaded, so the app uses "
+                f"{dataset_label(FALLBACK_DATASET)} instead. {err}"
+            )
+            st.warning(fallbacks[name], icon=":material/wifi_off:")
+            name = FALLBACK_DATASET
+        except DataError as err:
+            show_error(err)
+            st.stop()
+    try:
+        return _load_dataset(name)
+    except DigitsError as err:
+        show_error(err)
+        st.stop()
+
+
+def save_upload(content: bytes, filename: str) -> str:
+    """Save an uploaded CSV under a name made from its content; return the path."""
+    digest = hashlib.sha256(content).hexdigest()[:16]
+    safe = store.sanitize_name(Path(filename).stem) if filename else "upload"
+    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    path = UPLOAD_DIR / f"{digest}-{safe}.csv"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(content)
+        tmp.replace(path)
+    return str(path)
+
+
+def load_uploaded_csv(content: bytes, filename: str) -> data.Dataset:
+    """Save and load an uploaded CSV; DataError names the file if it is unusable."""
+    path = save_upload(content, filename)
+    try:
+        return _load_dataset(path)
+    except DataError as err:
+        raise DataError(str(err).replace(path, filename)) from err
+
+
+# -- runs and models ---------------------------------------------------------------
+
+
+def all_runs() -> tuple[list[store.Run], list[store.BrokenRun]]:
+    """Every saved run (newest first, shipped ones last) and the broken ones."""
+    return store.list_runs()
+
+
+def runs_for(ds: data.Dataset) -> list[store.Run]:
+    """The runs trained on ``ds`` (same dataset name and compatible shape)."""
+    shape, k = ds.x_test.shape[1:], len(ds.class_names)
+    return [
+        run
+        for run in all_runs()[0]
+        if (run.meta.get("dataset") or {}).get("name") == ds.name
+        and run.image_shape == tuple(shape)
+        and len(run.class_names) == k
+    ]
+
+
+def digit_runs() -> list[store.Run]:
+    """The runs that classify digits 0-9 in square images (for the Draw page)."""
+    return [
+        run
+        for run in all_runs()[0]
+        if run.class_names == data.DIGIT_NAMES
+        and len(run.image_shape) == 2
+        and run.image_shape[0] == run.image_shape[1]
+    ]
+
+
+def _version(run: store.Run) -> float:
+    """When the run's metadata last changed: part of every cache key."""
+    return (run.path / store.METADATA_FILE).stat().st_mtime
+
+
+@st.cache_resource(max_entries=16, show_spinner="Loading the model...")
+def _load_model(path: str, mtime: float, _run: store.Run):
+    return store.load_model(_run)
+
+
+def load_model(run: store.Run):
+    """The fitted model of ``run``, cached by run folder and modification time."""
+    return _load_model(str(run.path), _version(run), run)
+
+
+@st.cache_data(max_entries=32, show_spinner="Scoring the test set...")
+def _predictions(
+    path: str, mtime: float, checksum: str, _run: store.Run, _ds: data.Dataset
+) -> np.ndarray:
+    proba = store.predictions(_run, _ds)
+    proba.flags.writeable = False
+    return proba
+
+
+def test_predictions(run: store.Run, ds: data.Dataset) -> np.ndarray:
+    """Test-set probabilities (n_test, k) of ``run``, computed once and cached."""
+    return _predictions(str(run.path), _version(run), ds.checksum, run, ds)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _report(
+    path: str, mtime: float, checksum: str, _ds: data.Dataset, _proba: np.ndarray
+) -> dict:
+    from digits import metrics
+
+    return metrics.report(_ds.y_test, _proba, _ds.class_names)
+
+
+def test_report(run: store.Run, ds: data.Dataset, proba: np.ndarray) -> dict:
+    """``digits.metrics.report`` of ``run`` on the test set, cached."""
+    return _report(str(run.path), _version(run), ds.checksum, ds, proba)
+
+
+def run_label(run: store.Run) -> str:
+    """ "default-cnn · CNN (NumPy) · 99.10%": name, kind and test accuracy."""
+    acc = run.test_accuracy
+    score = f" · {acc:.2%}" if acc is not None else ""
+    return f"{run.name} · {registry.MODELS[run.kind].label}{score}"
+
+
+def predict_one(model, image: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities (k,) for one preprocessed image (h, w).
+
+    For a single image, BLAS's thread hand-off costs far more than the maths
+    (measured 3 ms with one thread against 30-50 ms with two on a busy machine).
+    """
+    with threadpool_limits(1, user_api="blas"):
+        return store.predict_proba_full(model, image[None], n_classes)[0]
+
+
+# -- hyperparameter widgets ---------------------------------------------------------
+
+# Labels for the two widgets of a "layers" hyperparameter: how many, and each width.
+LAYER_LABELS = {
+    "conv_channels": ("Conv blocks", "Channels of block {}"),
+    "hidden_layer_sizes": ("Hidden layers", "Units of layer {}"),
+}
+NUMBER_INPUT_RANGE = 1000  # int ranges wider than this get a number box, no slider
+FINE_SLIDER_RANGE = 100  # int ranges wider than this get a slider of round values
+
+
+def _log_options(low: float, high: float, default: float) -> list[float]:
+    """1, 2, 5 times powers of ten from ``low`` to ``high``, plus ``default``."""
+    values = {float(default)}
+    for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        for mantissa in (1, 2, 5):
+            value = float(f"{mantissa}e{exponent}")
+            if low <= value <= high:
+                values.add(value)
+    return sorted(values)
+
+
+def _round_options(low: int, high: int, defaults: Sequence[int]) -> list[int]:
+    """Powers of two from ``low`` to ``high``, plus the defaults."""
+    values = {int(d) for d in defaults}
+    value = 1
+    while value <= high:
+        if value >= low:
+            values.add(value)
+        value *= 2
+    return sorted(values)
+
+
+def hyperparameter_input(hp: registry.Hyperparameter, default, key: str):
+    """The widget for ``hp`` (slider, select box, toggle...); returns its value.
+
+    ``key`` prefixes the widget keys; values persist for the session, across page
+    switches. ``default`` is the value before the user touches the widget.
+    """
+    common = {"help": hp.help or None, "persist_state": "session"}
+    if hp.type == "layers":
+        return _layers_input(hp, tuple(default or ()), key, common)
+    if hp.type == "bool":
+        return st.toggle(hp.label, value=bool(default), key=key, **common)
+    if hp.type == "choice":
+        options = list(hp.choices)
+        index = options.index(default) if default in options else 0
+        return st.selectbox(hp.label, options, index=index, key=key, **common)
+    if hp.type == "log":
+        return st.select_slider(
+            hp.label,
+            _log_options(hp.low, hp.high, default),
+            value=float(default),
+            format_func=lambda v: f"{v:g}",
+            key=key,
+            **common,
+        )
+    if hp.type == "int":
+        low, high = int(hp.low), int(hp.high)
+        if high - low > NUMBER_INPUT_RANGE:
+            return st.number_input(
+                hp.label, low, high, int(default), step=1, key=key, **common
+            )
+        if high - low > FINE_SLIDER_RANGE:
+            options = _round_options(low, high, [default])
+            return st.select_slider(
+                hp.label, options, value=int(default), key=key, **common
+            )
+        return st.slider(hp.label, low, high, int(default), key=key, **common)
+    return st.slider(
+        hp.label, float(hp.low), float(hp.high), float(default), 0.05, key=key, **common
+    )
+
+
+def _layers_input(hp, default: tuple, key: str, common: dict) -> tuple[int, ...]:
+    """How many layers, then one width slider per layer."""
+    count_label, width_label = LAYER_LABELS.get(hp.name, (hp.label, hp.label + " {}"))
+    n = st.slider(
+        count_label,
+        1,
+        hp.max_layers,
+        max(1, min(len(default), hp.max_layers)),
+        key=f"{key}-n",
+        **common,
+    )
+    options = _round_options(int(hp.low), int(hp.high), default)
+    fallback = default[-1] if default else options[len(options) // 2]
+    return tuple(
+        st.select_slider(
+            width_label.format(i + 1),
+            options,
+            value=default[i] if i < len(default) else fallback,
+            key=f"{key}-{i}",
+            persist_state="session",
+        )
+        for i in range(n)
+    )
+
+
+# -- images ------------------------------------------------------------------------
+
+
+def enlarge(image: np.ndarray, pixels: int = GALLERY_PIXELS) -> np.ndarray:
+    """``image`` (h, w) scaled up by a whole factor to about ``pixels`` wide, with
+    sharp pixels (browsers blur small images they scale themselves)."""
+    factor = max(1, round(pixels / max(image.shape[:2])))
+    return np.kron(image, np.ones((factor, factor), dtype=image.dtype))
+
+
+def grid(images: Sequence[np.ndarray], n_cols: int, pad: int = 2) -> np.ndarray:
+    """Images (n, h, w) tiled in rows of ``n_cols`` on a grey background."""
+    images = np.asarray(images)
+    n, h, w = images.shape
+    n_rows = max(1, math.ceil(n / n_cols))
+    out = np.full(
+        (n_rows * (h + pad) + pad, n_cols * (w + pad) + pad), 96, dtype=np.uint8
+    )
+    for i, image in enumerate(images):
+        r, c = divmod(i, n_cols)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        out[top : top + h, left : left + w] = image
+    return out
+
+
+def gallery(images: Sequence[np.ndarray], captions: Sequence[str], empty: str) -> None:
+    """Images in a wrapping row, each with its caption; ``empty`` if there are none."""
+    if len(images) == 0:
+        st.info(empty)
+        return
+    st.image([enlarge(im) for im in images], caption=list(captions))
