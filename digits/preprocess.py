@@ -1,0 +1,696 @@
+"""Turn any user image into a model input, the way MNIST itself was made.
+
+MNIST's digits were scanned, cleaned, scaled to fit a 20x20 box with
+anti-aliasing, and placed in a 28x28 frame so that their centre of mass sits at
+the centre. `preprocess` does the same to a canvas drawing or a photo:
+
+1. grayscale (an RGBA canvas is composited over the background its strokes
+   contrast with, using alpha);
+2. polarity: the background is the majority of the border, so dark ink on light
+   paper is inverted to MNIST's white ink on black;
+3. cleaning: uneven lighting is estimated on a coarse grid and subtracted, long
+   thin ruled or squared-paper lines are suppressed, the ink is found with an
+   Otsu threshold, small specks are dropped and pen strokes thinner than MNIST's
+   are thickened; the grey, anti-aliased stroke edges are kept;
+4. crop to the ink's bounding box;
+5. scale to fit the box (20x20 for 28x28), keeping the aspect ratio, with
+   Pillow's anti-aliasing Lanczos filter;
+6. place in the frame, centred on the centre of mass (or on the bounding box for
+   the 8x8 sklearn digits, which fill their frame).
+
+An MNIST digit is a fixed point: its ink already spans exactly 20 pixels and its
+centre of mass already rounds to (14, 14), so it comes back unchanged.
+
+Every step is returned in a `Preprocessed` so the Draw page can show them.
+Uploads are decoded by Pillow only (never unpickled), limited to `MAX_BYTES`
+and `MAX_PIXELS`, and restricted to the formats in `FORMATS`.
+
+Left out: perspective correction, rotated grids (only lines within about two
+degrees of horizontal or vertical count as grid lines), and photos that show
+the table beyond the paper's edge.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
+
+from digits.errors import NoDigitFound, PreprocessError
+
+# Limits on what a user can upload.
+MAX_BYTES = 20 * 1024 * 1024  # 20 MiB file
+MAX_PIXELS = 4096 * 4096  # decoded size, checked before decoding
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+
+# The cleaning runs with the image's longer side reduced to at most this: the
+# digit ends up 20 pixels tall, so more only costs time.
+WORK_SIDE = 256
+
+# Background (lighting) estimate: a quadratic surface fitted to a coarse grid.
+BG_GRID = 32  # longer side of the coarse grid, cells
+BG_ITERATIONS = 5  # refits, each without the cells well above the last fit
+BG_TOLERANCE = 0.02  # cells this close above the fit always count as background
+BG_FLAT = 0.05  # a background varying less than this is taken as uniform
+
+SMOOTH_SIGMA = 1.0  # pixels; blurs noise and JPEG blocks before thresholding
+MIN_CONTRAST = 0.1  # ink must differ from the background by this (of 0..1)
+MIN_DIGIT = 0.08  # the ink must span this fraction of the image's longer side
+SPECK_FRACTION = 0.05  # components smaller than this x the largest are specks
+HALO = 2  # pixels around the ink whose grey edge values are kept
+
+# Grid lines: straight runs spanning LINE_SPAN of the image, at least MIN_LINES
+# of them side by side, fainter or thinner than the digit's own strokes.
+LINE_RUN = 0.2  # straight pieces at least this long (of the image side) chain up
+LINE_SPAN = 0.75  # MNIST-style digits span at most 20/28 = 0.71 of their frame
+LINE_STRAIGHT = 0.1  # sideways wander per length: a tilt of up to about 5 degrees
+MIN_LINES = 2
+LINE_FAINT = 0.6
+LINE_THIN = 0.6
+
+# Pen strokes thinner than THIN_STROKE x the digit's size are thickened to
+# STROKE (MNIST's strokes are about 0.12 of its 20-pixel box).
+THIN_STROKE = 0.06
+STROKE = 0.1
+CROP_SHRINK = 2  # shrinking more than this, crop at the ink's half-level edge
+FULL_INK = 0.7  # stroke cores fainter than this are brightened to 1
+
+
+@dataclass(frozen=True)
+class Frame:
+    """How a dataset places its digits: the box they fit and how they are centred."""
+
+    box: int  # the digit's longer side, pixels
+    centre: str  # "mass": centre of mass at size/2; "box": bounding box centred
+
+
+# MNIST (and Fashion-MNIST, EMNIST) fit a 20 box in 28 and centre by mass; the
+# sklearn 8x8 digits fill the frame. Other sizes keep MNIST's 20/28 ratio.
+FRAMES = {28: Frame(box=20, centre="mass"), 8: Frame(box=8, centre="box")}
+MIN_SIZE, MAX_SIZE = 4, 64  # outputs; the cleaning runs at WORK_SIDE
+
+
+def frame_for(size: int) -> Frame:
+    """The box and centring for an output of `size` x `size` pixels."""
+    if not isinstance(size, int | np.integer) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise PreprocessError(
+            f"Output size {size!r} is not supported: use an integer from "
+            f"{MIN_SIZE} to {MAX_SIZE}."
+        )
+    return FRAMES.get(int(size), Frame(box=round(size * 20 / 28), centre="mass"))
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """Each step of `preprocess`, as uint8 images (0 = black, 255 = white ink).
+
+    raw : (H, W) the grayscale image as given, its longer side reduced to at most
+        `WORK_SIDE`; a transparent canvas is composited first.
+    cleaned : (H, W) white ink on black with lighting, grid lines and specks
+        removed.
+    cropped : (h, w) the ink's bounding box cut from `cleaned`.
+    scaled : (bh, bw) `cropped` scaled so its longer side is the frame's box.
+    centred : (size, size) the final image.
+    inverted : True if the image was dark ink on light paper.
+    """
+
+    raw: np.ndarray
+    cleaned: np.ndarray
+    cropped: np.ndarray
+    scaled: np.ndarray
+    centred: np.ndarray
+    inverted: bool
+
+    @property
+    def image(self) -> np.ndarray:
+        """The model input: `centred` as float32 in 0..1, shape (size, size)."""
+        return self.centred.astype(np.float32) / 255
+
+    def steps(self) -> dict[str, np.ndarray]:
+        """The images in pipeline order, keyed by step name, for display."""
+        names = ("raw", "cleaned", "cropped", "scaled", "centred")
+        return {name: getattr(self, name) for name in names}
+
+
+ImageSource = Image.Image | np.ndarray | bytes | str | Path | BinaryIO
+
+# ---------------------------------------------------------------- reading files
+
+
+def _describe(name: str | None) -> str:
+    return repr(name) if name else "the image"
+
+
+def _too_many_bytes(name: str | None) -> PreprocessError:
+    return PreprocessError(
+        f"Image {_describe(name)} is larger than the {MAX_BYTES // 2**20} MB "
+        "limit. Save it at a smaller size and try again."
+    )
+
+
+def _read_bytes(source: bytes | str | Path | BinaryIO, name: str | None) -> bytes:
+    """The file's bytes, refusing anything over `MAX_BYTES` before reading it all."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    elif isinstance(source, str | Path):
+        try:
+            if Path(source).stat().st_size > MAX_BYTES:
+                raise _too_many_bytes(name)
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise PreprocessError(
+                f"Cannot read image {_describe(name)}: {exc.strerror or exc}. "
+                "Check the path and try again."
+            ) from exc
+    else:
+        data = source.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise _too_many_bytes(name)
+    if not data:
+        raise PreprocessError(
+            f"Image {_describe(name)} is empty (0 bytes). Choose another file."
+        )
+    return data
+
+
+def _check_pixels(width: int, height: int, name: str | None) -> None:
+    if width * height > MAX_PIXELS:
+        side = math.isqrt(MAX_PIXELS)
+        raise PreprocessError(
+            f"Image {_describe(name)} is {width} x {height} pixels; the limit is "
+            f"{MAX_PIXELS / 1e6:.1f} megapixels ({side} x {side}). "
+            "Shrink it and try again."
+        )
+
+
+def _open(
+    source: bytes | str | Path | BinaryIO, name: str | None
+) -> tuple[Image.Image, str | None]:
+    """Open without decoding: check the format and the size from the header."""
+    if name is None and isinstance(source, str | Path):
+        name = str(source)
+    if name is None:
+        name = getattr(source, "name", None)
+    data = _read_bytes(source, name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PreprocessError(
+            f"Image {_describe(name)} is too large to decode safely; the limit is "
+            f"{MAX_PIXELS / 1e6:.1f} megapixels. Shrink it and try again."
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise PreprocessError(
+            f"Cannot read image {_describe(name)}: it is not a valid "
+            f"{', '.join(FORMATS)} file. Upload a PNG or JPEG image."
+        ) from exc
+    _check_pixels(*image.size, name)
+    return image, name
+
+
+def _decode(image: Image.Image, name: str | None) -> Image.Image:
+    """Decode the pixels, turning truncated or corrupt data into a clear error."""
+    try:
+        image.load()
+        # Phones store photos sideways plus an EXIF note saying which way is up.
+        ImageOps.exif_transpose(image, in_place=True)
+        return image
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise PreprocessError(
+            f"Cannot read image {_describe(name)}: the file is corrupt or "
+            f"truncated ({exc}). Save it again or choose another file."
+        ) from exc
+
+
+def load_image(
+    source: bytes | str | Path | BinaryIO, *, name: str | None = None
+) -> Image.Image:
+    """Read a PNG, JPEG, BMP, GIF or WebP file into a decoded Pillow image.
+
+    `source` is a path, the file's bytes or a binary file object (a Streamlit
+    upload); `name` names it in error messages (default: the path or the
+    object's ``name``). Raises `PreprocessError` naming the file if it is
+    missing, empty, not an image, corrupt, truncated or over the size limits.
+    """
+    image, name = _open(source, name)
+    return _decode(image, name)
+
+
+# ---------------------------------------------------------------- to grayscale
+
+
+def _as_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale an array to uint8: floats are 0..1 (or 0..255 if larger), ints 0..255
+    (or 16-bit if larger), booleans 0/1."""
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+        raise PreprocessError(
+            f"Image array of dtype {array.dtype} must hold finite numbers."
+        )
+    values = array.astype(np.float64)
+    top = values.max(initial=0.0)
+    if np.issubdtype(array.dtype, np.floating):
+        scale = 255.0 if top <= 1.0 else 1.0
+    else:
+        scale = 1.0 if top <= 255 else 255.0 / 65535.0
+    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise PreprocessError(
+            f"Image array has shape {array.shape}; expected (H, W), (H, W, 3) "
+            "or (H, W, 4)."
+        )
+    if min(array.shape[:2]) < 1:
+        raise PreprocessError(f"Image array of shape {array.shape} has no pixels.")
+    _check_pixels(array.shape[1], array.shape[0], None)
+    return Image.fromarray(_as_uint8(array))
+
+
+def _composite(image: Image.Image) -> Image.Image:
+    """RGBA to grayscale over the background the strokes contrast with.
+
+    A transparent canvas has untouched pixels (0, 0, 0, 0); its strokes may be
+    light or dark, so they go over black if light and over white if dark.
+    """
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64) / 255
+    if alpha.min() == 1.0:
+        return rgba.convert("L")
+    if alpha.max() == 0.0:
+        raise NoDigitFound(
+            "No digit found: the image is blank (fully transparent). "
+            "Draw a digit or upload a photo of one."
+        )
+    gray = np.asarray(rgba.convert("L"), dtype=np.float64) / 255
+    stroke = float((alpha * gray).sum() / alpha.sum())
+    background = (0, 0, 0, 255) if stroke >= 0.5 else (255, 255, 255, 255)
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba)
+
+
+def _grayscale(source: ImageSource, name: str | None) -> Image.Image:
+    """Any supported source as a grayscale ("L") Pillow image of at most
+    `WORK_SIDE` pixels on its longer side."""
+    if isinstance(source, Image.Image):
+        _check_pixels(*source.size, name)
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _array_to_image(source)
+    else:
+        image, name = _open(source, name)
+        if image.format == "JPEG":
+            # Let the JPEG decoder scale down by up to 8x: much faster than
+            # decoding a 12-megapixel photo and shrinking it afterwards.
+            image.draft(image.mode, (WORK_SIDE, WORK_SIDE))
+        image = _decode(image, name)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        image = _array_to_image(np.asarray(image))
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    gray = _composite(image) if has_alpha else image.convert("L")
+    if max(gray.size) > WORK_SIDE:
+        factor = WORK_SIDE / max(gray.size)
+        size = tuple(max(1, round(side * factor)) for side in gray.size)
+        gray = gray.resize(size, Image.Resampling.BOX)
+    return gray.convert("L")
+
+
+# ---------------------------------------------------------------- cleaning
+
+
+def _is_dark_ink(gray: np.ndarray) -> bool:
+    """True if the ink is darker than the background.
+
+    gray : (H, W) float in 0..1. The background is the median of the border;
+    the ink is whichever extreme lies farther from it.
+    """
+    width = max(1, round(0.02 * min(gray.shape)))
+    border = np.concatenate(
+        [
+            gray[:width].ravel(),
+            gray[-width:].ravel(),
+            gray[:, :width].ravel(),
+            gray[:, -width:].ravel(),
+        ]
+    )
+    background = float(np.median(border))
+    low, high = np.percentile(gray, [0.2, 99.8])
+    return background - low > high - background
+
+
+def _background(ink: np.ndarray) -> np.ndarray | float:
+    """The background level under white ink: a float if uniform, else (H, W).
+
+    A quadratic surface fitted to a coarse grid of the image, refitted a few
+    times without the cells lying well above it (the ink), follows shadows,
+    gradients and vignetting but never the digit, however much of the image
+    the digit fills (a large median or opening filter would eat bold strokes).
+    """
+    image = Image.fromarray(ink.astype(np.float32), mode="F")
+    factor = BG_GRID / max(image.size)
+    if factor < 1:
+        grid_size = tuple(max(1, round(side * factor)) for side in image.size)
+        image = image.resize(grid_size, Image.Resampling.BOX)
+    values = np.asarray(image, dtype=np.float64).ravel()
+    terms = _quadratic_terms(*image.size[::-1])
+    # Start from the darker half: ink covers less than half of any image, and a
+    # quadratic fitted to part of a quadratic is that quadratic.
+    keep = values <= np.median(values)
+    for _ in range(BG_ITERATIONS):
+        coef = np.linalg.lstsq(terms[keep], values[keep], rcond=None)[0]
+        residual = values - terms @ coef
+        spread = 1.4826 * np.median(np.abs(residual[keep]))
+        keep = residual <= max(BG_TOLERANCE, 2.5 * spread)
+    y, x = _centres(*ink.shape)
+    c = coef.astype(np.float32)
+    surface = c[0] + c[1] * x + c[2] * y + c[3] * x * x + c[4] * x * y + c[5] * y * y
+    if np.ptp(surface) < BG_FLAT:
+        return float(np.median(values[keep]))
+    return surface
+
+
+def _centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres in -1..1: y of shape (height, 1), x of shape (1, width)."""
+    y = (np.arange(height, dtype=np.float32)[:, None] + 0.5) / height * 2 - 1
+    x = (np.arange(width, dtype=np.float32)[None, :] + 0.5) / width * 2 - 1
+    return y, x
+
+
+def _quadratic_terms(height: int, width: int) -> np.ndarray:
+    """(height * width, 6): 1, x, y, x^2, xy, y^2 at the pixel centres."""
+    y, x = (
+        np.broadcast_to(a, (height, width)).ravel() for a in _centres(height, width)
+    )
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu's threshold: the cut maximising the between-class variance."""
+    top = float(values.max())
+    counts = np.bincount((values * (255 / top)).astype(np.uint8).ravel(), minlength=256)
+    edges = np.linspace(0, top, 257)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight0 = np.cumsum(counts)
+    weight1 = weight0[-1] - weight0
+    sum0 = np.cumsum(counts * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean0 = sum0 / weight0
+        mean1 = (sum0[-1] - sum0) / weight1
+        between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(edges[np.nanargmax(between[:-1]) + 1])
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width of a non-empty boolean mask, pixels.
+
+    Across a stroke of width w the distance to the nearest edge rises from 0
+    to w/2 and back, so its mean over the stroke is w/4.
+    """
+    sample = np.pad(mask[_bounds(mask)], 1)
+    return 4 * float(ndimage.distance_transform_edt(sample)[sample].mean())
+
+
+def _grid_lines(smooth: np.ndarray, threshold: float) -> np.ndarray:
+    """Pixels of ruled or squared-paper lines, to be left out of the ink.
+
+    smooth : (H, W) the smoothed ink image. A grey opening with a line
+    `LINE_RUN` of the image long keeps straight runs (short enough to follow a
+    slightly tilted line); connected runs that span `LINE_SPAN` of the image
+    and stay within `LINE_STRAIGHT` of it sideways are lines. They count as grid
+    only if at least `MIN_LINES` run side by side and each is fainter or
+    thinner than the digit's own strokes, so a canvas digit's long strokes, as
+    bright and wide as the rest of it, stay.
+    Returns a boolean (H, W) mask covering each line's width.
+    """
+    pieces: list[tuple[int, tuple[slice, slice], np.ndarray]] = []
+    for axis in (0, 1):
+        size = [1, 1]
+        size[axis] = max(3, int(LINE_RUN * smooth.shape[axis]))
+        opened = ndimage.grey_opening(smooth, size=tuple(size))
+        labels, _ = ndimage.label(opened > threshold / 4)
+        for index, found in enumerate(ndimage.find_objects(labels), start=1):
+            span = found[axis].stop - found[axis].start
+            across = found[1 - axis].stop - found[1 - axis].start
+            if (
+                span >= LINE_SPAN * smooth.shape[axis]
+                and across <= LINE_STRAIGHT * span
+            ):
+                pieces.append((axis, found, labels[found] == index))
+    grid = np.zeros(smooth.shape, dtype=bool)
+    if not pieces:
+        return grid
+    lines = grid.copy()
+    for _, found, component in pieces:
+        lines[found] |= component
+    ink = (smooth > threshold) & ~_dilate(lines, 2)
+    # With no ink beside the lines (blank squared paper) every line is grid.
+    level = np.percentile(smooth[ink], 90) if ink.any() else np.inf
+    width = _stroke_width(ink) if ink.any() else np.inf
+    # Where a line crosses or runs along a stroke, the stroke stays: a faint
+    # line gives way to bright ink, a thin one to bright ink thicker than it.
+    bright = _dilate(smooth >= LINE_FAINT * level, 1)
+    counts = [0, 0]
+    for axis, found, component in pieces:
+        thickness = component.sum() / component.shape[axis]
+        if np.median(smooth[found][component]) < LINE_FAINT * level:
+            keep = bright[found]
+        elif thickness < LINE_THIN * width:
+            reach = max(1, math.ceil(thickness / 2))
+            strokes = ndimage.binary_opening(
+                smooth[found] > threshold, iterations=reach
+            )
+            keep = bright[found] & strokes
+        else:
+            continue
+        grid[found] |= _dilate(component, 1) & ~keep
+        counts[axis] += 1
+    if max(counts) < MIN_LINES:
+        return np.zeros_like(grid)
+    return grid
+
+
+def _dilate(mask: np.ndarray, reach: int) -> np.ndarray:
+    """Grow a boolean mask by `reach` pixels (a square neighbourhood)."""
+    return ndimage.maximum_filter(mask, size=2 * reach + 1)
+
+
+def _bounds(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice]:
+    """The bounding box of a non-empty mask, widened by `margin` pixels."""
+    rows, cols = np.nonzero(mask)
+    return (
+        slice(max(rows.min() - margin, 0), rows.max() + 1 + margin),
+        slice(max(cols.min() - margin, 0), cols.max() + 1 + margin),
+    )
+
+
+def _drop_specks(mask: np.ndarray) -> np.ndarray:
+    """Keep the 8-connected components at least `SPECK_FRACTION` of the largest.
+
+    Raises NoDigitFound if nothing digit-sized is left.
+    """
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    if count == 0:
+        raise NoDigitFound(
+            "No digit found: the image holds only faint lines or noise. "
+            "Draw a digit or upload a photo of one."
+        )
+    areas = np.bincount(labels.ravel())[1:]
+    mask = np.isin(labels, np.flatnonzero(areas >= SPECK_FRACTION * areas.max()) + 1)
+    rows, cols = _bounds(mask)
+    extent = max(rows.stop - rows.start, cols.stop - cols.start)
+    if extent < max(2, MIN_DIGIT * max(mask.shape)):
+        raise NoDigitFound(
+            "No digit found: the marks in the image are too small to be a digit. "
+            "Draw a larger digit, or crop the photo closer to it."
+        )
+    return mask
+
+
+def _thicken(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Widen pen strokes much thinner than MNIST's, with a grey dilation.
+
+    ink : (H, W) float; mask : (H, W) bool, the digit. A pen on paper draws
+    strokes a few percent of the digit's height; scaled to 20 pixels they would
+    fade to a hairline the models never saw. MNIST's strokes are about
+    0.07-0.2 of the digit's height (median 0.12).
+    """
+    found = _bounds(mask)
+    size = max(found[0].stop - found[0].start, found[1].stop - found[1].start)
+    width = _stroke_width(mask)
+    if width >= THIN_STROKE * size:
+        return ink
+    radius = (STROKE * size - width) / 2
+    reach = math.ceil(radius)
+    y, x = np.ogrid[-reach : reach + 1, -reach : reach + 1]
+    found = _bounds(mask, margin=2 * reach + HALO)
+    ink = ink.copy()
+    ink[found] = ndimage.grey_dilation(ink[found], footprint=x**2 + y**2 <= radius**2)
+    return ink
+
+
+def _clean(gray: np.ndarray) -> np.ndarray:
+    """White ink on a black background, everything else removed.
+
+    gray : (H, W) float32 in 0..1, white ink. Returns (H, W) float in 0..1.
+    Raises NoDigitFound if there is no ink.
+    """
+    ink = np.clip(gray - _background(gray), 0, None)
+    smooth = ndimage.gaussian_filter(ink, SMOOTH_SIGMA)
+    if smooth.max() < MIN_CONTRAST:
+        raise NoDigitFound(
+            "No digit found: the image is blank. Draw a digit or upload a photo of one."
+        )
+    threshold = max(_otsu(smooth), MIN_CONTRAST / 2)
+    grid = _grid_lines(smooth, threshold)
+    mask = _drop_specks((smooth > threshold) & ~grid)
+
+    # Keep the grey anti-aliased edges: fainter ink near the strokes and
+    # connected to them (hysteresis), and a thin halo; not the grid lines.
+    near = _dilate(mask, 2 * HALO)
+    faint, _ = ndimage.label((ink > threshold / 2) & near & ~grid, np.ones((3, 3)))
+    keep = _dilate(mask, HALO) & ~(grid & ~mask)
+    keep |= np.isin(faint, np.unique(faint[mask])) & (faint > 0)
+
+    # Subtract the noise floor, measured away from the ink.
+    outside = ink[~near]
+    if outside.size:
+        median = np.median(outside)
+        noise = median + 3 * 1.4826 * np.median(np.abs(outside - median))
+        ink = np.clip(ink - noise, 0, None)
+    ink = np.where(keep, ink, 0)
+    level = np.percentile(ink[mask], 90)
+    if level < FULL_INK:
+        ink = ink / level
+    return np.clip(_thicken(ink, mask), 0, 1)
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def _core(cropped: np.ndarray, box: int) -> tuple[float, float, float, float]:
+    """The part of the ink that maps onto the box: (top, bottom, left, right).
+
+    At the output's own scale every non-zero pixel counts, as MNIST's grey edge
+    pixels lie inside its 20-pixel box. An image shrunk by more than
+    `CROP_SHRINK` has edges blurred over several pixels (camera, JPEG, canvas
+    anti-aliasing); there the edge is where the ink reaches half its level, as
+    MNIST fitted its box to the bilevel NIST scans.
+    """
+    if max(cropped.shape) <= CROP_SHRINK * box:
+        return 0, cropped.shape[0], 0, cropped.shape[1]
+    level = np.percentile(cropped[cropped > 0], 99) / 2
+    rows, cols = np.nonzero(cropped >= level)
+    return rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+
+
+def _scale(cropped: np.ndarray, box: int) -> np.ndarray:
+    """Scale the ink so its longer side is `box` pixels, with anti-aliasing.
+
+    cropped : (h, w) float in 0..1. Returns (bh, bw) float with max(bh, bw) ==
+    box. As in MNIST, the ink is centred in the box before it is cut into whole
+    pixels, so the shorter side keeps its partly covered grey edge pixels. An
+    image already at scale is returned as it is.
+    """
+    core = _core(cropped, box)
+    factor = box / max(core[1] - core[0], core[3] - core[2])
+    if factor == 1 and core == (0, cropped.shape[0], 0, cropped.shape[1]):
+        return cropped
+    # Per axis: where the core lands in the box, widened to whole pixels, and
+    # the source region that maps onto those pixels.
+    size, region = [], []
+    for start, stop in (core[:2], core[2:]):
+        low = (box - (stop - start) * factor) / 2
+        high = box - low
+        first, last = math.floor(low + 1e-6), math.ceil(high - 1e-6)
+        size.append(last - first)
+        region.append((start - (low - first) / factor, stop + (last - high) / factor))
+    # The region may reach past the crop: pad it with black.
+    pad = math.ceil(1 / factor) + 1
+    (y0, y1), (x0, x1) = region
+    padded = Image.fromarray(np.pad(cropped.astype(np.float32), pad), mode="F")
+    scaled = padded.resize(
+        (size[1], size[0]),
+        Image.Resampling.LANCZOS,
+        box=(x0 + pad, y0 + pad, x1 + pad, y1 + pad),
+    )
+    return np.clip(np.asarray(scaled), 0, 1)
+
+
+def _place(scaled: np.ndarray, size: int, centre: str) -> np.ndarray:
+    """Paste (bh, bw) uint8 into a (size, size) frame, centred by mass or box.
+
+    The offset is whole pixels, so no resampling blurs the digit; the centre of
+    mass lands within half a pixel of (size/2, size/2), as in MNIST. The offset
+    is clamped so the ink never leaves the frame.
+    """
+    shape = np.array(scaled.shape)
+    if centre == "mass":
+        offset = np.floor(size / 2 - np.array(ndimage.center_of_mass(scaled)) + 0.5)
+    else:
+        offset = (size - shape) // 2
+    offset = np.clip(offset, 0, size - shape).astype(int)
+    frame = np.zeros((size, size), dtype=np.uint8)
+    frame[offset[0] : offset[0] + shape[0], offset[1] : offset[1] + shape[1]] = scaled
+    return frame
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+
+def preprocess(
+    image: ImageSource, size: int = 28, *, name: str | None = None
+) -> Preprocessed:
+    """Turn a user's image into a (size, size) model input, MNIST-style.
+
+    image : a Pillow image; an array (H, W), (H, W, 3) or (H, W, 4) - uint8
+        0..255, float 0..1 or bool - such as a streamlit-drawable-canvas RGBA
+        array; or a PNG/JPEG file as bytes, a path or a binary file object.
+    size : output side: 28 for MNIST (digit fits 20x20, centred by mass), 8 for
+        the sklearn digits (fills the frame, centred by box); other sizes keep
+        MNIST's 20/28 box ratio (see `FRAMES`).
+    name : names the image in error messages.
+
+    Raises `NoDigitFound` for a blank image and `PreprocessError` for files that
+    are unreadable or over the limits.
+    """
+    frame = frame_for(size)
+    gray = _grayscale(image, name)
+    raw = np.asarray(gray)
+    values = raw.astype(np.float32) / 255
+    inverted = _is_dark_ink(values)
+    if inverted:
+        values = 1 - values
+    cleaned = _to_uint8(_clean(values))
+    if not cleaned.any():
+        raise NoDigitFound(
+            "No digit found: the image is blank. Draw a digit or upload a photo of one."
+        )
+    rows, cols = np.nonzero(cleaned)
+    cropped = cleaned[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    scaled = _to_uint8(_scale(cropped / 255, frame.box))
+    if not scaled.any():
+        raise NoDigitFound(
+            "No digit found: the ink is too faint. Draw a digit or upload a photo "
+            "of one."
+        )
+    centred = _place(scaled, size, frame.centre)
+    return Preprocessed(raw, cleaned, cropped, scaled, centred, inverted)
