@@ -120,10 +120,15 @@ class Conv2D(Layer):
         ho, wo = hp - k + 1, wp - k + 1
         if ho < 1 or wo < 1:
             raise ValueError(f"Conv2D: a {k}x{k} kernel does not fit a {hp}x{wp} input")
-        cols = _im2col(x, k, ho, wo)  # (N*Ho*Wo, kh*kw*C)
+        cols = _im2col(x, k, ho, wo)  # (N*Ho*Wo, kh*kw*C [+ 1])
         w2 = self.params["W"].reshape(k * k * c, self.out_channels)
-        out = cols @ w2
-        out += self.params["b"]
+        if cols.shape[1] > k * k * c:
+            # _im2col appended a column of ones, so the bias rides in the GEMM
+            # instead of costing a pass over the (large) output.
+            out = cols @ np.vstack([w2, self.params["b"]])
+        else:
+            out = cols @ w2
+            out += self.params["b"]
         self._cache = (cols, x.shape)
         return out.reshape(n, ho, wo, self.out_channels)
 
@@ -132,8 +137,11 @@ class Conv2D(Layer):
         k, (lo, hi) = self.kernel_size, self._pads()
         ho, wo = hp - k + 1, wp - k + 1
         g = grad_out.reshape(-1, self.out_channels)  # (N*Ho*Wo, C_out)
-        self.grads["W"][...] = (cols.T @ g).reshape(self.params["W"].shape)
-        self.grads["b"][...] = _column_sums(g)
+        dw = cols.T @ g  # (kh*kw*C_in [+ 1], C_out)
+        n_w = self.params["W"][..., 0].size
+        self.grads["W"][...] = dw[:n_w].reshape(self.params["W"].shape)
+        # With the ones column, its row of dw is the bias gradient.
+        self.grads["b"][...] = dw[n_w] if len(dw) > n_w else _column_sums(g)
         if not self.needs_input_grad:
             return None
         # dL/dx: every kernel offset (i, j) sends g @ W[i, j]^T back to the input
@@ -344,15 +352,17 @@ def _im2col(x: Array, k: int, ho: int, wo: int) -> Array:
 
     With one input channel, the matrix is built transposed, one contiguous copy per
     kernel offset, and returned as a transposed view: 4x faster than gathering rows
-    of 5 floats, and BLAS takes the transposed operand at no cost.
+    of 5 floats, and BLAS takes the transposed operand at no cost. It then also gets
+    a last column of ones, for the bias (shape (N*Ho*Wo, k*k + 1)).
     """
     n, _, _, c = x.shape
     if c == 1:
-        cols_t = np.empty((k * k, n, ho, wo), dtype=x.dtype)
+        cols_t = np.empty((k * k + 1, n, ho, wo), dtype=x.dtype)
         for i in range(k):
             for j in range(k):
                 cols_t[i * k + j] = x[:, i : i + ho, j : j + wo, 0]
-        return cols_t.reshape(k * k, n * ho * wo).T
+        cols_t[k * k] = 1
+        return cols_t.reshape(k * k + 1, n * ho * wo).T
     windows = sliding_window_view(x, (k, k), axis=(1, 2))  # (N, Ho, Wo, C, kh, kw)
     return windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, k * k * c)
 
