@@ -8,10 +8,11 @@ the centre. `preprocess` does the same to a canvas drawing or a photo:
    contrast with, using alpha);
 2. polarity: the background is the majority of the border, so dark ink on light
    paper is inverted to MNIST's white ink on black;
-3. cleaning: uneven lighting is estimated on a coarse grid and subtracted, long
-   thin ruled or squared-paper lines are suppressed, the ink is found with an
-   Otsu threshold, small specks are dropped and pen strokes thinner than MNIST's
-   are thickened; the grey, anti-aliased stroke edges are kept;
+3. cleaning: uneven lighting (a quadratic surface fitted robustly to a coarse
+   grid) is subtracted, long ruled or squared-paper lines are suppressed, the
+   ink is found with an Otsu threshold, small specks are dropped and pen
+   strokes much thinner than MNIST's are thickened; the grey, anti-aliased
+   stroke edges are kept;
 4. crop to the ink's bounding box;
 5. scale to fit the box (20x20 for 28x28), keeping the aspect ratio, with
    Pillow's anti-aliasing Lanczos filter;
@@ -61,6 +62,7 @@ BG_TOLERANCE = 0.02  # cells this close above the fit always count as background
 BG_FLAT = 0.05  # a background varying less than this is taken as uniform
 
 SMOOTH_SIGMA = 1.0  # pixels; blurs noise and JPEG blocks before thresholding
+OUTLIER_SIGMAS = 3.0  # values this many noise deviations above are not noise
 MIN_CONTRAST = 0.1  # ink must differ from the background by this (of 0..1)
 MIN_DIGIT = 0.08  # the ink must span this fraction of the image's longer side
 SPECK_FRACTION = 0.05  # components smaller than this x the largest are specks
@@ -70,13 +72,13 @@ HALO = 2  # pixels around the ink whose grey edge values are kept
 # of them side by side, fainter or thinner than the digit's own strokes.
 LINE_RUN = 0.2  # straight pieces at least this long (of the image side) chain up
 LINE_SPAN = 0.75  # MNIST-style digits span at most 20/28 = 0.71 of their frame
-LINE_STRAIGHT = 0.1  # sideways wander per length: a tilt of up to about 5 degrees
+LINE_STRAIGHT = 0.1  # a line may wander sideways by this much of its length
 MIN_LINES = 2
-LINE_FAINT = 0.6
-LINE_THIN = 0.6
+LINE_FAINT = 0.6  # fainter than this x the strokes' brightness
+LINE_THIN = 0.6  # or thinner than this x the strokes' width
 
 # Pen strokes thinner than THIN_STROKE x the digit's size are thickened to
-# STROKE (MNIST's strokes are about 0.12 of its 20-pixel box).
+# STROKE (MNIST's are 0.07-0.2 of the digit's size, median 0.12).
 THIN_STROKE = 0.06
 STROKE = 0.1
 CROP_SHRINK = 2  # shrinking more than this, crop at the ink's half-level edge
@@ -88,11 +90,12 @@ class Frame:
     """How a dataset places its digits: the box they fit and how they are centred."""
 
     box: int  # the digit's longer side, pixels
-    centre: str  # "mass": centre of mass at size/2; "box": bounding box centred
+    centre: str  # a key of CENTRING
 
 
-# MNIST (and Fashion-MNIST, EMNIST) fit a 20 box in 28 and centre by mass; the
-# sklearn 8x8 digits fill the frame. Other sizes keep MNIST's 20/28 ratio.
+# MNIST fits a 20 box in 28 and centres by mass; the sklearn 8x8 digits (UCI
+# optdigits) fill their frame and are centred as a box. Other sizes, such as
+# 20x20 CSV datasets, keep MNIST's 20/28 ratio: a 14 box centred by mass.
 FRAMES = {28: Frame(box=20, centre="mass"), 8: Frame(box=8, centre="box")}
 MIN_SIZE, MAX_SIZE = 4, 64  # outputs; the cleaning runs at WORK_SIDE
 
@@ -377,8 +380,8 @@ def _background(ink: np.ndarray) -> np.ndarray | float:
     for _ in range(BG_ITERATIONS):
         coef = np.linalg.lstsq(terms[keep], values[keep], rcond=None)[0]
         residual = values - terms @ coef
-        spread = 1.4826 * np.median(np.abs(residual[keep]))
-        keep = residual <= max(BG_TOLERANCE, 2.5 * spread)
+        spread = _robust_spread(residual[keep])
+        keep = residual <= max(BG_TOLERANCE, OUTLIER_SIGMAS * spread)
     y, x = _centres(*ink.shape)
     c = coef.astype(np.float32)
     surface = c[0] + c[1] * x + c[2] * y + c[3] * x * x + c[4] * x * y + c[5] * y * y
@@ -400,6 +403,12 @@ def _quadratic_terms(height: int, width: int) -> np.ndarray:
         np.broadcast_to(a, (height, width)).ravel() for a in _centres(height, width)
     )
     return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+
+
+def _robust_spread(values: np.ndarray) -> float:
+    """The standard deviation of Gaussian noise, estimated from the median
+    absolute deviation, which outliers (ink) barely move."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -572,12 +581,11 @@ def _clean(gray: np.ndarray) -> np.ndarray:
     # Subtract the noise floor, measured away from the ink.
     outside = ink[~near]
     if outside.size:
-        median = np.median(outside)
-        noise = median + 3 * 1.4826 * np.median(np.abs(outside - median))
+        noise = np.median(outside) + OUTLIER_SIGMAS * _robust_spread(outside)
         ink = np.clip(ink - noise, 0, None)
     ink = np.where(keep, ink, 0)
     level = np.percentile(ink[mask], 90)
-    if level < FULL_INK:
+    if 0 < level < FULL_INK:
         ink = ink / level
     return np.clip(_thicken(ink, mask), 0, 1)
 
@@ -585,7 +593,7 @@ def _clean(gray: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- geometry
 
 
-def _core(cropped: np.ndarray, box: int) -> tuple[float, float, float, float]:
+def _core(cropped: np.ndarray, box: int) -> tuple[int, int, int, int]:
     """The part of the ink that maps onto the box: (top, bottom, left, right).
 
     At the output's own scale every non-zero pixel counts, as MNIST's grey edge
@@ -605,9 +613,10 @@ def _scale(cropped: np.ndarray, box: int) -> np.ndarray:
     """Scale the ink so its longer side is `box` pixels, with anti-aliasing.
 
     cropped : (h, w) float in 0..1. Returns (bh, bw) float with max(bh, bw) ==
-    box. As in MNIST, the ink is centred in the box before it is cut into whole
-    pixels, so the shorter side keeps its partly covered grey edge pixels. An
-    image already at scale is returned as it is.
+    box. The ink is centred in the box before it is cut into whole pixels, so
+    the shorter side keeps partly covered grey edge pixels, as MNIST's does (a
+    crop to whole pixels would make digits about half a pixel too narrow).
+    An image already at scale is returned as it is.
     """
     core = _core(cropped, box)
     factor = box / max(core[1] - core[0], core[3] - core[2])
@@ -634,19 +643,30 @@ def _scale(cropped: np.ndarray, box: int) -> np.ndarray:
     return np.clip(np.asarray(scaled), 0, 1)
 
 
-def _place(scaled: np.ndarray, size: int, centre: str) -> np.ndarray:
-    """Paste (bh, bw) uint8 into a (size, size) frame, centred by mass or box.
+def _mass_offset(scaled: np.ndarray, size: int) -> np.ndarray:
+    """Whole-pixel offset putting the centre of mass within half a pixel of
+    (size/2, size/2), as in MNIST: no resampling blurs the digit."""
+    centre = np.array(ndimage.center_of_mass(scaled.astype(np.float64)))
+    return np.floor(size / 2 - centre + 0.5)
 
-    The offset is whole pixels, so no resampling blurs the digit; the centre of
-    mass lands within half a pixel of (size/2, size/2), as in MNIST. The offset
-    is clamped so the ink never leaves the frame.
+
+def _box_offset(scaled: np.ndarray, size: int) -> np.ndarray:
+    """Offset centring the bounding box."""
+    return (size - np.array(scaled.shape)) // 2
+
+
+# How a frame centres its digit: Frame.centre names one of these.
+CENTRING = {"mass": _mass_offset, "box": _box_offset}
+
+
+def _place(scaled: np.ndarray, size: int, centre: str) -> np.ndarray:
+    """Paste (bh, bw) uint8 into a (size, size) frame, centred by `centre`.
+
+    The offset is clamped so the ink never leaves the frame; for realistic
+    digits in MNIST's 20-in-28 frame the clamp never acts.
     """
     shape = np.array(scaled.shape)
-    if centre == "mass":
-        offset = np.floor(size / 2 - np.array(ndimage.center_of_mass(scaled)) + 0.5)
-    else:
-        offset = (size - shape) // 2
-    offset = np.clip(offset, 0, size - shape).astype(int)
+    offset = np.clip(CENTRING[centre](scaled, size), 0, size - shape).astype(int)
     frame = np.zeros((size, size), dtype=np.uint8)
     frame[offset[0] : offset[0] + shape[0], offset[1] : offset[1] + shape[1]] = scaled
     return frame

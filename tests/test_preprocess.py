@@ -115,10 +115,16 @@ def digits(mnist: Dataset) -> np.ndarray:
 
 
 def test_mnist_digits_pass_through_unchanged(digits):
-    outputs = np.array([preprocess(digit).centred for digit in digits])
-    differences = np.abs(outputs.astype(int) - digits).max(axis=(1, 2))
-    assert np.mean(differences == 0) >= 0.97
-    assert differences.max() <= 64  # at worst a stray faint pixel
+    """MNIST is already cleaned, boxed and centred: nearly all digits come back
+    identical; the rest differ by a stray pixel or a half-pixel rounding of the
+    centre of mass (about 2.5% of the 10k test set)."""
+    outputs = [preprocess(digit).centred for digit in digits]
+    identical = [
+        np.array_equal(out, digit) for out, digit in zip(outputs, digits, strict=True)
+    ]
+    assert np.mean(identical) >= 0.97
+    for out, digit in zip(outputs, digits, strict=True):
+        assert shift_tolerant_correlation(out, digit) > 0.95
 
 
 def test_output_keeps_the_mnist_invariants(digits):
