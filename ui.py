@@ -45,14 +45,33 @@ DATASET_LABELS = {
 DEFAULT_DATASET = "mnist"
 FALLBACK_DATASET = "sklearn-digits"  # bundled with scikit-learn: always offline
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "digits-uploads"
-GALLERY_PIXELS = 84  # displayed side of a gallery image
+GALLERY_PIXELS = 112  # side of a gallery image, before the browser fits it
+GALLERY_COLUMNS = 10
 
 
 # -- pages -------------------------------------------------------------------------
 
 
+def _through_router() -> None:
+    """Make sure the page runs under ``app.py``'s ``st.navigation``.
+
+    Streamlit 1.67 treats an app with a ``pages/`` folder as an old-style
+    multipage app until some run calls ``st.navigation``. So when a fresh
+    server's first request is a page's URL (say ``/evaluate``, after a
+    restart), that page runs alone: file names in the sidebar, no wide layout.
+    ``st.navigation`` clears the same class flag; do it here and rerun, so the
+    run goes through ``app.py`` and lands on the requested page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page_header(title: str, caption: str) -> None:
     """The page's title, its one-line explanation and the sidebar's job status."""
+    _through_router()
     st.title(title)
     st.caption(caption)
     _sidebar_job_status()
@@ -403,9 +422,26 @@ def grid(images: Sequence[np.ndarray], n_cols: int, pad: int = 2) -> np.ndarray:
     return out
 
 
-def gallery(images: Sequence[np.ndarray], captions: Sequence[str], empty: str) -> None:
-    """Images in a wrapping row, each with its caption; ``empty`` if there are none."""
+def gallery(
+    images: Sequence[np.ndarray],
+    captions: Sequence[str],
+    empty: str,
+    n_cols: int = GALLERY_COLUMNS,
+) -> None:
+    """Images in rows of ``n_cols``, each with its (markdown) caption below.
+
+    ``empty`` is shown instead when there are no images.
+    """
     if len(images) == 0:
         st.info(empty)
         return
-    st.image([enlarge(im) for im in images], caption=list(captions))
+    for start in range(0, len(images), n_cols):
+        cols = st.columns(n_cols)
+        for col, image, caption in zip(
+            cols,
+            images[start : start + n_cols],
+            captions[start : start + n_cols],
+            strict=False,
+        ):
+            col.image(enlarge(image), width="stretch")
+            col.caption(caption)

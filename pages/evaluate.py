@@ -44,28 +44,57 @@ def scores(run, ds):
 def confusion_figure(matrix: np.ndarray, names) -> go.Figure:
     """Heatmap of counts (row = true, column = predicted), each cell labelled.
 
-    The colour scale tops out at the largest mistake count, so the mistakes show
-    up instead of being washed out by the diagonal.
+    The colour scale tops out above the largest mistake count, so the mistakes
+    show instead of being washed out by the diagonal. Plotly heatmaps cannot be
+    selected, so a scatter of invisible square outlines, one per cell, takes the
+    clicks; the clicked cell's outline shows.
     """
     off = matrix.copy()
     np.fill_diagonal(off, 0)
+    labels = [str(n) for n in names]
     fig = go.Figure(
         go.Heatmap(
             z=matrix,
-            x=list(names),
-            y=list(names),
+            x=labels,
+            y=labels,
             text=matrix,
             texttemplate="%{text}",
             colorscale="Blues",
             zmin=0,
             zmax=max(1, int(off.max()) * 1.5),
             showscale=False,
-            hovertemplate="true %{y}, predicted %{x}: %{z} images<extra></extra>",
+            hoverinfo="skip",
         )
     )
-    fig.update_xaxes(title="predicted", type="category", side="top")
-    fig.update_yaxes(title="true", type="category", autorange="reversed")
-    fig.update_layout(height=520, margin=dict(l=10, r=10, t=40, b=10))
+    true, pred = np.indices(matrix.shape).reshape(2, -1)
+    fig.add_scatter(
+        x=[labels[j] for j in pred],
+        y=[labels[i] for i in true],
+        customdata=matrix.ravel(),
+        mode="markers",
+        marker=dict(
+            symbol="square-open",
+            size=34,
+            opacity=0,
+            color="#ff4b4b",
+            line=dict(width=3),
+        ),
+        selected=dict(marker=dict(opacity=1)),
+        unselected=dict(marker=dict(opacity=0)),
+        hovertemplate="true %{y}, predicted %{x}: %{customdata} images<extra></extra>",
+        showlegend=False,
+    )
+    k = len(labels)
+    fig.update_xaxes(
+        title="predicted", type="category", side="top", range=[-0.5, k - 0.5]
+    )
+    fig.update_yaxes(title="true", type="category", range=[k - 0.5, -0.5])
+    fig.update_layout(
+        height=520,
+        margin=dict(l=10, r=10, t=40, b=10),
+        hoverdistance=-1,  # a click anywhere in a cell picks that cell
+        clickmode="event+select",
+    )
     return fig
 
 
@@ -83,7 +112,7 @@ def selected_cell(event, names) -> tuple[int, int] | None:
 
 def top3(p: np.ndarray, names) -> str:
     best = np.argsort(-p)[:3]
-    return " · ".join(f"{names[c]} {p[c]:.0%}" for c in best)
+    return "  \n".join(f"{names[c]}: {p[c]:.1%}" for c in best)
 
 
 def confusion_tab(ds, proba, report) -> None:
@@ -150,7 +179,7 @@ def mistakes_tab(ds, proba) -> None:
     ui.gallery(
         ds.x_test[shown],
         [
-            f"{names[ds.y_test[i]]} → {names[proba[i].argmax()]}: "
+            f"**{names[ds.y_test[i]]} → {names[proba[i].argmax()]}**  \n"
             f"{top3(proba[i], names)}"
             for i in shown
         ],
@@ -181,14 +210,14 @@ def compare_tab(ds, run, proba, runs) -> None:
     names = ds.class_names
     shown = np.asarray(d["indices"][:60], dtype=np.int64)
     st.caption(
-        f"Test images on which they disagree (first {len(shown)}). Caption: true "
-        f"class, then {run.name}'s and {other.name}'s predictions."
+        f"Test images on which they disagree (first {len(shown)}). Caption: the "
+        f"true class, then the predictions of A = {run.name} and B = {other.name}."
     )
     ui.gallery(
         ds.x_test[shown],
         [
-            f"{names[ds.y_test[i]]} · A {names[proba[i].argmax()]} · "
-            f"B {names[proba_b[i].argmax()]}"
+            f"true **{names[ds.y_test[i]]}**  \nA: {names[proba[i].argmax()]} · "
+            f"B: {names[proba_b[i].argmax()]}"
             for i in shown
         ],
         empty="The two models agree on every test image.",

@@ -8,7 +8,7 @@ import ui
 from digits import registry, store
 from digits.errors import DigitsError
 
-SAMPLES_PER_CLASS = 16
+SAMPLES_PER_CLASS = 24
 SEED_KEY = "home-sample-seed"
 
 
@@ -65,7 +65,7 @@ def sample_figure(ds, seed: int):
     centres = [pad + r * (h + pad) + h / 2 for r in range(len(ds.class_names))]
     fig.update_yaxes(tickvals=centres, ticktext=list(ds.class_names), title=None)
     fig.update_xaxes(visible=False)
-    height = min(640, 60 + 44 * len(ds.class_names))
+    height = 12 + 36 * len(ds.class_names)
     fig.update_layout(margin=dict(l=0, r=0, t=0, b=0), height=height)
     return fig
 
@@ -132,16 +132,13 @@ cols[1].metric("Training images", f"{len(ds.x_train):,}")
 cols[2].metric("Test images", f"{len(ds.x_test):,}")
 cols[3].metric("Image size", f"{h}x{w}", help=f"{len(ds.class_names)} classes")
 
-samples, models = st.columns([3, 2], gap="large")
-with samples:
-    head, button = st.columns([3, 1], vertical_alignment="bottom")
-    head.subheader("Random samples of each class")
-    if button.button("Shuffle", icon=":material/shuffle:"):
-        st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
-    st.plotly_chart(
-        sample_figure(ds, st.session_state.get(SEED_KEY, 0)),
-        config={"displayModeBar": False},
-    )
-with models:
-    st.subheader("Models")
-    models_table(ds)
+head, button = st.columns([5, 1], vertical_alignment="bottom")
+head.subheader("Random samples of each class")
+if button.button("Shuffle", icon=":material/shuffle:", width="stretch"):
+    st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
+st.plotly_chart(
+    sample_figure(ds, st.session_state.get(SEED_KEY, 0)),
+    config={"displayModeBar": False},
+)
+st.subheader("Models")
+models_table(ds)
