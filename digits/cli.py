@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -57,9 +58,10 @@ class ProgressBar(Callback):
     """Text progress on a stream: a live bar per epoch on a terminal, and one line
     per finished epoch with loss, accuracy, validation accuracy and ETA."""
 
-    def __init__(self, epochs: int, header: str = "", stream: TextIO = sys.stderr):
-        self.epochs, self.header, self.stream = epochs, header, stream
-        self.live = stream.isatty()
+    def __init__(self, epochs: int, header: str = "", stream: TextIO | None = None):
+        self.epochs, self.header = epochs, header
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
         self._shown = 0  # length of the live line now on screen
         self._drawn_at = 0.0
 
@@ -105,9 +107,9 @@ class ProgressBar(Callback):
 class _CtrlC:
     """SIGINT during training: the first sets the stop event, the second aborts."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.event = threading.Event()
-        self.stream = stream
+        self.stream = stream or sys.stderr
 
     def __enter__(self) -> _CtrlC:
         self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -210,6 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             name=args.name,
             out=args.out,
             overwrite=args.overwrite,
+            command=args.command_line,
         )
     summary = run.summary()
     if args.json:
@@ -326,8 +329,8 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
         for check in checks:
             verdict = "ok  " if check["passed"] else "FAIL"
             print(f"{verdict} {check['max_relative_error']:9.2e}  {check['name']}")
-        print(f"{'All' if passed else 'Not all'} gradients match finite differences "
-              f"(relative error <= {TOLERANCE:g}).")  # fmt: skip
+        verdict = "All" if passed else "Not all"
+        print(f"{verdict} gradients match finite differences (<= {TOLERANCE:g}).")
     return 0 if passed else 1
 
 
@@ -344,19 +347,21 @@ def _all_hyperparameters() -> dict[str, registry.Hyperparameter]:
 
 
 def _hp_help(name: str, hp: registry.Hyperparameter) -> str:
-    kinds = [
-        k.name
-        for k in registry.MODELS.values()
-        if any(h.name == name for h in k.hyperparameters)
-    ]
+    """Help for a flag: label, accepted values (over all kinds) and the kinds."""
+    specs = {
+        kind.name: kind.hyperparameter(name)
+        for kind in registry.MODELS.values()
+        if any(h.name == name for h in kind.hyperparameters)
+    }
     detail = hp.label
     if hp.type == "choice":
-        detail += " (" + "|".join(map(str, hp.choices)) + ")"
+        choices = dict.fromkeys(c for spec in specs.values() for c in spec.choices)
+        detail += " (" + "|".join(map(str, choices)) + ")"
     elif hp.type == "layers":
         detail += " (comma-separated widths)"
     if hp.help:
         detail += ". " + hp.help
-    return f"{detail} [{', '.join(kinds)}]"
+    return f"{detail} [{', '.join(specs)}]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -421,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)  # exits 2 itself on bad arguments
+    given = sys.argv[1:] if argv is None else list(argv)
+    args.command_line = shlex.join(["python", "-m", "digits", *given])
     try:
         return args.func(args)
     except (DigitsError, OSError) as err:

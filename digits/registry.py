@@ -136,6 +136,13 @@ _SEED = Hyperparameter("random_state", "Random seed", "int", 0, 9999)
 
 _NUMPY_COMMON = (_LAYERS, _ACTIVATION, _SOLVER, _ALPHA, _BATCH, _LR, _EPOCHS)
 _NUMPY_EXTRA = (
+    Hyperparameter(
+        "learning_rate",
+        "Learning-rate schedule",
+        "choice",
+        choices=("cosine", "constant"),
+        help="cosine anneals the rate to 0 over the epochs of fit.",
+    ),
     Hyperparameter("dropout", "Dropout", "float", 0.0, 0.7),
     Hyperparameter(
         "augment",
@@ -229,17 +236,24 @@ def _load_numpy(folder: Path):
         ) from err
 
 
-def _save_joblib(model, folder: Path) -> None:
-    """Pickle the estimator with joblib, without the optimizer's moment estimates.
+# MLPClassifier attributes that only training uses.
+_TRAINING_ONLY = ("_optimizer", "_best_coefs", "_best_intercepts")
 
-    Like the NumPy kinds' files, the saved model holds weights, not optimizer
-    state: it is a third of the size, and further training restarts Adam.
+
+def _save_joblib(model, folder: Path) -> None:
+    """Pickle the estimator with joblib, keeping its weights only.
+
+    Like the NumPy kinds' files, the saved model holds no optimizer state (Adam's
+    moment estimates) and no copies of earlier weights (scikit-learn's
+    ``_best_coefs``, used only by its own early stopping): a quarter of the size.
+    Further training of a loaded model restarts the optimizer.
     """
     import joblib
 
     slim = copy.copy(model)
     slim.model_ = copy.copy(model.model_)
-    slim.model_.__dict__.pop("_optimizer", None)
+    for name in _TRAINING_ONLY:
+        slim.model_.__dict__.pop(name, None)
     joblib.dump(slim, folder / JOBLIB_FILE)
 
 

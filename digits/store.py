@@ -268,7 +268,11 @@ def open_run(ref: str | os.PathLike[str] | Run, *, allow_paths: bool = False) ->
     if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", text) and (root / text).is_dir():
         return Run(root / text, _read_meta(root / text))
     if allow_paths and Path(text).is_dir():
-        return Run(Path(text), _read_meta(Path(text)))
+        folder = Path(text)
+        shipped = any(
+            folder.resolve() == _pretrained_folder(n).resolve() for n in DEFAULT_RUNS
+        )
+        return Run(folder, _read_meta(folder), pretrained=shipped)
     raise ModelFileError(
         f"No run called {text!r} in {root}. `digits runs` lists the saved runs; "
         f"'default' is the shipped model."
@@ -398,6 +402,7 @@ def save_run(
     n_train: int | None = None,
     stopped: str | None = None,
     validation: str | None = None,
+    command: str | None = None,
     name: str | None = None,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
@@ -407,6 +412,7 @@ def save_run(
     dataset : a ``digits.data.Dataset`` (its name, checksum, image shape, classes).
     params : the hyperparameters (default: the model's own ``get_params()``).
     test : ``digits.metrics.report`` on the test set.
+    command : the command line that trained the model, to reproduce it.
     name : the run's folder name (sanitised); default timestamp-kind-dataset.
     out : an exact folder to save to instead (e.g. ``digits/pretrained/mlp``);
         it must not exist unless ``overwrite``.
@@ -431,6 +437,7 @@ def save_run(
         "class_names": list(dataset.class_names),
         "history": list(getattr(model, "history_", [])),
         "validation": validation,
+        "command": command,
         "test": test,
         "train_seconds": train_seconds,
         "stopped": stopped,
@@ -516,6 +523,7 @@ def predictions(run: Run | str, dataset, model=None) -> np.ndarray:
             dir=folder, prefix=TMP_PREFIX, suffix=".npy", delete=False
         ) as f:
             np.save(f, proba)
+        os.chmod(f.name, 0o644)  # NamedTemporaryFile makes it private
         os.replace(f.name, path)
     except OSError:
         pass  # a read-only run still works, just without the cache
@@ -536,6 +544,7 @@ def train_run(
     name: str | None = None,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    command: str | None = None,
 ) -> Run:
     """Train a ``kind`` model on ``dataset``, score it on the test set, save a run.
 
@@ -594,6 +603,7 @@ def train_run(
         n_train=len(x),
         stopped=stopped,
         validation="validation_fraction of train" if early else "test",
+        command=command,
         name=name,
         out=out,
         overwrite=overwrite,

@@ -19,11 +19,6 @@ BATCH_KEYS = {"loss", "accuracy", "seconds", "images_per_second", "epoch", "batc
 
 
 @pytest.fixture(scope="module")
-def mnist():
-    return data.load_dataset("mnist")
-
-
-@pytest.fixture(scope="module")
 def small():
     """scikit-learn's 8x8 digits: 1,437 training and 360 test images."""
     return data.load_dataset("sklearn-digits")
