@@ -181,7 +181,8 @@ def test_canvas_strokes_of_either_colour_give_white_on_black(digits):
         assert result.centred[0].max() == 0 and result.centred[:, 0].max() == 0
         assert result.centred.max() == 255
         assert shift_tolerant_correlation(result.centred, digits[7]) > 0.9
-    assert np.abs(white.centred.astype(int) - black.centred).max() <= 2
+    # The same up to rounding: one is composited over black, one over white.
+    assert np.abs(white.centred.astype(int) - black.centred).max() <= 4
     assert not white.inverted and black.inverted
 
 
@@ -368,7 +369,7 @@ def test_other_sizes_keep_mnist_proportions(digits):
 
 
 def test_steps_show_the_pipeline(digits):
-    ink = 255 - render(digits[12], canvas=200, box=120)
+    ink = 255 - render(digits[12], canvas=WORK_SIDE, box=120)
     result = preprocess(ink)
     assert list(result.steps()) == ["raw", "cleaned", "cropped", "scaled", "centred"]
     assert np.array_equal(result.raw, ink)  # grayscale as given
