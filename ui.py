@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from digits import data, registry, store
@@ -405,6 +406,18 @@ def enlarge(image: np.ndarray, pixels: int = GALLERY_PIXELS) -> np.ndarray:
     sharp pixels (browsers blur small images they scale themselves)."""
     factor = max(1, round(pixels / max(image.shape[:2])))
     return np.kron(image, np.ones((factor, factor), dtype=image.dtype))
+
+
+def thumbnail(image: np.ndarray, pixels: int) -> np.ndarray:
+    """``image`` (h, w) padded with black to a square and resized to ``pixels``,
+    so that steps of any shape (a thin "1" is tall and narrow) show alike."""
+    h, w = image.shape[:2]
+    side = max(h, w)
+    square = np.zeros((side, side), dtype=np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    square[top : top + h, left : left + w] = image
+    resample = Image.Resampling.NEAREST if side < pixels else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(square).resize((pixels, pixels), resample))
 
 
 def grid(images: Sequence[np.ndarray], n_cols: int, pad: int = 2) -> np.ndarray:

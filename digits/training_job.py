@@ -195,10 +195,10 @@ class TrainingJob:
             s = self._state
             now = s.ended or time.perf_counter()
             elapsed = now - s.started if s.started is not None else 0.0
-            eta = None
+            eta = None  # unknown: before the first batch, or while saving
             if s.status in FINAL:
                 eta = 0.0
-            elif 0 < s.fraction < 1:
+            elif s.status == "running" and 0 < s.fraction < 1:
                 eta = elapsed * (1 - s.fraction) / s.fraction
             latency = None
             if s.stop_requested is not None and s.train_ended is not None:

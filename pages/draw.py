@@ -95,7 +95,7 @@ def probability_bars(p: np.ndarray, names) -> go.Figure:
 def show_steps(pre: preprocess.Preprocessed) -> None:
     st.caption("How the image becomes a model input, MNIST-style")
     st.image(
-        [ui.enlarge(getattr(pre, step), STEP_PIXELS) for step in STEPS],
+        [ui.thumbnail(getattr(pre, step), STEP_PIXELS) for step in STEPS],
         caption=list(STEPS.values()),
         width=STEP_PIXELS,
     )

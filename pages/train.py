@@ -32,7 +32,11 @@ GROUPS = {
     # ...and everything not named above.
     "Training": ("max_iter", "augment", "early_stopping", "n_iter_no_change"),
 }
-ANNOUNCED_KEY = "train-announced"  # the job whose result was last announced
+ANNOUNCED_KEY = "train-announced"
+STATUS_TEXT = {
+    "stopping": " · stopping after this batch...",
+    "saving": " · scoring the test set and saving the model...",
+}  # the job whose result was last announced
 
 
 def _duration(seconds: float | None) -> str:
@@ -54,9 +58,13 @@ def hyperparameters(spec: registry.ModelKind, preset: str | None) -> dict:
         if group == "Training":
             hps += [hp for hp in spec.hyperparameters if hp.name not in listed]
         with st.expander(group, expanded=group != "Training"):
-            for hp in hps:
+            cols = st.columns(2)
+            for i, hp in enumerate(hps):
                 key = f"train-{spec.name}-{preset}-{hp.name}"
-                params[hp.name] = ui.hyperparameter_input(hp, defaults[hp.name], key)
+                with cols[i % 2]:
+                    params[hp.name] = ui.hyperparameter_input(
+                        hp, defaults[hp.name], key
+                    )
     return params
 
 
@@ -91,30 +99,33 @@ def estimate(spec, params: dict, ds, n_train: int) -> bool:
 
 
 def curves(snap) -> go.Figure:
-    """Loss and accuracy: training (running mean per epoch) and validation."""
+    """Loss and accuracy: training (running mean within each epoch) and validation."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
-    x = [p[0] for p in snap.points]
-    val_x = [e["epoch"] for e in snap.epochs if "val_loss" in e]
+    validated = [e for e in snap.epochs if "val_loss" in e]
     for col, (index, name) in enumerate(((1, "loss"), (2, "accuracy")), start=1):
         fig.add_scatter(
-            x=x,
+            x=[p[0] for p in snap.points],
             y=[p[index] for p in snap.points],
-            name=f"train {name}",
+            name="training",
+            legendgroup="training",
+            showlegend=col == 1,
             mode="lines",
             line=dict(color="#1f77b4"),
             row=1,
             col=col,
         )
         fig.add_scatter(
-            x=val_x,
-            y=[e[f"val_{name}"] for e in snap.epochs if "val_loss" in e],
-            name=f"validation {name}",
+            x=[e["epoch"] for e in validated],
+            y=[e[f"val_{name}"] for e in validated],
+            name="validation",
+            legendgroup="validation",
+            showlegend=col == 1,
             mode="lines+markers",
             line=dict(color="#ff7f0e"),
             row=1,
             col=col,
         )
-    fig.update_xaxes(title="epoch", rangemode="tozero")
+    fig.update_xaxes(title="epoch", range=[0, snap.max_epochs], dtick=1)
     fig.update_layout(
         height=340,
         margin=dict(l=10, r=10, t=40, b=10),
@@ -152,17 +163,16 @@ def live(job: TrainingJob, refreshing: bool) -> None:
     if refreshing and snap.finished:
         st.rerun()  # once more as a whole page: stops the timer, enables Start
     text = f"{job.spec.label} · epoch {snap.epoch} of {snap.max_epochs}"
-    if snap.status in ("stopping", "saving"):
-        text += f" · {snap.status}..."
+    text += STATUS_TEXT.get(snap.status, "")
     st.progress(snap.fraction, text=text)
-    cols = st.columns([1, 1, 1, 1, 1.2], vertical_alignment="center")
+    cols = st.columns([1, 1, 1.2, 1.2, 1], vertical_alignment="center")
     cols[0].metric("Images/s", f"{snap.images_per_second:,.0f}")
     cols[1].metric("Elapsed", _duration(snap.elapsed))
     cols[2].metric("ETA", _duration(snap.eta))
     last = snap.epochs[-1] if snap.epochs else {}
     cols[3].metric(
-        "Validation accuracy",
-        f"{last['val_accuracy']:.2%}" if "val_accuracy" in last else "-",
+        "Val. accuracy",
+        f"{last['val_accuracy']:.1%}" if "val_accuracy" in last else "-",
     )
     cols[4].button(
         "Stop",
@@ -186,14 +196,12 @@ ds = ui.active_dataset()
 job: TrainingJob | None = st.session_state.get(ui.JOB_KEY)
 running = job is not None and not job.snapshot().finished
 
-controls, view = st.columns([1, 2], gap="large")
+controls, view = st.columns([1, 1.4], gap="large")
 with controls:
-    kind = st.segmented_control(
+    kind = st.selectbox(
         "Model",
         list(registry.MODELS),
         format_func=lambda name: registry.MODELS[name].label,
-        default="cnn",
-        required=True,
         key="train-kind",
         persist_state="session",
     )
