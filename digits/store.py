@@ -59,6 +59,7 @@ DEFAULT_ALIAS = "default"
 TMP_PREFIX = ".tmp-"  # half-written runs; hidden, never listed
 CACHE_DIR = ".cache"  # predictions of the shipped models, under the runs dir
 MAX_NAME = 100
+VALIDATION_SEED = 0  # train_run's validation subset is the same for every run
 MAX_SUFFIX = 10_000
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _REQUIRED = ("kind", "params", "image_shape", "class_names", "files")
@@ -533,6 +534,13 @@ def predictions(run: Run | str, dataset, model=None) -> np.ndarray:
 # -- training ---------------------------------------------------------------------
 
 
+def _subset(n: int, size: int | None, seed: int | None) -> slice | np.ndarray:
+    """Sorted indices of ``size`` random items of ``n`` (all of them if None)."""
+    if size is None or size >= n:
+        return slice(None)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:size])
+
+
 def train_run(
     kind: str,
     dataset,
@@ -541,6 +549,7 @@ def train_run(
     params: dict | None = None,
     callbacks: Sequence = (),
     train_size: int | None = None,
+    validation_size: int | None = None,
     name: str | None = None,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
@@ -550,30 +559,40 @@ def train_run(
 
     The hyperparameters are the kind's defaults, then ``preset``, then
     ``params``. ``train_size`` trains on a random subset of that many images.
-    Without early stopping the test set is scored after every epoch for the
-    curves (``val_*`` logs; the run records ``validation: "test"``); it never
-    steers training. With early stopping the estimator holds out part of the
-    training set instead. If a callback stops training, the model as it is then
+    Without early stopping the test set (or a fixed random subset of
+    ``validation_size`` test images, quicker for a CNN) is scored after every
+    epoch for the curves (``val_*`` logs; the run records which in
+    ``validation``); it never steers training. With early stopping the estimator
+    holds out part of the training set instead. The saved run is always scored
+    on the whole test set. If a callback stops training, the model as it is then
     is saved, with ``stopped: "interrupted"``.
     """
     spec = registry.get(kind)
     hyper = spec.params(preset, **(params or {}))
     model = spec.constructor(**spec.fixed, **hyper)
     # Everything that can be refused is refused before training starts.
-    if train_size is not None and train_size < 1:
-        raise ConfigError(f"train_size must be at least 1; got {train_size}.")
+    for what, size in (
+        ("train_size", train_size),
+        ("validation_size", validation_size),
+    ):
+        if size is not None and size < 1:
+            raise ConfigError(f"{what} must be at least 1; got {size}.")
     if name is not None:
         sanitize_name(name)
     if out is not None and Path(out).exists() and not overwrite:
         raise ConfigError(f"{out} already exists. Choose another --out, or delete it.")
-    x, y = dataset.x_train, dataset.y_train
-    if train_size is not None:
-        if train_size < len(x):
-            rng = np.random.default_rng(hyper.get("random_state"))
-            keep = np.sort(rng.permutation(len(x))[:train_size])
-            x, y = x[keep], y[keep]
+    keep = _subset(len(dataset.x_train), train_size, hyper.get("random_state"))
+    x, y = dataset.x_train[keep], dataset.y_train[keep]
+    val = _subset(len(dataset.x_test), validation_size, VALIDATION_SEED)
+    x_val, y_val = dataset.x_test[val], dataset.y_test[val]
     early = bool(hyper.get("early_stopping"))
-    validation_data = None if early else (dataset.x_test, dataset.y_test)
+    validation_data = None if early else (x_val, y_val)
+    if early:
+        validation = "validation_fraction of train"
+    elif len(x_val) < len(dataset.x_test):
+        validation = f"{len(x_val)} test images"
+    else:
+        validation = "test"
     callbacks = list(callbacks)
     start = time.perf_counter()
     model.fit(x, y, callbacks=callbacks, validation_data=validation_data)
@@ -602,7 +621,7 @@ def train_run(
         train_seconds=seconds,
         n_train=len(x),
         stopped=stopped,
-        validation="validation_fraction of train" if early else "test",
+        validation=validation,
         command=command,
         name=name,
         out=out,

@@ -156,6 +156,21 @@ def test_train_run_subset_and_interrupt(small):
     assert len(run.meta["history"]) == 1
 
 
+def test_train_run_validation_subset(small, monkeypatch):
+    seen = []
+    real_fit = MLPBaseline.fit
+
+    def spy(self, X, y, **kwargs):
+        seen.append(len(kwargs["validation_data"][0]))
+        return real_fit(self, X, y, **kwargs)
+
+    monkeypatch.setattr(MLPBaseline, "fit", spy)
+    run = store.train_run("mlp", small, params={"max_iter": 2}, validation_size=100)
+    assert seen == [100]
+    assert run.meta["validation"] == "100 test images"
+    assert run.meta["test"]["n"] == len(small.x_test)  # scored on the whole set
+
+
 # -- broken and hostile files -----------------------------------------------------
 
 
