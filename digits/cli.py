@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import sys
@@ -32,6 +33,7 @@ from digits.nn.callbacks import Callback, StopOnEvent
 
 EXIT_USAGE = 2  # argparse's status for bad arguments; used for every user error
 EXIT_INTERRUPTED = 130  # the shell's convention for a process ended by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # the shell's status for a process ended by SIGPIPE
 BAR_WIDTH = 24
 REDRAW_SECONDS = 0.1  # redraw a live progress bar at most this often
 # Extra flag spellings for some hyperparameters.
@@ -430,6 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command_line = shlex.join(["python", "-m", "digits", *given])
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as Unix tools do.
+        # Python's docs recipe: point stdout at devnull so the exit flush is silent.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (DigitsError, OSError) as err:
         print(f"digits: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
