@@ -246,9 +246,9 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
                 if any(cb.stop_training for cb in callbacks):
                     break
                 epoch = self.n_iter_
-                # One BLAS thread: the MLP's GEMMs are small (batch x 784 x 100),
-                # and two threads were 2-8x slower whenever another process
-                # competed for the two cores (and ~10% faster on an idle machine).
+                # One BLAS thread: the MLP's GEMMs are small (batch x 784 x 100);
+                # two threads gained ~10% on an idle machine but were 2-8x slower
+                # whenever another process competed for the two cores.
                 with threadpool_limits(1, user_api="blas"):
                     logs = self._epoch(X, y, X_acc, y_acc, X_val, y_val)
                 self._record(logs)
