@@ -66,7 +66,10 @@ def encode(image: np.ndarray, fmt: str, quality: int = 90) -> bytes:
 
 
 def photo(digit: np.ndarray, rng: np.random.Generator, grid: bool = True) -> bytes:
-    """A JPEG 'photo': the digit in dark ink on squared paper under a shadow."""
+    """A JPEG 'photo': the digit in dark ink on squared paper under a shadow.
+
+    With grid=False the same shadowed paper, without grid lines or noise.
+    """
     height, width = 600, 800
     ink = np.zeros((height, width))
     ink[:, 100:700] = render(digit, canvas=600, box=300) / 255
@@ -85,8 +88,9 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def shift_tolerant_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Best correlation over one-pixel shifts: MNIST's own centring rounds to
-    whole pixels, so a digit may land half a pixel either way."""
+    """Best correlation over one-pixel shifts: MNIST's centring rounds the
+    centre of mass to whole pixels, so a digit redrawn slightly differently
+    may land one pixel over."""
     shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     return max(correlation(np.roll(a, s, axis=(0, 1)), b) for s in shifts)
 
