@@ -57,17 +57,22 @@ def _through_router() -> None:
     """Make sure the page runs under ``app.py``'s ``st.navigation``.
 
     Streamlit 1.67 treats an app with a ``pages/`` folder as an old-style
-    multipage app until some run calls ``st.navigation``. So when a fresh
-    server's first request is a page's URL (say ``/evaluate``, after a
-    restart), that page runs alone: file names in the sidebar, no wide layout.
-    ``st.navigation`` clears the same class flag; do it here and rerun, so the
-    run goes through ``app.py`` and lands on the requested page.
+    multipage app until some run calls ``st.navigation``: when a fresh server's
+    first request is a page's URL (say ``/evaluate``, after a restart), that
+    page would run alone, with file names in the sidebar and no wide layout.
+    (AppTest starts every run that way.) Then run the router here instead, in
+    this same script run so that no widget event is lost, and stop the outer
+    copy of the page. The router's ``st.navigation`` clears the flag, so this
+    happens at most once per process.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    if not PagesManager.uses_pages_directory:
+        return
+    router = Path(__file__).with_name("app.py")
+    code = compile(router.read_text(encoding="utf-8"), str(router), "exec")
+    exec(code, {"__name__": "__main__", "__file__": str(router)})
+    st.stop()
 
 
 def page_header(title: str, caption: str) -> None:

@@ -40,8 +40,8 @@ def clear() -> None:
     st.session_state[CLEARS_KEY] = st.session_state.get(CLEARS_KEY, 0) + 1
 
 
-def digit_input():
-    """The canvas or the uploader; returns an RGBA array, file bytes or None."""
+def digit_input() -> tuple[object, str | None]:
+    """The canvas or the uploader: (RGBA array or file bytes or None, file name)."""
     source = st.segmented_control(
         "Input",
         ["Draw", "Upload"],
@@ -54,7 +54,7 @@ def digit_input():
         upload = st.file_uploader(
             "A photo or scan of one digit (PNG or JPEG)", type=["png", "jpg", "jpeg"]
         )
-        return None if upload is None else upload.getvalue()
+        return (None, None) if upload is None else (upload.getvalue(), upload.name)
     # Importable only inside a running Streamlit app: it registers its component.
     from streamlit_drawable_canvas import st_canvas
 
@@ -73,7 +73,7 @@ def digit_input():
         key=f"{CANVAS_KEY}-{st.session_state.get(CLEARS_KEY, 0)}",
     )
     st.button("Clear", icon=":material/delete:", on_click=clear)
-    return result.image_data
+    return result.image_data, None
 
 
 def probability_bars(p: np.ndarray, names) -> go.Figure:
@@ -123,7 +123,7 @@ chosen = [by_name[n] for n in names]
 
 left, right = st.columns([1, 2], gap="large")
 with left:
-    image = digit_input()
+    image, filename = digit_input()
 with right:
     if image is None:
         st.info(HINT, icon=":material/draw:")
@@ -135,7 +135,7 @@ with right:
             start = time.perf_counter()
             # One preprocessing per input size (28 for MNIST, 8 for sklearn digits).
             inputs = {
-                size: preprocess.preprocess(image, size)
+                size: preprocess.preprocess(image, size, name=filename)
                 for size in {run.image_shape[0] for run in chosen}
             }
             prepared = time.perf_counter()

@@ -232,6 +232,7 @@ with view:
     ok = estimate(spec, params, ds, n_train)
     if st.button(
         "Start training",
+        key="start",
         type="primary",
         icon=":material/play_arrow:",
         disabled=running or not ok,

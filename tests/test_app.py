@@ -1,0 +1,314 @@
+"""AppTest tests of the dashboard: every page runs, and does what its issue says.
+
+The app runs in this process (streamlit.testing.v1), against the real MNIST files
+($DIGITS_DATA_DIR) and a runs directory of this module's own, holding two small
+models trained here in a few seconds (plus the shipped defaults, if installed).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from sklearn.metrics import confusion_matrix
+from streamlit.testing.v1 import AppTest
+
+import ui
+from digits import data, metrics, registry, store
+from digits.training_job import TrainingJob
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 60  # seconds for one script run (the first loads MNIST and sklearn)
+RUN_SECONDS = 30  # how long to keep rerunning while a training thread works
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory, mnist):
+    """A runs dir with a tiny CNN and a small MLP trained on MNIST subsets."""
+    root = tmp_path_factory.mktemp("runs")
+    mp = pytest.MonkeyPatch()
+    mp.setenv(store.RUNS_DIR_ENV, str(root))
+    x, y = mnist.x_train[:2000], mnist.y_train[:2000]
+    tiny = {
+        "cnn": {"conv_channels": (4,), "hidden_layer_sizes": (16,), "max_iter": 1},
+        "mlp": {"hidden_layer_sizes": (32,), "max_iter": 5},
+    }
+    for kind, params in tiny.items():
+        model = registry.get(kind).build(**params).fit(x, y)
+        proba = store.predict_proba_full(model, mnist.x_test, 10)
+        store.save_run(
+            model,
+            kind=kind,
+            dataset=mnist,
+            n_train=len(x),
+            test=metrics.report(mnist.y_test, proba, mnist.class_names),
+            name=f"tiny-{kind}",
+        )
+    yield root
+    mp.undo()
+
+
+@pytest.fixture
+def at(runs_dir) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    assert not app.exception
+    return app
+
+
+def page(at: AppTest, name: str) -> AppTest:
+    at.switch_page(f"pages/{name}.py")
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return " ".join(str(e.value) for e in elements)
+
+
+def figure(chart) -> dict:
+    """The Plotly figure of an st.plotly_chart element, with arrays decoded."""
+
+    def decode(value):
+        if isinstance(value, dict) and "bdata" in value:
+            shape = [int(s) for s in str(value.get("shape", "-1")).split(",")]
+            raw = base64.b64decode(value["bdata"])
+            return np.frombuffer(raw, dtype=value["dtype"]).reshape(shape)
+        if isinstance(value, dict):
+            return {k: decode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    return decode(json.loads(chart.proto.spec))
+
+
+def canvas_drawing(lines, width: int = 20) -> dict:
+    """The value streamlit-drawable-canvas 0.13 sends back: its "drawing" holds
+    the fabric.js JSON ("raw") and the canvas as a PNG data URL ("data")."""
+    image = Image.new("RGBA", (280, 280), (0, 0, 0, 255))
+    pen = ImageDraw.Draw(image)
+    for line in lines:
+        pen.line(line, fill=(255, 255, 255, 255), width=width, joint="curve")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return {"drawing": {"raw": {"objects": [{"type": "path"}]}, "data": url}}
+
+
+# -- Home ----------------------------------------------------------------------------
+
+
+def test_home_shows_mnist_samples_and_models(at):
+    metric = {m.label: m.value for m in at.metric}
+    assert metric["Training images"] == "60,000"
+    assert metric["Test images"] == "10,000"
+    assert metric["Image size"] == "28x28"
+    grid = figure(at.get("plotly_chart")[0])["data"][0]
+    assert grid["type"] == "image"
+    table = at.dataframe[0].value
+    assert {"tiny-cnn", "tiny-mlp"} <= set(table["Model"])
+    accuracy = dict(zip(table["Model"], table["Test accuracy"], strict=True))
+    assert accuracy["tiny-mlp"] == pytest.approx(
+        store.open_run("tiny-mlp").test_accuracy
+    )
+
+
+def test_home_switches_dataset_and_every_page_follows(at):
+    at.selectbox(key=ui.DATASET_KEY).select("sklearn-digits").run()
+    assert {m.label: m.value for m in at.metric}["Image size"] == "8x8"
+    # The tiny models were trained on MNIST: Evaluate has nothing for 8x8 digits.
+    page(at, "evaluate")
+    assert "No model has been trained on sklearn digits" in texts(at.info)
+
+
+def test_home_csv_upload_and_a_corrupt_one(at, tmp_path):
+    at.selectbox(key=ui.DATASET_KEY).select(ui.CSV_CHOICE).run()
+    rng = np.random.default_rng(0)
+    rows = ["label," + ",".join(f"pixel{i}" for i in range(16))]
+    for n in range(60):
+        rows.append(f"{n % 3}," + ",".join(map(str, rng.integers(0, 256, 16))))
+    at.file_uploader[0].upload("tiny.csv", "\n".join(rows).encode(), "text/csv")
+    at.run()
+    assert not at.exception and not at.error
+    assert {m.label: m.value for m in at.metric}["Image size"] == "4x4"
+
+    at.file_uploader[0].set_value(("broken.csv", b"label,a,b\n1,2,x\n", "text/csv"))
+    at.run()
+    assert not at.exception
+    assert "broken.csv" in texts(at.error)
+
+
+def test_failed_download_falls_back_to_sklearn_digits(at, tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))  # no MNIST files here
+    monkeypatch.setitem(data.MIRRORS, "mnist", ["http://127.0.0.1:9/"])
+    fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    fresh.run()
+    assert not fresh.exception
+    assert "could not be downloaded" in texts(fresh.warning)
+    assert {m.label: m.value for m in fresh.metric}["Image size"] == "8x8"
+
+
+# -- Train ---------------------------------------------------------------------------
+
+
+def test_train_sliders_update_the_estimate(at):
+    page(at, "train")
+    before = {m.label: m.value for m in at.metric}["Parameters"]
+    at.slider(key="train-cnn-quick-hidden_layer_sizes-n").set_value(2).run()
+    at.select_slider(key="train-cnn-quick-conv_channels-0").set_value(16).run()
+    assert not at.exception
+    after = {m.label: m.value for m in at.metric}["Parameters"]
+    assert after != before
+    params = registry.get("cnn").params(
+        "quick", conv_channels=(16, 16), hidden_layer_sizes=(64, 64)
+    )
+    model = registry.get("cnn").build(**params)
+    model.partial_fit(np.zeros((2, 28, 28), np.uint8), [0, 1], classes=np.arange(10))
+    assert after == f"{model.n_params():,}"
+
+
+def test_train_start_and_stop(at):
+    page(at, "train")
+    at.select_slider(key="train-size-mnist").set_value(500).run()
+    at.slider(key="train-cnn-quick-max_iter").set_value(50).run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    job = at.session_state[ui.JOB_KEY]
+    deadline = time.monotonic() + RUN_SECONDS
+    while len(job.snapshot().points) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        at.run()
+        assert not at.exception
+    assert job.snapshot().status == "running"
+    assert at.progress[0].value > 0
+    at.button(key="stop").click().run()
+    while not job.snapshot().finished and time.monotonic() < deadline:
+        time.sleep(0.2)
+        at.run()
+        assert not at.exception
+    at.run()  # the page as it is once the job has ended
+    snap = job.snapshot()
+    assert snap.status == "stopped", snap.error
+    assert snap.stop_latency < 1.0
+    assert "Saved as" in texts(at.success)
+    run = store.open_run(snap.run.name)
+    assert run.meta["stopped"] == "interrupted"
+    assert run.meta["dataset"]["n_train"] == 500
+    # The new run is offered first on Evaluate.
+    page(at, "evaluate")
+    assert at.selectbox(key="evaluate-model").value == run.name
+
+
+def test_train_shows_divergence_as_an_error(at, mnist):
+    job = TrainingJob(
+        "dense",
+        mnist,
+        {"hidden_layer_sizes": (32,), "learning_rate_init": 1e6, "solver": "sgd"},
+        train_size=500,
+    ).start()
+    assert job.join(RUN_SECONDS)
+    at.session_state[ui.JOB_KEY] = job
+    page(at, "train")
+    assert "diverged" in texts(at.error)
+
+
+# -- Evaluate ------------------------------------------------------------------------
+
+
+def test_evaluate_confusion_matrix_is_the_models(at, mnist):
+    page(at, "evaluate")
+    at.selectbox(key="evaluate-model").select("tiny-mlp").run()
+    proba = store.predictions(store.open_run("tiny-mlp"), mnist)
+    expected = confusion_matrix(mnist.y_test, proba.argmax(axis=1))
+    heatmap = figure(at.get("plotly_chart")[0])["data"][0]
+    assert heatmap["type"] == "heatmap"
+    np.testing.assert_array_equal(np.asarray(heatmap["z"]), expected)
+    assert {m.label: m.value for m in at.metric}["Test accuracy"] == (
+        f"{np.trace(expected) / expected.sum():.2%}"
+    )
+    table = at.dataframe[0].value
+    assert list(table["Support"]) == np.bincount(mnist.y_test).tolist()
+
+
+def test_evaluate_clicked_cell_shows_exactly_its_images(at, mnist):
+    page(at, "evaluate")
+    at.selectbox(key="evaluate-model").select("tiny-mlp").run()
+    at.session_state["confusion"] = {
+        "selection": {
+            "points": [{"x": "9", "y": "4"}],
+            "point_indices": [],
+            "box": [],
+            "lasso": [],
+        }
+    }
+    at.run()
+    assert not at.exception
+    proba = store.predictions(store.open_run("tiny-mlp"), mnist)
+    cell = np.flatnonzero((mnist.y_test == 4) & (proba.argmax(axis=1) == 9))
+    assert f"True 4, predicted 9: {len(cell)} images" in texts(at.subheader)
+    confidences = [
+        float(c.value[:-1]) for c in at.caption if re.fullmatch(r"\d+\.\d%", c.value)
+    ]
+    expected = sorted(proba[cell, 9], reverse=True)[: ui.GALLERY_COLUMNS * 6]
+    assert confidences[: len(expected)] == pytest.approx(
+        [round(100 * p, 1) for p in expected]
+    )
+
+
+def test_evaluate_mistakes_and_comparison(at, mnist):
+    page(at, "evaluate")
+    at.selectbox(key="evaluate-model").select("tiny-mlp").run()
+    at.slider(key="evaluate-n-mistakes").set_value(12).run()
+    assert not at.exception
+    a = store.predictions(store.open_run("tiny-mlp"), mnist)
+    b = store.predictions(store.open_run("tiny-cnn"), mnist)
+    worst = metrics.misclassified(mnist.y_test, a)[0]
+    first = f"**{mnist.y_test[worst]} → {a[worst].argmax()}**"
+    assert first in texts(at.caption)
+    at.selectbox(key="evaluate-other").select("tiny-cnn").run()
+    metric = {m.label: m.value for m in at.metric}
+    disagree = int(np.sum(a.argmax(axis=1) != b.argmax(axis=1)))
+    assert metric["They disagree on"] == f"{disagree:,}"
+
+
+# -- Draw ----------------------------------------------------------------------------
+
+
+def test_draw_empty_canvas_shows_a_hint(at):
+    page(at, "draw")
+    assert "Draw a digit" in texts(at.info)
+    assert not [m for m in at.metric if m.label == "Prediction"]
+    at.session_state["draw-canvas-0"] = canvas_drawing([])  # drawn, then erased
+    at.run()
+    assert not at.exception
+    assert "Draw a digit" in texts(at.info)
+
+
+def test_draw_a_one_is_predicted_by_both_models(at):
+    page(at, "draw")
+    at.multiselect(key="draw-models").set_value(["tiny-cnn", "tiny-mlp"]).run()
+    at.slider(key="draw-brush").set_value(24).run()
+    at.session_state["draw-canvas-0"] = canvas_drawing([[(140, 40), (140, 240)]])
+    at.run()
+    assert not at.exception
+    predictions = [m.value for m in at.metric if m.label == "Prediction"]
+    assert predictions == ["1", "1"]
+    bars = figure(at.get("plotly_chart")[0])["data"][0]
+    assert np.asarray(bars["y"]).sum() == pytest.approx(1.0, abs=1e-5)
+    assert len(at.image) >= 1  # the preprocessing steps
+
+
+def test_draw_upload_of_a_corrupt_file_is_an_error(at):
+    page(at, "draw")
+    at.segmented_control(key="draw-source").set_value("Upload").run()
+    at.file_uploader[0].upload("seven.png", b"not a png", "image/png").run()
+    assert not at.exception
+    assert "seven.png" in texts(at.error)
