@@ -1,0 +1,139 @@
+"""Tests for digits.training_job: background training with live progress and Stop.
+
+Jobs train small models on real MNIST subsets; each test has its own runs dir.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from digits import store
+from digits.errors import ConfigError
+from digits.training_job import FINAL, VALIDATION_SIZE, TrainingJob
+
+TIMEOUT = 60  # seconds a job may take before a test gives up on it
+TINY_CNN = {"conv_channels": (4,), "hidden_layer_sizes": (16,)}
+
+
+@pytest.fixture(autouse=True)
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv(store.RUNS_DIR_ENV, str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def wait_for(condition, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_job_trains_saves_and_reports_progress(mnist):
+    job = TrainingJob("cnn", mnist, {**TINY_CNN, "max_iter": 2}, train_size=600)
+    assert job.status == "pending"
+    job.start()
+    assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    assert snap.status == "done" and snap.error is None
+    assert snap.fraction == 1.0 and snap.eta == 0.0
+    assert [e["epoch"] for e in snap.epochs] == [1, 2]
+    assert all({"val_loss", "val_accuracy"} <= set(e) for e in snap.epochs)
+    # The curve's x is epochs done: increasing, ending at exactly 2.
+    xs = [p[0] for p in snap.points]
+    assert xs == sorted(xs) and xs[-1] == 2.0
+    run = store.open_run(snap.run.name)
+    assert run.meta["dataset"]["n_train"] == 600
+    assert run.meta["validation"] == f"{VALIDATION_SIZE} test images"
+    assert run.meta["stopped"] is None
+    # Scored on the whole test set, and the Evaluate page's cache is filled.
+    proba = store.predictions(run, mnist)
+    assert run.test_accuracy == pytest.approx(
+        np.mean(proba.argmax(axis=1) == mnist.y_test)
+    )
+
+
+def test_stop_ends_training_within_a_second_and_keeps_the_model(mnist):
+    job = TrainingJob("cnn", mnist, {**TINY_CNN, "max_iter": 100}, train_size=2000)
+    job.start()
+    wait_for(lambda: len(job.snapshot().points) >= 2)
+    job.stop()
+    assert job.status in ("stopping", "saving")
+    assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    assert snap.status == "stopped"
+    assert snap.stop_latency is not None and snap.stop_latency < 1.0
+    assert snap.fraction < 0.5
+    assert store.open_run(snap.run.name).meta["stopped"] == "interrupted"
+    job.stop()  # stopping a finished job changes nothing
+    assert job.status == "stopped"
+
+
+def test_mlp_reports_each_epoch(mnist):
+    job = TrainingJob(
+        "mlp", mnist, {"hidden_layer_sizes": (16,), "max_iter": 3}, train_size=500
+    ).start()
+    assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    assert snap.status in ("done", "stopped") and snap.run is not None
+    assert [p[0] for p in snap.points] == [e["epoch"] for e in snap.epochs]
+
+
+# Overflow warnings are how divergence shows inside the engine.
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_is_a_failed_job_with_the_message(mnist, runs):
+    job = TrainingJob(
+        "dense",
+        mnist,
+        {"hidden_layer_sizes": (32,), "solver": "sgd", "learning_rate_init": 1e6},
+        train_size=500,
+    ).start()
+    assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    assert snap.status == "failed"
+    assert "diverged" in snap.error and "learning rate" in snap.error
+    assert snap.run is None
+    saved = [p for p in runs.glob("*") if not p.name.startswith(".")]
+    assert saved == []
+
+
+def test_unexpected_errors_are_caught_with_a_short_message(mnist, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(store, "save_run", broken)
+    job = TrainingJob("mlp", mnist, {"max_iter": 1}, train_size=300).start()
+    assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    assert snap.status == "failed"
+    assert "disk on fire" in snap.error and "Traceback" not in snap.error
+
+
+def test_bad_settings_are_refused_before_the_thread_starts(mnist):
+    with pytest.raises(ConfigError, match="no parameter"):
+        TrainingJob("cnn", mnist, {"convolutions": 3})
+    job = TrainingJob("mlp", mnist, {"max_iter": 1}, train_size=300).start()
+    with pytest.raises(RuntimeError, match="already been started"):
+        job.start()
+    job.join(TIMEOUT)
+
+
+def test_two_jobs_at_once_keep_their_own_state(mnist):
+    """Two browser sessions each hold a job; they run concurrently, apart."""
+    jobs = [
+        TrainingJob("mlp", mnist, {"max_iter": 2}, train_size=400, name="alice"),
+        TrainingJob(
+            "cnn", mnist, {**TINY_CNN, "max_iter": 1}, train_size=400, name="bob"
+        ),
+    ]
+    for job in jobs:
+        job.start()
+    assert [job.status for job in jobs] == ["running", "running"]
+    assert all(job.join(TIMEOUT) for job in jobs)
+    alice, bob = (job.snapshot() for job in jobs)
+    assert alice.run.name == "alice" and bob.run.name == "bob"
+    assert alice.run.kind == "mlp" and bob.run.kind == "cnn"
+    assert len(alice.epochs) == 2 and len(bob.epochs) == 1
+    assert {alice.status, bob.status} <= set(FINAL)
