@@ -62,7 +62,9 @@ class Progress:
     epochs: list[dict]
     run: store.Run | None  # the saved run, once there is one
     error: str | None  # for the user, when status is "failed"
-    stop_latency: float | None  # seconds from stop() until the training loop ended
+    # Seconds that training went on after stop(): until the end of the batch it
+    # was in (0 if it came between batches, or after the last one).
+    stop_latency: float | None
 
     @property
     def finished(self) -> bool:
@@ -82,6 +84,7 @@ class _State:
     run: store.Run | None = None
     error: str | None = None
     stop_requested: float | None = None
+    last_batch: float | None = None  # when the last batch ended
     train_ended: float | None = None  # when the training loop returned
 
 
@@ -97,6 +100,7 @@ class _Recorder(Callback):
         done = logs["epoch"] + logs["batch"] / logs["batches"]
         with self.job._lock:
             state = self.job._state
+            state.last_batch = now
             state.epoch = int(logs["epoch"]) + 1
             state.fraction = min(1.0, done / self.job.max_epochs)
             state.images_per_second = float(logs["images_per_second"])
@@ -202,7 +206,8 @@ class TrainingJob:
                 eta = elapsed * (1 - s.fraction) / s.fraction
             latency = None
             if s.stop_requested is not None and s.train_ended is not None:
-                latency = max(0.0, s.train_ended - s.stop_requested)
+                last = s.last_batch if s.last_batch is not None else s.stop_requested
+                latency = max(0.0, last - s.stop_requested)
             return Progress(
                 status=s.status,
                 fraction=s.fraction,

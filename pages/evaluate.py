@@ -197,21 +197,22 @@ def compare_tab(ds, run, proba, runs) -> None:
     other = pick_run("Compare with", others, "evaluate-other", default)
     proba_b, report_b = scores(other, ds)
     d = metrics.disagreement(proba, proba_b, ds.y_test)
+    st.caption(f"A = **{run.name}**, B = **{other.name}**")
     cols = st.columns(5)
-    cols[0].metric(
-        f"Accuracy of {run.name}", f"{ui.test_report(run, ds, proba)['accuracy']:.2%}"
-    )
-    cols[1].metric(f"Accuracy of {other.name}", f"{report_b['accuracy']:.2%}")
+    cols[0].metric("Accuracy of A", f"{ui.test_report(run, ds, proba)['accuracy']:.2%}")
+    cols[1].metric("Accuracy of B", f"{report_b['accuracy']:.2%}")
     cols[2].metric(
-        "They disagree on", f"{len(d['indices']):,}", help=f"{d['rate']:.2%}"
+        "They disagree on",
+        f"{len(d['indices']):,}",
+        help=f"{d['rate']:.2%} of the test set",
     )
-    cols[3].metric(f"Only {run.name} right", f"{d['only_a_right']:,}")
-    cols[4].metric(f"Only {other.name} right", f"{d['only_b_right']:,}")
+    cols[3].metric("Only A right", f"{d['only_a_right']:,}")
+    cols[4].metric("Only B right", f"{d['only_b_right']:,}")
     names = ds.class_names
     shown = np.asarray(d["indices"][:60], dtype=np.int64)
     st.caption(
         f"Test images on which they disagree (first {len(shown)}). Caption: the "
-        f"true class, then the predictions of A = {run.name} and B = {other.name}."
+        "true class, then the predictions of A and B."
     )
     ui.gallery(
         ds.x_test[shown],

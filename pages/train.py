@@ -33,6 +33,7 @@ GROUPS = {
     "Training": ("max_iter", "augment", "early_stopping", "n_iter_no_change"),
 }
 ANNOUNCED_KEY = "train-announced"
+START_ERROR_KEY = "train-start-error"  # why the last Start was refused
 STATUS_TEXT = {
     "stopping": " · stopping after this batch...",
     "saving": " · scoring the test set and saving the model...",
@@ -114,8 +115,10 @@ def curves(snap) -> go.Figure:
             row=1,
             col=col,
         )
+        # A stopped epoch is validated where it stopped, not at its end.
+        val_x = [min(e["epoch"], snap.points[-1][0]) for e in validated]
         fig.add_scatter(
-            x=[e["epoch"] for e in validated],
+            x=val_x,
             y=[e[f"val_{name}"] for e in validated],
             name="validation",
             legendgroup="validation",
@@ -140,10 +143,11 @@ def announce(job: TrainingJob, snap) -> None:
         st.error(snap.error, icon=":material/error:")
         return
     run = snap.run
+    epochs = len(run.meta["history"])
     stopped = " after you pressed Stop" if snap.status == "stopped" else ""
     st.success(
         f"Saved as **{run.name}**{stopped}: test accuracy "
-        f"**{run.test_accuracy:.2%}** after {len(run.meta['history'])} epochs.",
+        f"**{run.test_accuracy:.2%}** after {epochs} epoch{'s' * (epochs != 1)}.",
         icon=":material/check_circle:",
     )
     if snap.stop_latency is not None:
@@ -185,6 +189,20 @@ def live(job: TrainingJob, refreshing: bool) -> None:
     st.plotly_chart(curves(snap), config={"displayModeBar": False})
     if snap.finished:
         announce(job, snap)
+
+
+def start(kind: str, ds, params: dict, n_train: int) -> None:
+    """The Start button's callback: it runs before the page, which then shows the
+    job as running (Start disabled, live view on)."""
+    current = st.session_state.get(ui.JOB_KEY)
+    if current is not None and not current.snapshot().finished:
+        return  # one job per session at a time
+    try:
+        st.session_state[ui.JOB_KEY] = TrainingJob(
+            kind, ds, params, train_size=n_train
+        ).start()
+    except DigitsError as err:
+        st.session_state[START_ERROR_KEY] = str(err)
 
 
 ui.page_header(
@@ -230,21 +248,18 @@ with controls:
 
 with view:
     ok = estimate(spec, params, ds, n_train)
-    if st.button(
+    st.button(
         "Start training",
         key="start",
         type="primary",
         icon=":material/play_arrow:",
+        on_click=start,
+        args=(kind, ds, params, n_train),
         disabled=running or not ok,
         help="A run is already in progress." if running else None,
-    ):
-        try:
-            job = TrainingJob(kind, ds, params, train_size=n_train).start()
-        except DigitsError as err:
-            ui.show_error(err)
-        else:
-            st.session_state[ui.JOB_KEY] = job
-            running = True
+    )
+    if START_ERROR_KEY in st.session_state:
+        st.error(st.session_state.pop(START_ERROR_KEY), icon=":material/error:")
     st.subheader("Progress")
     if job is None:
         st.info(

@@ -207,6 +207,8 @@ def test_train_start_and_stop(at):
     assert at.selectbox(key="evaluate-model").value == run.name
 
 
+# Overflow warnings are how divergence shows inside the engine.
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_train_shows_divergence_as_an_error(at, mnist):
     job = TrainingJob(
         "dense",
