@@ -507,10 +507,7 @@ def test_hyperparameter_parsing():
 # -- the shipped models -----------------------------------------------------------
 
 
-# The default MLP always ships; the default CNN once the lead has trained it.
-# TODO(lead): require "default-cnn" here once digits/pretrained/cnn is committed.
-CNN_SHIPPED = (store.PRETRAINED_DIR / "cnn").is_dir()
-SHIPPED = ["default-mlp", *(["default-cnn"] if CNN_SHIPPED else [])]
+SHIPPED = ["default-cnn", "default-mlp"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -525,6 +522,5 @@ def test_shipped_default_models(name, mnist):
     assert accuracy >= 0.97
 
 
-def test_default_means_the_cnn_if_shipped_else_the_mlp():
-    expected = "default-cnn" if CNN_SHIPPED else "default-mlp"
-    assert store.open_run("default").name == expected
+def test_default_means_the_shipped_cnn():
+    assert store.open_run("default").name == "default-cnn"
