@@ -247,12 +247,18 @@ cols[1].metric("Mistakes", f"{round((1 - report['accuracy']) * report['n']):,}")
 cols[2].metric("Macro F1", f"{report['macro']['f1']:.3f}")
 cols[3].metric("Mean loss", f"{report['loss']:.3f}", help="Cross-entropy per image.")
 
+# Only the open tab is drawn: the galleries are most of the page's work.
 confusion, mistakes, compare = st.tabs(
-    ["Confusion matrix", "Misclassified images", "Compare two models"]
+    ["Confusion matrix", "Misclassified images", "Compare two models"],
+    key="evaluate-tab",
+    on_change="rerun",
 )
-with confusion:
-    confusion_tab(ds, proba, report)
-with mistakes:
-    mistakes_tab(ds, proba)
-with compare:
-    compare_tab(ds, run, proba, runs)
+if confusion.open:
+    with confusion:
+        confusion_tab(ds, proba, report)
+if mistakes.open:
+    with mistakes:
+        mistakes_tab(ds, proba)
+if compare.open:
+    with compare:
+        compare_tab(ds, run, proba, runs)

@@ -41,9 +41,12 @@ STATUS_TEXT = {
 
 
 def _duration(seconds: float | None) -> str:
+    """ "0.4 s", "12 s", "3 min 05 s"; "-" when unknown."""
     if seconds is None:
         return "-"
-    seconds = max(0, round(seconds))
+    if seconds < 9.95:
+        return f"{max(0.0, seconds):.1f} s"
+    seconds = round(seconds)
     return (
         f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
     )

@@ -268,13 +268,20 @@ def test_evaluate_clicked_cell_shows_exactly_its_images(at, mnist):
 def test_evaluate_mistakes_and_comparison(at, mnist):
     page(at, "evaluate")
     at.selectbox(key="evaluate-model").select("tiny-mlp").run()
+    assert not at.image  # only the open tab (the confusion matrix) is drawn
+    at.session_state["evaluate-tab"] = "Misclassified images"
+    at.run()
+    assert len(at.image) == 36
     at.slider(key="evaluate-n-mistakes").set_value(12).run()
+    assert len(at.image) == 12
     assert not at.exception
     a = store.predictions(store.open_run("tiny-mlp"), mnist)
     b = store.predictions(store.open_run("tiny-cnn"), mnist)
     worst = metrics.misclassified(mnist.y_test, a)[0]
     first = f"**{mnist.y_test[worst]} → {a[worst].argmax()}**"
     assert first in texts(at.caption)
+    at.session_state["evaluate-tab"] = "Compare two models"
+    at.run()
     at.selectbox(key="evaluate-other").select("tiny-cnn").run()
     metric = {m.label: m.value for m in at.metric}
     disagree = int(np.sum(a.argmax(axis=1) != b.argmax(axis=1)))
