@@ -10,6 +10,7 @@ from digits.errors import DigitsError
 
 SAMPLES_PER_CLASS = 24
 SEED_KEY = "home-sample-seed"
+MIN_TILE = 24  # smallest side, in pixels, of a sample in the grid
 
 
 def choose_dataset() -> None:
@@ -59,8 +60,12 @@ def sample_figure(ds, seed: int):
         row = np.zeros((SAMPLES_PER_CLASS, h, w), np.uint8)
         row[: len(pick)] = ds.x_train[np.sort(pick)]
         rows.append(row)
+    images = np.concatenate(rows)
+    if h < MIN_TILE:  # e.g. the 8x8 sklearn digits: enlarge so the borders stay thin
+        images = np.stack([ui.enlarge(im, MIN_TILE) for im in images])
+        h, w = images.shape[1:]
     pad = 2
-    image = ui.grid(np.concatenate(rows), SAMPLES_PER_CLASS, pad)
+    image = ui.grid(images, SAMPLES_PER_CLASS, pad)
     fig = px.imshow(image, binary_string=True)
     centres = [pad + r * (h + pad) + h / 2 for r in range(len(ds.class_names))]
     fig.update_yaxes(tickvals=centres, ticktext=list(ds.class_names), title=None)
@@ -127,10 +132,10 @@ ds = ui.active_dataset()
 
 h, w = ds.x_train.shape[1:]
 cols = st.columns(4)
-cols[0].metric("Dataset", ui.dataset_label(ds.name))
+cols[0].metric("Classes", len(ds.class_names))
 cols[1].metric("Training images", f"{len(ds.x_train):,}")
 cols[2].metric("Test images", f"{len(ds.x_test):,}")
-cols[3].metric("Image size", f"{h}x{w}", help=f"{len(ds.class_names)} classes")
+cols[3].metric("Image size", f"{h}x{w}")
 
 head, button = st.columns([5, 1], vertical_alignment="bottom")
 head.subheader("Random samples of each class")

@@ -189,6 +189,11 @@ def test_train_start_and_stop(at):
         assert not at.exception
     assert job.snapshot().status == "running"
     assert at.progress[0].value > 0
+    # Switching pages neither stops the job nor loses it.
+    page(at, "draw")
+    assert job.snapshot().status == "running"
+    page(at, "train")
+    assert at.session_state[ui.JOB_KEY] is job
     at.button(key="stop").click().run()
     while not job.snapshot().finished and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -313,6 +318,20 @@ def test_draw_a_one_is_predicted_by_both_models(at):
     bars = figure(at.get("plotly_chart")[0])["data"][0]
     assert np.asarray(bars["y"]).sum() == pytest.approx(1.0, abs=1e-5)
     assert len(at.image) >= 1  # the preprocessing steps
+
+
+def test_draw_upload_of_a_photo_is_predicted(at):
+    """Dark ink on light paper, as a photographed digit: a 7."""
+    page(at, "draw")
+    at.multiselect(key="draw-models").set_value(["tiny-mlp"]).run()
+    at.segmented_control(key="draw-source").set_value("Upload").run()
+    paper = Image.new("L", (300, 400), 235)
+    ImageDraw.Draw(paper).line([(70, 90), (230, 90), (130, 330)], fill=30, width=22)
+    buffer = io.BytesIO()
+    paper.save(buffer, "JPEG")
+    at.file_uploader[0].upload("seven.jpg", buffer.getvalue(), "image/jpeg").run()
+    assert not at.exception and not at.error
+    assert [m.value for m in at.metric if m.label == "Prediction"] == ["7"]
 
 
 def test_draw_upload_of_a_corrupt_file_is_an_error(at):
