@@ -46,9 +46,10 @@ FINAL = ("done", "stopped", "failed")
 class Progress:
     """A consistent copy of a job's state, safe to read while the thread runs.
 
-    points : (epoch as a fraction, running loss, running accuracy), the training
-        curve sampled every ``POINT_SECONDS``; ``epochs`` : one logs dict per
-        finished epoch (with ``val_loss`` and ``val_accuracy``).
+    points : (epochs done, loss, accuracy), the training curve: the mean loss and
+        accuracy of the batches since the previous point, every ``POINT_SECONDS``.
+    epochs : one logs dict per finished epoch (with ``val_loss`` and
+        ``val_accuracy``).
     """
 
     status: str
@@ -89,28 +90,46 @@ class _State:
 
 
 class _Recorder(Callback):
-    """Copies the training loop's logs into the job's state."""
+    """Copies the training loop's logs into the job's state.
+
+    Batch logs carry the running mean of the epoch so far, which jumps back up at
+    each new epoch. A point of the live curve is instead the mean over the
+    batches since the previous point: from running means m1 after b1 batches and
+    m2 after b2, that is (m2 * b2 - m1 * b1) / (b2 - b1) (exact while batches are
+    of equal size).
+    """
 
     def __init__(self, job: TrainingJob) -> None:
         self.job = job
         self._last_point = 0.0
+        self._previous: tuple[int, int, float, float] | None = None  # e, b, m, acc
+
+    def _window(self, logs: dict) -> tuple[float, float]:
+        """Mean loss and accuracy of the batches since the previous point."""
+        epoch, batch = int(logs["epoch"]), int(logs["batch"])
+        loss, accuracy = float(logs["loss"]), float(logs["accuracy"])
+        previous, self._previous = self._previous, (epoch, batch, loss, accuracy)
+        if previous is None or previous[0] != epoch or previous[1] >= batch:
+            return loss, accuracy
+        _, b1, m1, a1 = previous
+        return (
+            (loss * batch - m1 * b1) / (batch - b1),
+            (accuracy * batch - a1 * b1) / (batch - b1),
+        )
 
     def on_batch_end(self, step, logs):
         now = time.perf_counter()
         done = logs["epoch"] + logs["batch"] / logs["batches"]
+        due = now - self._last_point >= POINT_SECONDS
+        point = self._window(logs) if due or logs["batch"] == logs["batches"] else None
         with self.job._lock:
             state = self.job._state
             state.last_batch = now
             state.epoch = int(logs["epoch"]) + 1
             state.fraction = min(1.0, done / self.job.max_epochs)
             state.images_per_second = float(logs["images_per_second"])
-            if (
-                now - self._last_point >= POINT_SECONDS
-                or logs["batch"] == logs["batches"]
-            ):
-                state.points.append(
-                    (done, float(logs["loss"]), float(logs["accuracy"]))
-                )
+            if point is not None:
+                state.points.append((done, *point))
                 self._last_point = now
 
     def on_epoch_end(self, epoch, logs):

@@ -137,3 +137,25 @@ def test_two_jobs_at_once_keep_their_own_state(mnist):
     assert alice.run.kind == "mlp" and bob.run.kind == "cnn"
     assert len(alice.epochs) == 2 and len(bob.epochs) == 1
     assert {alice.status, bob.status} <= set(FINAL)
+
+
+def test_curve_points_average_back_to_each_epochs_loss(mnist):
+    """Each point is the mean over the batches since the previous one, so the
+    points of an epoch, weighted by their batches, give the epoch's mean loss."""
+    batches = 8
+    job = TrainingJob(
+        "dense",
+        mnist,
+        {"hidden_layer_sizes": (32,), "batch_size": 64, "max_iter": 3},
+        train_size=64 * batches,
+    ).start()
+    assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    previous = 0.0
+    for epoch in snap.epochs:
+        points = [p for p in snap.points if previous < p[0] <= epoch["epoch"]]
+        weights = np.diff([previous] + [p[0] for p in points]) * batches
+        assert weights.sum() == pytest.approx(batches)
+        mean = np.average([p[1] for p in points], weights=weights)
+        assert mean == pytest.approx(epoch["loss"], rel=1e-6)
+        previous = epoch["epoch"]
