@@ -338,7 +338,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         first = not getattr(self, "_initialised", False)
         if y is None:
             raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None"
+                f"{type(self).__name__} requires y to be passed, "
+                "but the target y is None"
             )
         X2, y = self._flatten(X, y, reset=first)
         check_classification_targets(y)

@@ -46,8 +46,13 @@ def test_reaches_high_accuracy_on_a_mnist_subset(mnist):
 def test_tiny_model_overfits_64_images(mnist):
     x, y = mnist.x_train[:64], mnist.y_train[:64]
     est = CNNClassifier(
-        conv_channels=(8,), hidden_layer_sizes=(32,), dropout=0, batch_size=16,
-        max_iter=40, learning_rate_init=3e-3, random_state=0,
+        conv_channels=(8,),
+        hidden_layer_sizes=(32,),
+        dropout=0,
+        batch_size=16,
+        max_iter=40,
+        learning_rate_init=3e-3,
+        random_state=0,
     )
     est.fit(x, y)
     assert est.loss_curve_[-1] < est.loss_curve_[0] / 20
@@ -61,7 +66,9 @@ def test_same_seed_gives_bit_identical_weights(mnist):
     c = CNNClassifier(**SMALL, max_iter=2, augment=True, random_state=8).fit(x, y)
     for key, value in a.model_.state_dict().items():
         np.testing.assert_array_equal(value, b.model_.state_dict()[key])
-    assert not np.array_equal(a.model_.state_dict()["0.W"], c.model_.state_dict()["0.W"])
+    assert not np.array_equal(
+        a.model_.state_dict()["0.W"], c.model_.state_dict()["0.W"]
+    )
 
 
 @pytest.mark.parametrize("layout", ["images", "channel", "flat", "float"])
@@ -96,8 +103,13 @@ def test_bad_inputs_and_settings_give_clear_errors(mnist):
 
 def test_divergence_stops_with_a_message_and_keeps_finite_weights(mnist):
     est = CNNClassifier(
-        conv_channels=(), hidden_layer_sizes=(64,), solver="sgd", momentum=0.99,
-        learning_rate_init=1e6, max_iter=3, random_state=0,
+        conv_channels=(),
+        hidden_layer_sizes=(64,),
+        solver="sgd",
+        momentum=0.99,
+        learning_rate_init=1e6,
+        max_iter=3,
+        random_state=0,
     )
     with pytest.raises(TrainingDiverged, match=r"epoch 1, batch \d+.*lower learning"):
         est.fit(mnist.x_train[:2000], mnist.y_train[:2000])
@@ -125,7 +137,9 @@ def test_a_callback_stops_between_batches_and_the_model_is_usable(mnist):
     est2 = CNNClassifier(**SMALL, max_iter=5, random_state=0).partial_fit(
         mnist.x_train[:500], mnist.y_train[:500]
     )
-    est2.partial_fit(mnist.x_train[:500], mnist.y_train[:500], callbacks=[StopOnEvent(event)])
+    est2.partial_fit(
+        mnist.x_train[:500], mnist.y_train[:500], callbacks=[StopOnEvent(event)]
+    )
     assert est2.n_iter_ == 1  # nothing ran after the event was set
 
 
@@ -143,7 +157,10 @@ def test_early_stopping_uses_patience():
     rng = np.random.default_rng(0)
     x, y = rng.random((400, 6)).astype(np.float32), rng.integers(2, size=400)
     est = CNNClassifier(
-        conv_channels=(), early_stopping=True, n_iter_no_change=2, max_iter=50,
+        conv_channels=(),
+        early_stopping=True,
+        n_iter_no_change=2,
+        max_iter=50,
         random_state=0,
     ).fit(x, y)  # labels are noise: validation accuracy cannot keep improving
     assert est.n_iter_ < 50

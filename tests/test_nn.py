@@ -39,7 +39,8 @@ def naive_maxpool(x):
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize(
-    ("k", "c_in", "hw"), [(5, 1, (12, 12)), (3, 4, (7, 9)), (4, 2, (6, 5)), (1, 3, (4, 4))]
+    ("k", "c_in", "hw"),
+    [(5, 1, (12, 12)), (3, 4, (7, 9)), (4, 2, (6, 5)), (1, 3, (4, 4))],
 )
 def test_conv_forward_matches_naive_loops(padding, k, c_in, hw):
     rng = np.random.default_rng(1)

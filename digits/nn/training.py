@@ -199,14 +199,18 @@ class Trainer:
             if self.alpha:
                 g += np.float32(self.alpha / n) * w
                 loss += 0.5 * self.alpha * float(np.vdot(w, w)) / n
+        params = [p for _, p, _ in self.model.parameters()]
         if not np.isfinite(loss):
+            # The last update made weights that are finite but blow up the loss:
+            # go back to the weights before it, which gave a finite loss.
+            for p, saved in zip(params, self._backup, strict=True):
+                np.copyto(p, saved)
             self._diverged(epoch, batch, "the loss became non-finite")
         if self._schedule:
             lr0, epochs = self._schedule
             total = epochs * -(-len(x) // self.batch_size)
             self.optimizer.lr = lr0 * 0.5 * (1 + np.cos(np.pi * self._steps / total))
         self._steps += 1
-        params = [p for _, p, _ in self.model.parameters()]
         for p, saved in zip(params, self._backup, strict=True):
             np.copyto(saved, p)
         self.optimizer.step()
