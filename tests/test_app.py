@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -20,11 +21,16 @@ from PIL import Image, ImageDraw
 from sklearn.metrics import confusion_matrix
 from streamlit.testing.v1 import AppTest
 
-import ui
 from digits import data, metrics, registry, store
 from digits.training_job import TrainingJob
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+# ui.py (the pages' helper module) sits beside app.py, outside the package; a
+# bare `pytest` does not put the repository root on sys.path.
+sys.path.insert(0, str(ROOT))
+import ui  # noqa: E402
+
 TIMEOUT = 60  # seconds for one script run (the first loads MNIST and sklearn)
 RUN_SECONDS = 30  # how long to keep rerunning while a training thread works
 
