@@ -251,7 +251,11 @@ def _version(run: store.Run) -> float:
 
 @st.cache_resource(max_entries=16, show_spinner="Loading the model...")
 def _load_model(path: str, mtime: float, _run: store.Run):
-    return store.load_model(_run)
+    model = store.load_model(_run)
+    # One throwaway prediction, so the first real one (a drawing) is not the one
+    # that pays for first-touch memory and BLAS set-up.
+    predict_one(model, np.zeros(_run.image_shape, np.float32), len(_run.class_names))
+    return model
 
 
 def load_model(run: store.Run):
