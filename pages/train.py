@@ -175,7 +175,7 @@ def live(job: TrainingJob, refreshing: bool) -> None:
     cols = st.columns([1, 1, 1.2, 1.2, 1], vertical_alignment="center")
     cols[0].metric("Images/s", f"{snap.images_per_second:,.0f}")
     cols[1].metric("Elapsed", _duration(snap.elapsed))
-    cols[2].metric("ETA", _duration(snap.eta))
+    cols[2].metric("ETA", "done" if snap.finished else _duration(snap.eta))
     last = snap.epochs[-1] if snap.epochs else {}
     cols[3].metric(
         "Val. accuracy",
