@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from digits import calibrate, registry
 from digits.errors import ConfigError
-from digits.nn.callbacks import History
 
 TINY_CNN = {"conv_channels": (4,), "hidden_layer_sizes": (16,), "batch_size": 64}
 
@@ -45,17 +42,15 @@ def test_parameter_count_matches_the_trained_model(kind, params, shape):
     assert calibrate.count_params(kind, params, shape, 10) == expected
 
 
-def test_estimate_is_close_to_a_real_epoch():
-    """The estimate for 1,000 images is within a factor of 2.5 of a real epoch
-    (generous: the machine is shared, and timings are noisy)."""
-    estimate = calibrate.estimate_epoch_seconds("cnn", TINY_CNN, 1000)
-    history = History()
-    rng = np.random.default_rng(2)
-    x = rng.integers(0, 256, size=(1000, 28, 28), dtype=np.uint8)
-    model = registry.get("cnn").build(**TINY_CNN, max_iter=2)
-    model.fit(x, np.arange(1000) % 10, callbacks=[history])
-    real = history.epochs[-1]["seconds"]
-    assert real / 2.5 < estimate < real * 2.5
+def test_estimate_is_the_probe_rate_times_the_images():
+    # How close the estimate comes to a real epoch is a timing, measured in
+    # benchmarks/ rather than asserted here on a noisy shared machine.
+    cal = calibrate.calibrate("cnn", TINY_CNN)
+    assert cal.train_seconds_per_image > 0 and cal.predict_seconds_per_image > 0
+    estimate = calibrate.estimate_epoch_seconds("cnn", TINY_CNN, 1000, n_validation=500)
+    assert estimate == pytest.approx(
+        1000 * cal.train_seconds_per_image + 500 * cal.predict_seconds_per_image
+    )
 
 
 def test_estimate_grows_with_images_and_validation():
@@ -67,14 +62,14 @@ def test_estimate_grows_with_images_and_validation():
 
 
 def test_probe_is_cached_and_ignores_settings_that_do_not_change_speed():
-    calibrate.calibrate("dense", {"hidden_layer_sizes": (8,)})
-    start = time.perf_counter()
+    first = calibrate.calibrate("dense", {"hidden_layer_sizes": (8,)})
+    hits = calibrate._calibrate.cache_info().hits
     again = calibrate.calibrate(
         "dense",
         {"hidden_layer_sizes": (8,), "learning_rate_init": 0.01, "max_iter": 40},
     )
-    assert time.perf_counter() - start < 0.05
-    assert again == calibrate.calibrate("dense", {"hidden_layer_sizes": (8,)})
+    assert calibrate._calibrate.cache_info().hits == hits + 1
+    assert again is first
 
 
 def test_invalid_settings_are_config_errors():
