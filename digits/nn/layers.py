@@ -20,6 +20,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 Array = np.ndarray
 
+# Conv2D's forward builds im2col rows in chunks of about this many bytes, small
+# enough to still be in the (1 MiB, Zen 4) L2 cache when the GEMM reads them.
+_CHUNK_BYTES = 2**20
+
 
 class Layer:
     """Base class: a layer with no parameters that passes gradients through."""
@@ -120,15 +124,28 @@ class Conv2D(Layer):
         ho, wo = hp - k + 1, wp - k + 1
         if ho < 1 or wo < 1:
             raise ValueError(f"Conv2D: a {k}x{k} kernel does not fit a {hp}x{wp} input")
-        cols = _im2col(x, k, ho, wo)  # (N*Ho*Wo, kh*kw*C [+ 1])
         w2 = self.params["W"].reshape(k * k * c, self.out_channels)
-        if cols.shape[1] > k * k * c:
+        if c == 1:
+            cols = _im2col(x, k, ho, wo)  # (N*Ho*Wo, kh*kw + 1)
             # _im2col appended a column of ones, so the bias rides in the GEMM
             # instead of costing a pass over the (large) output.
             out = cols @ np.vstack([w2, self.params["b"]])
         else:
-            out = cols @ w2
-            out += self.params["b"]
+            # im2col and GEMM a few images at a time: each chunk of cols is still
+            # in cache when the GEMM reads it (measured ~20% faster than one big
+            # im2col then one big GEMM). The full cols is kept for backward.
+            windows = _windows(x, k)  # (N, Ho, Wo, kh, kw, C) view
+            cols = np.empty((n * ho * wo, k * k * c), dtype=x.dtype)
+            out = np.empty((n * ho * wo, self.out_channels), dtype=x.dtype)
+            rows = ho * wo  # rows of cols per image
+            step = max(1, _CHUNK_BYTES // (rows * cols.shape[1] * cols.itemsize))
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                chunk = cols[s * rows : e * rows]
+                chunk.reshape(e - s, ho, wo, k, k, c)[...] = windows[s:e]
+                o = out[s * rows : e * rows]
+                np.matmul(chunk, w2, out=o)
+                o += self.params["b"]
         self._cache = (cols, x.shape)
         return out.reshape(n, ho, wo, self.out_channels)
 
@@ -194,8 +211,10 @@ class MaxPool2D(Layer):
         # route each window's gradient to where the input equals the window's max.
         even = x[:, : 2 * h2, : 2 * w2]
         windows = even.reshape(n, h2, 2, w2, 2, c)
-        # (bool -> float first: NumPy's mixed-dtype multiply is twice as slow.)
-        dx_even = np.equal(windows, out[:, :, None, :, None, :]).astype(x.dtype)
+        # The comparison writes its 0/1 straight into a float array (one pass instead
+        # of bool + astype), since NumPy's mixed-dtype multiply is twice as slow.
+        dx_even = np.empty(windows.shape, dtype=x.dtype)
+        np.equal(windows, out[:, :, None, :, None, :], out=dx_even, casting="unsafe")
         dx_even *= grad_out[:, :, None, :, None, :]
         if (h, w) == (2 * h2, 2 * w2):
             return dx_even.reshape(x.shape)
@@ -363,8 +382,13 @@ def _im2col(x: Array, k: int, ho: int, wo: int) -> Array:
                 cols_t[i * k + j] = x[:, i : i + ho, j : j + wo, 0]
         cols_t[k * k] = 1
         return cols_t.reshape(k * k + 1, n * ho * wo).T
+    return _windows(x, k).reshape(n * ho * wo, k * k * c)
+
+
+def _windows(x: Array, k: int) -> Array:
+    """Every k x k window of x (N, H, W, C) as a view (N, Ho, Wo, kh, kw, C)."""
     windows = sliding_window_view(x, (k, k), axis=(1, 2))  # (N, Ho, Wo, C, kh, kw)
-    return windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, k * k * c)
+    return windows.transpose(0, 1, 2, 4, 5, 3)
 
 
 def _column_sums(g: Array) -> Array:
