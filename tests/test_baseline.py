@@ -225,3 +225,20 @@ def test_divergence_in_first_epoch_leaves_no_model(small):
         model.fit(small.x_train, small.y_train)
     with pytest.raises(ConfigError, match="not trained"):
         model.predict(small.x_test)
+
+
+def test_stop_is_honoured_within_an_epoch(mnist):
+    # 20,000 images are five partial_fit chunks; a Stop after the first chunk ends
+    # the epoch there, so the dashboard's Stop does not wait for a whole epoch.
+    class StopAfterFirstChunk(Recorder):
+        def on_batch_end(self, step, logs):
+            super().on_batch_end(step, logs)
+            self.stop_training = True
+
+    rec = StopAfterFirstChunk()
+    model = MLPBaseline((16,), max_iter=3, random_state=0)
+    model.fit(mnist.x_train[:20_000], mnist.y_train[:20_000], callbacks=[rec])
+    assert [b["batch"] for _, b in rec.batches] == [1]
+    assert rec.batches[0][1]["batches"] == 5
+    assert model.n_iter_ == 1
+    assert model.predict(mnist.x_test[:10]).shape == (10,)
