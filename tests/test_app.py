@@ -218,6 +218,36 @@ def test_train_start_and_stop(at):
     assert at.selectbox(key="evaluate-model").value == run.name
 
 
+def test_two_sessions_train_at_once_without_mixing_state(runs_dir):
+    # Two browser sessions are two AppTests: each has its own session state.
+    users = [AppTest.from_file(APP, default_timeout=TIMEOUT) for _ in range(2)]
+    for user, size in zip(users, (500, 1000), strict=True):
+        user.run()
+        page(user, "train")
+        user.select_slider(key="train-size-mnist").set_value(size).run()
+        user.slider(key="train-cnn-quick-max_iter").set_value(50).run()
+        next(b for b in user.button if b.label == "Start training").click().run()
+    jobs = [user.session_state[ui.JOB_KEY] for user in users]
+    assert jobs[0] is not jobs[1]
+    deadline = time.monotonic() + RUN_SECONDS
+    while time.monotonic() < deadline and not all(
+        job.snapshot().points for job in jobs
+    ):
+        time.sleep(0.2)
+    assert [job.snapshot().status for job in jobs] == ["running", "running"]
+    for user in users:
+        user.button(key="stop").click().run()
+    while time.monotonic() < deadline and not all(
+        job.snapshot().finished for job in jobs
+    ):
+        time.sleep(0.2)
+    runs = [job.snapshot().run for job in jobs]
+    assert [job.snapshot().status for job in jobs] == ["stopped", "stopped"]
+    assert runs[0].name != runs[1].name
+    sizes = [store.open_run(r.name).meta["dataset"]["n_train"] for r in runs]
+    assert sizes == [500, 1000]
+
+
 # Overflow warnings are how divergence shows inside the engine.
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_train_shows_divergence_as_an_error(at, mnist):
