@@ -64,10 +64,13 @@ def _forward_backward(
     model: Sequential, x: np.ndarray, y: np.ndarray, n_total: int
 ) -> tuple[float, int]:
     """One forward and backward pass on part of a batch; returns (loss, n_correct)."""
-    logits = model.forward(x, training=True)
-    correct = int((logits.argmax(axis=1) == y).sum())
-    loss, dlogits = softmax_cross_entropy(logits, y, n_total)
-    model.backward(dlogits)
+    # Overflow is how divergence shows; the trainer checks the loss and weights and
+    # reports it with TrainingDiverged, so NumPy's warnings would only be noise.
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits = model.forward(x, training=True)
+        correct = int((logits.argmax(axis=1) == y).sum())
+        loss, dlogits = softmax_cross_entropy(logits, y, n_total)
+        model.backward(dlogits)
     return loss, correct
 
 
