@@ -21,7 +21,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 Array = np.ndarray
 
 # Conv2D's forward builds im2col rows in chunks of about this many bytes, small
-# enough to still be in the (1 MiB, Zen 4) L2 cache when the GEMM reads them.
+# enough to still be in the L2 cache (1 MiB or more per core) when the GEMM reads
+# them.
 _CHUNK_BYTES = 2**20
 
 
