@@ -495,12 +495,15 @@ def predict_proba_full(model, X: np.ndarray, n_classes: int) -> np.ndarray:
     return full
 
 
-def predictions(run: Run | str, dataset, model=None) -> np.ndarray:
+def predictions(
+    run: Run | str, dataset, model=None, proba: np.ndarray | None = None
+) -> np.ndarray:
     """Test-set probabilities of ``run`` on ``dataset``, shape (n_test, k), float32.
 
     Computed once, then cached as ``.npy`` beside the run (for the shipped models:
     in the runs dir), keyed by the dataset's checksum and the model's SHA-256.
-    Pass ``model`` if it is already loaded.
+    Pass ``model`` if it is already loaded, or ``proba`` if the probabilities
+    (``predict_proba_full`` on the test set) are already computed.
     """
     run = open_run(run)
     check_compatible(run, dataset.x_test.shape[1:], len(dataset.class_names))
@@ -515,9 +518,9 @@ def predictions(run: Run | str, dataset, model=None) -> np.ndarray:
             return cached
     except (OSError, ValueError, EOFError):
         pass  # no cache yet, or a damaged one: compute afresh
-    if model is None:
-        model = load_model(run)
-    proba = predict_proba_full(model, dataset.x_test, expected[1])
+    if proba is None:
+        model = load_model(run) if model is None else model
+        proba = predict_proba_full(model, dataset.x_test, expected[1])
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
@@ -598,7 +601,10 @@ def train_run(
     model.fit(x, y, callbacks=callbacks, validation_data=validation_data)
     seconds = time.perf_counter() - start
     if not model.n_iter_:
-        raise DigitsError("Training stopped before the first epoch; nothing to save.")
+        raise DigitsError(
+            "Training was stopped before the first batch finished, so there is "
+            "no model to save. Start again and let it run a moment."
+        )
     if any(cb.stop_training for cb in callbacks):
         stopped = "interrupted"
     elif model.n_iter_ < hyper.get("max_iter", model.n_iter_):
@@ -627,5 +633,5 @@ def train_run(
         out=out,
         overwrite=overwrite,
     )
-    predictions(run, dataset, model)  # fills the cache for the Evaluate page
+    predictions(run, dataset, proba=proba)  # fills the cache for the Evaluate page
     return run

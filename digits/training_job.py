@@ -5,15 +5,14 @@ session state. The job trains in a daemon thread, so page switches and reruns do
 not interrupt it; the thread only writes to the job (under a lock) and never
 touches the user interface. The page polls ``snapshot()`` to draw curves, a
 progress bar, images/s and the ETA, and ``stop()`` sets a ``threading.Event`` that
-``StopOnEvent`` checks between batches (between epochs for scikit-learn's MLP).
+``StopOnEvent`` checks between batches (between 4096-image chunks for the MLP).
 
-What the thread does is ``digits.store.train_run`` with one difference: the
+The thread runs ``digits.store.train_run`` with ``validation_size`` set: the
 per-epoch validation curves use a fixed random subset of the test set
 (``VALIDATION_SIZE`` images) instead of all of it, so that validating a CNN takes
-a fraction of a second and a Stop is never held up by it. The saved run is then
-scored on the whole test set, exactly as ``train_run`` does. Like there, the
-validation images never steer training (unless early stopping is on, which holds
-out part of the training set instead).
+a fraction of a second and a Stop is never held up by it. The saved run is still
+scored on the whole test set. The validation images never steer training (unless
+early stopping is on, which holds out part of the training set instead).
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from digits import registry, store
 from digits.errors import DigitsError
 from digits.nn.callbacks import Callback, StopOnEvent
@@ -35,7 +32,6 @@ log = logging.getLogger(__name__)
 
 VALIDATION_SIZE = 2000  # test images scored after each epoch for the curves
 POINT_SECONDS = 0.25  # record a point of the live training curve this often
-VALIDATION_SEED = 0  # the validation subset is the same for every run
 
 # A job's status moves along: pending -> running -> (stopping ->) saving -> one of
 # the final states.
@@ -139,6 +135,7 @@ class _Recorder(Callback):
     def on_train_end(self, logs=None):
         with self.job._lock:
             self.job._state.train_ended = time.perf_counter()
+            self.job._state.status = "saving"  # train_run now scores and saves
 
 
 class TrainingJob:
@@ -267,67 +264,14 @@ class TrainingJob:
             final = "stopped" if self._stop.is_set() else "done"
             self._set(status=final, run=run, ended=time.perf_counter())
 
-    def _subsets(self):
-        """The training images (a random subset if asked) and the validation set."""
-        ds = self.dataset
-        x, y = ds.x_train, ds.y_train
-        seed = self.params.get("random_state")
-        if self.train_size is not None and self.train_size < len(x):
-            rng = np.random.default_rng(seed)
-            keep = np.sort(rng.permutation(len(x))[: self.train_size])
-            x, y = x[keep], y[keep]
-        if self.params.get("early_stopping"):
-            return x, y, None  # the estimator holds out part of (x, y)
-        n_val = min(self.validation_size, len(ds.x_test))
-        rng = np.random.default_rng(VALIDATION_SEED)
-        val = np.sort(rng.permutation(len(ds.x_test))[:n_val])
-        return x, y, (ds.x_test[val], ds.y_test[val])
-
     def _train_and_save(self) -> store.Run:
-        from digits import metrics  # slow import; only when a job runs
-
-        ds = self.dataset
-        x, y, validation_data = self._subsets()
-        model = self.spec.constructor(**self.spec.fixed, **self.params)
-        start = time.perf_counter()
-        model.fit(
-            x,
-            y,
-            callbacks=[_Recorder(self), StopOnEvent(self._stop)],
-            validation_data=validation_data,
-        )
-        seconds = time.perf_counter() - start
-        self._set(status="saving")
-        if not getattr(model, "n_iter_", 0):
-            raise DigitsError(
-                "Training was stopped before the first batch finished, so there is "
-                "no model to save. Start again and let it run a moment."
-            )
-        if self._stop.is_set():
-            stopped = "interrupted"
-        elif model.n_iter_ < self.max_epochs:
-            stopped = (
-                "early stopping" if self.params.get("early_stopping") else ("converged")
-            )
-        else:
-            stopped = None
-        proba = store.predict_proba_full(model, ds.x_test, len(ds.class_names))
-        test = metrics.report(ds.y_test, proba, ds.class_names)
-        n_val = len(validation_data[1]) if validation_data else 0
-        run = store.save_run(
-            model,
-            kind=self.kind,
-            dataset=ds,
+        return store.train_run(
+            self.kind,
+            self.dataset,
             params=self.params,
-            test=test,
-            train_seconds=seconds,
-            n_train=len(x),
-            stopped=stopped,
-            validation=f"{n_val} test images"
-            if n_val
-            else ("validation_fraction of train"),
-            command="dashboard",
+            callbacks=[_Recorder(self), StopOnEvent(self._stop)],
+            train_size=self.train_size,
+            validation_size=self.validation_size,
             name=self.name,
+            command="dashboard",
         )
-        store.predictions(run, ds, model)  # fills the cache for the Evaluate page
-        return run
