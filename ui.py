@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 from PIL import Image
-from threadpoolctl import ThreadpoolController
 
 from digits import data, registry, store
 from digits.errors import DataError, DigitsError, DownloadError
@@ -298,21 +297,9 @@ def run_label(run: store.Run) -> str:
     return f"{run.name} · {registry.MODELS[run.kind].label}{score}"
 
 
-@st.cache_resource(show_spinner=False)
-def _blas() -> ThreadpoolController:
-    """The process's BLAS libraries, found once (finding them reads /proc, ~5 ms)."""
-    return ThreadpoolController()
-
-
 def predict_one(model, image: np.ndarray, n_classes: int) -> np.ndarray:
-    """Probabilities (k,) for one preprocessed image (h, w).
-
-    For a single image, BLAS's thread hand-off costs far more than the maths
-    (measured 2-4 ms with one thread against 10-50 ms with two on a busy
-    machine), so BLAS is held to one thread here.
-    """
-    with _blas().limit(limits=1, user_api="blas"):
-        return store.predict_proba_full(model, image[None], n_classes)[0]
+    """Probabilities (k,) for one preprocessed image (h, w)."""
+    return store.predict_proba_full(model, image[None], n_classes)[0]
 
 
 # -- hyperparameter widgets ---------------------------------------------------------

@@ -23,10 +23,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
-from threadpoolctl import threadpool_limits
 
 from digits.errors import ConfigError, DataError, TrainingDiverged
 from digits.nn.callbacks import EarlyStopping
+from digits.nn.training import blas_threads, one_blas_thread_if_small
 
 # scikit-learn solvers that train in epochs of minibatches (lbfgs does not).
 SOLVERS = ("adam", "sgd")
@@ -252,7 +252,7 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
                 # One BLAS thread: the MLP's GEMMs are small (batch x 784 x 100);
                 # two threads gained ~10% on an idle machine but were 2-8x slower
                 # whenever another process competed for the two cores.
-                with threadpool_limits(1, user_api="blas"):
+                with blas_threads(1):
                     logs = self._epoch(X, y, X_acc, y_acc, X_val, y_val, callbacks)
                 if logs is None:  # stopped before the epoch's first chunk
                     break
@@ -409,7 +409,9 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
         """Class probabilities, shape (n, len(classes_)), float32."""
         if not hasattr(self, "model_") or not hasattr(self.model_, "coefs_"):
             raise ConfigError("This MLPBaseline is not trained yet; call fit first.")
-        return self.model_.predict_proba(as_features(X, self.input_shape_))
+        features = as_features(X, self.input_shape_)
+        with one_blas_thread_if_small(len(features)):
+            return self.model_.predict_proba(features)
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels, shape (n,), taken from ``classes_``."""

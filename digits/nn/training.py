@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from digits.errors import TrainingDiverged
 from digits.nn.callbacks import Callback
@@ -36,6 +36,26 @@ _MMAP_THRESHOLD = 32 * 2**20  # the largest value glibc accepts on 64-bit
 _TRIM_THRESHOLD = 2**30
 
 Prepare = Callable[[np.ndarray, np.random.Generator | None], np.ndarray]
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    # Finding the BLAS libraries reads /proc (~5 ms); do it once per process.
+    return ThreadpoolController()
+
+
+def blas_threads(n: int | None):
+    """A context manager that limits BLAS to ``n`` threads (None: leave it as is).
+
+    For small GEMMs (a few images, or the halves of a batch that already run in
+    two Python threads) BLAS's own thread hand-off costs more than the maths.
+    """
+    return _blas_controller().limit(limits=n, user_api="blas")
+
+
+def one_blas_thread_if_small(n_images: int):
+    """One BLAS thread for fewer than ``2 * MIN_HALF_BATCH`` images, else as is."""
+    return blas_threads(1 if n_images < 2 * MIN_HALF_BATCH else None)
 
 
 @functools.cache
@@ -137,7 +157,7 @@ class Trainer:
         start = time.perf_counter()
         pool = ThreadPoolExecutor(1) if len(self.replicas) > 1 else None
         try:
-            with threadpool_limits(1 if pool else None, user_api="blas"):
+            with blas_threads(1 if pool else None):
                 for b in range(batches):
                     if any(cb.stop_training for cb in callbacks):
                         stopped = True
@@ -242,9 +262,10 @@ def predict_logits(
     keep_freed_memory()
     starts = range(0, len(x), chunk)
     if n_threads < 2 or len(x) <= chunk:
-        return np.concatenate(
-            [model.forward(prepare(x[s : s + chunk], None)) for s in starts]
-        )
+        with one_blas_thread_if_small(len(x)):
+            return np.concatenate(
+                [model.forward(prepare(x[s : s + chunk], None)) for s in starts]
+            )
     twins = [model, model.replica(0)]
 
     def run(k: int) -> list[np.ndarray]:
@@ -253,7 +274,7 @@ def predict_logits(
             for s in starts[k :: len(twins)]
         ]
 
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(1) as pool:
+    with blas_threads(1), ThreadPoolExecutor(1) as pool:
         future = pool.submit(run, 1)
         parts = [run(0), future.result()]
     # Re-interleave: chunk i came from twin i % 2.
