@@ -23,8 +23,8 @@ class Optimizer:
         for g in self.grads:
             g.fill(0)
 
-    def step(self, pool=None) -> None:
-        """One update of every parameter (``pool`` is a hint some optimizers use)."""
+    def step(self) -> None:
+        """One update of every parameter."""
         self.t += 1
         for i, (p, g) in enumerate(zip(self.params, self.grads, strict=True)):
             self._step(i, p, g)
@@ -87,63 +87,22 @@ class Adam(Optimizer):
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
 
-    # Arrays larger than this are updated half by the caller and half by ``pool``.
-    SPLIT_SIZE = 8192
+    def step(self):
+        t = self.t + 1  # the step about to be taken
+        self._lr_t = np.float32(
+            self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+        )
+        super().step()
 
-    def step(self, pool=None):
-        """One Adam update; with a thread ``pool``, the big arrays' halves run at once.
-
-        Every element's update is independent, so splitting the flat arrays in two
-        gives bit-for-bit the same result as one pass.
-        """
-        self.t += 1
-        lr_t = self.lr * np.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t)
-        self._lr_t = np.float32(lr_t)
-        if pool is None:
-            self._update(0, 1)
-            return
-        future = pool.submit(self._update, 1, 2)
-        self._update(0, 2)
-        future.result()
-
-    def _update(self, part: int, parts: int) -> None:
-        """Update share ``part`` of ``parts`` of the big arrays (part 0: small ones)."""
-        for i, p in enumerate(self.params):
-            n = p.size
-            if parts > 1 and n < self.SPLIT_SIZE:
-                if part == 0:
-                    self._step(i, p, self.grads[i])
-                continue
-            lo, hi = n * part // parts, n * (part + 1) // parts
-            self._step(i, p, self.grads[i], slice(lo, hi))
-
-    def _step(self, i, param, grad, sl=slice(None)):
-        # Flat views (never copies: .shape= raises instead) of the slice to update;
-        # scratch buffers replace the temporaries of the textbook formula.
-        p, g, m, v = (_flat(a)[sl] for a in (param, grad, self.m[i], self.v[i]))
-        tmp, tmp2 = self._scratch(i, sl, len(p))
+    def _step(self, i, param, grad):
+        m, v = self.m[i], self.v[i]
         m *= self.beta1
-        np.multiply(g, 1 - self.beta1, out=tmp)
-        m += tmp
+        m += (1 - self.beta1) * grad
         v *= self.beta2
-        np.multiply(g, 1 - self.beta2, out=tmp)
-        tmp *= g
-        v += tmp
-        np.sqrt(v, out=tmp)  # denominator: sqrt(v) + eps
-        tmp += self.eps
-        np.multiply(m, self._lr_t, out=tmp2)
-        tmp2 /= tmp
-        p -= tmp2
-
-    def _scratch(self, i, sl, n):
-        """Two float32 buffers of length n, kept per (array, slice) for reuse."""
-        if not hasattr(self, "_buffers"):
-            self._buffers = {}
-        key = (i, sl.start, sl.stop)
-        buf = self._buffers.get(key)
-        if buf is None or buf.shape[1] != n:
-            buf = self._buffers[key] = np.empty((2, n), self.m[i].dtype)
-        return buf[0], buf[1]
+        v += (1 - self.beta2) * grad * grad
+        denom = np.sqrt(v)
+        denom += self.eps
+        param -= self._lr_t * m / denom
 
     def state(self):
         out = {f"m.{i}": m for i, m in enumerate(self.m)}
@@ -156,13 +115,3 @@ class Adam(Optimizer):
             self.m[i][...] = state[f"m.{i}"]
             self.v[i][...] = state[f"v.{i}"]
         self.t = int(state["t"])
-
-
-def _flat(a: np.ndarray) -> np.ndarray:
-    """A 1-D view of a contiguous array (raises rather than silently copying)."""
-    view = a.view()
-    view.shape = (a.size,)
-    return view
-
-
-OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}

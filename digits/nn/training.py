@@ -236,7 +236,7 @@ class Trainer:
         self._steps += 1
         for p, saved in zip(params, self._backup, strict=True):
             np.copyto(saved, p)
-        self.optimizer.step(pool)
+        self.optimizer.step()
         if not all(np.isfinite(p).all() for p in params):
             for p, saved in zip(params, self._backup, strict=True):
                 np.copyto(p, saved)
