@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
 from digits.errors import ConfigError, DataError, TrainingDiverged
-from digits.nn.callbacks import EarlyStopping
+from digits.nn.callbacks import EarlyStopping, batch_logs
 from digits.nn.training import blas_threads, one_blas_thread_if_small
 
 # scikit-learn solvers that train in epochs of minibatches (lbfgs does not).
@@ -288,17 +288,17 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
             seen += len(idx)
             elapsed = time.perf_counter() - start
             sample = idx[:512]  # the running accuracy, on part of this chunk
-            batch_logs = {
-                "loss": loss_sum / seen,
-                "accuracy": float(np.mean(self.model_.predict(X[sample]) == y[sample])),
-                "seconds": elapsed,
-                "images_per_second": seen / max(elapsed, 1e-9),
-                "epoch": epoch,
-                "batch": i + 1,
-                "batches": chunks,
-            }
+            logs = batch_logs(
+                loss=loss_sum / seen,
+                accuracy=np.mean(self.model_.predict(X[sample]) == y[sample]),
+                seen=seen,
+                seconds=elapsed,
+                epoch=epoch,
+                batch=i + 1,
+                batches=chunks,
+            )
             for cb in callbacks:
-                cb.on_batch_end(epoch * chunks + i, batch_logs)
+                cb.on_batch_end(epoch * chunks + i, logs)
         if seen == 0:
             return None
         seconds = time.perf_counter() - start

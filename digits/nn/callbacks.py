@@ -15,6 +15,29 @@ import math
 import threading
 
 
+def batch_logs(
+    *,
+    loss: float,
+    accuracy: float,
+    seen: int,
+    seconds: float,
+    epoch: int,
+    batch: int,
+    batches: int,
+) -> dict:
+    """The logs ``on_batch_end`` receives: running means over the ``seen`` images
+    of the epoch so far, its elapsed ``seconds`` and rate, and where it stands."""
+    return {
+        "loss": float(loss),
+        "accuracy": float(accuracy),
+        "seconds": seconds,
+        "images_per_second": seen / max(seconds, 1e-9),
+        "epoch": epoch,
+        "batch": batch,
+        "batches": batches,
+    }
+
+
 class Callback:
     """Base class with empty hooks."""
 

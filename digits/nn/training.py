@@ -22,7 +22,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from digits.errors import TrainingDiverged
-from digits.nn.callbacks import Callback
+from digits.nn.callbacks import Callback, batch_logs
 from digits.nn.losses import softmax_cross_entropy
 from digits.nn.model import Sequential
 from digits.nn.optimizers import Optimizer
@@ -169,15 +169,15 @@ class Trainer:
                     seen += len(idx)
                     done = b + 1
                     elapsed = time.perf_counter() - start
-                    logs = {
-                        "loss": loss_sum / seen,
-                        "accuracy": correct / seen,
-                        "seconds": elapsed,
-                        "images_per_second": seen / max(elapsed, 1e-9),
-                        "epoch": epoch,
-                        "batch": b + 1,
-                        "batches": batches,
-                    }
+                    logs = batch_logs(
+                        loss=loss_sum / seen,
+                        accuracy=correct / seen,
+                        seen=seen,
+                        seconds=elapsed,
+                        epoch=epoch,
+                        batch=b + 1,
+                        batches=batches,
+                    )
                     for cb in callbacks:
                         cb.on_batch_end(step0 + b, logs)
         finally:
