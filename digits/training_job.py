@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from digits import registry, store
+from digits import registry, slots, store
 from digits.errors import DigitsError
 from digits.nn.callbacks import Callback, StopOnEvent
 
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 VALIDATION_SIZE = 2000  # test images scored after each epoch for the curves
 POINT_SECONDS = 0.25  # record a point of the live training curve this often
 
-# A job's status moves along: pending -> running -> (stopping ->) saving -> one of
-# the final states.
+# A job's status moves along: pending -> queued -> running -> (stopping ->) saving
+# -> one of the final states. A job stopped while queued ends "stopped" with no run.
 FINAL = ("done", "stopped", "failed")
 
 
@@ -62,6 +62,8 @@ class Progress:
     # Seconds that training went on after stop(): until the end of the batch it
     # was in (0 if it came between batches, or after the last one).
     stop_latency: float | None
+    # While queued: 1 for the next job to start, 2 after it, ...; else None.
+    queue_position: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -169,6 +171,8 @@ class TrainingJob:
         self._lock = threading.Lock()
         self._state = _State()
         self._thread: threading.Thread | None = None
+        self._slots = slots.shared()
+        self._ticket = self._slots.ticket()
 
     def __repr__(self) -> str:
         return f"TrainingJob({self.kind!r}, {self.dataset.name!r}, {self.status})"
@@ -176,12 +180,15 @@ class TrainingJob:
     # -- control ----------------------------------------------------------------
 
     def start(self) -> TrainingJob:
-        """Start training in a daemon thread; returns self."""
+        """Start the job in a daemon thread; returns self.
+
+        The job first waits for a training slot (status "queued", see
+        ``digits.slots``), then trains (status "running").
+        """
         if self._thread is not None:
             raise RuntimeError("This training job has already been started.")
         with self._lock:
-            self._state.status = "running"
-            self._state.started = time.perf_counter()
+            self._state.status = "queued"
         self._thread = threading.Thread(
             target=self._run, name=f"digits-train-{self.kind}", daemon=True
         )
@@ -194,7 +201,7 @@ class TrainingJob:
             if self._state.status in FINAL or self._stop.is_set():
                 return
             self._state.stop_requested = time.perf_counter()
-            if self._state.status == "running":
+            if self._state.status in ("queued", "running"):
                 self._state.status = "stopping"
         self._stop.set()
 
@@ -237,6 +244,11 @@ class TrainingJob:
                 run=s.run,
                 error=s.error,
                 stop_latency=latency,
+                queue_position=(
+                    self._slots.position(self._ticket)
+                    if s.status in ("queued", "stopping") and s.started is None
+                    else None
+                ),
             )
 
     # -- the thread -------------------------------------------------------------
@@ -247,6 +259,17 @@ class TrainingJob:
                 setattr(self._state, key, value)
 
     def _run(self) -> None:
+        with self._slots.slot(self._ticket, self._stop) as got:
+            if not got:  # stopped while waiting in the queue
+                self._set(status="stopped", ended=time.perf_counter())
+                return
+            with self._lock:
+                if self._state.status == "queued":
+                    self._state.status = "running"
+                self._state.started = time.perf_counter()
+            self._train()
+
+    def _train(self) -> None:
         try:
             run = self._train_and_save()
         except DigitsError as err:

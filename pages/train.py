@@ -5,7 +5,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 import ui
-from digits import calibrate, registry
+from digits import calibrate, registry, slots
 from digits.errors import DigitsError
 from digits.training_job import VALIDATION_SIZE, TrainingJob
 
@@ -146,6 +146,9 @@ def announce(job: TrainingJob, snap) -> None:
         st.error(snap.error, icon=":material/error:")
         return
     run = snap.run
+    if run is None:
+        st.info("Stopped while waiting for a training slot: nothing was trained.")
+        return
     epochs = len(run.meta["history"])
     stopped = " after you pressed Stop" if snap.status == "stopped" else ""
     st.success(
@@ -172,6 +175,14 @@ def live(job: TrainingJob, refreshing: bool) -> None:
     text = f"{job.spec.label} · epoch {snap.epoch} of {snap.max_epochs}"
     text += STATUS_TEXT.get(snap.status, "")
     st.progress(snap.fraction, text=text)
+    if snap.queue_position is not None:
+        ahead, capacity = snap.queue_position - 1, slots.shared().capacity
+        st.info(
+            f"Waiting for a training slot: this machine trains {capacity}"
+            f" model(s) at a time, and {ahead or 'no'} other job(s) wait ahead of this"
+            " one. Training starts by itself when a slot frees up.",
+            icon=":material/hourglass_top:",
+        )
     cols = st.columns([1, 1, 1.2, 1.2, 1], vertical_alignment="center")
     cols[0].metric("Images/s", f"{snap.images_per_second:,.0f}")
     cols[1].metric("Elapsed", _duration(snap.elapsed))
@@ -186,7 +197,7 @@ def live(job: TrainingJob, refreshing: bool) -> None:
         key="stop",
         icon=":material/stop_circle:",
         on_click=job.stop,
-        disabled=snap.status != "running",
+        disabled=snap.status not in ("queued", "running"),
         help="Stops after the current batch; the model trained so far is saved.",
     )
     st.plotly_chart(curves(snap), config={"displayModeBar": False})

@@ -218,8 +218,9 @@ def test_train_start_and_stop(at):
     assert at.selectbox(key="evaluate-model").value == run.name
 
 
-def test_two_sessions_train_at_once_without_mixing_state(runs_dir):
-    # Two browser sessions are two AppTests: each has its own session state.
+def test_two_sessions_share_the_training_slot_without_mixing_state(runs_dir):
+    # Two browser sessions are two AppTests: each has its own session state. On
+    # this machine one model trains at a time; the second waits, visibly.
     users = [AppTest.from_file(APP, default_timeout=TIMEOUT) for _ in range(2)]
     for user, size in zip(users, (500, 1000), strict=True):
         user.run()
@@ -229,18 +230,22 @@ def test_two_sessions_train_at_once_without_mixing_state(runs_dir):
         next(b for b in user.button if b.label == "Start training").click().run()
     jobs = [user.session_state[ui.JOB_KEY] for user in users]
     assert jobs[0] is not jobs[1]
-    deadline = time.monotonic() + RUN_SECONDS
-    while time.monotonic() < deadline and not all(
-        job.snapshot().points for job in jobs
-    ):
-        time.sleep(0.2)
-    assert [job.snapshot().status for job in jobs] == ["running", "running"]
-    for user in users:
-        user.button(key="stop").click().run()
-    while time.monotonic() < deadline and not all(
-        job.snapshot().finished for job in jobs
-    ):
-        time.sleep(0.2)
+
+    def wait(condition) -> None:
+        deadline = time.monotonic() + RUN_SECONDS
+        while time.monotonic() < deadline and not condition():
+            time.sleep(0.2)
+        assert condition()
+
+    wait(lambda: jobs[0].snapshot().points)
+    assert [job.snapshot().status for job in jobs] == ["running", "queued"]
+    users[1].run()
+    assert any("Waiting for a training slot" in i.value for i in users[1].info)
+    assert not users[1].button(key="stop").disabled  # may leave the queue
+    users[0].button(key="stop").click().run()
+    wait(lambda: jobs[1].snapshot().points)
+    users[1].button(key="stop").click().run()
+    wait(lambda: all(job.snapshot().finished for job in jobs))
     runs = [job.snapshot().run for job in jobs]
     assert [job.snapshot().status for job in jobs] == ["stopped", "stopped"]
     assert runs[0].name != runs[1].name

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from digits import store
+from digits import slots, store
 from digits.errors import ConfigError
-from digits.training_job import FINAL, VALIDATION_SIZE, TrainingJob
+from digits.training_job import VALIDATION_SIZE, TrainingJob
 
 TIMEOUT = 60  # seconds a job may take before a test gives up on it
 TINY_CNN = {"conv_channels": (4,), "hidden_layer_sizes": (16,)}
@@ -22,6 +22,12 @@ TINY_CNN = {"conv_channels": (4,), "hidden_layer_sizes": (16,)}
 def runs(tmp_path, monkeypatch):
     monkeypatch.setenv(store.RUNS_DIR_ENV, str(tmp_path / "runs"))
     return tmp_path / "runs"
+
+
+@pytest.fixture(autouse=True)
+def one_slot(monkeypatch):
+    """A fresh queue with one training slot, as on the 2-core machines."""
+    monkeypatch.setattr(slots, "_shared", slots.TrainingSlots(1))
 
 
 def wait_for(condition, timeout: float = TIMEOUT) -> None:
@@ -120,8 +126,9 @@ def test_bad_settings_are_refused_before_the_thread_starts(mnist):
     job.join(TIMEOUT)
 
 
-def test_two_jobs_at_once_keep_their_own_state(mnist):
-    """Two browser sessions each hold a job; they run concurrently, apart."""
+def test_two_jobs_at_once_queue_for_the_slot_and_keep_their_own_state(mnist):
+    """Two browser sessions each hold a job: on 2 cores the second waits in line
+    for the one training slot, then both finish with their own results."""
     jobs = [
         TrainingJob("mlp", mnist, {"max_iter": 2}, train_size=400, name="alice"),
         TrainingJob(
@@ -130,13 +137,33 @@ def test_two_jobs_at_once_keep_their_own_state(mnist):
     ]
     for job in jobs:
         job.start()
-    assert [job.status for job in jobs] == ["running", "running"]
+    wait_for(lambda: jobs[0].status != "queued")
+    assert jobs[0].status == "running"
+    queued = jobs[1].snapshot()
+    assert queued.status == "queued" and queued.queue_position == 1
     assert all(job.join(TIMEOUT) for job in jobs)
     alice, bob = (job.snapshot() for job in jobs)
     assert alice.run.name == "alice" and bob.run.name == "bob"
     assert alice.run.kind == "mlp" and bob.run.kind == "cnn"
     assert len(alice.epochs) == 2 and len(bob.epochs) == 1
-    assert {alice.status, bob.status} <= set(FINAL)
+    assert alice.status == bob.status == "done"
+    # One after the other: bob's training began once alice's had ended.
+    assert jobs[1]._state.started >= jobs[0]._state.ended - 1e-3
+
+
+def test_a_job_stopped_in_the_queue_leaves_it_without_training(mnist):
+    first = TrainingJob("cnn", mnist, {**TINY_CNN, "max_iter": 3}, train_size=2000)
+    second = TrainingJob("mlp", mnist, {"max_iter": 1}, train_size=300, name="never")
+    first.start()
+    second.start()
+    assert second.snapshot().queue_position == 1
+    second.stop()
+    assert second.join(TIMEOUT)
+    snap = second.snapshot()
+    assert snap.status == "stopped" and snap.run is None and snap.points == []
+    assert "never" not in [run.name for run in store.list_runs()[0]]
+    first.stop()
+    assert first.join(TIMEOUT) and first.snapshot().run is not None
 
 
 def test_curve_points_average_back_to_each_epochs_loss(mnist):
