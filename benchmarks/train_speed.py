@@ -45,7 +45,11 @@ def run_numpy(x, y, x_test, n_batches: int) -> dict:
     from digits.estimator import CNNClassifier
 
     est = CNNClassifier(
-        learning_rate="constant", learning_rate_init=1e-3, shuffle=False, random_state=0
+        batch_size=BATCH,
+        learning_rate="constant",
+        learning_rate_init=1e-3,
+        shuffle=False,
+        random_state=0,
     )
     warm = WARMUP_BATCHES * BATCH
     est.partial_fit(x[:warm], y[:warm], classes=np.arange(10))

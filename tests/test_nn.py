@@ -52,6 +52,27 @@ def test_conv_forward_matches_naive_loops(padding, k, c_in, hw):
     assert layer.output_shape((*hw, c_in)) == expected.shape[1:]
 
 
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_conv_in_chunks_gives_the_same_outputs_and_gradients_in_both_modes(padding):
+    """Conv2D builds its im2col columns a few images at a time (13 images of
+    12x12x32 make three chunks, the last one short); inference keeps only the
+    input, and backward rebuilds the columns from it (as saliency maps need)."""
+    rng = np.random.default_rng(2)
+    layer = Conv2D(32, 8, 5, padding, rng)
+    layer.params["b"][:] = rng.standard_normal(8)
+    x = rng.standard_normal((13, 12, 12, 32)).astype(np.float32)
+    expected = naive_conv(x, layer.params["W"], layer.params["b"], padding)
+    g = rng.standard_normal(expected.shape).astype(np.float32)
+    results = []
+    for training in (True, False):
+        out = layer.forward(x, training)
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+        dx = layer.backward(g)
+        results.append((dx, layer.grads["W"].copy(), layer.grads["b"].copy()))
+    for trained, inferred in zip(*results, strict=True):
+        np.testing.assert_allclose(inferred, trained, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("hw", [(8, 8), (7, 5), (3, 3)])
 def test_maxpool_forward_matches_naive_loops(hw):
     x = np.random.default_rng(2).standard_normal((3, *hw, 4))

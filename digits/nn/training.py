@@ -255,7 +255,7 @@ def predict_logits(
     model: Sequential,
     x: np.ndarray,
     prepare: Prepare,
-    chunk: int = 256,
+    chunk: int = 128,
     n_threads: int = 2,
 ) -> np.ndarray:
     """Logits (N, K) for raw images ``x``, chunk by chunk, two chunks at a time."""
