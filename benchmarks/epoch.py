@@ -1,10 +1,15 @@
-"""One full MNIST epoch of the default CNN: wall time and peak memory.
+"""One full MNIST epoch of the default CNN: wall time and peak memory, beside PyTorch.
 
 Targets on the 2-core machine: at most 20 s per epoch, at most 1 GB peak RSS.
 
     DIGITS_DATA_DIR=../shared/data python benchmarks/epoch.py --repeats 3
+    ... --no-torch      # the NumPy side only (PyTorch not installed)
 
-Each repeat runs in a fresh process so that peak RSS is that of one training run.
+Each measurement runs in a fresh process, so that peak RSS is that of one training
+run. With PyTorch installed (``pip install torch==2.13.0``, benchmark only), each
+repeat also trains the identical network in PyTorch on the same epoch (batch 64,
+the same image order, Adam, default threads), the two alternating who goes first,
+so the 20 s target can be read against what PyTorch takes on the same machine.
 """
 
 from __future__ import annotations
@@ -19,8 +24,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 
-def one_epoch() -> dict:
+BATCH = 64  # the default CNN's batch size
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def numpy_epoch() -> dict:
     from digits.data import load_dataset
     from digits.estimator import CNNClassifier
 
@@ -32,39 +45,113 @@ def one_epoch() -> dict:
     return {
         "epoch_seconds": seconds,
         "images_per_second": len(data.x_train) / seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
         "test_accuracy_after_1_epoch": est.score(data.x_test, data.y_test),
     }
+
+
+def torch_epoch() -> dict:
+    import torch
+    from torch import nn
+
+    from digits.data import load_dataset
+
+    data = load_dataset("mnist")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 5),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 5),
+        nn.MaxPool2d(2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(1024, 128),
+        nn.ReLU(),
+        nn.Dropout(0.25),
+        nn.Linear(128, 10),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    order = np.random.default_rng(0).permutation(len(data.x_train))
+    x = torch.from_numpy(np.asarray(data.x_train))
+    y = torch.from_numpy(np.asarray(data.y_train))
+    model.train()
+    start = time.perf_counter()
+    for s in range(0, len(order), BATCH):
+        idx = torch.from_numpy(order[s : s + BATCH])
+        opt.zero_grad()
+        loss_fn(model(x[idx].unsqueeze(1).float().div_(255)), y[idx]).backward()
+        opt.step()
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        xt = torch.from_numpy(np.asarray(data.x_test)).unsqueeze(1).float() / 255
+        pred = torch.cat(
+            [model(xt[s : s + 500]).argmax(1) for s in range(0, 10000, 500)]
+        )
+    return {
+        "epoch_seconds": seconds,
+        "images_per_second": len(order) / seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+        "test_accuracy_after_1_epoch": float(
+            (pred.numpy() == np.asarray(data.y_test)).mean()
+        ),
+    }
+
+
+SIDES = {"numpy": numpy_epoch, "torch": torch_epoch}
+
+
+def _child(side: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", side],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--child", choices=sorted(SIDES))
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_epoch()))
+        print(json.dumps(SIDES[args.child]()))
         return
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    results = []
+    sides = ["numpy"] if args.no_torch else ["numpy", "torch"]
+    results: dict[str, list[dict]] = {side: [] for side in sides}
     for i in range(args.repeats):
-        out = subprocess.run(
-            [sys.executable, __file__, "--child"],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-        )
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        r = results[-1]
+        # Alternate who goes first, so drift in machine load hits both sides.
+        for side in sides if i % 2 == 0 else sides[::-1]:
+            r = _child(side)
+            results[side].append(r)
+            print(
+                f"run {i + 1} {side:5s}: {r['epoch_seconds']:.1f} s/epoch, "
+                f"{r['images_per_second']:.0f} img/s, "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB, test accuracy after 1 epoch "
+                f"{r['test_accuracy_after_1_epoch']:.4f}",
+                flush=True,
+            )
+    for side, rows in results.items():
+        for key in ("epoch_seconds", "peak_rss_mb"):
+            median = statistics.median(r[key] for r in rows)
+            print(f"{side} median {key}: {median:.1f}")
+    if "torch" in results:
+        ratios = [
+            t["epoch_seconds"] / n["epoch_seconds"]
+            for n, t in zip(results["numpy"], results["torch"], strict=True)
+        ]
         print(
-            f"run {i + 1}: {r['epoch_seconds']:.1f} s/epoch, "
-            f"{r['images_per_second']:.0f} img/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
-            f"test accuracy after 1 epoch {r['test_accuracy_after_1_epoch']:.4f}",
-            flush=True,
+            "PyTorch time / NumPy time per repeat: "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + f"; median {statistics.median(ratios):.2f}"
         )
-    for key in ("epoch_seconds", "peak_rss_mb"):
-        print(f"median {key}: {statistics.median(r[key] for r in results):.1f}")
 
 
 if __name__ == "__main__":
