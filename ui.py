@@ -26,8 +26,14 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from digits import data, registry, store
-from digits.errors import DataError, DigitsError, DownloadError
+from digits import data, handwriting, registry, store
+from digits.errors import (
+    DataError,
+    DigitsError,
+    DownloadError,
+    HandwritingCorrupt,
+    HandwritingError,
+)
 
 # -- session-state keys -------------------------------------------------------------
 DATASET_KEY = "dataset"  # the Home page's dataset choice (a widget that persists)
@@ -461,3 +467,19 @@ def gallery(
         ):
             col.image(enlarge(image), width="stretch")
             col.caption(caption)
+
+
+# -- my handwriting ----------------------------------------------------------------
+
+
+def saved_drawings(hw_store: handwriting.HandwritingStore) -> handwriting.Drawings:
+    """The user's saved drawings. A damaged store is reported (it was kept aside and
+    a fresh one begun, see ``digits.handwriting``); other errors stop the page."""
+    try:
+        return hw_store.load()
+    except HandwritingCorrupt as err:
+        show_error(err)
+        return hw_store.load()
+    except HandwritingError as err:
+        show_error(err)
+        st.stop()
