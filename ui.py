@@ -483,3 +483,16 @@ def saved_drawings(hw_store: handwriting.HandwritingStore) -> handwriting.Drawin
     except HandwritingError as err:
         show_error(err)
         st.stop()
+
+
+MISREAD_RGB = (255, 75, 75)  # the frame of a misread drawing, Streamlit's red
+
+
+def framed(images: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """Grey images (n, h, w) as RGB (n, h, w, 3), a one-pixel red frame around
+    those where ``marked`` (n,) is True (a gallery's misreads)."""
+    rgb = np.repeat(np.asarray(images, dtype=np.uint8)[..., None], 3, axis=-1)
+    edge = np.zeros(rgb.shape[1:3], dtype=bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    rgb[np.asarray(marked, dtype=bool)[:, None, None] & edge] = MISREAD_RGB
+    return rgb

@@ -123,8 +123,8 @@ def save_drawing(centred: np.ndarray, raw: np.ndarray, source: str) -> None:
         return
     st.session_state[SAVE_NOTICE_KEY] = (
         "success",
-        f"Saved #{drawing_id} as a {label}: {total} drawings in your handwriting "
-        "set. Evaluate → My handwriting tests the models on them.",
+        f"Saved #{drawing_id} as a {label} ({total} in your handwriting set). "
+        "Evaluate → My handwriting tests the models on them.",
     )
     st.session_state[SAVE_LABEL_KEY] = None
     clear()

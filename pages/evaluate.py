@@ -380,10 +380,10 @@ def calibration_tab(ds, proba) -> None:
 
 
 def misread_caption(drawing_id: int, true: str, predicted: str, p: float) -> str:
-    """ "#12 · 7 ✓ 98%", or a red "#12 · 7 → 1 ✗ 64%" for a misread."""
+    """ "#12 **7** ✓ 98%", or "#12 **7 → 1** ✗ 64%" on a red background."""
     if true == predicted:
-        return f"#{drawing_id} · **{true}** ✓ {p:.0%}"
-    return f"#{drawing_id} · :red[**{true} → {predicted}** ✗] {p:.0%}"
+        return f"#{drawing_id} **{true}** ✓ {p:.0%}"
+    return f"#{drawing_id} :red-background[**{true} → {predicted}** ✗] {p:.0%}"
 
 
 def handwriting_scores(ds, run, report, saved) -> None:
@@ -430,11 +430,11 @@ def handwriting_scores(ds, run, report, saved) -> None:
     shown = np.flatnonzero(predicted != saved.labels) if only_misreads else np.arange(n)
     st.caption(
         "Your drawings as the model sees them (28x28, oldest first): id, true digit, "
-        "and the model's probability for its reading; misreads in red "
+        "and the model's probability for its reading; misreads framed in red "
         "(`digits.handwriting.predict`)."
     )
     ui.gallery(
-        saved.images[shown],
+        ui.framed(saved.images[shown], predicted[shown] != saved.labels[shown]),
         [
             misread_caption(
                 int(saved.ids[i]),

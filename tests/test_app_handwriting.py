@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from digits import data, handwriting, metrics, preprocess, store
 from tests import test_app
-from tests.test_app import canvas_drawing, figure, page, texts
+from tests.test_app import canvas_drawing, figure, page, texts, ui
 
 # The same fixtures as the other page tests: tiny MNIST models, a fresh AppTest.
 runs_dir = test_app.runs_dir
@@ -102,7 +102,7 @@ def test_draw_saves_the_drawing_with_its_label(at, hw):
     np.testing.assert_array_equal(saved.images[0], expected.centred)
     raw = Image.open(io.BytesIO(hw.raw_png(int(saved.ids[0]))))
     np.testing.assert_array_equal(np.asarray(raw), expected.raw)
-    assert f"Saved #{saved.ids[0]} as a 1: 1 drawings" in texts(at.success)
+    assert f"Saved #{saved.ids[0]} as a 1 (1 in your" in texts(at.success)
     # The canvas is cleared for the next digit, and the digit choice too.
     assert "Draw a digit" in texts(at.info)
     assert at.session_state["draw-save-label"] is None
@@ -174,10 +174,10 @@ def test_my_handwriting_tab_scores_the_saved_drawings(at, hw, mnist):
     np.testing.assert_array_equal(mine, expected)
     assert np.asarray(test).sum() == len(mnist.y_test)
     assert len(at.image) == 12
-    misreads = [c.value for c in at.caption if ":red[" in c.value]
+    misreads = [c.value for c in at.caption if ":red-background[" in c.value]
     assert len(misreads) == 12 - right
     wrong = saved.ids[3]
-    assert any(c.startswith(f"#{wrong} · :red[") for c in misreads)
+    assert any(c.startswith(f"#{wrong} :red-background[") for c in misreads)
     at.toggle(key="hw-only-misreads").set_value(True).run()
     assert len(at.image) == 12 - right
 
@@ -238,3 +238,14 @@ def test_my_handwriting_tab_reports_a_damaged_store(at, hw):
     assert "No drawings saved yet" in texts(at.info)
     (aside,) = hw.path.parent.glob("handwriting.sqlite.corrupt-*")
     assert aside.read_bytes() == b"\x00garbage" * 512
+
+
+def test_misreads_are_framed_in_red():
+    images = np.full((3, 28, 28), 7, np.uint8)
+    rgb = ui.framed(images, np.array([False, True, False]))
+    assert rgb.shape == (3, 28, 28, 3)
+    assert (rgb[[0, 2]] == 7).all()  # right readings: unchanged grey
+    frame = np.ones((28, 28), bool)
+    frame[1:-1, 1:-1] = False
+    assert (rgb[1][frame] == ui.MISREAD_RGB).all()
+    assert (rgb[1][~frame] == 7).all()
