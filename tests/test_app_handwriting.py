@@ -8,7 +8,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from sklearn.metrics import confusion_matrix
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
@@ -106,6 +106,25 @@ def test_draw_saves_the_drawing_with_its_label(at, hw):
     # The canvas is cleared for the next digit, and the digit choice too.
     assert "Draw a digit" in texts(at.info)
     assert at.session_state["draw-save-label"] is None
+
+
+def test_an_uploaded_photo_is_saved_as_uploaded(at, hw):
+    """Dark ink on light paper, read with only the 28x28 MLP chosen."""
+    page(at, "draw")
+    at.multiselect(key="draw-models").set_value(["tiny-mlp"]).run()
+    at.segmented_control(key="draw-source").set_value("Upload").run()
+    paper = Image.new("L", (300, 400), 235)
+    ImageDraw.Draw(paper).line([(70, 90), (230, 90), (130, 330)], fill=30, width=22)
+    buffer = io.BytesIO()
+    paper.save(buffer, "PNG")
+    at.file_uploader[0].upload("seven.png", buffer.getvalue(), "image/png").run()
+    at.button_group(key="draw-save-label").set_value(7)
+    next(b for b in at.button if b.label == "Save to my handwriting").click().run()
+    assert not at.exception and not at.error
+    saved = hw.load()
+    assert saved.labels.tolist() == [7] and saved.sources == ("uploaded",)
+    expected = preprocess.preprocess(buffer.getvalue(), 28).centred
+    np.testing.assert_array_equal(saved.images[0], expected)
 
 
 def test_draw_save_reports_a_damaged_store(at, hw):
