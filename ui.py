@@ -26,8 +26,14 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from digits import data, registry, store
-from digits.errors import DataError, DigitsError, DownloadError
+from digits import data, handwriting, registry, store
+from digits.errors import (
+    DataError,
+    DigitsError,
+    DownloadError,
+    HandwritingCorrupt,
+    HandwritingError,
+)
 
 # -- session-state keys -------------------------------------------------------------
 DATASET_KEY = "dataset"  # the Home page's dataset choice (a widget that persists)
@@ -461,3 +467,32 @@ def gallery(
         ):
             col.image(enlarge(image), width="stretch")
             col.caption(caption)
+
+
+# -- my handwriting ----------------------------------------------------------------
+
+
+def saved_drawings(hw_store: handwriting.HandwritingStore) -> handwriting.Drawings:
+    """The user's saved drawings. A damaged store is reported (it was kept aside and
+    a fresh one begun, see ``digits.handwriting``); other errors stop the page."""
+    try:
+        return hw_store.load()
+    except HandwritingCorrupt as err:
+        show_error(err)
+        return hw_store.load()
+    except HandwritingError as err:
+        show_error(err)
+        st.stop()
+
+
+MISREAD_RGB = (255, 75, 75)  # the frame of a misread drawing, Streamlit's red
+
+
+def framed(images: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """Grey images (n, h, w) as RGB (n, h, w, 3), a one-pixel red frame around
+    those where ``marked`` (n,) is True (a gallery's misreads)."""
+    rgb = np.repeat(np.asarray(images, dtype=np.uint8)[..., None], 3, axis=-1)
+    edge = np.zeros(rgb.shape[1:3], dtype=bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    rgb[np.asarray(marked, dtype=bool)[:, None, None] & edge] = MISREAD_RGB
+    return rgb

@@ -35,3 +35,11 @@ class TrainingDiverged(DigitsError):
 
 class ConfigError(DigitsError):
     """A hyperparameter or grid value is invalid."""
+
+
+class HandwritingError(DigitsError):
+    """The store of the user's own labelled drawings could not be read or written."""
+
+
+class HandwritingCorrupt(HandwritingError):
+    """The drawings database was damaged: it was kept aside and a fresh one begun."""

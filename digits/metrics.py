@@ -148,3 +148,98 @@ def disagreement(
             "both_wrong": int(np.sum(~right_a & ~right_b)),
         }
     return result
+
+
+# -- calibration ---------------------------------------------------------------------
+
+RELIABILITY_BINS = 10  # equal-width confidence bins of the reliability diagram
+
+
+def _top_label(y_true: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence (the top probability, (n,)) and whether that class is right (n,)."""
+    y_true, proba = _check(y_true, proba)
+    return proba.max(axis=1).astype(np.float64), proba.argmax(axis=1) == y_true
+
+
+def reliability(
+    y_true: np.ndarray, proba: np.ndarray, n_bins: int = RELIABILITY_BINS
+) -> dict:
+    """Reliability diagram data: does "90% sure" come true 90% of the time?
+
+    Each prediction's confidence (its top probability) falls in one of ``n_bins``
+    equal-width bins of [0, 1], right edges included (as scikit-learn's
+    ``calibration.calibration_curve`` bins them). Returns ``edges`` (n_bins + 1),
+    per bin ``count``, ``confidence`` (mean top probability) and ``accuracy``
+    (share right), both None for an empty bin, and ``ece``, the expected
+    calibration error: sum over bins of count / n * |accuracy - confidence|.
+    (``calibration_curve`` itself drops empty bins and gives no counts, hence the
+    counting here; the tests check the two agree.)
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1; got {n_bins}")
+    confidence, right = _top_label(y_true, proba)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.searchsorted(edges[1:-1], confidence)  # right edge in the lower bin
+    count = np.bincount(bins, minlength=n_bins)
+    conf_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
+    right_sum = np.bincount(bins, weights=right, minlength=n_bins)
+    filled = count > 0
+    n = len(confidence)
+    gap = np.abs(right_sum[filled] - conf_sum[filled]).sum()
+    return {
+        "edges": edges.tolist(),
+        "count": count.tolist(),
+        "confidence": [
+            float(s / c) if c else None for s, c in zip(conf_sum, count, strict=True)
+        ],
+        "accuracy": [
+            float(s / c) if c else None for s, c in zip(right_sum, count, strict=True)
+        ],
+        "ece": float(gap / n) if n else 0.0,
+    }
+
+
+def coverage_curve(y_true: np.ndarray, proba: np.ndarray) -> dict:
+    """Accuracy against coverage when the model answers only when sure enough.
+
+    For every distinct confidence ``t`` (top probability), highest first: the
+    share of examples with confidence >= t (``coverage``) and the accuracy on
+    those (``accuracy``). Returns lists ``threshold``, ``coverage``,
+    ``accuracy`` and ``kept`` (the number of examples answered), all of one
+    length (the number of distinct confidences); empty for no examples.
+    """
+    confidence, right = _top_label(y_true, proba)
+    order = np.argsort(-confidence, kind="stable")
+    confidence, right = confidence[order], right[order]
+    kept = np.arange(1, len(order) + 1)
+    correct = np.cumsum(right)
+    # Tied confidences are all kept or all dropped: one point per distinct value,
+    # at the last example of its run.
+    last = np.flatnonzero(np.append(np.diff(confidence) != 0, True))
+    if not len(order):
+        last = last[:0]
+    return {
+        "threshold": confidence[last].tolist(),
+        "coverage": (kept[last] / len(order)).tolist(),
+        "accuracy": (correct[last] / kept[last]).tolist(),
+        "kept": kept[last].tolist(),
+    }
+
+
+def selective(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> dict:
+    """Answer only when the top probability is at least ``threshold``.
+
+    Returns ``n``, ``kept`` (examples answered), ``coverage`` (kept / n),
+    ``accuracy`` on the kept ones (None if none is kept) and ``errors`` (wrong
+    answers among the kept).
+    """
+    confidence, right = _top_label(y_true, proba)
+    keep = confidence >= threshold
+    kept, n = int(keep.sum()), len(confidence)
+    return {
+        "n": n,
+        "kept": kept,
+        "coverage": kept / n if n else 0.0,
+        "accuracy": float(right[keep].mean()) if kept else None,
+        "errors": int(kept - right[keep].sum()),
+    }

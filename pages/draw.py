@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from digits import preprocess
+from digits import handwriting, preprocess
 from digits.errors import DigitsError, NoDigitFound
 
 CANVAS_PIXELS = 280
@@ -21,6 +21,9 @@ STEPS = {
     "centred": "Centred by mass, 28x28",
 }
 DEFAULT_MODELS = ("default-cnn", "default-mlp")
+SAVE_LABEL_KEY = "draw-save-label"
+SAVE_NOTICE_KEY = "draw-save-notice"
+SAVE_LABELS = list(range(10))
 HINT = "Draw a digit on the canvas (or upload a photo) to see what the models read."
 
 
@@ -101,6 +104,62 @@ def show_steps(pre: preprocess.Preprocessed) -> None:
     )
 
 
+def save_drawing(centred: np.ndarray, raw: np.ndarray, source: str) -> None:
+    """Keep the drawing with the digit picked in the form (a button callback);
+    the outcome waits in the session for the next run, and the canvas clears."""
+    label = st.session_state.get(SAVE_LABEL_KEY)
+    if label is None:
+        st.session_state[SAVE_NOTICE_KEY] = (
+            "warning",
+            "Pick the digit you meant before saving.",
+        )
+        return
+    try:
+        hw = handwriting.HandwritingStore()
+        drawing_id = hw.add(centred, int(label), source=source, raw=raw)
+        total = hw.count()
+    except DigitsError as err:
+        st.session_state[SAVE_NOTICE_KEY] = ("error", str(err))
+        return
+    st.session_state[SAVE_NOTICE_KEY] = (
+        "success",
+        f"Saved #{drawing_id} as a {label} ({total} in your handwriting set). "
+        "Evaluate → My handwriting tests the models on them.",
+    )
+    st.session_state[SAVE_LABEL_KEY] = None
+    clear()
+
+
+def save_notice() -> None:
+    """The outcome of the last Save, shown once."""
+    kind, text = st.session_state.pop(SAVE_NOTICE_KEY, (None, None))
+    if kind is not None:
+        getattr(st, kind)(text)
+
+
+def save_form(image, inputs: dict, filename: str | None) -> None:
+    """Label the drawing and keep it in the "my handwriting" test set."""
+    pre = inputs.get(handwriting.SIDE)
+    if pre is None:  # only 8x8 models chosen: the store keeps MNIST's 28x28
+        try:
+            pre = preprocess.preprocess(image, handwriting.SIDE, name=filename)
+        except DigitsError as err:
+            ui.show_error(err)
+            return
+    with st.form("draw-save"):
+        st.pills("The digit you meant", SAVE_LABELS, key=SAVE_LABEL_KEY)
+        st.form_submit_button(
+            "Save to my handwriting",
+            icon=":material/save:",
+            on_click=save_drawing,
+            args=(pre.centred, pre.raw, "uploaded" if filename else "drawn"),
+        )
+        st.caption(
+            "Keeps the 28x28 image with its true digit (`digits.handwriting`), to "
+            "test any model on your own handwriting under Evaluate."
+        )
+
+
 ui.page_header(
     "Draw",
     "Draw a digit and see what each model reads, with every step of the "
@@ -124,6 +183,7 @@ chosen = [by_name[n] for n in names]
 left, right = st.columns([1, 2], gap="large")
 with left:
     image, filename = digit_input()
+    save_notice()
 with right:
     if image is None:
         st.info(HINT, icon=":material/draw:")
@@ -170,3 +230,4 @@ with right:
                 f"Server time: preprocessing {1e3 * (prepared - start):.0f} ms, "
                 f"{len(chosen)} models {1e3 * (done - prepared):.0f} ms."
             )
+            save_form(image, inputs, filename)

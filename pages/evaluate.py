@@ -1,14 +1,23 @@
 """Evaluate: a model's scores on the test set, its mistakes, and a second opinion."""
 
+import time
+from functools import partial
+
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
 import ui
-from digits import metrics
+from digits import data, handwriting, metrics
 from digits.errors import DigitsError
 
 MAX_CELL_IMAGES = 60  # images shown for a clicked cell of the confusion matrix
+HW_NOTICE_KEY = "hw-notice"  # the outcome of the last Delete, shown once
+EXPORTS = {  # file suffix -> (MIME type, the HandwritingStore method making it)
+    "npz": ("application/octet-stream", "export_npz"),
+    "csv": ("text/csv", "export_csv"),
+}
 ORDERS = {
     "loss": "Loss (least probability for the true class)",
     "confidence": "Confidence in the wrong class",
@@ -225,10 +234,329 @@ def compare_tab(ds, run, proba, runs) -> None:
     )
 
 
+def reliability_figure(rel: dict) -> go.Figure:
+    """Share right per confidence bin (bars) against the diagonal of perfect
+    calibration, with the number of images per bin below on a log scale."""
+    edges = np.asarray(rel["edges"])
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        row_heights=[0.72, 0.28],
+        vertical_spacing=0.04,
+    )
+    fig.add_bar(
+        x=centres,
+        y=[a if a is not None else 0 for a in rel["accuracy"]],
+        width=width * 0.95,
+        marker_color="#1f77b4",
+        customdata=np.stack(
+            [rel["count"], [c if c is not None else np.nan for c in rel["confidence"]]],
+            axis=1,
+        ),
+        hovertemplate="accuracy %{y:.1%}<br>mean confidence %{customdata[1]:.1%}"
+        "<br>%{customdata[0]} images<extra></extra>",
+        name="accuracy",
+        row=1,
+        col=1,
+    )
+    fig.add_scatter(
+        x=[0, 1],
+        y=[0, 1],
+        mode="lines",
+        line=dict(dash="dash", color="#888"),
+        name="perfect calibration",
+        hoverinfo="skip",
+        row=1,
+        col=1,
+    )
+    fig.add_bar(
+        x=centres,
+        y=rel["count"],
+        width=width * 0.95,
+        marker_color="#9aa5b1",
+        text=rel["count"],
+        textposition="outside",
+        hovertemplate="%{y} images<extra></extra>",
+        name="images",
+        row=2,
+        col=1,
+    )
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
+    fig.update_xaxes(
+        range=[0, 1], tickformat=".0%", title="confidence (top probability)", row=2
+    )
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", title="accuracy", row=1)
+    fig.update_yaxes(type="log", title="images", row=2)
+    fig.update_layout(
+        height=480,
+        margin=dict(l=10, r=10, t=10, b=10),
+        showlegend=False,
+        bargap=0,
+    )
+    return fig
+
+
+def coverage_figure(curve: dict, chosen: dict, threshold: float) -> go.Figure:
+    """Accuracy against coverage over every threshold; the slider's point in red."""
+    fig = go.Figure(
+        go.Scatter(
+            x=curve["coverage"],
+            y=curve["accuracy"],
+            customdata=curve["threshold"],
+            mode="lines",
+            line=dict(color="#1f77b4"),
+            hovertemplate="answers %{x:.1%} at accuracy %{y:.2%}"
+            "<br>when at least %{customdata:.3f} sure<extra></extra>",
+            name="curve",
+        )
+    )
+    if chosen["kept"]:
+        fig.add_scatter(
+            x=[chosen["coverage"]],
+            y=[chosen["accuracy"]],
+            mode="markers",
+            marker=dict(color="#ff4b4b", size=12),
+            hovertemplate=f"threshold {threshold:.2f}<extra></extra>",
+            name="threshold",
+        )
+    fig.update_xaxes(title="coverage (share of test images answered)", tickformat=".0%")
+    fig.update_yaxes(title="accuracy on those", tickformat=".1%")
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=10, b=10), showlegend=False)
+    return fig
+
+
+def calibration_tab(ds, proba) -> None:
+    left, right = st.columns(2, gap="large")
+    with left:
+        n_bins = st.select_slider(
+            "Confidence bins", [5, 10, 15, 20], value=10, key="evaluate-bins"
+        )
+        rel = metrics.reliability(ds.y_test, proba, n_bins)
+        st.metric(
+            "Expected calibration error",
+            f"{rel['ece']:.2%}",
+            help="Mean gap between confidence and accuracy, weighted by images.",
+        )
+        st.caption(
+            "Reliability diagram: test images grouped by the model's top "
+            'probability; a bar on the dashed diagonal means that "p sure" is '
+            "right p of the time (`digits.metrics.reliability`)."
+        )
+        st.plotly_chart(reliability_figure(rel), config={"displayModeBar": False})
+    with right:
+        threshold = st.slider(
+            "Answer only when at least this sure",
+            0.10,
+            1.00,
+            0.90,
+            0.01,
+            key="evaluate-threshold",
+        )
+        chosen = metrics.selective(ds.y_test, proba, threshold)
+        cols = st.columns(3)
+        cols[0].metric("Coverage", f"{chosen['coverage']:.1%}")
+        accuracy = chosen["accuracy"]
+        cols[1].metric(
+            "Accuracy on those", "-" if accuracy is None else f"{accuracy:.2%}"
+        )
+        cols[2].metric("Mistakes left", f"{chosen['errors']:,}")
+        st.caption(
+            f"At {threshold:.0%} the model answers {chosen['kept']:,} of "
+            f"{chosen['n']:,} test images and passes on the rest "
+            "(`digits.metrics.selective`)."
+        )
+        st.caption(
+            "Accuracy against coverage for every threshold: answering fewer images "
+            "buys accuracy (`digits.metrics.coverage_curve`); red: the slider."
+        )
+        st.plotly_chart(
+            coverage_figure(
+                metrics.coverage_curve(ds.y_test, proba), chosen, threshold
+            ),
+            config={"displayModeBar": False},
+        )
+
+
+def misread_caption(drawing_id: int, true: str, predicted: str, p: float) -> str:
+    """ "#12 **7** ✓ 98%", or "#12 **7 → 1** ✗ 64%" on a red background."""
+    if true == predicted:
+        return f"#{drawing_id} **{true}** ✓ {p:.0%}"
+    return f"#{drawing_id} :red-background[**{true} → {predicted}** ✗] {p:.0%}"
+
+
+def handwriting_scores(ds, run, report, saved) -> None:
+    """Accuracy and confusion matrices (yours beside the test set's), then the
+    drawings with the model's readings."""
+    names = ds.class_names
+    try:
+        proba = handwriting.predict(ui.load_model(run), saved, len(names))
+    except DigitsError as err:
+        ui.show_error(err)
+        return
+    mine = metrics.report(saved.labels, proba, names)
+    n = mine["n"]
+    cols = st.columns(3)
+    cols[0].metric(
+        "Accuracy on my handwriting",
+        f"{mine['accuracy']:.1%}",
+        help=f"{round(mine['accuracy'] * n)} of {n} drawings read right",
+    )
+    cols[1].metric(
+        f"Accuracy on {ui.dataset_label(ds.name)} test", f"{report['accuracy']:.2%}"
+    )
+    cols[2].metric("Misread drawings", f"{n - round(mine['accuracy'] * n)} of {n}")
+    left, right = st.columns(2, gap="large")
+    for col, title, matrix, key in (
+        (left, f"Your {n} drawings", mine["confusion_matrix"], "hw-confusion-mine"),
+        (
+            right,
+            f"{ui.dataset_label(ds.name)} test set",
+            report["confusion_matrix"],
+            "hw-confusion-test",
+        ),
+    ):
+        with col:
+            st.caption(
+                f"**{title}**: row = true digit, column = the model's reading "
+                "(`digits.metrics.report`)."
+            )
+            fig = confusion_figure(np.asarray(matrix), names)
+            fig.update_layout(height=400)
+            st.plotly_chart(fig, key=key, config={"displayModeBar": False})
+    only_misreads = st.toggle("Only misreads", key="hw-only-misreads")
+    predicted = proba.argmax(axis=1)
+    shown = np.flatnonzero(predicted != saved.labels) if only_misreads else np.arange(n)
+    st.caption(
+        "Your drawings as the model sees them (28x28, oldest first): id, true digit, "
+        "and the model's probability for its reading; misreads framed in red "
+        "(`digits.handwriting.predict`)."
+    )
+    ui.gallery(
+        ui.framed(saved.images[shown], predicted[shown] != saved.labels[shown]),
+        [
+            misread_caption(
+                int(saved.ids[i]),
+                names[saved.labels[i]],
+                names[predicted[i]],
+                float(proba[i].max()),
+            )
+            for i in shown
+        ],
+        empty="The model reads every drawing right.",
+    )
+
+
+def delete_drawings(delete, widget: str, reset, message: str) -> None:
+    """A Delete button's callback: ``delete()`` returns how many drawings went;
+    the outcome waits in the session for the next run and ``widget`` is reset."""
+    try:
+        deleted = delete()
+    except DigitsError as err:
+        st.session_state[HW_NOTICE_KEY] = ("error", str(err))
+        return
+    st.session_state[widget] = reset
+    st.session_state[HW_NOTICE_KEY] = ("success", message.format(deleted))
+
+
+def manage_drawings(hw, saved) -> None:
+    """Download the drawings, or delete some or all of them."""
+    st.subheader("Export or delete")
+    kind, text = st.session_state.pop(HW_NOTICE_KEY, (None, None))
+    if kind is not None:
+        getattr(st, kind)(text)
+    if not len(saved.ids):
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.caption(
+            "Download the drawings with their labels: `.npz` (images (n, 28, 28) "
+            "uint8 and labels; `np.load(..., allow_pickle=False)`) or a CSV that "
+            "loads as a dataset on Home (`digits.handwriting`)."
+        )
+        for suffix, (mime, export) in EXPORTS.items():
+            st.download_button(
+                f"Download .{suffix}",
+                getattr(hw, export)(),
+                file_name=f"my-handwriting-{stamp}.{suffix}",
+                mime=mime,
+                icon=":material/download:",
+                key=f"hw-export-{suffix}",
+            )
+    with right:
+        when = {
+            int(i): time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+            for i, t in zip(saved.ids, saved.times, strict=True)
+        }
+        label = dict(zip(saved.ids.tolist(), saved.labels.tolist(), strict=True))
+        chosen = st.multiselect(
+            "Drawings to delete",
+            list(when),
+            format_func=lambda i: f"#{i} · {label[i]} · {when[i]}",
+            key="hw-delete-ids",
+        )
+        st.button(
+            "Delete chosen",
+            icon=":material/delete:",
+            disabled=not chosen,
+            on_click=delete_drawings,
+            args=(
+                partial(hw.delete, chosen),
+                "hw-delete-ids",
+                [],
+                "Deleted {} drawings.",
+            ),
+            key="hw-delete",
+        )
+        sure = st.checkbox(
+            f"Yes, delete all {len(saved.ids)} drawings", key="hw-confirm-clear"
+        )
+        st.button(
+            "Delete all",
+            icon=":material/delete_forever:",
+            type="primary",
+            disabled=not sure,
+            on_click=delete_drawings,
+            args=(hw.clear, "hw-confirm-clear", False, "Deleted all {} drawings."),
+            key="hw-clear",
+        )
+
+
+def handwriting_tab(ds, run, report) -> None:
+    hw = handwriting.HandwritingStore()
+    saved = ui.saved_drawings(hw)
+    st.caption(
+        f"Digits you drew and labelled on the Draw page ({len(saved.ids)} saved in "
+        f"`{hw.path}` by `digits.handwriting`), read by **{run.name}**."
+    )
+    if not len(saved.ids):
+        st.info(
+            "No drawings saved yet: on the Draw page, draw a digit, pick the digit "
+            "you meant and press Save.",
+            icon=":material/draw:",
+        )
+        st.page_link("pages/draw.py", label="Draw some", icon=":material/draw:")
+    elif (
+        run.class_names != data.DIGIT_NAMES or run.image_shape != saved.images.shape[1:]
+    ):
+        h, w = run.image_shape
+        st.info(
+            f"Your drawings are 28x28 digits, for MNIST-style models; {run.name} "
+            f"reads {h}x{w} images of {ui.dataset_label(ds.name)}. Choose MNIST on "
+            "Home to test a digit model on them."
+        )
+    else:
+        handwriting_scores(ds, run, report, saved)
+    manage_drawings(hw, saved)
+
+
 ui.page_header(
     "Evaluate",
-    "How a model does on the test set, where it goes wrong, and how it compares "
-    "with another model.",
+    "How a model does on the test set, where it goes wrong, how it compares "
+    "with another model, how far to trust its confidence, and how it reads your "
+    "own handwriting.",
 )
 ds = ui.active_dataset()
 runs = ui.runs_for(ds)
@@ -248,8 +576,14 @@ cols[2].metric("Macro F1", f"{report['macro']['f1']:.3f}")
 cols[3].metric("Mean loss", f"{report['loss']:.3f}", help="Cross-entropy per image.")
 
 # Only the open tab is drawn: the galleries are most of the page's work.
-confusion, mistakes, compare = st.tabs(
-    ["Confusion matrix", "Misclassified images", "Compare two models"],
+confusion, mistakes, compare, calibration, mine = st.tabs(
+    [
+        "Confusion matrix",
+        "Misclassified images",
+        "Compare two models",
+        "Calibration",
+        "My handwriting",
+    ],
     key="evaluate-tab",
     on_change="rerun",
 )
@@ -262,3 +596,9 @@ if mistakes.open:
 if compare.open:
     with compare:
         compare_tab(ds, run, proba, runs)
+if calibration.open:
+    with calibration:
+        calibration_tab(ds, proba)
+if mine.open:
+    with mine:
+        handwriting_tab(ds, run, report)
