@@ -13,6 +13,7 @@ from digits import explain
 from digits.errors import DigitsError
 
 PIXEL_FIGURE = 260  # height of a 28x28 heat map, in CSS pixels
+PROBE_FIGURE = 200  # height of the probe's charts, beside its five sliders
 TILE_COLUMNS = 16  # channels per row in the activation grids
 SWEEP_SHIFTS = list(range(-8, 9))
 MISSING = {
@@ -79,7 +80,7 @@ def choose_image(ds, run) -> tuple[np.ndarray, str] | None:
             return None
         return drawing, "your drawing"
     n = len(ds.x_test)
-    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    left, right = st.columns([2, 1], vertical_alignment="bottom")
     right.button(
         "Random",
         icon=":material/shuffle:",
@@ -116,10 +117,10 @@ def probability_figure(result: explain.Probe, names) -> go.Figure:
     fig.update_xaxes(type="category")
     fig.update_yaxes(range=[0, 1], tickformat=".0%")
     fig.update_layout(
-        height=PIXEL_FIGURE,
-        margin=dict(l=10, r=10, t=10, b=10),
+        height=PROBE_FIGURE,
+        margin=dict(l=10, r=10, t=30, b=10),
         barmode="group",
-        legend=dict(orientation="h", y=1.12),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom"),
     )
     return fig
 
@@ -134,13 +135,14 @@ def sweep_figure(curves: dict, target_name: str) -> go.Figure:
     fig.update_xaxes(title="horizontal shift (pixels)", dtick=2)
     fig.update_yaxes(title=f"P({target_name})", range=[0, 1.02], tickformat=".0%")
     fig.update_layout(
-        height=PIXEL_FIGURE,
-        margin=dict(l=10, r=10, t=10, b=10),
-        legend=dict(orientation="h", y=1.12),
+        height=PROBE_FIGURE,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom"),
     )
     return fig
 
 
+@st.fragment  # moving a slider reruns only this section
 def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
     """Sliders that move the digit, and the probabilities of the chosen models."""
     by_name = {r.name: r for r in runs}
@@ -180,7 +182,12 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
         picture, bars = st.columns([1, 2])
         with picture:
             chart(
-                heatmap(result.transformed.image, signed=False, showscale=False),
+                heatmap(
+                    result.transformed.image,
+                    signed=False,
+                    showscale=False,
+                    height=PROBE_FIGURE,
+                ),
                 "The moved digit: `explain.transform`.",
                 key="probe-image",
             )
@@ -193,12 +200,13 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
                 f"({1e3 * elapsed:.0f} ms).",
                 key="probe-bars",
             )
-    chart(
-        sweep_figure(curves, names[target]),
-        f"P({names[target]}) as the moved digit slides sideways: "
-        "`explain.sweep`. A flat curve means the model tolerates shifts.",
-        key="probe-sweep",
-    )
+        chart(
+            sweep_figure(curves, names[target]),
+            f"P({names[target]}) as the moved digit slides sideways: "
+            "`explain.sweep`. A flat curve means the model tolerates shifts (where "
+            "the digit has no more room, the shift stops).",
+            key="probe-sweep",
+        )
 
 
 def activation_figure(out: explain.LayerOutput, names) -> go.Figure:
@@ -236,6 +244,7 @@ def filters_section(model) -> None:
         )
 
 
+@st.fragment
 def gradient_check_section(model) -> None:
     st.caption(
         "Backprop against finite differences on a small float64 copy of this "
@@ -341,8 +350,9 @@ with cols[1]:
 with cols[2]:
     chart(
         heatmap(hidden.drop, signed=True),
-        f"Occlusion: how much P({run.class_names[hidden.target]}) falls when a "
-        f"{hidden.patch}x{hidden.patch} patch hides each pixel: `explain.occlusion`.",
+        f"Occlusion: how much the log-odds of {run.class_names[hidden.target]} "
+        f"fall when a {hidden.patch}x{hidden.patch} patch hides each pixel: "
+        "`explain.occlusion`.",
         key="occlusion",
     )
 

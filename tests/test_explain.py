@@ -229,7 +229,7 @@ def test_occlusion_is_zero_where_only_background_is_hidden(tiny_cnn, mnist):
     # (Up to float32 rounding: a batch's rows may sum in another order.)
     assert np.abs(result.drop[~ink]).max() < 1e-6
     # Hiding the strokes does lower the predicted class's probability.
-    assert result.drop[image > 0.5].max() > 1e-3
+    assert result.drop[image > 0.5].max() > 0.1
 
 
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
@@ -244,7 +244,9 @@ def test_occlusion_of_the_whole_image_is_the_blank_images_drop(mnist, tiny_cnn, 
     result = explain.occlusion(model, image, patch=28, stride=1)
     p = model.predict_proba(np.stack([image, np.zeros_like(image)]))
     k = int(p[0].argmax())
-    np.testing.assert_allclose(result.drop, p[0, k] - p[1, k], rtol=1e-5)
+    q = np.clip(p[:, k].astype(np.float64), 1e-7, 1 - 1e-7)
+    fall = np.log(q[0] / (1 - q[0])) - np.log(q[1] / (1 - q[1]))
+    np.testing.assert_allclose(result.drop, fall, rtol=1e-4)
     assert result.probability == pytest.approx(p[0, k])
     with pytest.raises(ConfigError, match="patch"):
         explain.occlusion(model, image, patch=40)
