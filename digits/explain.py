@@ -423,22 +423,27 @@ def sweep(
     setting: str,
     values: Sequence[float],
     target: int,
+    **settings,
 ) -> dict[str, np.ndarray]:
-    """The probability of class ``target`` as one setting varies alone.
+    """The probability of class ``target`` as one setting varies, the others fixed.
 
     setting : "shift_x", "shift_y", "rotate", "scale" or "thicken".
+    settings : the other ``transform`` arguments, as the probe's sliders stand.
     Returns {name: (len(values),)}: all transformed images go in one batch.
     """
+    dx, dy = settings.get("shift", (0, 0))
     axes = {
-        "shift_x": lambda v: {"shift": (int(v), 0)},
-        "shift_y": lambda v: {"shift": (0, int(v))},
+        "shift_x": lambda v: {"shift": (int(v), dy)},
+        "shift_y": lambda v: {"shift": (dx, int(v))},
         "rotate": lambda v: {"rotate": float(v)},
         "scale": lambda v: {"scale": float(v)},
         "thicken": lambda v: {"thicken": int(v)},
     }
     if setting not in axes:
         raise ConfigError(f"Unknown probe setting {setting!r}; one of {sorted(axes)}.")
-    batch = np.stack([transform(image, **axes[setting](v)).image for v in values])
+    batch = np.stack(
+        [transform(image, **{**settings, **axes[setting](v)}).image for v in values]
+    )
     return {name: m.predict_proba(batch)[:, target] for name, m in models.items()}
 
 

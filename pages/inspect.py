@@ -17,7 +17,7 @@ PROBE_FIGURE = 200  # height of the probe's charts, beside its five sliders
 TILE_COLUMNS = 16  # channels per row in the activation grids
 SWEEP_SHIFTS = list(range(-8, 9))
 MISSING = {
-    "filters": "This network has no conv layers, so there are no filters to show.",
+    "filters": "This model has no conv layers, so there are no filters to show.",
     "activations": "The scikit-learn MLP runs inside scikit-learn: its layer "
     "outputs are not reachable from digits. Pick a NumPy model (CNN or dense) to "
     "see them.",
@@ -125,14 +125,15 @@ def probability_figure(result: explain.Probe, names) -> go.Figure:
     return fig
 
 
-def sweep_figure(curves: dict, target_name: str) -> go.Figure:
+def sweep_figure(curves: dict, target_name: str, now: int) -> go.Figure:
     fig = go.Figure(
         [
             go.Scatter(x=SWEEP_SHIFTS, y=p, name=name, mode="lines+markers")
             for name, p in curves.items()
         ]
     )
-    fig.update_xaxes(title="horizontal shift (pixels)", dtick=2)
+    fig.add_vline(x=now, line=dict(color="#9aa5b1", dash="dot"))  # the slider
+    fig.update_xaxes(title="shift right (px)", dtick=2)
     fig.update_yaxes(title=f"P({target_name})", range=[0, 1.02], tickformat=".0%")
     fig.update_layout(
         height=PROBE_FIGURE,
@@ -168,12 +169,11 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
     models = {n: ui.load_model(by_name[n]) for n in chosen}
     try:
         start = time.perf_counter()
-        result = explain.probe(
-            models, image, shift=(dx, dy), rotate=rotate, scale=scale, thicken=thicken
-        )
+        settings = dict(shift=(dx, dy), rotate=rotate, scale=scale, thicken=thicken)
+        result = explain.probe(models, image, **settings)
         elapsed = time.perf_counter() - start
         curves = explain.sweep(
-            models, result.transformed.image, "shift_x", SWEEP_SHIFTS, target
+            models, image, "shift_x", SWEEP_SHIFTS, target, **settings
         )
     except DigitsError as err:
         shown.error(str(err), icon=":material/error:")
@@ -201,10 +201,10 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
                 key="probe-bars",
             )
         chart(
-            sweep_figure(curves, names[target]),
-            f"P({names[target]}) as the moved digit slides sideways: "
-            "`explain.sweep`. A flat curve means the model tolerates shifts (where "
-            "the digit has no more room, the shift stops).",
+            sweep_figure(curves, names[target], dx),
+            f"P({names[target]}) for every shift to the right, the other sliders as "
+            "set: `explain.sweep`. A flat curve means the model tolerates shifts "
+            "(where the digit has no more room, the shift stops).",
             key="probe-sweep",
         )
 
@@ -324,8 +324,9 @@ with top[1]:
         help=ui.run_label(run),
     )
     st.caption(
-        f"{proba[target]:.1%} sure. Server time: prediction, saliency and "
-        f"activations {1e3 * (inspected - start):.0f} ms, occlusion "
+        f"{proba[target]:.1%} sure. Server time: prediction"
+        + (", saliency and activations" if can["saliency"] else "")
+        + f" {1e3 * (inspected - start):.0f} ms, occlusion "
         f"{1e3 * (occluded - inspected):.0f} ms."
     )
 
@@ -382,7 +383,7 @@ st.subheader("Learned filters")
 if can["filters"]:
     filters_section(model)
 else:
-    st.info(MISSING["filters"] if can["activations"] else MISSING["activations"])
+    st.info(MISSING["filters"])
 
 st.subheader("Gradient check")
 if can["saliency"]:

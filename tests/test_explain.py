@@ -356,6 +356,13 @@ def test_probe_and_sweep_score_the_transformed_images(tiny_cnn, mnist):
         assert curves[name][4] == pytest.approx(
             model.predict_proba(shifted[None])[0, 1], rel=1e-5
         )
+    # The other settings hold while one varies.
+    tilted = explain.sweep(models, image, "shift_y", [1], 4, rotate=20, shift=(2, 0))
+    moved = explain.transform(image, shift=(2, 1), rotate=20).image
+    for name, model in models.items():
+        assert tilted[name][0] == pytest.approx(
+            model.predict_proba(moved[None])[0, 4], rel=1e-5
+        )
     with pytest.raises(ConfigError, match="setting"):
         explain.sweep(models, image, "blur", values, target=1)
 
