@@ -40,6 +40,7 @@ DATASET_KEY = "dataset"  # the Home page's dataset choice (a widget that persist
 CSV_KEY = "csv-path"  # the uploaded CSV, saved to a temporary file
 FALLBACK_KEY = "dataset-fallbacks"  # {dataset: notice} for failed downloads
 JOB_KEY = "training-job"  # the Train page's digits.training_job.TrainingJob
+DRAWING_KEY = "drawing"  # the Draw page's last digit, preprocessed (h, w) float
 
 CSV_CHOICE = "csv"
 DATASET_LABELS = {

@@ -375,6 +375,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.learning_rate == "cosine" and epochs > 1:
             trainer.anneal(self.learning_rate_init, epochs)
         for cb in callbacks:
+            cb.set_model(self.model_)
             cb.on_train_begin()
         try:
             for _ in range(epochs):

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from digits import registry, slots, store
+from digits import explain, registry, slots, store
 from digits.errors import DigitsError
 from digits.nn.callbacks import Callback, StopOnEvent
 
@@ -64,6 +64,9 @@ class Progress:
     stop_latency: float | None
     # While queued: 1 for the next job to start, 2 after it, ...; else None.
     queue_position: int | None = None
+    # Per-layer training health of a NumPy model (explain.TrainingHealth.rows);
+    # empty for the scikit-learn MLP.
+    health: list[dict] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -170,6 +173,7 @@ class TrainingJob:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._state = _State()
+        self._health = explain.TrainingHealth()
         self._thread: threading.Thread | None = None
         self._slots = slots.shared()
         self._ticket = self._slots.ticket()
@@ -249,6 +253,7 @@ class TrainingJob:
                     if s.status in ("queued", "stopping") and s.started is None
                     else None
                 ),
+                health=self._health.rows(),
             )
 
     # -- the thread -------------------------------------------------------------
@@ -292,7 +297,7 @@ class TrainingJob:
             self.kind,
             self.dataset,
             params=self.params,
-            callbacks=[_Recorder(self), StopOnEvent(self._stop)],
+            callbacks=[_Recorder(self), StopOnEvent(self._stop), self._health],
             train_size=self.train_size,
             validation_size=self.validation_size,
             name=self.name,

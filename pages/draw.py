@@ -225,7 +225,14 @@ with right:
                         probability_bars(p, run.class_names),
                         config={"displayModeBar": False},
                     )
-            show_steps(inputs.get(28) or next(iter(inputs.values())))
+            shown = inputs.get(28) or next(iter(inputs.values()))
+            show_steps(shown)
+            st.session_state[ui.DRAWING_KEY] = shown.image  # for the Inspect page
+            st.page_link(
+                "pages/inspect.py",
+                label="Inspect this digit",
+                icon=":material/biotech:",
+            )
             st.caption(
                 f"Server time: preprocessing {1e3 * (prepared - start):.0f} ms, "
                 f"{len(chosen)} models {1e3 * (done - prepared):.0f} ms."

@@ -1,11 +1,12 @@
 """Train: choose a model and its hyperparameters, train it in the background, watch."""
 
+import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
 import ui
-from digits import calibrate, registry, slots
+from digits import calibrate, explain, registry, slots
 from digits.errors import DigitsError
 from digits.training_job import VALIDATION_SIZE, TrainingJob
 
@@ -140,6 +141,43 @@ def curves(snap) -> go.Figure:
     return fig
 
 
+HEALTH = {
+    "grad_norm": ("Gradient norm", "log"),
+    "update_ratio": ("Update / weight", "log"),
+    "dead_fraction": ("Dead ReLUs", "linear"),
+}
+
+
+def health(snap) -> go.Figure:
+    """Per-layer gradient norm, update-to-weight ratio and dead-ReLU fraction."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for t, _ in HEALTH.values()])
+    layers = list(dict.fromkeys(r["layer"] for r in snap.health))
+    colours = px.colors.qualitative.D3
+    for col, (key, (_, axis)) in enumerate(HEALTH.items(), start=1):
+        for i, layer in enumerate(layers):
+            rows = [r for r in snap.health if r["layer"] == layer]
+            fig.add_scatter(
+                x=[r["epoch"] for r in rows],
+                y=[r[key] for r in rows],
+                name=layer,
+                legendgroup=layer,
+                showlegend=col == 1,
+                mode="lines",
+                line=dict(color=colours[i % len(colours)]),
+                row=1,
+                col=col,
+            )
+        fig.update_yaxes(type=axis, row=1, col=col)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=3)
+    fig.update_xaxes(title="epoch", range=[0, snap.max_epochs])
+    fig.update_layout(
+        height=300,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", y=-0.3),
+    )
+    return fig
+
+
 def announce(job: TrainingJob, snap) -> None:
     """The outcome of a finished job: the saved run, or the error."""
     if snap.status == "failed":
@@ -201,6 +239,14 @@ def live(job: TrainingJob, refreshing: bool) -> None:
         help="Stops after the current batch; the model trained so far is saved.",
     )
     st.plotly_chart(curves(snap), config={"displayModeBar": False})
+    if snap.health:
+        st.plotly_chart(health(snap), config={"displayModeBar": False})
+        st.caption(
+            f"Training health per layer, one batch in {explain.HEALTH_EVERY}: "
+            "gradient norm, size of each update relative to the weights (about "
+            "1e-3 is healthy) and the fraction of ReLU units silent for a whole "
+            "batch: `explain.TrainingHealth`."
+        )
     if snap.finished:
         announce(job, snap)
 

@@ -381,3 +381,132 @@ def test_draw_upload_of_a_corrupt_file_is_an_error(at):
     at.file_uploader[0].upload("seven.png", b"not a png", "image/png").run()
     assert not at.exception
     assert "seven.png" in texts(at.error)
+
+
+# -- Inspect -------------------------------------------------------------------------
+
+
+def test_inspect_a_test_image_with_the_cnn(at, mnist):
+    page(at, "inspect")
+    at.selectbox(key="inspect-model").set_value("tiny-cnn").run()
+    at.number_input(key="inspect-index").set_value(3).run()
+    assert not at.exception and not at.error
+    model = store.load_model("tiny-cnn")
+    image = mnist.x_test[3].astype(np.float32) / 255
+    predicted = str(model.predict(image[None])[0])
+    assert [m.value for m in at.metric] == [predicted]
+    assert f"a {mnist.y_test[3]}" in at.metric[0].label
+    # Input, saliency and occlusion heat maps, each 28x28.
+    maps = [figure(c)["data"][0] for c in at.get("plotly_chart")[:3]]
+    np.testing.assert_allclose(np.asarray(maps[0]["z"]), image, atol=1e-6)
+    assert all(np.asarray(m["z"]).shape == (28, 28) for m in maps)
+    from digits import explain
+
+    np.testing.assert_allclose(
+        np.asarray(maps[1]["z"]), explain.saliency(model, image).gradient, rtol=1e-5
+    )
+    # One tab per layer, named with its output shape; every visual names its
+    # digits function.
+    names = explain.layer_names(model.model_)
+    assert [t.label.split()[0] for t in at.tabs] == names
+    assert "conv1 24x24x4" in [t.label for t in at.tabs]
+    captions = texts(at.caption)
+    for function in ("saliency", "occlusion", "activations", "conv_filters", "probe"):
+        assert f"explain.{function}" in captions
+    # A random image is another test image.
+    at.button(key="inspect-random").click().run()
+    assert not at.exception
+    assert "test image" in at.metric[0].label
+
+
+def test_inspect_probe_sliders_move_the_digit(at, mnist):
+    page(at, "inspect")
+    at.selectbox(key="inspect-model").set_value("tiny-cnn").run()
+    at.multiselect(key="inspect-probe-models").set_value(["tiny-cnn", "tiny-mlp"])
+    at.slider(key="probe-dx").set_value(10).run()
+    assert not at.exception
+    image = mnist.x_test[0].astype(np.float32) / 255
+    from digits import explain
+
+    moved = explain.transform(image, shift=(10, 0))
+    assert "Shift limited" in texts(at.caption)  # a 7 has no 10 px to its right
+    charts = [figure(c) for c in at.get("plotly_chart")]
+    shown = next(
+        c["data"][0]
+        for c in charts
+        if c["data"][0]["type"] == "heatmap"
+        and np.array_equal(np.asarray(c["data"][0]["z"]), moved.image)
+    )
+    assert shown is not None
+    bars = next(c for c in charts if c["data"][0]["type"] == "bar")
+    assert [b["name"] for b in bars["data"]] == ["tiny-cnn", "tiny-mlp"]
+    for bar, name in zip(bars["data"], ["tiny-cnn", "tiny-mlp"], strict=True):
+        expected = store.load_model(name).predict_proba(moved.image[None])[0]
+        np.testing.assert_allclose(np.asarray(bar["y"]), expected, rtol=1e-5)
+
+
+def test_inspect_the_drawing_from_the_draw_page(at):
+    page(at, "inspect")
+    at.segmented_control(key="inspect-source").set_value("Drawing").run()
+    assert "Nothing drawn yet" in texts(at.info)
+    page(at, "draw")
+    at.multiselect(key="draw-models").set_value(["tiny-cnn"]).run()
+    at.session_state["draw-canvas-0"] = canvas_drawing([[(140, 40), (140, 240)]])
+    at.run()
+    drawing = at.session_state[ui.DRAWING_KEY]
+    assert drawing.shape == (28, 28) and drawing.max() == pytest.approx(1.0)
+    page(at, "inspect")
+    at.selectbox(key="inspect-model").set_value("tiny-cnn").run()
+    assert not at.exception and not at.error
+    assert "your drawing" in at.metric[0].label
+    assert at.metric[0].value == "1"
+    z = np.asarray(figure(at.get("plotly_chart")[0])["data"][0]["z"])
+    np.testing.assert_allclose(z, drawing, atol=1e-6)
+
+
+def test_inspect_the_sklearn_mlp_says_what_does_not_apply(at):
+    page(at, "inspect")
+    at.selectbox(key="inspect-model").set_value("tiny-mlp").run()
+    assert not at.exception and not at.error
+    notes = texts(at.info)
+    assert "Saliency needs the network's own backward pass" in notes
+    assert "layer outputs are not reachable" in notes
+    assert not at.tabs
+    # Occlusion and the probe still work.
+    assert "explain.occlusion" in texts(at.caption)
+    assert "explain.probe" in texts(at.caption)
+
+
+def test_inspect_gradient_check_button(at):
+    page(at, "inspect")
+    at.selectbox(key="inspect-model").set_value("tiny-cnn").run()
+    next(b for b in at.button if b.label == "Run the gradient check").click().run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["Layer"]) == ["conv1", "dense1", "dense2"]
+    assert set(table["Passed"]) == {"yes"}
+    assert all(float(e) < 1e-5 for e in table["Relative error"])
+
+
+def test_train_shows_training_health_live(at, mnist):
+    job = TrainingJob(
+        "cnn",
+        mnist,
+        {"conv_channels": (4,), "hidden_layer_sizes": (16,), "max_iter": 2},
+        train_size=1000,
+    ).start()
+    assert job.join(RUN_SECONDS)
+    at.session_state[ui.JOB_KEY] = job
+    page(at, "train")
+    assert "explain.TrainingHealth" in texts(at.caption)
+    fig = figure(at.get("plotly_chart")[-1])
+    traces = {(t["name"], t["xaxis"]) for t in fig["data"]}
+    assert traces == {
+        (layer, axis)
+        for layer in ("conv1", "dense1", "dense2")
+        for axis in ("x", "x2", "x3")
+    }
+    dead = next(t for t in fig["data"] if t["xaxis"] == "x3" and t["name"] == "conv1")
+    assert all(0 <= v <= 1 for v in dead["y"])
+    rows = [r for r in job.snapshot().health if r["layer"] == "conv1"]
+    assert list(dead["y"]) == [r["dead_fraction"] for r in rows]

@@ -42,6 +42,11 @@ class Callback:
     """Base class with empty hooks."""
 
     stop_training: bool = False
+    model = None  # the network being trained, when the trainer calls set_model
+
+    def set_model(self, model) -> None:
+        """Called before ``on_train_begin`` with the model (a ``Sequential``)."""
+        self.model = model
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         pass
