@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from digits import calibrate, registry, slots, store
-from digits.errors import ConfigError, DigitsError
+from digits.errors import ConfigError, DataError, DigitsError
 from digits.nn.callbacks import Callback
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ CURVE_POINTS = 50  # points of each trial's training-loss curve
 # report and saving the run.
 WORKER_START_SECONDS = 2.5
 TRIAL_OVERHEAD_SECONDS = 0.6
+CONNECT_SECONDS = 5  # to wait for a Dask scheduler
 MAX_THREADS_PER_TRIAL = 2  # the CNN trainer runs at most two threads
 # Parameters whose values the CNN trainer's threads depend on (NumPy kinds only).
 THREADED_KINDS = ("cnn", "dense")
@@ -526,6 +527,7 @@ def _run_trial(
     threads: int,
     control: str | None,
     sweep_name: str,
+    runs_dir: str,
     event=None,
 ) -> dict:
     """Train one trial and save its run; returns its row of the results table.
@@ -535,6 +537,9 @@ def _run_trial(
     """
     from threadpoolctl import threadpool_limits
 
+    # A reused worker process may have started under another runs dir.
+    if str(store.runs_dir().resolve()) != runs_dir:
+        os.environ[store.RUNS_DIR_ENV] = runs_dir
     monitor = _Monitor(trial.key, int(trial.params.get("max_iter", 1)), control, event)
     row = {
         "key": trial.key,
@@ -634,8 +639,6 @@ def read_results(path: str | os.PathLike[str]) -> list[dict]:
 
     Raises DataError naming the file if it is not a sweep's table.
     """
-    from digits.errors import DataError
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -693,7 +696,7 @@ def _client(address: str):
             f"pip install -r requirements.txt."
         ) from err
     try:
-        return Client(address, timeout=10)
+        return Client(address, timeout=CONNECT_SECONDS)
     except (OSError, TimeoutError, ValueError) as err:
         raise ConfigError(
             f"Cannot reach the Dask scheduler at {address!r} ({err}). Check the "
@@ -729,8 +732,13 @@ class _StopWatcher:
 
 
 @contextlib.contextmanager
-def _backend(scheduler: str | None):
-    """joblib's loky backend, or its dask backend on the cluster at ``scheduler``."""
+def _backend(scheduler: str | None, ds):
+    """joblib's loky backend, or its dask backend on the cluster at ``scheduler``.
+
+    On a cluster the dataset is sent to the workers once, ahead of the trials
+    (joblib only does that by itself for objects it can weakly reference, which a
+    ``Dataset`` tuple is not); loky shares it through a memory map instead.
+    """
     import joblib
 
     if not scheduler:
@@ -739,7 +747,7 @@ def _backend(scheduler: str | None):
         return
     client = _client(scheduler)
     try:
-        with joblib.parallel_config(backend="dask"):
+        with joblib.parallel_config(backend="dask", scatter=[ds]):
             yield
     finally:
         client.close()
@@ -802,7 +810,15 @@ def run_sweep(
         if on_result is not None:
             on_result(row)
 
-    common = (sweep.kind, ds, sweep.train_size, threads, str(control), sweep.name)
+    common = (
+        sweep.kind,
+        ds,
+        sweep.train_size,
+        threads,
+        str(control),
+        sweep.name,
+        str(store.runs_dir().resolve()),
+    )
     watcher = _StopWatcher(stop, control)
     try:
         if n_jobs == 1 and not scheduler:
@@ -814,7 +830,7 @@ def run_sweep(
             watcher.start()
             import joblib
 
-            with _backend(scheduler):
+            with _backend(scheduler, ds):
                 results = joblib.Parallel(
                     n_jobs=n_jobs, return_as="generator_unordered"
                 )(joblib.delayed(_run_trial)(common[0], t, *common[1:]) for t in todo)
@@ -829,8 +845,12 @@ def run_sweep(
     finally:
         watcher.finish()
         shutil.rmtree(control, ignore_errors=True)
+    # Read back, so that the rows are typed as they will be on the next read.
     keys = {t.key: i for i, t in enumerate(sweep.trials)}
-    rows = sorted((r for r in table if r["key"] in keys), key=lambda r: keys[r["key"]])
+    rows = sorted(
+        (r for r in read_results(sweep.results_path) if r["key"] in keys),
+        key=lambda r: keys[r["key"]],
+    )
     return Outcome(
         rows=rows,
         ran=ran,
