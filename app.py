@@ -13,5 +13,6 @@ st.navigation(
         st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
         st.Page("pages/draw.py", title="Draw", icon=":material/draw:"),
+        st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
     ]
 ).run()
