@@ -13,6 +13,8 @@ SHOWN_KEY = "experiments-shown"  # the sweep whose results are shown
 REFRESH_SECONDS = 1.0
 CONV_OPTIONS = [(), (16,), (32,), (32, 64), (32, 64, 128)]
 HIDDEN_OPTIONS = [(30,), (100,), (128, 64)]
+# 'same' padding, so that three 5x5 conv blocks fit 28x28 images (28, 14, 7, 3).
+FIXED = {"cnn": {"padding": "same"}}
 TRAIN_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000, 60_000)
 STATE_ICONS = {
     "waiting": "⏳ waiting",
@@ -304,7 +306,8 @@ with controls:
             format_func=_layers,
             key="sweep-conv",
             persist_state="session",
-            help="One entry per conv + 2x2 max-pool block; none is a dense network.",
+            help="One entry per conv + 2x2 max-pool block (5x5 kernels, 'same' "
+            "padding); none is a dense network.",
         )
     grid["hidden_layer_sizes"] = st.multiselect(
         "Hidden layers (width)",
@@ -341,7 +344,7 @@ with view:
             dataset=ds.name,
             seeds=range(int(n_seeds)),
             train_size=n_train,
-            params={"max_iter": int(epochs)},
+            params={"max_iter": int(epochs), **FIXED.get(kind, {})},
         )
     except DigitsError as err:
         ui.show_error(err)
