@@ -179,8 +179,11 @@ def _load_dataset(name: str):
 # -- commands ---------------------------------------------------------------------
 
 
-def _hyperparameters(args: argparse.Namespace, kind: registry.ModelKind) -> dict:
-    """The hyperparameter flags given on the command line, parsed for ``kind``."""
+def _hyperparameters(
+    args: argparse.Namespace, kind: registry.ModelKind, parse=None
+) -> dict:
+    """The hyperparameter flags given on the command line, parsed for ``kind``
+    (by ``parse(hp, text)``; default: one value each)."""
     given = {}
     for name in _all_hyperparameters():
         text = getattr(args, name, None)
@@ -188,7 +191,8 @@ def _hyperparameters(args: argparse.Namespace, kind: registry.ModelKind) -> dict
             continue
         if name not in {hp.name for hp in kind.hyperparameters}:
             raise ConfigError(f"{_flag(name)} does not apply to --model {kind.name}.")
-        given[name] = kind.hyperparameter(name).parse(text)
+        hp = kind.hyperparameter(name)
+        given[name] = hp.parse(text) if parse is None else parse(hp, text)
     return given
 
 
@@ -340,14 +344,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from digits import experiments
 
     kind = registry.get(args.model)
-    grid = {}
-    for name in _all_hyperparameters():
-        text = getattr(args, name, None)
-        if text is None:
-            continue
-        if name not in {hp.name for hp in kind.hyperparameters}:
-            raise ConfigError(f"{_flag(name)} does not apply to --model {kind.name}.")
-        grid[name] = experiments.parse_values(kind.hyperparameter(name), text)
+    grid = _hyperparameters(args, kind, parse=experiments.parse_values)
     sweep = experiments.plan(
         kind.name,
         grid,
@@ -480,6 +477,19 @@ def _hp_help(name: str, hp: registry.Hyperparameter) -> str:
     return f"{detail} [{', '.join(specs)}]"
 
 
+def _add_hyperparameter_flags(group, metavar: str, skip: Sequence[str] = ()) -> None:
+    """One flag per hyperparameter of any kind (``--conv-channels``...)."""
+    for name, hp in _all_hyperparameters().items():
+        if name not in skip:
+            group.add_argument(
+                _flag(name),
+                *ALIASES.get(name, []),
+                dest=name,
+                metavar=metavar,
+                help=_hp_help(name, hp),
+            )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digits",
@@ -507,14 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--json", action="store_true", help="print one JSON object")
     hyper = train.add_argument_group("hyperparameters (each applies to some models)")
-    for name, hp in _all_hyperparameters().items():
-        hyper.add_argument(
-            _flag(name),
-            *ALIASES.get(name, []),
-            dest=name,
-            metavar="VALUE",
-            help=_hp_help(name, hp),
-        )
+    _add_hyperparameter_flags(hyper, "VALUE")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="score a run on a test set")
@@ -564,15 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid = sweep.add_argument_group(
         "grid (values separated by ';' or ','; layer lists as \"(),(16,),(32,64)\")"
     )
-    for name, hp in _all_hyperparameters().items():
-        if name != "random_state":
-            grid.add_argument(
-                _flag(name),
-                *ALIASES.get(name, []),
-                dest=name,
-                metavar="VALUES",
-                help=_hp_help(name, hp),
-            )
+    _add_hyperparameter_flags(grid, "VALUES", skip=("random_state",))
     sweep.set_defaults(func=cmd_sweep)
     return parser
 
