@@ -175,14 +175,12 @@ def depth(params: Mapping[str, Any]) -> int:
 
 
 def width(params: Mapping[str, Any]) -> int:
-    """The widest hidden layer: channels of a conv block or units of a dense one."""
-    return max(
-        (
-            *(params.get("conv_channels") or ()),
-            *(params.get("hidden_layer_sizes") or ()),
-        ),
-        default=0,
-    )
+    """Units of the widest dense hidden layer (0 without one).
+
+    Conv channels are left out: a grid's depths usually add blocks of more
+    channels, so counting them would make width follow depth.
+    """
+    return max(params.get("hidden_layer_sizes") or (), default=0)
 
 
 def _short(name: str, value: Any) -> str:
@@ -903,8 +901,8 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
         summary.append(
             {
                 "label": label,
-                "depth": first["depth"],
-                "width": first["width"],
+                "depth": depth(first),
+                "width": width(first),
                 "conv_channels": first["conv_channels"],
                 "hidden_layer_sizes": first["hidden_layer_sizes"],
                 "n_params": first["n_params"],

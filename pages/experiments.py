@@ -147,7 +147,7 @@ def results(rows: list[dict]) -> None:
     st.caption(
         "Each point is a configuration: the mean test accuracy over its seeds, "
         "with a bar of ± one standard deviation. Depth counts hidden layers (conv "
-        "blocks + dense); width is the widest of them."
+        "blocks + dense); width is the units of the widest dense layer."
     )
     left, right = st.columns(2)
     left.plotly_chart(
@@ -374,7 +374,12 @@ with view:
                 help="Measured on this machine by timing a few batches of each "
                 "configuration, with the trials spread over the parallel workers.",
             )
-            cols[2].metric("Parallel", f"{n_jobs} x {estimate.threads} thread(s)")
+            cols[2].metric(
+                "Threads per trial",
+                estimate.threads,
+                help="Each trial's threads (CNN trainer and BLAS), so that the "
+                "trials at once never want more cores than the machine has.",
+            )
             if done:
                 st.caption(
                     f"{len(done & {t.key for t in sweep.trials})} trial(s) of this "

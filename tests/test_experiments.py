@@ -218,20 +218,31 @@ def test_stopping_keeps_finished_trials_and_a_second_run_resumes(runs, small):
 
 
 def test_stopping_worker_processes_mid_trial(runs, small):
-    """In loky workers the stop travels through the sweep's stop file: a trial
-    long enough to be running when it comes is stopped within it."""
+    """In loky workers the stop travels through the sweep's stop file: trials
+    long enough to be running when it comes are stopped within them."""
     sweep = tiny_sweep(
         grid={"conv_channels": [(2,)], "hidden_layer_sizes": [(8,)]},
         train_size=20_000,
         seeds=(0, 1),
     )
-    stop = threading.Event()
-    timer = threading.Timer(4.0, stop.set)  # both trials are inside epoch 1 then
-    timer.start()
+    stop, seen = threading.Event(), []
+
+    def stop_once_running():
+        while not stop.is_set():
+            progress = experiments.trial_progress(sweep)
+            if progress:
+                seen.append(progress)
+                stop.set()
+            stop.wait(0.05)
+
+    watcher = threading.Thread(target=stop_once_running)
+    watcher.start()
     try:
         outcome = experiments.run_sweep(sweep, small, n_jobs=2, stop=stop)
     finally:
-        timer.cancel()
+        stop.set()
+        watcher.join()
+    assert seen and all(0 < f < 1 for f in seen[0].values())
     assert outcome.interrupted and outcome.ran == 0 and outcome.stopped == 2
     assert saved_runs(runs) == []
     assert experiments.read_results(sweep.results_path) == []
