@@ -408,6 +408,7 @@ class Estimate:
     n_jobs: int
     threads: int
     n_params: dict[str, int]  # trial key -> parameters
+    n_todo: int  # trials still to run
 
 
 def _schedule(durations: Sequence[float], n_jobs: int) -> float:
@@ -464,7 +465,7 @@ def estimate(
     total = _schedule(durations, n_jobs)
     if todo and n_jobs > 1:
         total += WORKER_START_SECONDS
-    return Estimate(total, seconds, n_jobs, threads, n_params)
+    return Estimate(total, seconds, n_jobs, threads, n_params, len(todo))
 
 
 # -- running ------------------------------------------------------------------------
@@ -489,14 +490,14 @@ class _Monitor(Callback):
             return True
         return self.control is not None and (self.control / STOP_FILE).exists()
 
-    def report(self, fraction: float) -> None:
+    def report(self, fraction: float, phase: str = "training") -> None:
         if self.control is None:
             return
         path = self.control / f"progress-{self.key}"
         try:
             self.control.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(f"{fraction:.4f}")
+            tmp.write_text(f"{fraction:.4f} {phase}")
             os.replace(tmp, path)
         except OSError:
             pass  # a worker on another machine: no live progress
@@ -515,6 +516,11 @@ class _Monitor(Callback):
             self.report(done / self.epochs)
             if self.stop_requested():
                 self.stop_training = True
+
+    def on_train_end(self, logs=None):
+        # train_run now scores the whole test set and saves the run.
+        if not self.stop_training:
+            self.report(1.0, "scoring")
 
 
 def _run_trial(
@@ -584,7 +590,6 @@ def _run_trial(
     if run.meta.get("stopped") == "interrupted":
         store.delete_run(run)  # half-trained: the resumed sweep trains it again
         return row | {"status": "stopped"}
-    monitor.report(1.0)
     from digits.calibrate import _count_params
 
     model = store.load_model(run)
@@ -860,15 +865,17 @@ def run_sweep(
     )
 
 
-def trial_progress(sweep: Sweep) -> dict[str, float]:
-    """Trial key -> fraction done, for the trials running (or just finished) now."""
+def trial_progress(sweep: Sweep) -> dict[str, tuple[float, str]]:
+    """Trial key -> (fraction of its epochs done, phase: "training" or "scoring"
+    the test set), for the trials running now."""
     control = sweep.folder / CONTROL_DIR
     found = {}
     for path in control.glob("progress-*") if control.is_dir() else ():
         if path.suffix == ".tmp":
             continue
         with contextlib.suppress(OSError, ValueError):
-            found[path.name.removeprefix("progress-")] = float(path.read_text())
+            fraction, phase = path.read_text().split()
+            found[path.name.removeprefix("progress-")] = (float(fraction), phase)
     return found
 
 
@@ -936,8 +943,9 @@ class SweepProgress:
     """A consistent copy of a sweep job's state.
 
     trials : one dict per trial, in grid order: ``key``, ``label``, ``seed``,
-        ``state`` (waiting, running, done, failed, earlier: done by a previous
-        run of the sweep), ``fraction`` (0..1) and ``test_accuracy``.
+        ``state`` (waiting, running, scoring the test set, done, failed,
+        earlier: done by a previous run of the sweep), ``fraction`` (0..1)
+        and ``test_accuracy``.
     """
 
     status: str  # queued, running, stopping, done, stopped, failed
@@ -1030,7 +1038,9 @@ class SweepJob:
                 state = "earlier" if t.key in self._earlier else row["status"]
                 fraction = 1.0
             elif t.key in progress and status in ("running", "stopping"):
-                state, fraction = "running", min(1.0, progress[t.key])
+                fraction, phase = progress[t.key]
+                state = "scoring" if phase == "scoring" else "running"
+                fraction = min(1.0, fraction)
             else:
                 state, fraction = "waiting", 0.0
             trials.append(

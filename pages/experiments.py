@@ -16,12 +16,13 @@ HIDDEN_OPTIONS = [(30,), (100,), (128, 64)]
 # 'same' padding, so that three 5x5 conv blocks fit 28x28 images (28, 14, 7, 3).
 FIXED = {"cnn": {"padding": "same"}}
 TRAIN_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000, 60_000)
-STATE_ICONS = {
-    "waiting": "⏳ waiting",
-    "running": "▶️ running",
-    "done": "✅ done",
-    "earlier": "✅ done earlier",
-    "failed": "❌ failed",
+STATE_LABELS = {
+    "waiting": "waiting",
+    "running": "training",
+    "scoring": "scoring the test set",
+    "done": "done",
+    "earlier": "done earlier",
+    "failed": "failed",
 }
 COLORS = qualitative.Plotly
 CHART_HEIGHT = 330
@@ -72,7 +73,11 @@ def against(summary: list[dict], x: str, group: str, title: str) -> go.Figure:
             line=dict(color=COLORS[i % len(COLORS)]),
         )
     fig.update_layout(title=title, **LAYOUT)
-    fig.update_xaxes(title=x, dtick=1 if x == "depth" else None)
+    # Categories: only the values tried, evenly spaced, even if there is one.
+    values = sorted({r[x] for r in summary})
+    fig.update_xaxes(
+        title=x, type="category", categoryorder="array", categoryarray=values
+    )
     fig.update_yaxes(title="test accuracy", tickformat=".1%")
     return fig
 
@@ -249,7 +254,7 @@ def live(job: experiments.SweepJob, refreshing: bool) -> None:
             {
                 "Configuration": t["label"],
                 "Seed": t["seed"],
-                "State": STATE_ICONS.get(t["state"], t["state"]),
+                "State": STATE_LABELS.get(t["state"], t["state"]),
                 "Progress": t["fraction"],
                 "Test accuracy": t["test_accuracy"],
             }
@@ -367,7 +372,7 @@ with view:
             ui.show_error(err)
         if estimate is not None:
             cols = st.columns(3)
-            cols[0].metric("Trials", f"{len(sweep.trials) - len(done)}")
+            cols[0].metric("Trials to run", f"{len(sweep.trials) - len(done)}")
             cols[1].metric(
                 "Estimated time",
                 f"≈ {_duration(estimate.seconds)}",
@@ -392,7 +397,7 @@ with view:
         icon=":material/play_arrow:",
         on_click=start,
         args=(sweep, ds, n_jobs if sweep else 1, estimate),
-        disabled=running or estimate is None,
+        disabled=running or estimate is None or not estimate.n_todo,
         help="A sweep is already running." if running else None,
     )
 

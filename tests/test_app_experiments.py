@@ -63,7 +63,7 @@ def metrics(at: AppTest) -> dict:
 def test_the_grid_is_estimated_and_a_bad_one_refused(at):
     tiny_grid(at, hidden=[(30,), (100,)])
     shown = metrics(at)
-    assert shown["Trials"] == "4"  # 2 widths x 2 seeds
+    assert shown["Trials to run"] == "4"  # 2 widths x 2 seeds
     assert shown["Estimated time"].startswith("≈ ")
     assert not at.button(key="sweep-start").disabled
     at.multiselect(key="sweep-hidden").set_value([]).run()
@@ -111,7 +111,8 @@ def test_a_sweep_runs_in_the_background_and_charts_its_results(at):
     assert len(charts[4]["data"]) == 4  # one loss curve per trial
     # Starting the same grid again has nothing left to do.
     assert "already done" in texts(at.caption)
-    assert metrics(at)["Trials"] == "0"
+    assert metrics(at)["Trials to run"] == "0"
+    assert at.button(key="sweep-start").disabled
 
 
 def test_a_sweep_waits_for_a_training_slot_and_can_be_stopped_there(at):

@@ -242,7 +242,9 @@ def test_stopping_worker_processes_mid_trial(runs, small):
     finally:
         stop.set()
         watcher.join()
-    assert seen and all(0 < f < 1 for f in seen[0].values())
+    assert seen and all(
+        0 < fraction < 1 and phase == "training" for fraction, phase in seen[0].values()
+    )
     assert outcome.interrupted and outcome.ran == 0 and outcome.stopped == 2
     assert saved_runs(runs) == []
     assert experiments.read_results(sweep.results_path) == []
