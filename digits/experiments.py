@@ -267,7 +267,9 @@ def plan(
         configuration, trained once per seed (``random_state``).
     params : fixed hyperparameters for every trial (e.g. ``max_iter``).
     name : the sweep's name (sanitised); by default one made from the kind,
-        dataset and a hash of the grid, so that the same sweep resumes itself.
+        dataset and a hash of the training-set size, the fixed hyperparameters
+        and the names of those swept, so that the same sweep (or one with more
+        values or seeds) resumes where it left off.
     """
     spec = registry.get(kind)
     fixed = {k: _canonical(v) for k, v in dict(params or {}).items()}
@@ -309,7 +311,11 @@ def plan(
         _check_value(spec, hp_name, value)
     swept = [k for k, v in values.items() if len(v) > 1]
     if name is None:
-        digest = _key(kind, dataset, train_size, {"grid": values, "seeds": seeds})
+        # From what the grid holds fixed, not from its values or seeds: the same
+        # sweep with more values or seeds shares its table and adds to it.
+        digest = _key(
+            kind, dataset, train_size, {"fixed": fixed, "swept": sorted(values)}
+        )
         name = f"sweep-{kind}-{Path(dataset).stem}-{digest[:6]}"
     name = store.sanitize_name(name)
     trials = []

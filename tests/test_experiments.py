@@ -138,10 +138,15 @@ def test_plan_lists_every_configuration_and_seed_with_stable_keys():
     assert tiny_sweep(name="other").trials[0].key == sweep.trials[0].key
     assert tiny_sweep(train_size=300).trials[0].key != sweep.trials[0].key
     assert (sweep.trials[2].depth, sweep.trials[2].width) == (2, 8)
-    # Without a name, the same grid gets the same name: running it again resumes.
+    # Without a name, the same grid, or one with more values or seeds, gets the
+    # same name: running it again resumes. Other fixed settings make another.
     unnamed = tiny_sweep(name=None)
-    assert unnamed.name == tiny_sweep(name=None).name
-    assert unnamed.name != tiny_sweep(name=None, seeds=(0,)).name
+    assert unnamed.name == tiny_sweep(name=None, seeds=(0, 1, 2)).name
+    assert (
+        unnamed.name == tiny_sweep(name=None, grid={**GRID, "conv_channels": [()]}).name
+    )
+    assert unnamed.name != tiny_sweep(name=None, train_size=300).name
+    assert unnamed.name != tiny_sweep(name=None, params={**TINY, "max_iter": 2}).name
 
 
 # -- running ------------------------------------------------------------------------
