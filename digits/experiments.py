@@ -61,6 +61,7 @@ import numpy as np
 from digits import calibrate, registry, slots, store
 from digits.errors import ConfigError, DataError, DigitsError
 from digits.nn.callbacks import Callback
+from digits.nn.training import blas_threads
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,14 @@ MAX_TRIALS = 200  # a bigger grid is almost certainly a typo
 VALIDATION_SIZE = 2000  # test images scored after each epoch, as on Train
 PROGRESS_SECONDS = 0.5  # how often a trial reports its progress
 CURVE_POINTS = 50  # points of each trial's training-loss curve
-# Measured on the 2-core machine (benchmarks/README.md, "Sweeps"): starting a loky
-# worker (spawn, imports, the dataset's memmap), and per trial the test-set
-# report and saving the run.
+# Costs the per-batch probe does not see, as seen on the 2-core machine (see
+# benchmarks/README.md, "Sweeps"): starting the loky workers (spawn, imports, the
+# dataset's memory map), and per trial the test-set report and saving the run.
 WORKER_START_SECONDS = 2.5
 TRIAL_OVERHEAD_SECONDS = 0.6
 CONNECT_SECONDS = 5  # to wait for a Dask scheduler
 MAX_THREADS_PER_TRIAL = 2  # the CNN trainer runs at most two threads
-# Parameters whose values the CNN trainer's threads depend on (NumPy kinds only).
+# Kinds whose estimator takes n_threads (the NumPy trainer's Python threads).
 THREADED_KINDS = ("cnn", "dense")
 COLUMNS = (
     "key",
@@ -447,8 +448,6 @@ def estimate(
     n_val = min(VALIDATION_SIZE, len(ds.x_test))
     seconds: dict[str, float] = {}
     n_params: dict[str, int] = {}
-    from digits.nn.training import blas_threads
-
     for trial in sweep.trials:
         params = _with_threads(sweep.kind, trial.params, threads)
         with blas_threads(1 if threads == 1 else None):
