@@ -109,9 +109,15 @@ class ProgressBar(Callback):
 class _CtrlC:
     """SIGINT during training: the first sets the stop event, the second aborts."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        message: str = "Stopping after this batch; the model trained so far will be "
+        "saved.",
+    ) -> None:
         self.event = threading.Event()
         self.stream = stream or sys.stderr
+        self.message = message
 
     def __enter__(self) -> _CtrlC:
         self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -127,10 +133,7 @@ class _CtrlC:
             # KeyboardInterrupt and would carry on.
             raise SystemExit(EXIT_INTERRUPTED)
         self.event.set()
-        self.stream.write(
-            "\nStopping after this batch; the model trained so far will be saved. "
-            "Press Ctrl-C again to abort.\n"
-        )
+        self.stream.write(f"\n{self.message} Press Ctrl-C again to abort.\n")
 
 
 # -- output -----------------------------------------------------------------------
@@ -394,7 +397,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.estimate_only:
         outcome = None
     else:
-        with _CtrlC() as ctrl_c:
+        stopping = (
+            "Stopping the running trials after their current batch; the finished "
+            "ones are kept."
+        )
+        with _CtrlC(message=stopping) as ctrl_c:
             outcome = experiments.run_sweep(
                 sweep,
                 dataset,
