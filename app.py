@@ -14,5 +14,6 @@ st.navigation(
         st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
         st.Page("pages/draw.py", title="Draw", icon=":material/draw:"),
         st.Page("pages/inspect.py", title="Inspect", icon=":material/biotech:"),
+        st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
     ]
 ).run()

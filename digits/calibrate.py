@@ -41,6 +41,7 @@ SPEED_PARAMS = (
     "batch_size",
     "dropout",
     "augment",
+    "n_threads",  # the CNN trainer's threads (sweeps run trials on one each)
 )
 # scikit-learn's MLP scores training accuracy on up to this many images per epoch
 # (digits.baseline.ACCURACY_SAMPLE); it costs a prediction over them.

@@ -109,9 +109,15 @@ class ProgressBar(Callback):
 class _CtrlC:
     """SIGINT during training: the first sets the stop event, the second aborts."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        message: str = "Stopping after this batch; the model trained so far will be "
+        "saved.",
+    ) -> None:
         self.event = threading.Event()
         self.stream = stream or sys.stderr
+        self.message = message
 
     def __enter__(self) -> _CtrlC:
         self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -127,10 +133,7 @@ class _CtrlC:
             # KeyboardInterrupt and would carry on.
             raise SystemExit(EXIT_INTERRUPTED)
         self.event.set()
-        self.stream.write(
-            "\nStopping after this batch; the model trained so far will be saved. "
-            "Press Ctrl-C again to abort.\n"
-        )
+        self.stream.write(f"\n{self.message} Press Ctrl-C again to abort.\n")
 
 
 # -- output -----------------------------------------------------------------------
@@ -179,8 +182,11 @@ def _load_dataset(name: str):
 # -- commands ---------------------------------------------------------------------
 
 
-def _hyperparameters(args: argparse.Namespace, kind: registry.ModelKind) -> dict:
-    """The hyperparameter flags given on the command line, parsed for ``kind``."""
+def _hyperparameters(
+    args: argparse.Namespace, kind: registry.ModelKind, parse=None
+) -> dict:
+    """The hyperparameter flags given on the command line, parsed for ``kind``
+    (by ``parse(hp, text)``; default: one value each)."""
     given = {}
     for name in _all_hyperparameters():
         text = getattr(args, name, None)
@@ -188,7 +194,8 @@ def _hyperparameters(args: argparse.Namespace, kind: registry.ModelKind) -> dict
             continue
         if name not in {hp.name for hp in kind.hyperparameters}:
             raise ConfigError(f"{_flag(name)} does not apply to --model {kind.name}.")
-        given[name] = kind.hyperparameter(name).parse(text)
+        hp = kind.hyperparameter(name)
+        given[name] = hp.parse(text) if parse is None else parse(hp, text)
     return given
 
 
@@ -336,6 +343,117 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from digits import experiments
+
+    kind = registry.get(args.model)
+    grid = _hyperparameters(args, kind, parse=experiments.parse_values)
+    sweep = experiments.plan(
+        kind.name,
+        grid,
+        dataset=args.dataset,
+        seeds=experiments.parse_seeds(args.seeds),
+        train_size=args.train_size,
+        name=args.name,
+    )
+    if args.n_jobs is not None and args.n_jobs < 1:
+        raise ConfigError(f"--n-jobs must be 1 or more; got {args.n_jobs}.")
+    dataset = _load_dataset(args.dataset)
+    done = {r["key"] for r in experiments.read_results(sweep.results_path)}
+    todo = [t for t in sweep.trials if t.key not in done]
+    estimate = None
+    if not args.scheduler:
+        print("Timing a few batches of each configuration...", file=sys.stderr)
+        estimate = experiments.estimate(sweep, dataset, args.n_jobs, skip=done)
+    plan_text = (
+        f"Sweep {sweep.name}: {len(sweep.trials)} trials of {kind.label} on "
+        f"{sweep.train_size or len(dataset.x_train)} {dataset.name} images, "
+        f"{len(todo)} to run"
+    )
+    if estimate is not None and todo:
+        plan_text += (
+            f", ~{_duration(estimate.seconds)} with {estimate.n_jobs} at a time "
+            f"({estimate.threads} thread(s) each)"
+        )
+    elif args.scheduler:
+        plan_text += f" on the Dask cluster at {args.scheduler}"
+    print(plan_text + ". Ctrl-C stops and keeps the finished trials.", file=sys.stderr)
+    finished = len(sweep.trials) - len(todo)
+
+    def report(row: dict) -> None:
+        nonlocal finished
+        finished += 1
+        result = (
+            f"{row['test_accuracy']:.2%} in {row['train_seconds']:.1f}s"
+            if row["status"] == "done"
+            else f"failed: {_one_line(row.get('error'))}"
+        )
+        print(
+            f"[{finished}/{len(sweep.trials)}] {row['label']} seed {row['seed']}: "
+            f"{result}",
+            file=sys.stderr,
+        )
+
+    if args.estimate_only:
+        outcome = None
+    else:
+        stopping = (
+            "Stopping the running trials after their current batch; the finished "
+            "ones are kept."
+        )
+        with _CtrlC(message=stopping) as ctrl_c:
+            outcome = experiments.run_sweep(
+                sweep,
+                dataset,
+                n_jobs=args.n_jobs,
+                scheduler=args.scheduler,
+                stop=ctrl_c.event,
+                on_result=report,
+                plan_estimate=estimate,
+            )
+    rows = outcome.rows if outcome else []
+    summary = {
+        "sweep": sweep.name,
+        "results": str(sweep.results_path),
+        "kind": kind.name,
+        "dataset": dataset.name,
+        "trials": len(sweep.trials),
+        "estimate_seconds": estimate.seconds if estimate else None,
+        "n_jobs": estimate.n_jobs if estimate else None,
+    }
+    if outcome is not None:
+        summary |= {
+            "seconds": outcome.seconds,
+            "ran": outcome.ran,
+            "skipped": outcome.skipped,
+            "stopped": outcome.stopped,
+            "interrupted": outcome.interrupted,
+            "configurations": experiments.summarise(rows),
+            "rows": rows,
+        }
+    if args.json:
+        _emit_json(summary)
+    elif outcome is not None:
+        for c in summary["configurations"]:
+            print(
+                f"{c['label']:<36} {c['accuracy_mean']:.2%} ± "
+                f"{c['accuracy_std']:.2%} ({c['n']} seeds, {c['n_params']:,} "
+                f"parameters, {c['seconds_mean']:.1f}s)"
+            )
+        print(
+            f"{outcome.ran} trials run, {outcome.skipped} already done, in "
+            f"{_duration(outcome.seconds)}. Results: {sweep.results_path}"
+        )
+    if outcome is not None and outcome.interrupted:
+        print(
+            f"Stopped: {outcome.stopped} trial(s) not finished. Run the same "
+            f"command again to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------
 
 
@@ -366,6 +484,19 @@ def _hp_help(name: str, hp: registry.Hyperparameter) -> str:
     return f"{detail} [{', '.join(specs)}]"
 
 
+def _add_hyperparameter_flags(group, metavar: str, skip: Sequence[str] = ()) -> None:
+    """One flag per hyperparameter of any kind (``--conv-channels``...)."""
+    for name, hp in _all_hyperparameters().items():
+        if name not in skip:
+            group.add_argument(
+                _flag(name),
+                *ALIASES.get(name, []),
+                dest=name,
+                metavar=metavar,
+                help=_hp_help(name, hp),
+            )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digits",
@@ -393,14 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--json", action="store_true", help="print one JSON object")
     hyper = train.add_argument_group("hyperparameters (each applies to some models)")
-    for name, hp in _all_hyperparameters().items():
-        hyper.add_argument(
-            _flag(name),
-            *ALIASES.get(name, []),
-            dest=name,
-            metavar="VALUE",
-            help=_hp_help(name, hp),
-        )
+    _add_hyperparameter_flags(hyper, "VALUE")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="score a run on a test set")
@@ -422,6 +546,36 @@ def build_parser() -> argparse.ArgumentParser:
     gradcheck = sub.add_parser("gradcheck", help="check the NumPy network's gradients")
     gradcheck.add_argument("--json", action="store_true", help="print one JSON object")
     gradcheck.set_defaults(func=cmd_gradcheck)
+
+    sweep = sub.add_parser(
+        "sweep", help="train a grid of configurations for several seeds each"
+    )
+    sweep.add_argument("--model", default="cnn", choices=list(registry.MODELS))
+    sweep.add_argument("--dataset", default="mnist", help="as for train")
+    sweep.add_argument(
+        "--seeds", default="2", help="a number of seeds (3) or a list (0,5,7)"
+    )
+    sweep.add_argument(
+        "--train-size", type=int, metavar="N", help="train on N random images"
+    )
+    sweep.add_argument(
+        "--n-jobs", type=int, metavar="N", help="trials at once (default: cores)"
+    )
+    sweep.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run on this Dask scheduler"
+    )
+    sweep.add_argument(
+        "--name", help="sweep name (default: from the grid; the same grid resumes)"
+    )
+    sweep.add_argument(
+        "--estimate-only", action="store_true", help="print the estimate, train nothing"
+    )
+    sweep.add_argument("--json", action="store_true", help="print one JSON object")
+    grid = sweep.add_argument_group(
+        "grid (values separated by ';' or ','; layer lists as \"(),(16,),(32,64)\")"
+    )
+    _add_hyperparameter_flags(grid, "VALUES", skip=("random_state",))
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 
