@@ -1,0 +1,189 @@
+"""Each page, used in Chromium as a person uses it: clicks, mouse strokes, uploads.
+
+One ``streamlit run`` server serves every test here (see conftest.py); each test
+opens its own browser session. What is checked is what a person sees.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from appdriver import (
+    IDLE,
+    ONE,
+    PAGE_MS,
+    SEVEN,
+    TRAIN_MS,
+    canvas,
+    choose,
+    clear_canvas,
+    nav_labels,
+    nav_link,
+    no_exception,
+    open_page,
+    prediction_of,
+    slider_to_end,
+    stroke,
+    title,
+    wait_curve_points,
+)
+from PIL import Image, ImageFilter
+from playwright.sync_api import expect
+
+from digits import store
+
+pytestmark = pytest.mark.e2e
+
+PAGES = {"Home", "Train", "Evaluate", "Draw"}  # at least these; more may land
+UPLOAD_INDEX = 1  # MNIST test image #1, a "2", becomes the photographed digit
+GALLERY_FACTOR = 4  # ui.enlarge shows a 28x28 test image at 112x112
+
+
+def test_every_sidebar_page_opens_without_exception(server, page):
+    open_page(page, server.url, "Handwritten digits")
+    labels = nav_labels(page)
+    assert PAGES <= set(labels), labels
+    for label in labels:
+        before = page.locator("[data-testid=stMain] h1").first.inner_text()
+        link = nav_link(page, label)
+        link.click()
+        expect(link).to_have_attribute("aria-current", "page")
+        if label != "Home":  # Home's own title names the app
+            expect(page.locator("[data-testid=stMain] h1").first).not_to_have_text(
+                before, timeout=PAGE_MS
+            )
+        page.wait_for_selector(IDLE, timeout=PAGE_MS)
+        no_exception(page)
+
+
+def test_draw_a_one_then_a_seven(server, page):
+    open_page(page, f"{server.url}/draw", "Draw")
+    canvas(page).wait_for()
+    for shape, digit in ((ONE, "1"), (SEVEN, "7")):
+        stroke(page, shape)
+        expect(prediction_of(page, "default-cnn")).to_have_text(digit, timeout=PAGE_MS)
+        no_exception(page)
+        clear_canvas(page)
+        expect(page.get_by_text("Draw a digit on the canvas")).to_be_visible()
+
+
+def photo_of_digit(image: np.ndarray) -> bytes:
+    """A 28x28 MNIST digit as a phone photo: dark ink on grey paper, large,
+    off-centre, blurred and noisy. PNG bytes."""
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(255 - image).resize((240, 240), Image.Resampling.BICUBIC)
+    paper = Image.new("L", (420, 360), 215)
+    paper.paste(big.point(lambda v: round(v * 215 / 255)), (120, 50))
+    blurred = np.asarray(paper.filter(ImageFilter.GaussianBlur(3)), dtype=np.float64)
+    noisy = np.clip(blurred + rng.normal(0, 8, blurred.shape), 0, 255)
+    out = io.BytesIO()
+    Image.fromarray(noisy.astype(np.uint8)).convert("RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+def test_upload_a_photo_of_a_handwritten_digit(server, page, mnist, tmp_path):
+    path = tmp_path / "digit.png"
+    path.write_bytes(photo_of_digit(mnist.x_test[UPLOAD_INDEX]))
+    expected = str(mnist.y_test[UPLOAD_INDEX])
+    open_page(page, f"{server.url}/draw", "Draw")
+    page.locator("[data-testid=stButtonGroup]").get_by_text("Upload").click()
+    page.locator("[data-testid=stFileUploaderDropzoneInput]").set_input_files(path)
+    expect(prediction_of(page, "default-cnn")).to_have_text(expected, timeout=PAGE_MS)
+    expect(page.get_by_text("Centred by mass, 28x28")).to_be_visible()
+    no_exception(page)
+
+
+def test_train_watch_the_curve_stop_and_pick_the_model(server, page):
+    open_page(page, f"{server.url}/train", "Train")
+    # All 60,000 images: an epoch takes about a minute, so Stop comes mid-epoch.
+    assert slider_to_end(page, "Training images") == "60,000"
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=PAGE_MS)
+    start.click()
+    first = wait_curve_points(page, 2)
+    grown = wait_curve_points(page, first + 4)
+    assert grown > first
+    expect(page.get_by_text("epoch 1 of 1")).to_be_visible()
+    page.get_by_role("button", name="Stop").click()
+    saved = page.get_by_text("Saved as")
+    expect(saved).to_contain_text("after you pressed Stop", timeout=TRAIN_MS)
+    no_exception(page)
+    match = re.search(
+        r"Saved as (\S+) after .* test accuracy (\d+\.\d+%)", saved.inner_text()
+    )
+    assert match, saved.inner_text()
+    name, accuracy = match.groups()
+    wait_curve_points(page, grown, timeout=PAGE_MS)  # the curve stays
+
+    nav_link(page, "Evaluate").click()
+    title(page, "Evaluate")
+    choose(page, "Model", "default-cnn")
+    choose(page, "Model", name)
+    accuracy_metric = page.locator("[data-testid=stMetric]").filter(
+        has_text="Test accuracy"
+    )
+    expect(accuracy_metric.locator("[data-testid=stMetricValue]")).to_have_text(
+        accuracy, timeout=PAGE_MS
+    )
+    run = store.list_runs(server.runs_dir)[0][0]
+    assert (run.name, run.meta["stopped"] is not None) == (name, True)
+
+
+CELL_GEOMETRY = """gd => {
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  return {
+    z: Array.from(gd._fullData[0].z, row => Array.from(row)),
+    x: gd._fullData[0].x.map((_, j) => xa._offset + xa.l2p(j)),
+    y: gd._fullData[0].y.map((_, i) => ya._offset + ya.l2p(i)),
+  };
+}"""
+
+
+def gallery_images(page) -> np.ndarray:
+    """The gallery's images (n, 28, 28), fetched as the browser did, shrunk back."""
+    images = []
+    for img in page.locator("[data-testid=stMain] [data-testid=stImage] img").all():
+        body = page.request.get(img.get_attribute("src")).body()
+        big = np.asarray(Image.open(io.BytesIO(body)).convert("L"), np.float64)
+        n = big.shape[0] // GALLERY_FACTOR
+        images.append(big.reshape(n, GALLERY_FACTOR, n, GALLERY_FACTOR).mean((1, 3)))
+    return np.array(images)
+
+
+def test_click_a_confusion_cell_to_see_exactly_its_images(
+    server, page, mnist, monkeypatch
+):
+    open_page(page, f"{server.url}/evaluate", "Evaluate")
+    choose(page, "Model", "default-cnn")
+    chart = page.locator("[data-testid=stMain] .js-plotly-plot").first
+    page.wait_for_function(
+        "() => document.querySelector('.js-plotly-plot')?._fullLayout?.xaxis?._offset",
+        timeout=PAGE_MS,
+    )
+    cells = chart.evaluate(CELL_GEOMETRY)
+    z = np.array(cells["z"])
+    off = z - np.diag(np.diag(z))
+    true, pred = np.unravel_index(off.argmax(), off.shape)  # the commonest mistake
+    box = chart.bounding_box()
+    page.mouse.click(box["x"] + cells["x"][pred], box["y"] + cells["y"][true])
+
+    count = int(z[true, pred])
+    heading = f"True {true}, predicted {pred}: {count} images"
+    expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=PAGE_MS)
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+    no_exception(page)
+    shown = gallery_images(page)
+    assert len(shown) == count
+
+    # Exactly those images: the test images of true class `true` the default CNN
+    # calls `pred`, most confident first; each shown image is nearest to its own.
+    monkeypatch.setenv(store.RUNS_DIR_ENV, str(server.runs_dir))
+    proba = store.predictions(store.open_run("default-cnn"), mnist)
+    chosen = np.flatnonzero((mnist.y_test == true) & (proba.argmax(1) == pred))
+    chosen = chosen[np.argsort(-proba[chosen, pred], kind="stable")]
+    x = mnist.x_test.reshape(len(mnist.x_test), -1).astype(np.float64)
+    nearest = [int(np.abs(x - image.ravel()).mean(1).argmin()) for image in shown]
+    assert nearest == chosen.tolist()
