@@ -172,6 +172,24 @@ def nav_link(page: Page, label: str):
     return page.locator(NAV_LINK).filter(has=page.get_by_text(label, exact=True))
 
 
+def visit_every_page(page: Page) -> list[str]:
+    """Click each page's link in the sidebar in turn; each must run without an
+    exception. Returns the links' labels."""
+    labels = nav_labels(page)
+    for label in labels:
+        before = page.locator("[data-testid=stMain] h1").first.inner_text()
+        link = nav_link(page, label)
+        link.click()
+        expect(link).to_have_attribute("aria-current", "page")
+        if label != "Home":  # Home's own title names the app
+            expect(page.locator("[data-testid=stMain] h1").first).not_to_have_text(
+                before, timeout=PAGE_MS
+            )
+        page.wait_for_selector(IDLE, timeout=PAGE_MS)
+        no_exception(page)
+    return labels
+
+
 def choose(page: Page, select_label: str, option_text: str) -> None:
     """Open the select box labelled ``select_label`` and click ``option_text``."""
     box = page.get_by_role("combobox", name=select_label, exact=True)
@@ -181,19 +199,38 @@ def choose(page: Page, select_label: str, option_text: str) -> None:
     page.wait_for_selector(IDLE, timeout=PAGE_MS)
 
 
-def slider_to_end(page: Page, label: str) -> str:
-    """Move the slider labelled ``label`` to its largest value; returns its text."""
+def slide(page: Page, label: str, key: str = "End") -> str:
+    """Press ``key`` (End: largest value, Home: smallest) on the slider labelled
+    ``label``; returns its new value as shown."""
     thumb = (
         page.locator("[data-testid=stSlider]")
         .filter(has_text=label)
         .get_by_role("slider")
     )
+    before = thumb.get_attribute("aria-valuenow") or ""
     thumb.focus()
-    page.keyboard.press("End")
-    expect(thumb).not_to_have_attribute(
-        "aria-valuenow", thumb.get_attribute("aria-valuenow") or "", timeout=PAGE_MS
-    )
+    page.keyboard.press(key)
+    expect(thumb).not_to_have_attribute("aria-valuenow", before, timeout=PAGE_MS)
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
     return thumb.get_attribute("aria-valuetext") or ""
+
+
+def start_training(page: Page) -> None:
+    """Press Start training once the estimate for the settings is shown."""
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=PAGE_MS)
+    start.click()
+
+
+def saved_run(page: Page, stopped: bool) -> tuple[str, str]:
+    """Wait for the Train page's "Saved as" message; (run name, test accuracy)."""
+    saved = page.get_by_text("Saved as")
+    expect(saved).to_be_visible(timeout=TRAIN_MS)
+    text = saved.inner_text()
+    assert ("after you pressed Stop" in text) == stopped, text
+    match = re.search(r"Saved as (\S+?)(?: after .*)?: test accuracy (\d+\.\d+%)", text)
+    assert match, text
+    return match[1], match[2]
 
 
 def wait_curve_points(page: Page, at_least: int, timeout: float = TRAIN_MS) -> int:
@@ -215,11 +252,8 @@ def canvas(page: Page):
     return page.locator(CANVAS)
 
 
-def stroke(page: Page, shape: Sequence[tuple[float, float]], release=True) -> None:
-    """Draw one stroke through ``shape`` (fractions of the canvas) with the mouse.
-
-    With ``release=False`` the button stays down, for the caller to lift it.
-    """
+def stroke(page: Page, shape: Sequence[tuple[float, float]]) -> None:
+    """Draw one stroke through ``shape`` (fractions of the canvas) with the mouse."""
     box = canvas(page).bounding_box()
     assert box is not None, "the drawing canvas is not on the page"
     points = [
@@ -230,8 +264,7 @@ def stroke(page: Page, shape: Sequence[tuple[float, float]], release=True) -> No
     page.mouse.down()
     for (x0, y0), (x1, y1) in itertools.pairwise(points):
         page.mouse.move(x1, y1, steps=max(2, int(max(abs(x1 - x0), abs(y1 - y0)) / 8)))
-    if release:
-        page.mouse.up()
+    page.mouse.up()
 
 
 def clear_canvas(page: Page) -> None:

@@ -7,7 +7,6 @@ opens its own browser session. What is checked is what a person sees.
 from __future__ import annotations
 
 import io
-import re
 
 import numpy as np
 import pytest
@@ -16,18 +15,19 @@ from appdriver import (
     ONE,
     PAGE_MS,
     SEVEN,
-    TRAIN_MS,
     canvas,
     choose,
     clear_canvas,
-    nav_labels,
     nav_link,
     no_exception,
     open_page,
     prediction_of,
-    slider_to_end,
+    saved_run,
+    slide,
+    start_training,
     stroke,
     title,
+    visit_every_page,
     wait_curve_points,
 )
 from PIL import Image, ImageFilter
@@ -44,19 +44,8 @@ GALLERY_FACTOR = 4  # ui.enlarge shows a 28x28 test image at 112x112
 
 def test_every_sidebar_page_opens_without_exception(server, page):
     open_page(page, server.url, "Handwritten digits")
-    labels = nav_labels(page)
+    labels = visit_every_page(page)
     assert PAGES <= set(labels), labels
-    for label in labels:
-        before = page.locator("[data-testid=stMain] h1").first.inner_text()
-        link = nav_link(page, label)
-        link.click()
-        expect(link).to_have_attribute("aria-current", "page")
-        if label != "Home":  # Home's own title names the app
-            expect(page.locator("[data-testid=stMain] h1").first).not_to_have_text(
-                before, timeout=PAGE_MS
-            )
-        page.wait_for_selector(IDLE, timeout=PAGE_MS)
-        no_exception(page)
 
 
 def test_draw_a_one_then_a_seven(server, page):
@@ -99,23 +88,15 @@ def test_upload_a_photo_of_a_handwritten_digit(server, page, mnist, tmp_path):
 def test_train_watch_the_curve_stop_and_pick_the_model(server, page):
     open_page(page, f"{server.url}/train", "Train")
     # All 60,000 images: an epoch takes about a minute, so Stop comes mid-epoch.
-    assert slider_to_end(page, "Training images") == "60,000"
-    start = page.get_by_role("button", name="Start training")
-    expect(start).to_be_enabled(timeout=PAGE_MS)
-    start.click()
+    assert slide(page, "Training images", "End") == "60,000"
+    start_training(page)
     first = wait_curve_points(page, 2)
     grown = wait_curve_points(page, first + 4)
     assert grown > first
     expect(page.get_by_text("epoch 1 of 1")).to_be_visible()
     page.get_by_role("button", name="Stop").click()
-    saved = page.get_by_text("Saved as")
-    expect(saved).to_contain_text("after you pressed Stop", timeout=TRAIN_MS)
+    name, accuracy = saved_run(page, stopped=True)
     no_exception(page)
-    match = re.search(
-        r"Saved as (\S+) after .* test accuracy (\d+\.\d+%)", saved.inner_text()
-    )
-    assert match, saved.inner_text()
-    name, accuracy = match.groups()
     wait_curve_points(page, grown, timeout=PAGE_MS)  # the curve stays
 
     nav_link(page, "Evaluate").click()
