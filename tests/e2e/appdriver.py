@@ -39,6 +39,9 @@ EXCEPTION = "[data-testid=stException]"
 PREDICTION = "[data-testid=stMain] [data-testid=stMetricValue]"
 NAV_LINK = "[data-testid=stSidebarNavLink]"
 CANVAS = "[data-testid=stBidiComponentIsolated] canvas.upper-canvas"
+INK_LAYER = "[data-testid=stBidiComponentIsolated] canvas.dc-canvas.lower-canvas"
+STROKE_ATTEMPTS = 3
+INK_SECONDS = 5  # for a stroke to show on the canvas
 START_SECONDS = 60  # for the server to answer its health check
 PAGE_MS = 90_000  # for a page's script run (the first ones load MNIST, score 10k)
 TRAIN_MS = 180_000  # for a stopped or short training run to be saved
@@ -204,7 +207,11 @@ def slide(page: Page, label: str, key: str = "End") -> str:
     ``label``; returns its new value as shown."""
     thumb = (
         page.locator("[data-testid=stSlider]")
-        .filter(has_text=label)
+        .filter(
+            has=page.locator("[data-testid=stWidgetLabel]").get_by_text(
+                label, exact=True
+            )
+        )
         .get_by_role("slider")
     )
     before = thumb.get_attribute("aria-valuenow") or ""
@@ -213,6 +220,15 @@ def slide(page: Page, label: str, key: str = "End") -> str:
     expect(thumb).not_to_have_attribute("aria-valuenow", before, timeout=PAGE_MS)
     page.wait_for_selector(IDLE, timeout=PAGE_MS)
     return thumb.get_attribute("aria-valuetext") or ""
+
+
+def open_expander(page: Page, label: str) -> None:
+    """Click the expander labelled ``label`` open."""
+    summary = page.locator("[data-testid=stExpander] summary").filter(
+        has=page.get_by_text(label, exact=True)
+    )
+    summary.click()
+    expect(summary.locator("..")).to_have_attribute("open", "")
 
 
 def start_training(page: Page) -> None:
@@ -252,19 +268,42 @@ def canvas(page: Page):
     return page.locator(CANVAS)
 
 
-def stroke(page: Page, shape: Sequence[tuple[float, float]]) -> None:
-    """Draw one stroke through ``shape`` (fractions of the canvas) with the mouse."""
-    box = canvas(page).bounding_box()
-    assert box is not None, "the drawing canvas is not on the page"
-    points = [
-        (box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-        for fx, fy in shape
-    ]
-    page.mouse.move(*points[0])
-    page.mouse.down()
-    for (x0, y0), (x1, y1) in itertools.pairwise(points):
-        page.mouse.move(x1, y1, steps=max(2, int(max(abs(x1 - x0), abs(y1 - y0)) / 8)))
-    page.mouse.up()
+def has_ink(page: Page) -> bool:
+    """True if the canvas shows a stroke (any bright pixel on its drawing layer)."""
+    return page.locator(INK_LAYER).evaluate(
+        """c => {
+          const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+          for (let i = 0; i < d.length; i += 4) if (d[i] > 128) return true;
+          return false;
+        }"""
+    )
+
+
+def stroke(page: Page, shape: Sequence[tuple[float, float]]) -> int:
+    """Draw one stroke through ``shape`` (fractions of the canvas) with the mouse.
+
+    A canvas that was just cleared is a new component, which may not take
+    strokes for a moment on a busy machine (the stroke leaves no ink, as it
+    would for a person); the stroke is then drawn again, as a person would.
+    Returns how many strokes it took.
+    """
+    for attempt in range(1, STROKE_ATTEMPTS + 1):
+        box = canvas(page).bounding_box()
+        assert box is not None, "the drawing canvas is not on the page"
+        x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+        points = [(x + fx * w, y + fy * h) for fx, fy in shape]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
+            steps = max(2, int(max(abs(x1 - x0), abs(y1 - y0)) / 8))
+            page.mouse.move(x1, y1, steps=steps)
+        page.mouse.up()
+        deadline = time.monotonic() + INK_SECONDS
+        while time.monotonic() < deadline:
+            if has_ink(page):
+                return attempt
+            page.wait_for_timeout(50)  # polling the canvas, not waiting blindly
+    raise AssertionError(f"{STROKE_ATTEMPTS} strokes left no ink on the canvas")
 
 
 def clear_canvas(page: Page) -> None:
