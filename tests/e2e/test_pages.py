@@ -7,6 +7,7 @@ opens its own browser session. What is checked is what a person sees.
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -32,6 +33,7 @@ from appdriver import (
 )
 from PIL import Image, ImageFilter
 from playwright.sync_api import expect
+from sklearn.metrics import confusion_matrix
 
 from digits import store
 
@@ -116,7 +118,6 @@ def test_train_watch_the_curve_stop_and_pick_the_model(server, page):
 CELL_GEOMETRY = """gd => {
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
   return {
-    z: Array.from(gd._fullData[0].z, row => Array.from(row)),
     x: gd._fullData[0].x.map((_, j) => xa._offset + xa.l2p(j)),
     y: gd._fullData[0].y.map((_, i) => ya._offset + ya.l2p(i)),
   };
@@ -137,21 +138,30 @@ def gallery_images(page) -> np.ndarray:
 def test_click_a_confusion_cell_to_see_exactly_its_images(
     server, page, mnist, monkeypatch
 ):
+    monkeypatch.setenv(store.RUNS_DIR_ENV, str(server.runs_dir))
+    proba = store.predictions(store.open_run("default-cnn"), mnist)
+    expected = confusion_matrix(mnist.y_test, proba.argmax(1), labels=range(10))
     open_page(page, f"{server.url}/evaluate", "Evaluate")
     choose(page, "Model", "default-cnn")
-    chart = page.locator("[data-testid=stMain] .js-plotly-plot").first
+    # The chart shows default-cnn's matrix (not the one of the model shown before).
+    matrix = json.dumps(json.dumps(expected.tolist(), separators=(",", ":")))
     page.wait_for_function(
-        "() => document.querySelector('.js-plotly-plot')?._fullLayout?.xaxis?._offset",
+        f"""() => {{
+          const gd = document.querySelector("[data-testid=stMain] .js-plotly-plot");
+          if (!gd?._fullData?.[0] || !gd._fullLayout?.xaxis?._offset) return false;
+          const z = Array.from(gd._fullData[0].z, row => Array.from(row, Number));
+          return JSON.stringify(z) === {matrix};
+        }}""",
         timeout=PAGE_MS,
     )
+    chart = page.locator("[data-testid=stMain] .js-plotly-plot").first
     cells = chart.evaluate(CELL_GEOMETRY)
-    z = np.array(cells["z"])
-    off = z - np.diag(np.diag(z))
+    off = expected - np.diag(np.diag(expected))
     true, pred = np.unravel_index(off.argmax(), off.shape)  # the commonest mistake
     box = chart.bounding_box()
     page.mouse.click(box["x"] + cells["x"][pred], box["y"] + cells["y"][true])
 
-    count = int(z[true, pred])
+    count = int(expected[true, pred])
     heading = f"True {true}, predicted {pred}: {count} images"
     expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=PAGE_MS)
     page.wait_for_selector(IDLE, timeout=PAGE_MS)
@@ -161,8 +171,6 @@ def test_click_a_confusion_cell_to_see_exactly_its_images(
 
     # Exactly those images: the test images of true class `true` the default CNN
     # calls `pred`, most confident first; each shown image is nearest to its own.
-    monkeypatch.setenv(store.RUNS_DIR_ENV, str(server.runs_dir))
-    proba = store.predictions(store.open_run("default-cnn"), mnist)
     chosen = np.flatnonzero((mnist.y_test == true) & (proba.argmax(1) == pred))
     chosen = chosen[np.argsort(-proba[chosen, pred], kind="stable")]
     x = mnist.x_test.reshape(len(mnist.x_test), -1).astype(np.float64)
