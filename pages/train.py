@@ -238,7 +238,8 @@ def live(job: TrainingJob, refreshing: bool) -> None:
         disabled=snap.status not in ("queued", "running"),
         help="Stops after the current batch; the model trained so far is saved.",
     )
-    st.plotly_chart(curves(snap), config={"displayModeBar": False})
+    if snap.points:  # nothing to plot while queued: spare the server the figure
+        st.plotly_chart(curves(snap), config={"displayModeBar": False})
     if snap.health:
         st.plotly_chart(health(snap), config={"displayModeBar": False})
         st.caption(

@@ -5,12 +5,14 @@ Jobs train small models on real MNIST subsets; each test has its own runs dir.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import numpy as np
 import pytest
 
-from digits import slots, store
+from digits import slots, store, training_job
 from digits.errors import ConfigError
 from digits.training_job import VALIDATION_SIZE, TrainingJob
 
@@ -186,3 +188,27 @@ def test_curve_points_average_back_to_each_epochs_loss(mnist):
         mean = np.average([p[1] for p in points], weights=weights)
         assert mean == pytest.approx(epoch["loss"], rel=1e-6)
         previous = epoch["epoch"]
+
+
+def test_training_threads_yield_the_cores_to_the_pages():
+    """The job's thread lowers its own priority, and the trainer's worker thread
+    (started by it) inherits it; the server's other threads keep theirs."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = {}
+
+    def worker():
+        seen["worker"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def job_thread():
+        training_job._lower_priority(training_job.TRAINING_NICENESS)
+        seen["job"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+
+    thread = threading.Thread(target=job_thread)
+    thread.start()
+    thread.join()
+    expected = min(19, own + training_job.TRAINING_NICENESS)
+    assert seen == {"job": expected, "worker": expected}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own

@@ -1,0 +1,328 @@
+"""Drive the dashboard as a person does: a ``streamlit run`` server and Chromium.
+
+``Server`` starts ``streamlit run app.py`` on 127.0.0.1 in its own process group
+(so that a test can kill it with SIGKILL, as a crash would). The other helpers
+act on a Playwright page: open a page, draw strokes on the canvas, read what is
+shown. Every wait is on a condition, with a generous timeout, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"  # Debian's; a browser is never downloaded
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1400, "height": 1000}
+IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
+EXCEPTION = "[data-testid=stException]"
+PREDICTION = "[data-testid=stMain] [data-testid=stMetricValue]"
+NAV_LINK = "[data-testid=stSidebarNavLink]"
+CANVAS = "[data-testid=stBidiComponentIsolated] canvas.upper-canvas"
+INK_LAYER = "[data-testid=stBidiComponentIsolated] canvas.dc-canvas.lower-canvas"
+STROKE_ATTEMPTS = 3
+INK_SECONDS = 5  # for a stroke to show on the canvas
+START_SECONDS = 60  # for the server to answer its health check
+PAGE_MS = 90_000  # for a page's script run (the first ones load MNIST, score 10k)
+TRAIN_MS = 180_000  # for a stopped or short training run to be saved
+
+# Records, in the page's own clock, the last mouse-up and when a prediction first
+# shows after it: the latency a person sees, whatever Playwright is doing.
+PREDICTION_TIMER = """
+window.__prediction = {up: null, shown: null};
+document.addEventListener("mouseup", () => {
+  window.__prediction = {up: performance.now(), shown: null};
+}, true);
+new MutationObserver(() => {
+  const p = window.__prediction;
+  if (p.up !== null && p.shown === null && document.querySelector(SELECTOR)) {
+    p.shown = performance.now();
+  }
+}).observe(document, {childList: true, subtree: true, characterData: true});
+""".replace("SELECTOR", json.dumps(PREDICTION))
+
+# The live training chart's number of points (-1 before Plotly has drawn it).
+CURVE_POINTS = """() => {
+  const gd = document.querySelector("[data-testid=stMain] .js-plotly-plot");
+  return gd && gd._fullData && gd._fullData[0] ? gd._fullData[0].x.length : -1;
+}"""
+
+# Shapes of strokes, in fractions of the canvas (x right, y down).
+ONE = [(0.5, 0.15), (0.5, 0.85)]
+SEVEN = [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``streamlit run app.py`` on 127.0.0.1 with its own runs dir and log file."""
+
+    def __init__(self, runs_dir: Path, log: Path) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.log = Path(log)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        env = {
+            **os.environ,
+            "DIGITS_RUNS_DIR": str(self.runs_dir),
+            # One slot whatever the cores, so the queue is the same everywhere.
+            "DIGITS_TRAINING_SLOTS": "1",
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.address=127.0.0.1",
+            f"--server.port={self.port}",
+            "--server.headless=true",
+            "--server.fileWatcherType=none",
+            "--browser.gatherUsageStats=false",
+        ]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, to kill at once
+            )
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"streamlit exited; see {self.log}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.2)  # polling for the server, not waiting on a result
+        self.kill()
+        raise RuntimeError(f"streamlit did not answer in {START_SECONDS} s; {self.log}")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to the server's process group and wait for it to end."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+# -- pages ------------------------------------------------------------------------
+
+
+def no_exception(page: Page) -> None:
+    """The page shows no exception box (Streamlit's uncaught-error element)."""
+    expect(page.locator(EXCEPTION)).to_have_count(0)
+
+
+def title(page: Page, text: str) -> None:
+    """Wait for the page titled ``text`` to finish running, without exceptions."""
+    expect(page.locator("[data-testid=stMain] h1").first).to_have_text(
+        text, timeout=PAGE_MS
+    )
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+    no_exception(page)
+
+
+def open_page(page: Page, url: str, heading: str) -> None:
+    """Go to ``url`` (a page of the app) and wait for its ``heading``."""
+    page.goto(url)
+    title(page, heading)
+
+
+def nav_labels(page: Page) -> list[str]:
+    """The labels of the sidebar's page links, top to bottom."""
+    links = page.locator(f"{NAV_LINK} [data-testid=stMarkdownContainer]")
+    return [text.strip() for text in links.all_inner_texts()]
+
+
+def nav_link(page: Page, label: str):
+    """The sidebar's link to the page labelled ``label``."""
+    return page.locator(NAV_LINK).filter(has=page.get_by_text(label, exact=True))
+
+
+def visit_every_page(page: Page) -> list[str]:
+    """Click each page's link in the sidebar in turn; each must run without an
+    exception. Returns the links' labels."""
+    labels = nav_labels(page)
+    for label in labels:
+        before = page.locator("[data-testid=stMain] h1").first.inner_text()
+        link = nav_link(page, label)
+        link.click()
+        expect(link).to_have_attribute("aria-current", "page")
+        if label != "Home":  # Home's own title names the app
+            expect(page.locator("[data-testid=stMain] h1").first).not_to_have_text(
+                before, timeout=PAGE_MS
+            )
+        page.wait_for_selector(IDLE, timeout=PAGE_MS)
+        no_exception(page)
+    return labels
+
+
+def choose(page: Page, select_label: str, option_text: str) -> None:
+    """Open the select box labelled ``select_label`` and click ``option_text``."""
+    box = page.get_by_role("combobox", name=select_label, exact=True)
+    box.click()
+    page.get_by_role("option").filter(has_text=option_text).first.click()
+    expect(box).to_have_value(re.compile(re.escape(option_text)), timeout=PAGE_MS)
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+
+
+def slide(page: Page, label: str, key: str = "End") -> str:
+    """Press ``key`` (End: largest value, Home: smallest) on the slider labelled
+    ``label``; returns its new value as shown."""
+    thumb = (
+        page.locator("[data-testid=stSlider]")
+        .filter(
+            has=page.locator("[data-testid=stWidgetLabel]").get_by_text(
+                label, exact=True
+            )
+        )
+        .get_by_role("slider")
+    )
+    before = thumb.get_attribute("aria-valuenow") or ""
+    thumb.focus()
+    page.keyboard.press(key)
+    expect(thumb).not_to_have_attribute("aria-valuenow", before, timeout=PAGE_MS)
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+    return thumb.get_attribute("aria-valuetext") or ""
+
+
+def open_expander(page: Page, label: str) -> None:
+    """Click the expander labelled ``label`` open."""
+    summary = page.locator("[data-testid=stExpander] summary").filter(
+        has=page.get_by_text(label, exact=True)
+    )
+    summary.click()
+    expect(summary.locator("..")).to_have_attribute("open", "")
+
+
+def start_training(page: Page) -> None:
+    """Press Start training once the estimate for the settings is shown."""
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=PAGE_MS)
+    start.click()
+
+
+def saved_run(page: Page, stopped: bool) -> tuple[str, str]:
+    """Wait for the Train page's "Saved as" message; (run name, test accuracy)."""
+    saved = page.get_by_text("Saved as")
+    expect(saved).to_be_visible(timeout=TRAIN_MS)
+    text = saved.inner_text()
+    assert ("after you pressed Stop" in text) == stopped, text
+    match = re.search(r"Saved as (\S+?)(?: after .*)?: test accuracy (\d+\.\d+%)", text)
+    assert match, text
+    return match[1], match[2]
+
+
+def wait_curve_points(page: Page, at_least: int, timeout: float = TRAIN_MS) -> int:
+    """Wait until the live training chart has ``at_least`` points; return them.
+
+    The chart is redrawn twice a second, so its count is read in the same step.
+    """
+    handle = page.wait_for_function(
+        f"() => {{ const n = ({CURVE_POINTS})(); return n >= {at_least} ? n : 0; }}",
+        timeout=timeout,
+    )
+    return handle.json_value()
+
+
+# -- the Draw page ----------------------------------------------------------------
+
+
+def canvas(page: Page):
+    return page.locator(CANVAS)
+
+
+def has_ink(page: Page) -> bool:
+    """True if the canvas shows a stroke (any bright pixel on its drawing layer)."""
+    return page.locator(INK_LAYER).evaluate(
+        """c => {
+          const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+          for (let i = 0; i < d.length; i += 4) if (d[i] > 128) return true;
+          return false;
+        }"""
+    )
+
+
+def stroke(page: Page, shape: Sequence[tuple[float, float]]) -> int:
+    """Draw one stroke through ``shape`` (fractions of the canvas) with the mouse.
+
+    A canvas that was just cleared is a new component, which may not take
+    strokes for a moment on a busy machine (the stroke leaves no ink, as it
+    would for a person); the stroke is then drawn again, as a person would.
+    Returns how many strokes it took.
+    """
+    for attempt in range(1, STROKE_ATTEMPTS + 1):
+        box = canvas(page).bounding_box()
+        assert box is not None, "the drawing canvas is not on the page"
+        x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+        points = [(x + fx * w, y + fy * h) for fx, fy in shape]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
+            steps = max(2, int(max(abs(x1 - x0), abs(y1 - y0)) / 8))
+            page.mouse.move(x1, y1, steps=steps)
+        page.mouse.up()
+        deadline = time.monotonic() + INK_SECONDS
+        while time.monotonic() < deadline:
+            if has_ink(page):
+                return attempt
+            page.wait_for_timeout(50)  # polling the canvas, not waiting blindly
+    raise AssertionError(f"{STROKE_ATTEMPTS} strokes left no ink on the canvas")
+
+
+def clear_canvas(page: Page) -> None:
+    """Press Clear and wait until no prediction is shown."""
+    page.get_by_role("button", name="Clear", exact=True).click()
+    expect(page.locator(PREDICTION)).to_have_count(0, timeout=PAGE_MS)
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+
+
+def prediction_of(page: Page, run_name: str):
+    """The Prediction value shown for ``run_name`` (its own column on Draw)."""
+    column = page.locator(
+        "[data-testid=stColumn]:not(:has([data-testid=stColumn]))"
+    ).filter(has=page.locator("[data-testid=stMetric]"), has_text=run_name)
+    return column.locator("[data-testid=stMetricValue]")
+
+
+def prediction_latency(page: Page, timeout: float = PAGE_MS) -> float:
+    """Seconds from the last mouse-up to the first prediction shown after it."""
+    page.wait_for_function("window.__prediction.shown !== null", timeout=timeout)
+    up, shown = page.evaluate("[window.__prediction.up, window.__prediction.shown]")
+    return (shown - up) / 1000
