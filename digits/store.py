@@ -57,6 +57,9 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_RUNS = {"default-cnn": "cnn", "default-mlp": "mlp"}
 DEFAULT_ALIAS = "default"
 TMP_PREFIX = ".tmp-"  # half-written runs; hidden, never listed
+# A save takes seconds; a half-written run older than this was left by a process
+# that died mid-save (killed, or the machine went down), and the next save removes it.
+ABANDONED_SECONDS = 3600
 CACHE_DIR = ".cache"  # predictions of the shipped models, under the runs dir
 MAX_NAME = 100
 VALIDATION_SEED = 0  # train_run's validation subset is the same for every run
@@ -452,6 +455,7 @@ def save_run(
         else sanitize_name(f"{now:%Y%m%d-%H%M%S}-{kind}-{Path(dataset.name).stem}")
     )
     root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(root)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
     try:
         spec.save(model, tmp)
@@ -470,6 +474,17 @@ def save_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_run(folder, allow_paths=True)
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Delete half-written runs in ``root`` that are older than ABANDONED_SECONDS."""
+    cutoff = time.time() - ABANDONED_SECONDS
+    for tmp in root.glob(f"{TMP_PREFIX}*"):
+        try:
+            if tmp.is_dir() and tmp.stat().st_mtime < cutoff:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            continue  # another process removed it first
 
 
 def delete_run(ref: str | Run) -> None:

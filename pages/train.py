@@ -10,7 +10,8 @@ from digits import calibrate, explain, registry, slots
 from digits.errors import DigitsError
 from digits.training_job import VALIDATION_SIZE, TrainingJob
 
-REFRESH_SECONDS = 0.5  # how often the live view redraws while a job runs
+REFRESH_SECONDS = 1.0  # how often the live view redraws while a job runs (each
+# redraw of the curves and health charts costs the server ~60-100 ms)
 TRAIN_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000, 30_000, 60_000)
 DEFAULT_TRAIN_SIZE = 5000
 GROUPS = {

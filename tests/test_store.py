@@ -9,6 +9,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import joblib
@@ -412,6 +413,22 @@ def test_failed_save_leaves_nothing(mlp, small, runs, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save(mlp, small, name="doomed")
     assert list(runs.iterdir()) == []
+
+
+def test_a_save_clears_half_written_runs_left_by_a_dead_process(mlp, small, runs):
+    """A process killed mid-save leaves a hidden .tmp- folder; the next save
+    removes it once it is clearly abandoned, and leaves a recent one alone (it
+    may be another process's save in progress)."""
+    runs.mkdir(parents=True, exist_ok=True)
+    abandoned, recent = runs / ".tmp-killed", runs / ".tmp-in-progress"
+    for folder in (abandoned, recent):
+        folder.mkdir()
+        (folder / "model.joblib").write_bytes(b"partial")
+    old = time.time() - store.ABANDONED_SECONDS - 60
+    os.utime(abandoned, (old, old))
+    save(mlp, small, name="next")
+    assert not abandoned.exists() and recent.exists()
+    assert [r.name for r in store.list_runs(include_pretrained=False)[0]] == ["next"]
 
 
 def test_out_dir_exact_and_overwrite(mlp, small, tmp_path):
