@@ -133,7 +133,9 @@ def curves(snap) -> go.Figure:
             row=1,
             col=col,
         )
-    fig.update_xaxes(title="epoch", range=[0, snap.max_epochs], dtick=1)
+    # One tick per epoch, unless that many ticks would run into each other.
+    dtick = 1 if snap.max_epochs <= 20 else None
+    fig.update_xaxes(title="epoch", range=[0, snap.max_epochs], dtick=dtick)
     fig.update_layout(
         height=340,
         margin=dict(l=10, r=10, t=40, b=10),
@@ -254,8 +256,13 @@ def live(job: TrainingJob, refreshing: bool) -> None:
 
 
 def start(kind: str, ds, params: dict, n_train: int) -> None:
-    """The Start button's callback: it runs before the page, which then shows the
-    job as running (Start disabled, live view on)."""
+    """Start a job with the settings of this very run of the page.
+
+    Not an ``on_click`` callback: a callback's arguments are those of the last run
+    that drew the button, so a slider moved just before the click (its own run
+    cut short by the click) would be ignored. The page reruns after this, to show
+    the job as running (Start disabled, live view on).
+    """
     current = st.session_state.get(ui.JOB_KEY)
     if current is not None and not current.snapshot().finished:
         return  # one job per session at a time
@@ -310,16 +317,16 @@ with controls:
 
 with view:
     ok = estimate(spec, params, ds, n_train)
-    st.button(
+    if st.button(
         "Start training",
         key="start",
         type="primary",
         icon=":material/play_arrow:",
-        on_click=start,
-        args=(kind, ds, params, n_train),
         disabled=running or not ok,
         help="A run is already in progress." if running else None,
-    )
+    ):
+        start(kind, ds, params, n_train)
+        st.rerun()
     if START_ERROR_KEY in st.session_state:
         st.error(st.session_state.pop(START_ERROR_KEY), icon=":material/error:")
     st.subheader("Progress")
