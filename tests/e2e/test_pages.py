@@ -124,10 +124,13 @@ CELL_GEOMETRY = """gd => {
 }"""
 
 
+GALLERY_IMG = "[data-testid=stMain] [data-testid=stImage] img"
+
+
 def gallery_images(page) -> np.ndarray:
     """The gallery's images (n, 28, 28), fetched as the browser did, shrunk back."""
     images = []
-    for img in page.locator("[data-testid=stMain] [data-testid=stImage] img").all():
+    for img in page.locator(GALLERY_IMG).all():
         body = page.request.get(img.get_attribute("src")).body()
         big = np.asarray(Image.open(io.BytesIO(body)).convert("L"), np.float64)
         n = big.shape[0] // GALLERY_FACTOR
@@ -165,6 +168,8 @@ def test_click_a_confusion_cell_to_see_exactly_its_images(
     heading = f"True {true}, predicted {pred}: {count} images"
     expect(page.get_by_role("heading", name=heading)).to_be_visible(timeout=PAGE_MS)
     page.wait_for_selector(IDLE, timeout=PAGE_MS)
+    # The heading can show before the rest of the run has reached the browser.
+    expect(page.locator(GALLERY_IMG)).to_have_count(count, timeout=PAGE_MS)
     no_exception(page)
     shown = gallery_images(page)
     assert len(shown) == count
