@@ -270,7 +270,10 @@ def live(job: experiments.SweepJob, refreshing: bool) -> None:
 
 
 def start(sweep, ds, n_jobs: int, estimate) -> None:
-    """The Start button's callback: a new sweep job for this session."""
+    """A new sweep job for this session, with the grid of this very run of the
+    page (not an ``on_click`` callback, whose arguments would be those of the last
+    run that drew the button: a grid changed just before the click would be lost).
+    """
     current = st.session_state.get(JOB_KEY)
     if current is not None and not current.snapshot().finished:
         return
@@ -390,16 +393,16 @@ with view:
                     f"{len(done & {t.key for t in sweep.trials})} trial(s) of this "
                     "grid are already done and will be skipped."
                 )
-    st.button(
+    if st.button(
         "Start sweep",
         key="sweep-start",
         type="primary",
         icon=":material/play_arrow:",
-        on_click=start,
-        args=(sweep, ds, n_jobs if sweep else 1, estimate),
         disabled=running or estimate is None or not estimate.n_todo,
         help="A sweep is already running." if running else None,
-    )
+    ):
+        start(sweep, ds, n_jobs if sweep else 1, estimate)
+        st.rerun()
 
 st.divider()
 if job is not None and job.sweep.name == st.session_state.get(SHOWN_KEY):
