@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
+from sklearn.utils.validation import check_is_fitted
 
 from digits.errors import ConfigError, DataError, TrainingDiverged
 from digits.nn.callbacks import EarlyStopping, batch_logs
@@ -375,6 +376,11 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
                 f"{self.classes_.tolist()}."
             )
         return y
+
+    def n_params(self) -> int:
+        """Number of trainable parameters of the fitted network (as CNNClassifier)."""
+        check_is_fitted(self)
+        return int(sum(a.size for a in self.model_.coefs_ + self.model_.intercepts_))
 
     def _weights(self) -> list[np.ndarray]:
         return [a.copy() for a in self.model_.coefs_ + self.model_.intercepts_]

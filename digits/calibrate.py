@@ -65,14 +65,6 @@ def _speed_key(kind: str, params: Mapping[str, Any]) -> str:
     return json.dumps(relevant, sort_keys=True, default=list)
 
 
-def _count_params(model) -> int:
-    """Trainable parameters of a fitted CNNClassifier or MLPBaseline."""
-    if hasattr(model, "n_params"):
-        return int(model.n_params())
-    net = model.model_
-    return int(sum(a.size for a in net.coefs_ + net.intercepts_))
-
-
 @functools.lru_cache(maxsize=64)
 def _calibrate(
     kind: str, key: str, image_shape: tuple[int, ...], n_classes: int
@@ -97,7 +89,7 @@ def _calibrate(
     start = time.perf_counter()
     model.predict_proba(x)
     predict = (time.perf_counter() - start) / n
-    return Calibration(_count_params(model), train, predict)
+    return Calibration(model.n_params(), train, predict)
 
 
 def calibrate(

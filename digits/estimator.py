@@ -133,6 +133,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         logits = self._logits(X)
         return self.classes_[logits.argmax(axis=1)]
 
+    def network_input(self, X) -> np.ndarray:
+        """X as the fitted network takes it: (n, h, w, 1) float32 in [0, 1] for a
+        CNN, (n, features) for a dense network; what ``predict_proba`` feeds it."""
+        check_is_fitted(self)
+        return self._prepare(self._flatten(X), None)
+
     def n_params(self) -> int:
         """Number of trainable parameters of the fitted network."""
         check_is_fitted(self)

@@ -595,12 +595,11 @@ def _run_trial(
     if run.meta.get("stopped") == "interrupted":
         store.delete_run(run)  # half-trained: the resumed sweep trains it again
         return row | {"status": "stopped"}
-    from digits.calibrate import _count_params
 
     model = store.load_model(run)
     return row | {
         "status": "done",
-        "n_params": _count_params(model),
+        "n_params": model.n_params(),
         "test_accuracy": run.test_accuracy,
         "test_loss": run.meta["test"]["loss"],
         "train_seconds": run.meta["train_seconds"],

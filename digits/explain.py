@@ -113,9 +113,7 @@ def network_input(model, image: np.ndarray) -> np.ndarray:
     if isinstance(model, Sequential):
         return np.asarray(image)[None]
     _our_network(model)
-    # The estimator's own validation and layout, so this is exactly what
-    # predict_proba feeds the network.
-    return model._prepare(model._flatten(np.asarray(image)[None]), None)
+    return model.network_input(np.asarray(image)[None])
 
 
 # -- filters and activations ------------------------------------------------------
