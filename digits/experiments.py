@@ -165,7 +165,9 @@ class Sweep:
 
     @property
     def epochs(self) -> int:
-        return int(self.trials[0].params.get("max_iter", 1))
+        """Epochs per trial: the grid's max_iter, else the model kind's default."""
+        model = registry.get(self.kind).build(**self.trials[0].params)
+        return int(model.get_params()["max_iter"])
 
 
 def depth(params: Mapping[str, Any]) -> int:

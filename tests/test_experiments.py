@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from digits import cli, experiments, store
+from digits import cli, experiments, registry, store
 from digits.errors import ConfigError, DataError
 
 TINY = {"max_iter": 1, "batch_size": 32}
@@ -416,3 +416,16 @@ def test_cli_sweep_refuses_a_bad_grid(runs, capsys):
     assert cli.main(["sweep", "--conv-channels", "(16,),(0,)"]) == cli.EXIT_USAGE
     assert "Invalid value (0,) for conv_channels" in capsys.readouterr().err
     assert not runs.exists()
+
+
+def test_a_grid_without_max_iter_is_estimated_for_the_kinds_default_epochs():
+    """Without max_iter the trials train for the model kind's default epochs (3
+    for the CNN, 20 for the MLP), and the estimate must count that many."""
+    from digits.estimator import CNNClassifier
+
+    cnn = experiments.plan("cnn", {"conv_channels": [(16,)]})
+    assert cnn.epochs == CNNClassifier().max_iter == 3
+    mlp = experiments.plan("mlp", {"hidden_layer_sizes": [(30,)]})
+    assert mlp.epochs == registry.get("mlp").build().get_params()["max_iter"]
+    chosen = experiments.plan("cnn", {"conv_channels": [(16,)]}, params={"max_iter": 1})
+    assert chosen.epochs == 1
