@@ -318,8 +318,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return Sequential(layers)
 
     def _make_optimizer(self) -> Optimizer:
-        params = [p for _, p, _ in self.model_.parameters()]
-        grads = [g for _, _, g in self.model_.parameters()]
+        # One flat array of all weights, so the optimizer makes a few NumPy calls
+        # per step rather than a few per parameter array.
+        flat_params, flat_grads, _ = self.model_.pack()
+        params, grads = [flat_params], [flat_grads]
         if self.solver == "adam":
             return Adam(params, grads, lr=self.learning_rate_init)
         return SGD(

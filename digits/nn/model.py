@@ -19,6 +19,8 @@ class Sequential:
         self.layers = list(layers)
         if self.layers:
             self.layers[0].needs_input_grad = False
+        # (all params, all grads, number of weights) once pack() has run.
+        self.packed: tuple[np.ndarray, np.ndarray, int] | None = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         for layer in self.layers:
@@ -38,6 +40,26 @@ class Sequential:
             for i, layer in enumerate(self.layers)
             for name, p in layer.params.items()
         ]
+
+    def pack(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Move every parameter into one flat array, and every gradient into another.
+
+        Each layer's ``params`` and ``grads`` become views into them, so a training
+        step can add the threads' gradients, run the optimizer, back up and check the
+        weights with one NumPy call each instead of one per array. The weights
+        (``W``, the L2-penalised ones) come first. Returns ``(params, grads,
+        n_weights)``: two 1-D arrays and the length of the weights' part.
+        """
+        if self.packed is None:
+            slots = _weights_first(self.layers)
+            dtypes = [layer.params[name].dtype for layer, name in slots]
+            flat = np.empty(self.n_params(), np.result_type(*dtypes))
+            for (layer, name), view in zip(slots, _views(flat, slots), strict=True):
+                view[...] = layer.params[name]
+                layer.params[name] = view
+            n_weights = sum(layer.params[n].size for layer, n in slots if n == "W")
+            self.packed = (flat, _pack_grads(slots, flat.dtype), n_weights)
+        return self.packed
 
     def n_params(self) -> int:
         return sum(p.size for _, p, _ in self.parameters())
@@ -82,8 +104,37 @@ class Sequential:
         """A twin that shares the weights but has its own gradients and caches."""
         twin = Sequential([layer.replica(seed) for layer in self.layers])
         twin.layers[0].needs_input_grad = self.layers[0].needs_input_grad
+        if self.packed is not None:  # same params; its own flat grads
+            params, _, n_weights = self.packed
+            grads = _pack_grads(_weights_first(twin.layers), params.dtype)
+            twin.packed = (params, grads, n_weights)
         return twin
 
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)"
+
+
+def _weights_first(layers: list[Layer]) -> list[tuple[Layer, str]]:
+    """(layer, param name) for every parameter: all weights "W" first, then the rest."""
+    slots = [(layer, name) for layer in layers for name in layer.params]
+    return sorted(slots, key=lambda slot: slot[1] != "W")  # stable sort
+
+
+def _views(flat: np.ndarray, slots: list[tuple[Layer, str]]) -> list[np.ndarray]:
+    """Consecutive views of ``flat`` shaped like each slot's parameter."""
+    views, at = [], 0
+    for layer, name in slots:
+        shape = layer.params[name].shape
+        size = int(np.prod(shape))
+        views.append(flat[at : at + size].reshape(shape))
+        at += size
+    return views
+
+
+def _pack_grads(slots: list[tuple[Layer, str]], dtype: np.dtype) -> np.ndarray:
+    """A zeroed flat gradient array; each slot's ``grads`` entry becomes a view of it."""
+    flat = np.zeros(sum(layer.params[n].size for layer, n in slots), dtype)
+    for (layer, name), view in zip(slots, _views(flat, slots), strict=True):
+        layer.grads[name] = view
+    return flat

@@ -3,6 +3,11 @@
 An optimizer holds aligned lists of parameter and gradient arrays; ``step()`` applies
 one update and ``zero_grad()`` clears the gradients. Its state (velocities, moments)
 is a list aligned with the parameters, never keyed by layer names.
+
+``step()`` is ``start_step()`` then ``update()`` of everything. The trainer instead
+calls ``update(part)`` on slices of one flat parameter array, a cache-sized block at
+a time and from two threads at once; the update is element-wise, so that gives the
+same numbers.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import numpy as np
 
 
 class Optimizer:
-    """Base class: subclasses implement ``_step(i, param, grad)``."""
+    """Base class: subclasses implement ``_step(i, param, grad, part)``."""
 
     def __init__(self, params: list[np.ndarray], grads: list[np.ndarray], lr: float):
         if lr <= 0 or not np.isfinite(lr):
@@ -25,11 +30,21 @@ class Optimizer:
 
     def step(self) -> None:
         """One update of every parameter."""
-        self.t += 1
-        for i, (p, g) in enumerate(zip(self.params, self.grads, strict=True)):
-            self._step(i, p, g)
+        self.start_step()
+        self.update()
 
-    def _step(self, i: int, param: np.ndarray, grad: np.ndarray) -> None:
+    def start_step(self) -> None:
+        """Count the step about to be taken; call once before its ``update`` calls."""
+        self.t += 1
+
+    def update(self, part: slice = slice(None)) -> None:
+        """Update ``part`` (a slice of the first axis) of every parameter array."""
+        for i, (p, g) in enumerate(zip(self.params, self.grads, strict=True)):
+            self._step(i, p[part], g[part], part)
+
+    def _step(self, i: int, param: np.ndarray, grad: np.ndarray, part: slice) -> None:
+        """Update ``param`` (= ``self.params[i][part]``) from ``grad``; state arrays
+        are sliced with the same ``part``."""
         raise NotImplementedError
 
     def state(self) -> dict[str, np.ndarray]:
@@ -54,11 +69,11 @@ class SGD(Optimizer):
         self.momentum, self.nesterov = momentum, nesterov
         self.velocity = [np.zeros_like(p) for p in params]
 
-    def _step(self, i, param, grad):
+    def _step(self, i, param, grad, part):
         if self.momentum == 0:
             param -= self.lr * grad
             return
-        v = self.velocity[i]
+        v = self.velocity[i][part]
         v *= self.momentum
         v -= self.lr * grad
         if self.nesterov:
@@ -86,23 +101,33 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
+        self._scratch = tuple([np.empty_like(p) for p in params] for _ in range(2))
 
-    def step(self):
-        t = self.t + 1  # the step about to be taken
+    def start_step(self):
+        super().start_step()
+        t = self.t
         self._lr_t = np.float32(
             self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
         )
-        super().step()
 
-    def _step(self, i, param, grad):
-        m, v = self.m[i], self.v[i]
+    def _step(self, i, param, grad, part):
+        m, v = self.m[i][part], self.v[i][part]
+        # The formulas above, computed in two scratch arrays instead of temporaries;
+        # the scratch is sliced like the parameter, so parts updated in two threads
+        # at once don't share it.
+        t, d = (s[i][part] for s in self._scratch)
         m *= self.beta1
-        m += (1 - self.beta1) * grad
+        np.multiply(grad, 1 - self.beta1, out=t)
+        m += t
         v *= self.beta2
-        v += (1 - self.beta2) * grad * grad
-        denom = np.sqrt(v)
-        denom += self.eps
-        param -= self._lr_t * m / denom
+        np.multiply(grad, 1 - self.beta2, out=t)
+        t *= grad
+        v += t
+        np.sqrt(v, out=d)
+        d += self.eps
+        np.multiply(m, self._lr_t, out=t)
+        t /= d
+        param -= t
 
     def state(self):
         out = {f"m.{i}": m for i, m in enumerate(self.m)}
