@@ -7,9 +7,11 @@ Targets on the 2-core machine: at most 20 s per epoch, at most 1 GB peak RSS.
 
 Each measurement runs in a fresh process, so that peak RSS is that of one training
 run. With PyTorch installed (``pip install torch==2.13.0``, benchmark only), each
-repeat also trains the identical network in PyTorch on the same epoch (batch 64,
-the same image order, Adam, default threads), the two alternating who goes first,
-so the 20 s target can be read against what PyTorch takes on the same machine.
+repeat also trains the identical network in PyTorch on the same epoch (the default
+CNN's batch size, the same image order, Adam, default threads), the two alternating
+who goes first, so the 20 s target can be read against what PyTorch takes on the
+same machine. Each run also reports the machine's steal time: the share of CPU time
+the hypervisor gave to other machines while it ran.
 """
 
 from __future__ import annotations
@@ -26,11 +28,36 @@ from pathlib import Path
 
 import numpy as np
 
-BATCH = 64  # the default CNN's batch size
-
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the whole machine so far, from /proc/stat.
+
+    Steal is time the hypervisor gave our virtual CPUs to other machines: these
+    machines are shared, and a run with much steal measures the neighbours.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+class _Timer:
+    """Wall seconds and the machine's steal fraction over a ``with`` block."""
+
+    def __enter__(self) -> _Timer:
+        self._ticks, self._start = _cpu_ticks(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._start
+        (s0, t0), (s1, t1) = self._ticks, _cpu_ticks()
+        self.steal = (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
 
 
 def numpy_epoch() -> dict:
@@ -39,11 +66,12 @@ def numpy_epoch() -> dict:
 
     data = load_dataset("mnist")
     est = CNNClassifier(max_iter=1, random_state=0)
-    start = time.perf_counter()
-    est.fit(data.x_train, data.y_train)
-    seconds = time.perf_counter() - start
+    with _Timer() as timer:
+        est.fit(data.x_train, data.y_train)
+    seconds = timer.seconds
     return {
         "epoch_seconds": seconds,
+        "steal": timer.steal,
         "images_per_second": len(data.x_train) / seconds,
         "peak_rss_mb": _peak_rss_mb(),
         "test_accuracy_after_1_epoch": est.score(data.x_test, data.y_test),
@@ -55,6 +83,7 @@ def torch_epoch() -> dict:
     from torch import nn
 
     from digits.data import load_dataset
+    from digits.estimator import CNNClassifier
 
     data = load_dataset("mnist")
     torch.manual_seed(0)
@@ -76,14 +105,15 @@ def torch_epoch() -> dict:
     order = np.random.default_rng(0).permutation(len(data.x_train))
     x = torch.from_numpy(np.asarray(data.x_train))
     y = torch.from_numpy(np.asarray(data.y_train))
+    batch = CNNClassifier().batch_size  # the default CNN's
     model.train()
-    start = time.perf_counter()
-    for s in range(0, len(order), BATCH):
-        idx = torch.from_numpy(order[s : s + BATCH])
-        opt.zero_grad()
-        loss_fn(model(x[idx].unsqueeze(1).float().div_(255)), y[idx]).backward()
-        opt.step()
-    seconds = time.perf_counter() - start
+    with _Timer() as timer:
+        for s in range(0, len(order), batch):
+            idx = torch.from_numpy(order[s : s + batch])
+            opt.zero_grad()
+            loss_fn(model(x[idx].unsqueeze(1).float().div_(255)), y[idx]).backward()
+            opt.step()
+    seconds = timer.seconds
     model.eval()
     with torch.no_grad():
         xt = torch.from_numpy(np.asarray(data.x_test)).unsqueeze(1).float() / 255
@@ -92,6 +122,7 @@ def torch_epoch() -> dict:
         )
     return {
         "epoch_seconds": seconds,
+        "steal": timer.steal,
         "images_per_second": len(order) / seconds,
         "peak_rss_mb": _peak_rss_mb(),
         "test_accuracy_after_1_epoch": float(
@@ -132,7 +163,8 @@ def main() -> None:
             r = _child(side)
             results[side].append(r)
             print(
-                f"run {i + 1} {side:5s}: {r['epoch_seconds']:.1f} s/epoch, "
+                f"run {i + 1} {side:5s}: {r['epoch_seconds']:.1f} s/epoch "
+                f"(steal {r['steal']:.0%}), "
                 f"{r['images_per_second']:.0f} img/s, "
                 f"peak RSS {r['peak_rss_mb']:.0f} MB, test accuracy after 1 epoch "
                 f"{r['test_accuracy_after_1_epoch']:.4f}",

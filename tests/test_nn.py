@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from digits.nn.gradcheck import TOLERANCE, check_layer, check_loss, standard_checks
-from digits.nn.layers import Conv2D, Dense, Dropout, MaxPool2D, ReLU, Sigmoid, Tanh
+from digits.nn.layers import (
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
 from digits.nn.losses import softmax_cross_entropy
 from digits.nn.model import Sequential
 from digits.nn.optimizers import SGD, Adam
@@ -169,3 +178,85 @@ def test_model_state_round_trip_and_strict_load():
         twin.load_state_dict(bad)
     with pytest.raises(ValueError, match="missing"):
         twin.load_state_dict({"0.W": model.state_dict()["0.W"]})
+
+
+def small_model(rng):
+    return Sequential(
+        [Conv2D(1, 3, 3, rng=rng), MaxPool2D(), ReLU(), Flatten(), Dense(27, 4, rng)]
+    )
+
+
+def test_pack_moves_parameters_into_one_array_weights_first():
+    rng = np.random.default_rng(0)
+    model = small_model(rng)
+    before = {k: p.copy() for k, p in model.state_dict().items()}
+    flat, grads, n_weights = model.pack()
+    assert model.pack()[0] is flat  # packing twice changes nothing
+    assert flat.shape == grads.shape == (model.n_params(),)
+    assert n_weights == 3 * 3 * 3 + 27 * 4
+    for key, p in model.state_dict().items():
+        np.testing.assert_array_equal(p, before[key])
+        assert np.shares_memory(p, flat)
+        assert key.endswith(".W") == np.shares_memory(p, flat[:n_weights])
+    # Writing through the flat array is writing the layers' parameters, and
+    # backward writes its gradients into the flat gradient array.
+    flat[:] = 0.5
+    assert (model.layers[4].params["W"] == 0.5).all()
+    x = rng.standard_normal((2, 8, 8, 1)).astype(np.float32)
+    model.backward(model.forward(x, training=True))
+    assert np.count_nonzero(grads) > 0
+    # A replica shares the parameters but gets its own flat gradients.
+    twin = model.replica(1)
+    assert twin.packed[0] is flat and not np.shares_memory(twin.packed[1], grads)
+    twin.backward(twin.forward(x, training=True))
+    np.testing.assert_array_equal(twin.packed[1], grads)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-2])
+def test_update_split_across_two_threads_equals_one_thread(alpha):
+    """Each thread updates half of the flat array: together, every element once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digits.nn.training import Trainer
+
+    results = []
+    for threads in (1, 2):
+        rng = np.random.default_rng(0)
+        model = small_model(rng)
+        flat, grads, _ = model.pack()
+        opt = Adam([flat], [grads], lr=0.01)
+        trainer = Trainer(
+            model,
+            opt,
+            batch_size=8,
+            alpha=alpha,
+            prepare=lambda xb, _: xb,
+            rng=np.random.default_rng(0),
+        )
+        other = trainer.replicas[1].packed[1]
+        for step in range(3):
+            grads[:] = np.random.default_rng(step).standard_normal(grads.shape)
+            other[:] = np.random.default_rng(step + 10).standard_normal(grads.shape)
+            with ThreadPoolExecutor(1) as pool:
+                assert trainer._update(8, pool if threads == 2 else None, split=True)
+        results.append(flat.copy())
+    np.testing.assert_array_equal(results[0], results[1])
+    initial = small_model(np.random.default_rng(0)).pack()[0]
+    assert not np.array_equal(results[0], initial)
+
+
+def test_trainer_refuses_an_optimizer_on_other_arrays():
+    from digits.nn.training import Trainer
+
+    model = small_model(np.random.default_rng(0))
+    params = [p for _, p, _ in model.parameters()]
+    grads = [g for _, _, g in model.parameters()]
+    with pytest.raises(ValueError, match="pack"):
+        Trainer(
+            model,
+            Adam(params, grads),
+            batch_size=8,
+            alpha=0.0,
+            prepare=lambda xb, _: xb,
+            rng=np.random.default_rng(0),
+        )

@@ -133,7 +133,7 @@ def _views(flat: np.ndarray, slots: list[tuple[Layer, str]]) -> list[np.ndarray]
 
 
 def _pack_grads(slots: list[tuple[Layer, str]], dtype: np.dtype) -> np.ndarray:
-    """A zeroed flat gradient array; each slot's ``grads`` entry becomes a view of it."""
+    """A zeroed flat gradient array; each slot's ``grads`` entry becomes its view."""
     flat = np.zeros(sum(layer.params[n].size for layer, n in slots), dtype)
     for (layer, name), view in zip(slots, _views(flat, slots), strict=True):
         layer.grads[name] = view
