@@ -33,3 +33,27 @@ def shift_rotate(
     coords = np.stack([src_n, src_r, src_c])
     out = ndimage.map_coordinates(images, coords, order=1, mode="constant", cval=0.0)
     return out.astype(np.float32, copy=False)
+
+
+def network_input(
+    xb: np.ndarray,
+    rng: np.random.Generator | None,
+    *,
+    input_shape: tuple[int, ...],
+    images: bool,
+) -> np.ndarray:
+    """Raw rows (n, features) -> network input, augmented when given an ``rng``.
+
+    uint8 pixels are scaled to [0, 1]. Returns (n, h, w, 1) float32 for a network
+    with conv layers (``images``), (n, features) otherwise. A module-level function,
+    so that a training process can be handed it.
+    """
+    x = xb.astype(np.float32)
+    if xb.dtype == np.uint8:
+        x *= np.float32(1 / 255)
+    if len(input_shape) == 1:
+        return x
+    x = x.reshape(len(x), *input_shape)
+    if rng is not None:
+        x = shift_rotate(x, rng)
+    return x[..., None] if images else x.reshape(len(x), -1)

@@ -8,6 +8,7 @@ the same, so pages and scripts treat this model and the MLP baseline alike.
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 from collections.abc import Sequence
 
@@ -16,7 +17,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from digits.augment import shift_rotate
+from digits.augment import network_input
 from digits.errors import ConfigError
 from digits.nn.callbacks import Callback, EarlyStopping
 from digits.nn.layers import ACTIVATIONS, Conv2D, Dense, Dropout, Flatten, MaxPool2D
@@ -277,15 +278,15 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _prepare(self, xb: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """Raw rows (n, features) -> network input: (n, h, w, 1) or (n, features)."""
-        x = xb.astype(np.float32)
-        if xb.dtype == np.uint8:
-            x *= np.float32(1 / 255)
-        if len(self.input_shape_) == 1:
-            return x
-        x = x.reshape(len(x), *self.input_shape_)
-        if rng is not None:
-            x = shift_rotate(x, rng)
-        return x[..., None] if self.conv_channels else x.reshape(len(x), -1)
+        return self._preparer()(xb, rng)
+
+    def _preparer(self) -> functools.partial:
+        """``_prepare`` as a picklable function, for the trainer's second process."""
+        return functools.partial(
+            network_input,
+            input_shape=tuple(self.input_shape_),
+            images=bool(self.conv_channels),
+        )
 
     def _build(self, n_classes: int, rng: np.random.Generator) -> Sequential:
         act = ACTIVATIONS[self.activation]
@@ -372,7 +373,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             self.optimizer_,
             batch_size=min(int(self.batch_size), len(X2)),
             alpha=self.alpha,
-            prepare=self._prepare,
+            prepare=self._preparer(),
             rng=self._rng,
             augment=self.augment and len(self.input_shape_) == 2,
             n_threads=self.n_threads,
@@ -403,6 +404,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 if stopped:
                     break
         finally:
+            trainer.close()
             for cb in callbacks:
                 cb.on_train_end({"epochs": self.n_iter_})
         return self

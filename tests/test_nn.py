@@ -238,7 +238,8 @@ def test_update_split_across_two_threads_equals_one_thread(alpha):
             grads[:] = np.random.default_rng(step).standard_normal(grads.shape)
             other[:] = np.random.default_rng(step + 10).standard_normal(grads.shape)
             with ThreadPoolExecutor(1) as pool:
-                assert trainer._update(8, pool if threads == 2 else None, split=True)
+                chosen = pool if threads == 2 else None
+                assert trainer._update(8, chosen, [other])
         results.append(flat.copy())
     np.testing.assert_array_equal(results[0], results[1])
     initial = small_model(np.random.default_rng(0)).pack()[0]

@@ -61,6 +61,18 @@ class Sequential:
             self.packed = (flat, _pack_grads(slots, flat.dtype), n_weights)
         return self.packed
 
+    def share(self, params: np.ndarray, grads: np.ndarray) -> None:
+        """Make the layers use ``params`` and ``grads`` (flat, in :meth:`pack`'s
+        order) as their storage, without copying: how a twin process runs on the
+        weights its parent keeps in shared memory."""
+        slots = _weights_first(self.layers)
+        for (layer, name), p, g in zip(
+            slots, _views(params, slots), _views(grads, slots), strict=True
+        ):
+            layer.params[name], layer.grads[name] = p, g
+        n_weights = sum(layer.params[n].size for layer, n in slots if n == "W")
+        self.packed = (params, grads, n_weights)
+
     def n_params(self) -> int:
         return sum(p.size for _, p, _ in self.parameters())
 

@@ -1,11 +1,13 @@
 """The training loop: minibatches, callbacks, divergence checks, two-thread batches.
 
-Each batch is split in two halves that run forward and backward at the same time in
-two Python threads, each on a replica of the model that shares its weights. NumPy
-releases the GIL inside array operations and BLAS is limited to one thread per
-replica, which measured 1.55-1.75x faster than one thread here and, unlike 2-thread
-BLAS, holds up when another process competes for the cores. The halves' gradients
-add up exactly because each half's loss is divided by the whole batch's size.
+Each batch is split in two halves that run forward and backward at the same time,
+each on a replica of the model that shares its weights, with BLAS limited to one
+thread per replica: measured 1.55-1.75x faster than one thread here and, unlike
+2-thread BLAS, it holds up when another process competes for the cores. The second
+half runs in a thread for small training sets and in a second process
+(``digits.nn.twin``) for large ones, where it measured 2x faster when the host was
+busy. The halves' gradients add up exactly because each half's loss is divided by
+the whole batch's size, so either way gives the same weights.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,9 +29,14 @@ from digits.nn.callbacks import Callback, batch_logs
 from digits.nn.losses import softmax_cross_entropy
 from digits.nn.model import Sequential
 from digits.nn.optimizers import Optimizer
+from digits.nn.twin import TwinProcess
 
 # Below this many images per half, a thread hand-off costs more than it saves.
 MIN_HALF_BATCH = 16
+
+# From this many training images, the second half of each batch runs in a process
+# (digits/nn/twin.py) rather than a thread: starting one takes about a second.
+TWIN_PROCESS_MIN_IMAGES = 10_000
 
 # glibc's mallopt parameters; see mallopt(3).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -113,6 +121,7 @@ class Trainer:
         augment: bool = False,
         n_threads: int = 2,
         shuffle: bool = True,
+        twin: str = "auto",
     ) -> None:
         keep_freed_memory()
         self.shuffle = shuffle
@@ -120,11 +129,20 @@ class Trainer:
         self.batch_size, self.alpha = batch_size, alpha
         self.prepare, self.rng, self.augment = prepare, rng, augment
         seeds = rng.integers(2**31, size=2)
+        self._seeds = [int(s) for s in seeds]
         model.pack()  # before replicas are made, so they get flat gradients too
         self.replicas = [model] + (
             [model.replica(int(seeds[0]))] if n_threads > 1 else []
         )
         self.aug_rngs = [np.random.default_rng(int(s)) for s in seeds]
+        # Where the second half of each batch runs: "thread", "process", or "auto"
+        # (a process for large training sets); $DIGITS_TWIN overrides "auto".
+        if twin == "auto":
+            twin = os.environ.get("DIGITS_TWIN", "auto")
+        if twin not in ("auto", "thread", "process"):
+            raise ValueError(f"twin must be auto, thread or process, not {twin!r}")
+        self.twin_mode = twin
+        self._twin: TwinProcess | None = None
         # One flat array holds every parameter, weights first: the L2 penalty
         # applies to that first part (biases are not penalised).
         self._params, self._grads, self._n_weights = model.pack()
@@ -156,16 +174,18 @@ class Trainer:
         batches = -(-n // self.batch_size)
         loss_sum = correct = seen = 0.0
         stopped, done = False, 0
+        twin = self._twin_for(x, y)
         start = time.perf_counter()
-        pool = ThreadPoolExecutor(1) if len(self.replicas) > 1 else None
+        threads = len(self.replicas) > 1 and twin is None
+        pool = ThreadPoolExecutor(1) if threads else None
         try:
-            with blas_threads(1 if pool else None):
+            with blas_threads(1 if len(self.replicas) > 1 else None):
                 for b in range(batches):
                     if any(cb.stop_training for cb in callbacks):
                         stopped = True
                         break
                     idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-                    loss, n_correct = self._step(x, y, idx, pool, epoch, b)
+                    loss, n_correct = self._step(x, y, idx, pool, epoch, b, twin)
                     loss_sum += loss * len(idx)
                     correct += n_correct
                     seen += len(idx)
@@ -195,16 +215,57 @@ class Trainer:
             "stopped": stopped,
         }
 
-    def _step(self, x, y, idx, pool, epoch: int, batch: int) -> tuple[float, int]:
+    def _twin_for(self, x: np.ndarray, y: np.ndarray) -> TwinProcess | None:
+        """The twin process for training on (x, y), started on first use; None when
+        the second half runs in a thread (or there is no second half)."""
+        wanted = len(self.replicas) > 1 and (
+            self.twin_mode == "process"
+            or (self.twin_mode == "auto" and len(x) >= TWIN_PROCESS_MIN_IMAGES)
+        )
+        if self._twin is not None and (
+            not wanted or self._twin.x_source is not x or self._twin.y_source is not y
+        ):
+            self.close()
+        if wanted and self._twin is None:
+            self._twin = TwinProcess(
+                self.model.config(),
+                self._params,
+                x,
+                y,
+                self.batch_size,
+                self.prepare,
+                seed=self._seeds[0],
+                aug_seed=self._seeds[1] if self.augment else None,
+            )
+        return self._twin
+
+    def close(self) -> None:
+        """Stop the twin process, if one runs. The trainer starts a new one if used."""
+        if self._twin is not None:
+            twin, self._twin = self._twin, None
+            twin.close()
+
+    def _step(
+        self, x, y, idx, pool, epoch: int, batch: int, twin: TwinProcess | None = None
+    ) -> tuple[float, int]:
         """Forward, backward and one optimizer update on the batch ``idx``."""
         n = len(idx)
         aug = self.aug_rngs if self.augment else [None, None]
-        split = pool is not None and n >= 2 * MIN_HALF_BATCH
+        split = (pool is not None or twin is not None) and n >= 2 * MIN_HALF_BATCH
+        half = n // 2
         if not split:
             xb = self.prepare(x[idx], aug[0])
             loss, correct = _forward_backward(self.model, xb, y[idx], n)
+            others = []
+        elif twin is not None:
+            twin.start(idx[half:], n, self._params)
+            loss, correct = _forward_backward(
+                self.model, self.prepare(x[idx[:half]], aug[0]), y[idx[:half]], n
+            )
+            loss1, c1 = twin.result()
+            loss, correct, others = loss + loss1, correct + c1, [twin.grads]
+            pool = None  # the update runs here; the twin waits for the next half
         else:
-            half = n // 2
             i0, i1 = idx[:half], idx[half:]
 
             def second_half() -> tuple[float, int]:
@@ -217,6 +278,7 @@ class Trainer:
             )
             loss1, c1 = future.result()
             loss, correct = loss0 + loss1, c0 + c1
+            others = [self.replicas[1].packed[1]]
         if self.alpha:
             w = self._params[: self._n_weights]
             loss += 0.5 * self.alpha * float(np.vdot(w, w)) / n
@@ -230,25 +292,29 @@ class Trainer:
             total = epochs * -(-len(x) // self.batch_size)
             self.optimizer.lr = lr0 * 0.5 * (1 + np.cos(np.pi * self._steps / total))
         self._steps += 1
-        if not self._update(n, pool, split):
+        if not self._update(n, pool, others):
             np.copyto(self._params, self._backup)
             self._diverged(epoch, batch, "the weights became non-finite")
         return loss, correct
 
-    def _update(self, n: int, pool: ThreadPoolExecutor | None, split: bool) -> bool:
-        """Add the L2 term's gradient (and the other half-batch's, if ``split``), back
+    def _update(
+        self, n: int, pool: ThreadPoolExecutor | None, others: list[np.ndarray]
+    ) -> bool:
+        """Add the other half-batch's gradients (``others``) and the L2 term's, back
         up the weights and take one optimizer step, half of the flat arrays in each
-        thread. Returns whether every new weight is finite.
+        thread if given a ``pool``. Returns whether every new weight is finite.
         """
         self.optimizer.start_step()
         size = len(self._params)
         if pool is None:
-            return self._update_range(n, split, 0, size)
-        future = pool.submit(self._update_range, n, split, size // 2, size)
-        ok = self._update_range(n, split, 0, size // 2)
+            return self._update_range(n, others, 0, size)
+        future = pool.submit(self._update_range, n, others, size // 2, size)
+        ok = self._update_range(n, others, 0, size // 2)
         return future.result() and ok
 
-    def _update_range(self, n: int, split: bool, start: int, stop: int) -> bool:
+    def _update_range(
+        self, n: int, others: list[np.ndarray], start: int, stop: int
+    ) -> bool:
         """``_update`` on ``[start, stop)`` of the flat arrays.
 
         One slice per thread, not cache-sized blocks: blocks measured slower, since
@@ -256,9 +322,8 @@ class Trainer:
         """
         part = slice(start, stop)
         p, g, backup = self._params[part], self._grads[part], self._backup[part]
-        if split:
-            for other in self.replicas[1:]:
-                g += other.packed[1][part]
+        for other in others:
+            g += other[part]
         w = slice(0, max(0, min(stop, self._n_weights) - start))  # weights in part
         if self.alpha and w.stop:
             # alpha * W / n goes through the backup (refilled just below) rather
