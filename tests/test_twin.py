@@ -1,0 +1,129 @@
+"""The second half of each batch in a second process (digits/nn/twin.py)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from digits.estimator import CNNClassifier
+from digits.nn.callbacks import Callback
+from digits.nn.training import Trainer
+from digits.nn.twin import TwinFailed
+
+
+def _twin_files() -> set[str]:
+    return set(glob.glob("/dev/shm/digits-twin-*"))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_process_and_thread_give_the_same_weights(mnist, monkeypatch, augment):
+    x, y = mnist.x_train[:1200], mnist.y_train[:1200]
+    weights = {}
+    for mode in ("thread", "process"):
+        monkeypatch.setenv("DIGITS_TWIN", mode)
+        est = CNNClassifier(max_iter=2, random_state=3, augment=augment)
+        est.fit(x, y)
+        weights[mode] = est.model_.state_dict()
+    for key, w in weights["thread"].items():
+        np.testing.assert_array_equal(w, weights["process"][key], err_msg=key)
+
+
+def small_trainer(mnist) -> tuple[Trainer, np.ndarray, np.ndarray]:
+    x, y = mnist.x_train[:640], mnist.y_train[:640]
+    est = CNNClassifier(max_iter=1, random_state=0).fit(x[:64], y[:64])
+    trainer = Trainer(
+        est.model_,
+        est.optimizer_,
+        batch_size=64,
+        alpha=est.alpha,
+        prepare=est._preparer(),
+        rng=np.random.default_rng(0),
+        twin="process",
+    )
+    return trainer, x.reshape(len(x), -1), y.astype(np.int64)
+
+
+class KillTwin(Callback):
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.trainer = trainer
+
+    def on_batch_end(self, step: int, logs: dict) -> None:
+        if step == 2:
+            os.kill(self.trainer._twin._process.pid, signal.SIGKILL)
+
+
+def test_a_killed_twin_is_a_clear_error_not_a_hang(mnist):
+    before = _twin_files()
+    trainer, x, y = small_trainer(mnist)
+    try:
+        with pytest.raises(TwinFailed, match="second training process stopped"):
+            trainer.run_epoch(x, y, 0, [KillTwin(trainer)])
+    finally:
+        trainer.close()
+    assert _twin_files() <= before  # the shared files were unlinked at the start
+
+
+def test_close_ends_the_twin_and_a_new_epoch_starts_another(mnist):
+    trainer, x, y = small_trainer(mnist)
+    try:
+        trainer.run_epoch(x, y, 0)
+        first = trainer._twin._process
+        trainer.close()
+        assert first.poll() is not None  # exited
+        logs = trainer.run_epoch(x, y, 1)
+        assert logs["batches_done"] == 10
+        assert trainer._twin._process is not first
+    finally:
+        trainer.close()
+
+
+def test_a_script_without_a_main_guard_trains_once(tmp_path, mnist):
+    """The twin must not re-run the parent's script, as multiprocessing's spawn does."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from digits.data import load_dataset
+            from digits.estimator import CNNClassifier
+            d = load_dataset("mnist")
+            print("training", flush=True)
+            est = CNNClassifier(max_iter=1, random_state=0)
+            est.fit(d.x_train[:640], d.y_train[:640])
+            print("done", flush=True)
+            """
+        )
+    )
+    env = dict(os.environ, DIGITS_TWIN="process")
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["training", "done"]
+
+
+def test_unknown_twin_mode_is_refused(mnist):
+    est = CNNClassifier(max_iter=1, random_state=0)
+    est.fit(mnist.x_train[:64], mnist.y_train[:64])
+    with pytest.raises(ValueError, match="twin must be"):
+        Trainer(
+            est.model_,
+            est.optimizer_,
+            batch_size=64,
+            alpha=0.0,
+            prepare=est._preparer(),
+            rng=np.random.default_rng(0),
+            twin="fork",
+        )
