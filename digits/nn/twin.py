@@ -59,14 +59,22 @@ def _map(path: str, shape: tuple[int, ...], dtype, mode: str) -> np.ndarray:
     return np.memmap(path, dtype=np.dtype(dtype), mode=mode, shape=tuple(shape))
 
 
-def _wait(ready: Callable[[], bool], alive: Callable[[], bool]) -> bool:
-    """Spin until ``ready()``, then nap; False if ``alive()`` turns False first."""
+def _wait(
+    ready: Callable[[], bool], alive: Callable[[], bool], share_gil: bool = False
+) -> bool:
+    """Spin until ``ready()``, then nap; False if ``alive()`` turns False first.
+
+    ``share_gil``: give up the GIL on every turn (``sleep(0)``), for a process
+    with other threads, such as the dashboard's server, which must not starve.
+    """
     deadline = time.perf_counter() + SPIN_SECONDS
     while not ready():
         if time.perf_counter() > deadline:
             if not alive():
                 return ready()
             time.sleep(NAP_SECONDS)
+        elif share_gil:
+            time.sleep(0)
     return True
 
 
@@ -154,7 +162,7 @@ class TwinProcess:
         """Wait for the half started last; (loss, n_correct). Its gradients are in
         ``self.grads``. Raises TwinFailed if the twin raised or died."""
         step = self._step
-        ok = _wait(lambda: self._ctl[_DONE] == step, self._alive)
+        ok = _wait(lambda: self._ctl[_DONE] == step, self._alive, share_gil=True)
         if not ok or self._ctl[_FAILED]:
             raise TwinFailed(self._failure("stopped"))
         return float(self._result[0]), int(self._result[1])
