@@ -127,3 +127,21 @@ def test_unknown_twin_mode_is_refused(mnist):
             rng=np.random.default_rng(0),
             twin="fork",
         )
+
+
+def test_a_twin_that_cannot_start_falls_back_to_the_thread(mnist, monkeypatch):
+    """Same weights either way, so training goes on, with a warning that says why."""
+    import digits.nn.training as training
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    x, y = mnist.x_train[:640], mnist.y_train[:640]
+    monkeypatch.setenv("DIGITS_TWIN", "thread")
+    expected = CNNClassifier(max_iter=1, random_state=0).fit(x, y)
+    monkeypatch.setenv("DIGITS_TWIN", "process")
+    monkeypatch.setattr(training, "TwinProcess", broken)
+    with pytest.warns(RuntimeWarning, match="in a thread: .*No space left"):
+        est = CNNClassifier(max_iter=1, random_state=0).fit(x, y)
+    for key, w in expected.model_.state_dict().items():
+        np.testing.assert_array_equal(w, est.model_.state_dict()[key], err_msg=key)

@@ -18,6 +18,7 @@ import functools
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,7 +30,7 @@ from digits.nn.callbacks import Callback, batch_logs
 from digits.nn.losses import softmax_cross_entropy
 from digits.nn.model import Sequential
 from digits.nn.optimizers import Optimizer
-from digits.nn.twin import TwinProcess
+from digits.nn.twin import TwinFailed, TwinProcess
 
 # Below this many images per half, a thread hand-off costs more than it saves.
 MIN_HALF_BATCH = 16
@@ -227,16 +228,25 @@ class Trainer:
         ):
             self.close()
         if wanted and self._twin is None:
-            self._twin = TwinProcess(
-                self.model.config(),
-                self._params,
-                x,
-                y,
-                self.batch_size,
-                self.prepare,
-                seed=self._seeds[0],
-                aug_seed=self._seeds[1] if self.augment else None,
-            )
+            try:
+                self._twin = TwinProcess(
+                    self.model.config(),
+                    self._params,
+                    x,
+                    y,
+                    self.batch_size,
+                    self.prepare,
+                    seed=self._seeds[0],
+                    aug_seed=self._seeds[1] if self.augment else None,
+                )
+            except (OSError, TwinFailed) as exc:
+                # The thread path computes the same weights, only slower here.
+                warnings.warn(
+                    f"Training the second half of each batch in a thread: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.twin_mode = "thread"
         return self._twin
 
     def close(self) -> None:

@@ -51,8 +51,14 @@ class TwinFailed(RuntimeError):
     """The twin process raised or died; the message says what happened."""
 
 
-def _shm_dir() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") else None
+def _shm_dir(nbytes: int) -> str | None:
+    """/dev/shm if it has room for twice ``nbytes`` (a full tmpfs would crash the
+    process that writes to it), else the temp folder (then the page cache shares)."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return "/dev/shm" if stat.f_bavail * stat.f_frsize > 2 * nbytes else None
 
 
 def _map(path: str, shape: tuple[int, ...], dtype, mode: str) -> np.ndarray:
@@ -111,8 +117,11 @@ class TwinProcess:
                 "message": ((_MESSAGE_BYTES,), np.uint8),
             }
             arrays, names = {}, {}
+            folder = _shm_dir(
+                sum(np.dtype(d).itemsize * int(np.prod(s)) for s, d in specs.values())
+            )
             for key, (shape, dtype) in specs.items():
-                fd, path = tempfile.mkstemp(prefix="digits-twin-", dir=_shm_dir())
+                fd, path = tempfile.mkstemp(prefix="digits-twin-", dir=folder)
                 os.close(fd)
                 self._paths.append(path)
                 arrays[key] = _map(path, shape, dtype, "w+")
