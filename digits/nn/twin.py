@@ -8,8 +8,11 @@ gives the core to another machine and is slow to give it back (the kernel counts
 that as "steal"). Measured on the same 64-image steps while the host was busy:
 52-101 ms per step with two threads (29-49 % steal) against 26-32 ms with two
 processes (1-10 % steal). A process has its own GIL, and it waits by spinning on
-shared memory, so its CPU never halts during a step. Between steps and epochs the
-wait turns into short sleeps after ``SPIN_SECONDS``, so an idle twin costs nothing.
+shared memory, so its CPU never halts during a step. The parent spins too when it
+trains on its main thread (a script, the CLI); a training thread inside a server
+naps instead, so that it leaves the GIL to the threads answering other sessions.
+Between steps and epochs the wait turns into short sleeps after ``SPIN_SECONDS``,
+so an idle twin costs nothing.
 
 Shared memory (files in /dev/shm, mapped by both processes and unlinked as soon as
 the twin has mapped them, so nothing is left behind even if both are killed) holds a
@@ -32,6 +35,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,23 +69,25 @@ def _map(path: str, shape: tuple[int, ...], dtype, mode: str) -> np.ndarray:
     return np.memmap(path, dtype=np.dtype(dtype), mode=mode, shape=tuple(shape))
 
 
-def _wait(
-    ready: Callable[[], bool], alive: Callable[[], bool], share_gil: bool = False
-) -> bool:
-    """Spin until ``ready()``, then nap; False if ``alive()`` turns False first.
+def _wait(ready: Callable[[], bool], alive: Callable[[], bool], spin: bool) -> bool:
+    """Wait until ``ready()``: spin for up to SPIN_SECONDS if ``spin``, then nap.
 
-    ``share_gil``: give up the GIL on every turn (``sleep(0)``), for a process
-    with other threads, such as the dashboard's server, which must not starve.
+    Returns False if ``alive()`` turns False first.
     """
-    deadline = time.perf_counter() + SPIN_SECONDS
+    deadline = time.perf_counter() + (SPIN_SECONDS if spin else 0.0)
     while not ready():
         if time.perf_counter() > deadline:
             if not alive():
                 return ready()
             time.sleep(NAP_SECONDS)
-        elif share_gil:
-            time.sleep(0)
     return True
+
+
+def _may_spin() -> bool:
+    """Spin only on the main thread. A training thread in a server (the dashboard)
+    naps instead: a spinning Python thread holds the GIL that the threads answering
+    other sessions need, which made their predictions measurably slower."""
+    return threading.current_thread() is threading.main_thread()
 
 
 class TwinProcess:
@@ -150,6 +156,7 @@ class TwinProcess:
             ok = _wait(
                 lambda: bool(self._ctl[_READY] or self._ctl[_FAILED]),
                 lambda: alive() and time.perf_counter() - started < START_TIMEOUT,
+                spin=False,
             )
             if not ok or self._ctl[_FAILED]:
                 raise TwinFailed(self._failure("could not start"))
@@ -171,7 +178,7 @@ class TwinProcess:
         """Wait for the half started last; (loss, n_correct). Its gradients are in
         ``self.grads``. Raises TwinFailed if the twin raised or died."""
         step = self._step
-        ok = _wait(lambda: self._ctl[_DONE] == step, self._alive, share_gil=True)
+        ok = _wait(lambda: self._ctl[_DONE] == step, self._alive, _may_spin())
         if not ok or self._ctl[_FAILED]:
             raise TwinFailed(self._failure("stopped"))
         return float(self._result[0]), int(self._result[1])
@@ -235,6 +242,7 @@ def _twin_main(names, config, prepare, seed, aug_seed, parent_pid) -> None:
                 _wait(
                     lambda last=step: ctl[_GO] > last or bool(ctl[_EXIT]),
                     lambda: os.getppid() == parent_pid,
+                    spin=True,  # the twin's only thread
                 )
                 if ctl[_EXIT] or os.getppid() != parent_pid:
                     break
