@@ -222,6 +222,13 @@ def _twin_main(names, config, prepare, seed, aug_seed, parent_pid) -> None:
         for key, (path, shape, dtype) in names.items()
     }
     ctl, message = arrays["ctl"], arrays["message"]
+    for path, _, _ in names.values():
+        # Mapped, so the names can go now, even if the parent is killed before it
+        # gets to unlink them.
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
     try:
         from digits.nn.model import Sequential
         from digits.nn.training import (
