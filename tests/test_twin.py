@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from digits.estimator import CNNClassifier
 from digits.nn.callbacks import Callback
 from digits.nn.training import Trainer
-from digits.nn.twin import TwinFailed
+from digits.nn.twin import TwinFailed, remove_orphans
 
 
 def _twin_files() -> set[str]:
@@ -145,3 +146,64 @@ def test_a_twin_that_cannot_start_falls_back_to_the_thread(mnist, monkeypatch):
         est = CNNClassifier(max_iter=1, random_state=0).fit(x, y)
     for key, w in expected.model_.state_dict().items():
         np.testing.assert_array_equal(w, est.model_.state_dict()[key], err_msg=key)
+
+
+def test_remove_orphans_deletes_only_old_files_of_dead_creators(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead, alive = proc.pid, os.getpid()
+    names = {
+        "dead_old": f"digits-twin-{dead}-aaaa",
+        "dead_young": f"digits-twin-{dead}-bbbb",
+        "alive_old": f"digits-twin-{alive}-cccc",
+        "no_pid": "digits-twin-dddd",
+        "other": f"other-{dead}-eeee",
+    }
+    for key, name in names.items():
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        if key != "dead_young":
+            os.utime(path, (time.time() - 3600, time.time() - 3600))
+    removed = remove_orphans(str(tmp_path))
+    assert removed == [str(tmp_path / names["dead_old"])]
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == set(names.values()) - {names["dead_old"]}
+
+
+def test_a_new_twin_removes_the_files_a_killed_parent_left(tmp_path, mnist):
+    """Kill a training script and its twin while the twin starts, as a crash or
+    Ctrl-C of a terminal would; the next twin to start deletes what they left."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from digits.data import load_dataset
+            from digits.estimator import CNNClassifier
+            d = load_dataset("mnist")
+            CNNClassifier(max_iter=1).fit(d.x_train[:640], d.y_train[:640])
+            """
+        )
+    )
+    env = dict(os.environ, DIGITS_TWIN="process")
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=env, start_new_session=True
+    )
+    pattern = f"/dev/shm/digits-twin-{proc.pid}-*"
+    deadline = time.monotonic() + 120
+    while (
+        not glob.glob(pattern) and proc.poll() is None and time.monotonic() < deadline
+    ):
+        time.sleep(0.001)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = glob.glob(pattern)
+    for path in left:  # as if the start-up limit had passed
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    trainer, x, y = small_trainer(mnist)
+    try:
+        trainer.run_epoch(x, y, 0)
+    finally:
+        trainer.close()
+    print(f"left by the killed start: {len(left)} files")
+    assert left, "the twin mapped the files before the kill; nothing to clean up"
+    assert glob.glob(pattern) == []

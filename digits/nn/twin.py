@@ -15,7 +15,8 @@ Between steps and epochs the wait turns into short sleeps after ``SPIN_SECONDS``
 so an idle twin costs nothing.
 
 Shared memory (files in /dev/shm, mapped by both processes and unlinked as soon as
-the twin has mapped them, so nothing is left behind even if both are killed) holds a
+the twin has mapped them; files whose creator died before that are removed by the
+next twin's start, since their names carry the creator's process id) holds a
 copy of the flat parameters (written by the parent before each step), the twin's
 flat gradients, the training images and labels, the half-batch's indices, its loss
 and a few control words. Per step the parent writes the indices
@@ -49,6 +50,7 @@ START_TIMEOUT = 120.0  # seconds for the twin to import NumPy and build its mode
 # Control words.
 _GO, _DONE, _EXIT, _FAILED, _READY, _N, _N_TOTAL = range(7)
 _MESSAGE_BYTES = 4096
+_PREFIX = "digits-twin-"  # then the creating process's id, "-", and a random part
 
 
 class TwinFailed(RuntimeError):
@@ -63,6 +65,40 @@ def _shm_dir(nbytes: int) -> str | None:
     except OSError:
         return None
     return "/dev/shm" if stat.f_bavail * stat.f_frsize > 2 * nbytes else None
+
+
+def remove_orphans(folder: str | None) -> list[str]:
+    """Delete the shared files of twins whose creator has died; returns their paths.
+
+    A parent killed between creating the files and its twin mapping them (the twin
+    takes a second or two to start) leaves them behind, 50 MB for MNIST. Only files
+    older than a twin's start-up limit go, in case the id belongs to a process that
+    this one cannot see (another container sharing /dev/shm).
+    """
+    removed, now = [], time.time()
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
+        try:
+            old = now - path.stat().st_mtime > START_TIMEOUT
+        except OSError:  # already gone
+            continue
+        if old and pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                path.unlink()
+                removed.append(str(path))
+            except OSError:  # another process's cleanup got there first
+                pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    return True
 
 
 def _map(path: str, shape: tuple[int, ...], dtype, mode: str) -> np.ndarray:
@@ -126,8 +162,10 @@ class TwinProcess:
             folder = _shm_dir(
                 sum(np.dtype(d).itemsize * int(np.prod(s)) for s, d in specs.values())
             )
+            remove_orphans(folder)
             for key, (shape, dtype) in specs.items():
-                fd, path = tempfile.mkstemp(prefix="digits-twin-", dir=folder)
+                prefix = f"{_PREFIX}{os.getpid()}-"
+                fd, path = tempfile.mkstemp(prefix=prefix, dir=folder)
                 os.close(fd)
                 self._paths.append(path)
                 arrays[key] = _map(path, shape, dtype, "w+")
