@@ -285,6 +285,11 @@ class TrainingJob:
         except DigitsError as err:
             self._set(status="failed", error=str(err), ended=time.perf_counter())
         except Exception as err:
+            if _exiting(err):
+                # The server is shutting down under the job (Ctrl-C in its terminal):
+                # nobody is left to show it to, and a traceback would only alarm.
+                self._set(status="stopped", ended=time.perf_counter())
+                return
             # Not the user's doing; the full traceback goes to the server's log.
             log.exception("Training job %r failed", self)
             self._set(
@@ -308,6 +313,13 @@ class TrainingJob:
             name=self.name,
             command="dashboard",
         )
+
+
+def _exiting(err: Exception) -> bool:
+    """Whether ``err`` is the interpreter's exit catching up with a training thread:
+    once exit begins, the thread pool that runs half of each batch refuses work
+    ("after interpreter shutdown", or "after shutdown" once its worker has ended)."""
+    return isinstance(err, RuntimeError) and "cannot schedule new futures" in str(err)
 
 
 def _lower_priority(niceness: int) -> None:

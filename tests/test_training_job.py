@@ -6,6 +6,9 @@ Jobs train small models on real MNIST subsets; each test has its own runs dir.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -212,3 +215,40 @@ def test_training_threads_yield_the_cores_to_the_pages():
     expected = min(19, own + training_job.TRAINING_NICENESS)
     assert seen == {"job": expected, "worker": expected}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+
+
+def test_a_server_exiting_mid_training_prints_no_traceback(tmp_path):
+    """Ctrl-C on the server exits Python under a running job. Its thread pool then
+    refuses work; that is an exit, not a failure to log with a traceback."""
+    script = tmp_path / "server.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import threading, time
+            # Registered before concurrent.futures is imported, so it runs after the
+            # pool's own exit hook (they run in reverse order): it holds the process
+            # in the window where the training thread's next submit fails.
+            threading._register_atexit(lambda: time.sleep(1.5))
+            from digits.data import load_dataset
+            from digits.training_job import TrainingJob
+            job = TrainingJob("cnn", load_dataset("mnist"), {"max_iter": 1},
+                              train_size=5000).start()
+            while job.status != "running":
+                time.sleep(0.05)
+            time.sleep(1.0)
+            print("exiting while", job.status, flush=True)
+            """
+        )
+    )
+    env = dict(os.environ, DIGITS_RUNS_DIR=str(tmp_path / "runs"))
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "exiting while running"
+    assert "Traceback" not in out.stderr and "failed" not in out.stderr
