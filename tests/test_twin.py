@@ -23,17 +23,29 @@ def _twin_files() -> set[str]:
     return set(glob.glob("/dev/shm/digits-twin-*"))
 
 
-@pytest.mark.parametrize("augment", [False, True])
-def test_process_and_thread_give_the_same_weights(mnist, monkeypatch, augment):
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"augment": True}, {"solver": "sgd", "momentum": 0.9, "alpha": 1e-3}],
+    ids=["adam", "adam-augment", "sgd-momentum"],
+)
+def test_process_and_thread_give_the_same_weights(mnist, monkeypatch, settings):
+    """Bit for bit, and the optimizer's state too: the twin process runs half of
+    each optimizer step in shared memory, and hands the state back at the end."""
     x, y = mnist.x_train[:1200], mnist.y_train[:1200]
-    weights = {}
+    weights, states = {}, {}
     for mode in ("thread", "process"):
         monkeypatch.setenv("DIGITS_TWIN", mode)
-        est = CNNClassifier(max_iter=2, random_state=3, augment=augment)
+        est = CNNClassifier(max_iter=2, random_state=3, **settings)
         est.fit(x, y)
         weights[mode] = est.model_.state_dict()
+        states[mode] = est.optimizer_.state()
+        assert all(type(a) is np.ndarray for a in states[mode].values())
+        assert est.optimizer_.params[0] is est.model_.packed[0]
     for key, w in weights["thread"].items():
         np.testing.assert_array_equal(w, weights["process"][key], err_msg=key)
+    assert states["thread"].keys() == states["process"].keys()
+    for key, a in states["thread"].items():
+        np.testing.assert_array_equal(a, states["process"][key], err_msg=key)
 
 
 def small_trainer(mnist) -> tuple[Trainer, np.ndarray, np.ndarray]:

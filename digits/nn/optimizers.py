@@ -54,6 +54,28 @@ class Optimizer:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         pass
 
+    def config(self) -> dict:
+        """Constructor arguments besides the arrays: enough to build an equal one."""
+        return {"lr": self.lr}
+
+    def state_arrays(self) -> dict[str, list[np.ndarray]]:
+        """The state arrays that follow the parameters element by element, by name:
+        lists aligned with ``params``."""
+        return {}
+
+    def share_state(self, arrays: dict[str, np.ndarray], copy: bool = True) -> None:
+        """Keep the state in ``arrays`` (``"<name>.<i>"``, shaped like params[i]) from
+        now on, after copying the current state into them unless ``copy`` is False:
+        how a twin process and its parent update one optimizer state in shared
+        memory."""
+        for name, states in self.state_arrays().items():
+            for i, old in enumerate(states):
+                new = arrays[f"{name}.{i}"]
+                if new is not old:
+                    if copy:
+                        np.copyto(new, old)
+                    states[i] = new
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent, optionally with (Nesterov) momentum.
@@ -68,6 +90,12 @@ class SGD(Optimizer):
         super().__init__(params, grads, lr)
         self.momentum, self.nesterov = momentum, nesterov
         self.velocity = [np.zeros_like(p) for p in params]
+
+    def config(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
+
+    def state_arrays(self):
+        return {"velocity": self.velocity}
 
     def _step(self, i, param, grad, part):
         if self.momentum == 0:
@@ -102,6 +130,17 @@ class Adam(Optimizer):
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
         self._scratch = tuple([np.empty_like(p) for p in params] for _ in range(2))
+
+    def config(self):
+        return {
+            "lr": self.lr,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "eps": self.eps,
+        }
+
+    def state_arrays(self):
+        return {"m": self.m, "v": self.v}
 
     def start_step(self):
         super().start_step()
@@ -140,3 +179,6 @@ class Adam(Optimizer):
             self.m[i][...] = state[f"m.{i}"]
             self.v[i][...] = state[f"v.{i}"]
         self.t = int(state["t"])
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {cls.__name__: cls for cls in (SGD, Adam)}

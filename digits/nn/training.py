@@ -104,6 +104,45 @@ def _forward_backward(
     return loss, correct
 
 
+class FlatUpdate:
+    """One optimizer step on a slice of the flat arrays (see ``Sequential.pack``).
+
+    ``params``, ``grads`` and ``backup`` are 1-D, the weights (L2-penalised) in the
+    first ``n_weights``. Called as ``update(n, others, start, stop)``: adds the other
+    half-batches' gradients (``others``, flat) and the L2 term's to ``grads``, backs
+    up the weights and runs ``optimizer.update`` on ``[start, stop)``; returns
+    whether every new weight there is finite. Element-wise throughout, so slices
+    updated in two threads or two processes give the numbers one call would.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        params: np.ndarray,
+        grads: np.ndarray,
+        backup: np.ndarray,
+        n_weights: int,
+        alpha: float,
+    ) -> None:
+        self.optimizer, self.n_weights, self.alpha = optimizer, n_weights, alpha
+        self.params, self.grads, self.backup = params, grads, backup
+
+    def __call__(self, n: int, others: list[np.ndarray], start: int, stop: int) -> bool:
+        part = slice(start, stop)
+        p, g, backup = self.params[part], self.grads[part], self.backup[part]
+        for other in others:
+            g += other[part]
+        w = slice(0, max(0, min(stop, self.n_weights) - start))  # weights in part
+        if self.alpha and w.stop:
+            # alpha * W / n goes through the backup (refilled just below) rather
+            # than a temporary array.
+            np.multiply(p[w], np.float32(self.alpha / n), out=backup[w])
+            g[w] += backup[w]
+        np.copyto(backup, p)
+        self.optimizer.update(part)
+        return bool(np.isfinite(p).all())
+
+
 class Trainer:
     """Trains a Sequential model one epoch at a time.
 
@@ -151,6 +190,11 @@ class Trainer:
         if len(optimizer.params) != 1 or optimizer.params[0] is not self._params:
             raise ValueError("the optimizer must update model.pack()'s flat arrays")
         self._backup = self._params.copy()
+        self._flat = FlatUpdate(
+            optimizer, self._params, self._grads, self._backup, self._n_weights, alpha
+        )
+        # Where the arrays live without a twin; with one they move to shared memory.
+        self._own_storage = self._storage()
         self._schedule: tuple[float, int] | None = None
         self._steps = 0
 
@@ -238,14 +282,18 @@ class Trainer:
             try:
                 self._twin = TwinProcess(
                     self.model.config(),
-                    self._params,
+                    self._storage(),
                     x,
                     y,
                     self.batch_size,
                     self.prepare,
                     seed=self._seeds[0],
                     aug_seed=self._seeds[1] if self.augment else None,
+                    optimizer=(type(self.optimizer).__name__, self.optimizer.config()),
+                    n_weights=self._n_weights,
+                    alpha=self.alpha,
                 )
+                self._adopt(self._twin.shared)
             except (OSError, TwinFailed) as exc:
                 # The thread path computes the same weights, only slower here.
                 warnings.warn(
@@ -260,7 +308,34 @@ class Trainer:
         """Stop the twin process, if one runs. The trainer starts a new one if used."""
         if self._twin is not None:
             twin, self._twin = self._twin, None
+            self._adopt(self._own_storage)
             twin.close()
+
+    def _storage(self) -> dict[str, np.ndarray]:
+        """The flat arrays a training step updates: what a twin process shares."""
+        arrays = {"params": self._params, "grads": self._grads, "backup": self._backup}
+        for name, states in self.optimizer.state_arrays().items():
+            arrays.update({f"optimizer.{name}.{i}": a for i, a in enumerate(states)})
+        return arrays
+
+    def _adopt(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy the current values into ``arrays`` (shaped like ``_storage()``) and
+        keep them there: the model, optimizer and this trainer all switch to them."""
+        for key, old in self._storage().items():
+            if arrays[key] is not old:
+                np.copyto(arrays[key], old)
+        params, grads = arrays["params"], arrays["grads"]
+        self.model.share(params, grads)
+        self.optimizer.params[0], self.optimizer.grads[0] = params, grads
+        prefix = "optimizer."
+        self.optimizer.share_state(
+            {k[len(prefix) :]: a for k, a in arrays.items() if k.startswith(prefix)},
+            copy=False,  # done above
+        )
+        self._params, self._grads, self._backup = params, grads, arrays["backup"]
+        self._flat = FlatUpdate(
+            self.optimizer, params, grads, self._backup, self._n_weights, self.alpha
+        )
 
     def _step(
         self, x, y, idx, pool, epoch: int, batch: int, twin: TwinProcess | None = None
@@ -275,13 +350,12 @@ class Trainer:
             loss, correct = _forward_backward(self.model, xb, y[idx], n)
             others = []
         elif twin is not None:
-            twin.start(idx[half:], n, self._params)
+            twin.start(idx[half:], n)
             loss, correct = _forward_backward(
                 self.model, self.prepare(x[idx[:half]], aug[0]), y[idx[:half]], n
             )
             loss1, c1 = twin.result()
             loss, correct, others = loss + loss1, correct + c1, [twin.grads]
-            pool = None  # the update runs here; the twin waits for the next half
         else:
             i0, i1 = idx[:half], idx[half:]
 
@@ -307,49 +381,42 @@ class Trainer:
         if self._schedule:
             lr0, epochs = self._schedule
             total = epochs * -(-len(x) // self.batch_size)
-            self.optimizer.lr = lr0 * 0.5 * (1 + np.cos(np.pi * self._steps / total))
+            # A Python float, like a constant rate: NumPy keeps float32 arithmetic
+            # with it (an np.float64 would turn SGD's products into float64 ones).
+            self.optimizer.lr = float(
+                lr0 * 0.5 * (1 + np.cos(np.pi * self._steps / total))
+            )
         self._steps += 1
-        if not self._update(n, pool, others):
+        if not self._update(n, pool, others, twin):
             np.copyto(self._params, self._backup)
             self._diverged(epoch, batch, "the weights became non-finite")
         return loss, correct
 
     def _update(
-        self, n: int, pool: ThreadPoolExecutor | None, others: list[np.ndarray]
+        self,
+        n: int,
+        pool: ThreadPoolExecutor | None,
+        others: list[np.ndarray],
+        twin: TwinProcess | None = None,
     ) -> bool:
         """Add the other half-batch's gradients (``others``) and the L2 term's, back
-        up the weights and take one optimizer step, half of the flat arrays in each
-        thread if given a ``pool``. Returns whether every new weight is finite.
+        up the weights and take one optimizer step: half of the flat arrays here and
+        half in the twin process or, given a ``pool``, in its thread. Returns
+        whether every new weight is finite.
         """
         self.optimizer.start_step()
         size = len(self._params)
+        if twin is not None:
+            twin.update(self.optimizer.lr, self.optimizer.t)
+            ok = self._flat(n, others, 0, size // 2)
+            return twin.updated() and ok
         if pool is None:
-            return self._update_range(n, others, 0, size)
-        future = pool.submit(self._update_range, n, others, size // 2, size)
-        ok = self._update_range(n, others, 0, size // 2)
+            return self._flat(n, others, 0, size)
+        # One slice per thread, not cache-sized blocks: blocks measured slower, since
+        # the two threads then take turns at the GIL for every small NumPy call.
+        future = pool.submit(self._flat, n, others, size // 2, size)
+        ok = self._flat(n, others, 0, size // 2)
         return future.result() and ok
-
-    def _update_range(
-        self, n: int, others: list[np.ndarray], start: int, stop: int
-    ) -> bool:
-        """``_update`` on ``[start, stop)`` of the flat arrays.
-
-        One slice per thread, not cache-sized blocks: blocks measured slower, since
-        the two threads then take turns at the GIL for every small NumPy call.
-        """
-        part = slice(start, stop)
-        p, g, backup = self._params[part], self._grads[part], self._backup[part]
-        for other in others:
-            g += other[part]
-        w = slice(0, max(0, min(stop, self._n_weights) - start))  # weights in part
-        if self.alpha and w.stop:
-            # alpha * W / n goes through the backup (refilled just below) rather
-            # than a temporary array.
-            np.multiply(p[w], np.float32(self.alpha / n), out=backup[w])
-            g[w] += backup[w]
-        np.copyto(backup, p)
-        self.optimizer.update(part)
-        return bool(np.isfinite(p).all())
 
     def _diverged(self, epoch: int, batch: int, what: str) -> None:
         raise TrainingDiverged(

@@ -16,11 +16,17 @@ so an idle twin costs nothing.
 
 Shared memory (files in /dev/shm, mapped by both processes and unlinked as soon as
 the twin has mapped them; files whose creator died before that are removed by the
-next twin's start, since their names carry the creator's process id) holds a
-copy of the flat parameters (written by the parent before each step), the twin's
-flat gradients, the training images and labels, the half-batch's indices, its loss
-and a few control words. Per step the parent writes the indices
-and bumps ``go``; the twin runs forward and backward on its half and bumps ``done``.
+next twin's start, since their names carry the creator's process id) holds the
+trainer's flat arrays while the twin lives (parameters, both halves' gradients, the
+weights' backup and the optimizer's state), the training images and labels, the
+half-batch's indices, its loss and a few control words. Per step:
+
+1. the parent writes the indices and bumps ``go``;
+2. each side runs forward and backward on its half; the twin bumps ``done``;
+3. the parent adds the losses and, if the sum is finite, bumps ``update``;
+4. each side takes the optimizer step on its half of the flat arrays, as the
+   trainer's two threads do; the twin bumps ``updated``.
+
 The twin is a fresh ``python -m digits.nn.twin``, so nothing of the parent (its
 threads, its locks) is inherited, and, unlike multiprocessing's "spawn", it never
 re-runs the parent's main script (a learner's script without a ``__main__`` guard
@@ -49,6 +55,9 @@ START_TIMEOUT = 120.0  # seconds for the twin to import NumPy and build its mode
 
 # Control words.
 _GO, _DONE, _EXIT, _FAILED, _READY, _N, _N_TOTAL = range(7)
+_UPDATE, _UPDATED, _FINITE, _T = range(7, 11)
+_N_CONTROL = 11
+_LOSS, _CORRECT, _LR = range(3)  # slots of the float64 "result" array
 _MESSAGE_BYTES = 4096
 _PREFIX = "digits-twin-"  # then the creating process's id, "-", and a random part
 
@@ -127,37 +136,48 @@ def _may_spin() -> bool:
 
 
 class TwinProcess:
-    """A process running ``forward_backward`` on the second half of each batch.
+    """A process running ``forward_backward`` on the second half of each batch, and
+    the optimizer step on the second half of the flat arrays.
 
     ``config`` and ``seed`` rebuild the same replica a thread would use (the same
     dropout streams), ``aug_seed`` its augmentation stream (None: no augmentation),
     and ``prepare`` (picklable) turns raw rows into network input, as in the trainer.
+    ``storage`` names the trainer's flat arrays (params, grads, backup and the
+    optimizer's state, see ``Trainer._storage``); ``self.shared`` holds shared ones
+    shaped like them, for the trainer to move into. ``optimizer`` is the optimizer's
+    class name and ``config()``; ``n_weights`` and ``alpha`` as in ``FlatUpdate``.
     """
 
     def __init__(
         self,
         config: list[dict],
-        params: np.ndarray,
+        storage: dict[str, np.ndarray],
         x: np.ndarray,
         y: np.ndarray,
         batch_size: int,
         prepare: Callable,
         seed: int,
         aug_seed: int | None,
+        optimizer: tuple[str, dict],
+        n_weights: int,
+        alpha: float,
     ) -> None:
         self._paths: list[str] = []
         self.x_source, self.y_source = x, y
         try:
-            specs = {
-                "params": (params.shape, params.dtype),
-                "grads": (params.shape, params.dtype),
-                "x": (x.shape, x.dtype),
-                "y": (y.shape, y.dtype),
-                "idx": ((batch_size,), np.int64),
-                "ctl": ((8,), np.int64),
-                "result": ((2,), np.float64),
-                "message": ((_MESSAGE_BYTES,), np.uint8),
-            }
+            params = storage["params"]
+            specs = {key: (a.shape, a.dtype) for key, a in storage.items()}
+            specs.update(
+                {
+                    "twin_grads": (params.shape, params.dtype),
+                    "x": (x.shape, x.dtype),
+                    "y": (y.shape, y.dtype),
+                    "idx": ((batch_size,), np.int64),
+                    "ctl": ((_N_CONTROL,), np.int64),
+                    "result": ((3,), np.float64),
+                    "message": ((_MESSAGE_BYTES,), np.uint8),
+                }
+            )
             arrays, names = {}, {}
             folder = _shm_dir(
                 sum(np.dtype(d).itemsize * int(np.prod(s)) for s, d in specs.values())
@@ -168,15 +188,27 @@ class TwinProcess:
                 fd, path = tempfile.mkstemp(prefix=prefix, dir=folder)
                 os.close(fd)
                 self._paths.append(path)
-                arrays[key] = _map(path, shape, dtype, "w+")
+                # A plain ndarray view: np.memmap's Python hooks would run on every
+                # NumPy call made on these arrays.
+                arrays[key] = np.asarray(_map(path, shape, dtype, "w+"))
                 names[key] = (path, tuple(shape), np.dtype(dtype).str)
-            arrays["params"][...] = params
             arrays["x"][...] = x
             arrays["y"][...] = y
-            self.params, self.grads = arrays["params"], arrays["grads"]
+            self.shared = {key: arrays[key] for key in storage}
+            self.grads = arrays["twin_grads"]
             self._idx, self._ctl = arrays["idx"], arrays["ctl"]
             self._result, self._message = arrays["result"], arrays["message"]
-            args = (names, config, prepare, seed, aug_seed, os.getpid())
+            args = (
+                names,
+                config,
+                prepare,
+                seed,
+                aug_seed,
+                optimizer,
+                n_weights,
+                alpha,
+                os.getpid(),
+            )
             # The folder holding the digits package, so the child imports this one.
             root = str(Path(__file__).resolve().parents[2])
             paths = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -204,9 +236,8 @@ class TwinProcess:
         finally:
             self._unlink()  # both sides have mapped the files, or never will
 
-    def start(self, idx: np.ndarray, n_total: int, params: np.ndarray) -> None:
-        """Start the twin on rows ``idx`` of x with weights ``params``; don't wait."""
-        np.copyto(self.params, params)
+    def start(self, idx: np.ndarray, n_total: int) -> None:
+        """Start the twin on rows ``idx`` of x (a half of ``n_total``); don't wait."""
         self._idx[: len(idx)] = idx
         self._ctl[_N], self._ctl[_N_TOTAL] = len(idx), n_total
         self._step += 1
@@ -219,7 +250,25 @@ class TwinProcess:
         ok = _wait(lambda: self._ctl[_DONE] == step, self._alive, _may_spin())
         if not ok or self._ctl[_FAILED]:
             raise TwinFailed(self._failure("stopped"))
-        return float(self._result[0]), int(self._result[1])
+        return float(self._result[_LOSS]), int(self._result[_CORRECT])
+
+    def update(self, lr: float, t: int) -> None:
+        """Let the twin take its half of the optimizer step ``t`` (learning rate
+        ``lr``) on the half-batch started last; don't wait."""
+        self._result[_LR], self._ctl[_T] = lr, t
+        self._ctl[_UPDATE] = self._step
+
+    def updated(self) -> bool:
+        """Wait for the twin's half of the step; whether its new weights are finite.
+
+        Raises TwinFailed if the twin raised or died (its half of the weights may
+        then be partly updated).
+        """
+        step = self._step
+        ok = _wait(lambda: self._ctl[_UPDATED] == step, self._alive, _may_spin())
+        if not ok or self._ctl[_FAILED]:
+            raise TwinFailed(self._failure("stopped"))
+        return bool(self._ctl[_FINITE])
 
     def _failure(self, what: str) -> str:
         text = bytes(self._message).rstrip(b"\0").decode("utf-8", "replace")
@@ -253,10 +302,13 @@ class TwinProcess:
         self._paths = []
 
 
-def _twin_main(names, config, prepare, seed, aug_seed, parent_pid) -> None:
-    """The twin's loop: wait for ``go``, run the half-batch, report, repeat."""
+def _twin_main(
+    names, config, prepare, seed, aug_seed, optimizer, n_weights, alpha, parent_pid
+) -> None:
+    """The twin's loop: wait for ``go``, run the half-batch, report; wait for
+    ``update``, take its half of the optimizer step, report; repeat."""
     arrays = {
-        key: _map(path, shape, dtype, "r+")
+        key: np.asarray(_map(path, shape, dtype, "r+"))
         for key, (path, shape, dtype) in names.items()
     }
     ctl, message = arrays["ctl"], arrays["message"]
@@ -269,40 +321,72 @@ def _twin_main(names, config, prepare, seed, aug_seed, parent_pid) -> None:
             pass
     try:
         from digits.nn.model import Sequential
+        from digits.nn.optimizers import OPTIMIZERS
         from digits.nn.training import (
+            FlatUpdate,
             _forward_backward,
             blas_threads,
             keep_freed_memory,
         )
 
         keep_freed_memory()
+        params, grads, own_grads = (
+            arrays["params"],
+            arrays["grads"],
+            arrays["twin_grads"],
+        )
         model = Sequential.from_config(config).replica(seed)
-        model.share(arrays["params"], arrays["grads"])
+        model.share(params, own_grads)
+        name, settings = optimizer
+        opt = OPTIMIZERS[name]([params], [grads], **settings)
+        prefix = "optimizer."
+        opt.share_state(
+            {k[len(prefix) :]: a for k, a in arrays.items() if k.startswith(prefix)},
+            copy=False,  # the parent fills them
+        )
+        flat = FlatUpdate(opt, params, grads, arrays["backup"], n_weights, alpha)
         aug = None if aug_seed is None else np.random.default_rng(aug_seed)
         x, y, idx, result = arrays["x"], arrays["y"], arrays["idx"], arrays["result"]
+        parent_alive = lambda: os.getppid() == parent_pid  # noqa: E731
         ctl[_READY] = 1
         step = 0
         with blas_threads(1):
             while True:
                 _wait(
                     lambda last=step: ctl[_GO] > last or bool(ctl[_EXIT]),
-                    lambda: os.getppid() == parent_pid,
+                    parent_alive,
                     spin=True,  # the twin's only thread
                 )
-                if ctl[_EXIT] or os.getppid() != parent_pid:
+                if ctl[_EXIT] or not parent_alive():
                     break
                 step = int(ctl[_GO])
                 rows = idx[: ctl[_N]]
+                n_total = int(ctl[_N_TOTAL])
                 loss, correct = _forward_backward(
-                    model, prepare(x[rows], aug), y[rows], int(ctl[_N_TOTAL])
+                    model, prepare(x[rows], aug), y[rows], n_total
                 )
-                result[0], result[1] = loss, correct
+                result[_LOSS], result[_CORRECT] = loss, correct
                 ctl[_DONE] = step
+                # The parent adds the losses; it lets the update go ahead only if
+                # the batch's loss is finite (else it stops training).
+                _wait(
+                    lambda s=step: ctl[_UPDATE] == s or ctl[_GO] > s or ctl[_EXIT],
+                    parent_alive,
+                    spin=True,
+                )
+                if ctl[_UPDATE] != step:
+                    continue
+                opt.lr, opt.t = float(result[_LR]), int(ctl[_T]) - 1
+                opt.start_step()
+                size = len(params)
+                ctl[_FINITE] = flat(n_total, [own_grads], size // 2, size)
+                ctl[_UPDATED] = step
     except BaseException as exc:  # reported to the parent, which raises it
         text = f"{type(exc).__name__}: {exc}".encode()[: _MESSAGE_BYTES - 1]
         message[: len(text)] = np.frombuffer(text, np.uint8)
         ctl[_FAILED] = 1
         ctl[_DONE] = ctl[_GO]
+        ctl[_UPDATED] = ctl[_GO]
 
 
 if __name__ == "__main__":
