@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 MAX_SHIFT = 2.0  # pixels, in each direction
 MAX_ROTATION = 10.0  # degrees
@@ -20,6 +19,10 @@ def shift_rotate(
     images : ndarray (N, H, W), float. Returns a new float32 array of the same shape.
     One ``map_coordinates`` call resamples the whole batch.
     """
+    # Imported here: SciPy takes 0.4 s to import, and the twin training process
+    # (digits/nn/twin.py) imports this module at start-up whether it augments or not.
+    from scipy import ndimage
+
     n, h, w = images.shape
     theta = np.deg2rad(rng.uniform(-max_rotation, max_rotation, n))
     shift = rng.uniform(-max_shift, max_shift, (n, 2))

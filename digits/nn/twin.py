@@ -192,8 +192,6 @@ class TwinProcess:
                 # NumPy call made on these arrays.
                 arrays[key] = np.asarray(_map(path, shape, dtype, "w+"))
                 names[key] = (path, tuple(shape), np.dtype(dtype).str)
-            arrays["x"][...] = x
-            arrays["y"][...] = y
             self.shared = {key: arrays[key] for key in storage}
             self.grads = arrays["twin_grads"]
             self._idx, self._ctl = arrays["idx"], arrays["ctl"]
@@ -220,6 +218,9 @@ class TwinProcess:
             )
             self._process.stdin.write(pickle.dumps(args))
             self._process.stdin.close()
+            # Filled while the twin starts (it reads them only at the first step).
+            arrays["x"][...] = x
+            arrays["y"][...] = y
             self._step = 0
             started = time.perf_counter()
             alive = self._alive
