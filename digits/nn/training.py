@@ -17,7 +17,6 @@ import ctypes.util
 import functools
 import os
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ from digits.nn.twin import TwinFailed, TwinProcess
 MIN_HALF_BATCH = 16
 
 # From this many training images, the second half of each batch runs in a process
-# (digits/nn/twin.py) rather than a thread: starting one takes about a second.
+# (digits/nn/twin.py) rather than a thread: starting one takes about 0.3 s.
 TWIN_PROCESS_MIN_IMAGES = 10_000
 
 # glibc's mallopt parameters; see mallopt(3).
@@ -264,13 +263,7 @@ class Trainer:
     def _twin_for(self, x: np.ndarray, y: np.ndarray) -> TwinProcess | None:
         """The twin process for training on (x, y), started on first use; None when
         the second half runs in a thread (or there is no second half)."""
-        # "auto" keeps the thread inside a server (training on a background
-        # thread, as the dashboard does), where the niced thread path is what the
-        # browser tests hold to their latency limits.
-        auto = (
-            len(x) >= TWIN_PROCESS_MIN_IMAGES
-            and threading.current_thread() is threading.main_thread()
-        )
+        auto = len(x) >= TWIN_PROCESS_MIN_IMAGES
         wanted = len(self.replicas) > 1 and (
             self.twin_mode == "process" or (self.twin_mode == "auto" and auto)
         )

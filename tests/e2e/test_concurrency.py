@@ -2,7 +2,9 @@
 
 Checks that each session gets its own results, that the second training waits
 its turn with a visible message (see ``digits.slots``), that predictions come
-back in under a second while a model trains, and that nothing errors.
+back in under a second while a model trains, and that nothing errors. The latency
+is judged on rounds during which the virtual machine's host left us the CPU (see
+MAX_STEAL); every round is printed.
 """
 
 from __future__ import annotations
@@ -34,16 +36,34 @@ pytestmark = pytest.mark.e2e
 
 MAX_LATENCY = 1.0  # seconds from the last mouse-up to the prediction: the issue's
 ROUNDS = 3  # drawings per drawing session while a model trains
+# A round during which the hypervisor gave more than this share of the CPU time to
+# other machines ("steal": every latency over 1 s seen came with 28-53%) measures
+# the neighbours, not this server: it is reported, and another round is drawn.
+MAX_STEAL = 0.2
+MAX_ROUNDS = 10
 QUEUED = "Waiting for a training slot"
 
 
-def draw_at_once(drawers, shapes, strokes: list[int]) -> list[float]:
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time counters from /proc/stat (steal is the 8th)."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:]]
+
+
+def draw_at_once(
+    drawers, shapes, strokes: list[int], steal: list[float]
+) -> list[float]:
     """Each drawer draws its shape, one right after the other (the first one's
     prediction is still on its way). Their latencies (s), in the pages' clocks;
-    ``strokes`` gets how many strokes each drawing took."""
+    ``strokes`` gets how many strokes each drawing took, ``steal`` the share of
+    CPU time the hypervisor gave other machines meanwhile (for the report)."""
+    before = cpu_ticks()
     for page, shape in zip(drawers, shapes, strict=True):
         strokes.append(stroke(page, shape))
-    return [prediction_latency(page) for page in drawers]
+    latencies = [prediction_latency(page) for page in drawers]
+    ticks = [b - a for a, b in zip(before, cpu_ticks(), strict=False)]
+    steal.append(round(ticks[7] / max(1, sum(ticks)), 2) if len(ticks) > 7 else 0.0)
+    return latencies
 
 
 def stop_training(*pages) -> None:
@@ -91,10 +111,14 @@ def test_two_sessions_train_while_two_draw(server, new_page):
             stroke(page, ONE)
             prediction_latency(page)
             clear_canvas(page)
-        latencies, server_times, strokes = [], [], []
-        for i in range(ROUNDS):
+        latencies, server_times, strokes, steal = [], [], [], []
+        rounds = []  # (latencies, steal share) of each round
+        i = 0
+        while sum(s <= MAX_STEAL for _, s in rounds) < ROUNDS and i < MAX_ROUNDS:
             shapes = (ONE, SEVEN) if i % 2 == 0 else (SEVEN, ONE)
-            latencies += draw_at_once(drawers, shapes, strokes)
+            round_latencies = draw_at_once(drawers, shapes, strokes, steal)
+            rounds.append((round_latencies, steal[-1]))
+            latencies += round_latencies
             digits = ("1", "7") if i % 2 == 0 else ("7", "1")
             for page, digit in zip(drawers, digits, strict=True):
                 for model in ("default-cnn", "default-mlp"):
@@ -102,14 +126,22 @@ def test_two_sessions_train_while_two_draw(server, new_page):
                 no_exception(page)
                 server_times.append(page.get_by_text("Server time:").inner_text())
                 clear_canvas(page)
+            i += 1
         print(
             f"prediction latencies under load (s): {[round(t, 3) for t in latencies]}"
         )
+        print(f"steal share during each round: {steal}")
         print("as the Draw page measured them:", *server_times, sep="\n  ")
         print(
             f"strokes per drawing (more than 1: a fresh canvas missed one): {strokes}"
         )
-        assert max(latencies) < MAX_LATENCY, latencies
+        measured = [t for lat, s in rounds if s <= MAX_STEAL for t in lat]
+        assert len(measured) >= ROUNDS * len(drawers), (
+            f"the host ran other machines for more than {MAX_STEAL:.0%} of the CPU "
+            f"time in {len(rounds) - len(measured) // len(drawers)} of "
+            f"{len(rounds)} rounds, so the latency could not be measured: {rounds}"
+        )
+        assert max(measured) < MAX_LATENCY, rounds
         for page in (first, second):
             nav_link(page, "Train").click()
             title(page, "Train")
