@@ -219,3 +219,39 @@ def test_a_new_twin_removes_the_files_a_killed_parent_left(tmp_path, mnist):
     print(f"left by the killed start: {len(left)} files")
     assert left, "the twin mapped the files before the kill; nothing to clean up"
     assert glob.glob(pattern) == []
+
+
+def test_divergence_and_a_stop_keep_the_same_weights_on_both_paths(mnist, monkeypatch):
+    """A diverging run restores the weights from the backup that both processes
+    wrote; a callback's stop leaves the last batch's weights. Either way the model
+    ends on its own arrays again, with what the thread path gives."""
+    from digits.errors import TrainingDiverged
+
+    x, y = mnist.x_train[:2000], mnist.y_train[:2000]
+    diverging = dict(solver="sgd", momentum=0.99, learning_rate_init=1e6)
+    results = {}
+    for mode in ("thread", "process"):
+        monkeypatch.setenv("DIGITS_TWIN", mode)
+        est = CNNClassifier(max_iter=3, random_state=0, **diverging)
+        with pytest.raises(TrainingDiverged, match=r"epoch 1, batch \d+"):
+            est.fit(x, y)
+        stopped = CNNClassifier(max_iter=3, random_state=0)
+        stopped.fit(x, y, callbacks=[StopAt(5)])
+        assert stopped.n_iter_ == 1
+        results[mode] = [est.model_.state_dict(), stopped.model_.state_dict()]
+        for model in (est.model_, stopped.model_):
+            assert type(model.packed[0]) is np.ndarray
+            assert not isinstance(model.packed[0].base, np.memmap)
+    for kept_thread, kept_process in zip(*results.values(), strict=True):
+        for key, w in kept_thread.items():
+            assert np.isfinite(w).all()
+            np.testing.assert_array_equal(w, kept_process[key], err_msg=key)
+
+
+class StopAt(Callback):
+    def __init__(self, batches: int) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def on_batch_end(self, step: int, logs: dict) -> None:
+        self.stop_training = step + 1 >= self.batches
