@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+_STORAGE_PREFIX = "optimizer."
+
 
 class Optimizer:
     """Base class: subclasses implement ``_step(i, param, grad, part)``."""
@@ -63,14 +65,22 @@ class Optimizer:
         lists aligned with ``params``."""
         return {}
 
+    def state_storage(self) -> dict[str, np.ndarray]:
+        """``state_arrays()`` flattened to ``{"optimizer.<name>.<i>": array}``."""
+        return {
+            f"{_STORAGE_PREFIX}{name}.{i}": a
+            for name, states in self.state_arrays().items()
+            for i, a in enumerate(states)
+        }
+
     def share_state(self, arrays: dict[str, np.ndarray], copy: bool = True) -> None:
-        """Keep the state in ``arrays`` (``"<name>.<i>"``, shaped like params[i]) from
-        now on, after copying the current state into them unless ``copy`` is False:
-        how a twin process and its parent update one optimizer state in shared
-        memory."""
+        """Keep the state in ``arrays`` (keyed as in ``state_storage()``; other keys
+        are ignored) from now on, after copying the current state into them unless
+        ``copy`` is False: how a twin process and its parent update one optimizer
+        state in shared memory."""
         for name, states in self.state_arrays().items():
             for i, old in enumerate(states):
-                new = arrays[f"{name}.{i}"]
+                new = arrays[f"{_STORAGE_PREFIX}{name}.{i}"]
                 if new is not old:
                     if copy:
                         np.copyto(new, old)

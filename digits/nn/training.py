@@ -307,9 +307,7 @@ class Trainer:
     def _storage(self) -> dict[str, np.ndarray]:
         """The flat arrays a training step updates: what a twin process shares."""
         arrays = {"params": self._params, "grads": self._grads, "backup": self._backup}
-        for name, states in self.optimizer.state_arrays().items():
-            arrays.update({f"optimizer.{name}.{i}": a for i, a in enumerate(states)})
-        return arrays
+        return arrays | self.optimizer.state_storage()
 
     def _adopt(self, arrays: dict[str, np.ndarray]) -> None:
         """Copy the current values into ``arrays`` (shaped like ``_storage()``) and
@@ -320,11 +318,7 @@ class Trainer:
         params, grads = arrays["params"], arrays["grads"]
         self.model.share(params, grads)
         self.optimizer.params[0], self.optimizer.grads[0] = params, grads
-        prefix = "optimizer."
-        self.optimizer.share_state(
-            {k[len(prefix) :]: a for k, a in arrays.items() if k.startswith(prefix)},
-            copy=False,  # done above
-        )
+        self.optimizer.share_state(arrays, copy=False)  # copied above
         self._params, self._grads, self._backup = params, grads, arrays["backup"]
         self._flat = FlatUpdate(
             self.optimizer, params, grads, self._backup, self._n_weights, self.alpha

@@ -340,11 +340,7 @@ def _twin_main(
         model.share(params, own_grads)
         name, settings = optimizer
         opt = OPTIMIZERS[name]([params], [grads], **settings)
-        prefix = "optimizer."
-        opt.share_state(
-            {k[len(prefix) :]: a for k, a in arrays.items() if k.startswith(prefix)},
-            copy=False,  # the parent fills them
-        )
+        opt.share_state(arrays, copy=False)  # the parent fills them
         flat = FlatUpdate(opt, params, grads, arrays["backup"], n_weights, alpha)
         aug = None if aug_seed is None else np.random.default_rng(aug_seed)
         x, y, idx, result = arrays["x"], arrays["y"], arrays["idx"], arrays["result"]
