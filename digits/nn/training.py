@@ -331,32 +331,29 @@ class Trainer:
         n = len(idx)
         aug = self.aug_rngs if self.augment else [None, None]
         split = (pool is not None or twin is not None) and n >= 2 * MIN_HALF_BATCH
-        half = n // 2
         if not split:
+            # Too few images to halve: this side runs them all, and updates alone.
+            pool = twin = None
             xb = self.prepare(x[idx], aug[0])
             loss, correct = _forward_backward(self.model, xb, y[idx], n)
             others = []
-        elif twin is not None:
-            twin.start(idx[half:], n)
-            loss, correct = _forward_backward(
-                self.model, self.prepare(x[idx[:half]], aug[0]), y[idx[:half]], n
-            )
-            loss1, c1 = twin.result()
-            loss, correct, others = loss + loss1, correct + c1, [twin.grads]
         else:
-            i0, i1 = idx[:half], idx[half:]
-
-            def second_half() -> tuple[float, int]:
-                xb1 = self.prepare(x[i1], aug[1])
-                return _forward_backward(self.replicas[1], xb1, y[i1], n)
-
-            future = pool.submit(second_half)
-            loss0, c0 = _forward_backward(
+            i0, i1 = idx[: n // 2], idx[n // 2 :]
+            if twin is not None:
+                twin.start(i1, n)
+                second_half, others = twin.result, [twin.grads]
+            else:
+                second_half = pool.submit(
+                    lambda: _forward_backward(
+                        self.replicas[1], self.prepare(x[i1], aug[1]), y[i1], n
+                    )
+                ).result
+                others = [self.replicas[1].packed[1]]
+            loss, correct = _forward_backward(
                 self.model, self.prepare(x[i0], aug[0]), y[i0], n
             )
-            loss1, c1 = future.result()
-            loss, correct = loss0 + loss1, c0 + c1
-            others = [self.replicas[1].packed[1]]
+            loss1, c1 = second_half()
+            loss, correct = loss + loss1, correct + c1
         if self.alpha:
             w = self._params[: self._n_weights]
             loss += 0.5 * self.alpha * float(np.vdot(w, w)) / n
