@@ -50,11 +50,17 @@ class Optimizer:
         raise NotImplementedError
 
     def state(self) -> dict[str, np.ndarray]:
-        """The optimizer's arrays, for saving alongside the weights."""
-        return {}
+        """The optimizer's arrays, ``"<name>.<i>"``, for saving beside the weights."""
+        return {
+            f"{name}.{i}": a
+            for name, states in self.state_arrays().items()
+            for i, a in enumerate(states)
+        }
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        pass
+        """Copy ``state`` (keyed as ``state()``) into the optimizer's arrays."""
+        for key, a in Optimizer.state(self).items():
+            a[...] = state[key]
 
     def config(self) -> dict:
         """Constructor arguments besides the arrays: enough to build an equal one."""
@@ -66,12 +72,8 @@ class Optimizer:
         return {}
 
     def state_storage(self) -> dict[str, np.ndarray]:
-        """``state_arrays()`` flattened to ``{"optimizer.<name>.<i>": array}``."""
-        return {
-            f"{_STORAGE_PREFIX}{name}.{i}": a
-            for name, states in self.state_arrays().items()
-            for i, a in enumerate(states)
-        }
+        """The state arrays keyed ``"optimizer.<name>.<i>"``, beside other arrays."""
+        return {_STORAGE_PREFIX + k: a for k, a in Optimizer.state(self).items()}
 
     def share_state(self, arrays: dict[str, np.ndarray], copy: bool = True) -> None:
         """Keep the state in ``arrays`` (keyed as in ``state_storage()``; other keys
@@ -118,13 +120,6 @@ class SGD(Optimizer):
             param += self.momentum * v - self.lr * grad
         else:
             param += v
-
-    def state(self):
-        return {f"velocity.{i}": v for i, v in enumerate(self.velocity)}
-
-    def load_state(self, state):
-        for i, v in enumerate(self.velocity):
-            v[...] = state[f"velocity.{i}"]
 
 
 class Adam(Optimizer):
@@ -179,15 +174,10 @@ class Adam(Optimizer):
         param -= t
 
     def state(self):
-        out = {f"m.{i}": m for i, m in enumerate(self.m)}
-        out.update({f"v.{i}": v for i, v in enumerate(self.v)})
-        out["t"] = np.array(self.t)
-        return out
+        return super().state() | {"t": np.array(self.t)}
 
     def load_state(self, state):
-        for i in range(len(self.m)):
-            self.m[i][...] = state[f"m.{i}"]
-            self.v[i][...] = state[f"v.{i}"]
+        super().load_state(state)
         self.t = int(state["t"])
 
 
