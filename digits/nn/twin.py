@@ -183,8 +183,8 @@ class TwinProcess:
                 sum(np.dtype(d).itemsize * int(np.prod(s)) for s, d in specs.values())
             )
             remove_orphans(folder)
+            prefix = f"{_PREFIX}{os.getpid()}-"
             for key, (shape, dtype) in specs.items():
-                prefix = f"{_PREFIX}{os.getpid()}-"
                 fd, path = tempfile.mkstemp(prefix=prefix, dir=folder)
                 os.close(fd)
                 self._paths.append(path)
@@ -247,10 +247,7 @@ class TwinProcess:
     def result(self) -> tuple[float, int]:
         """Wait for the half started last; (loss, n_correct). Its gradients are in
         ``self.grads``. Raises TwinFailed if the twin raised or died."""
-        step = self._step
-        ok = _wait(lambda: self._ctl[_DONE] == step, self._alive, _may_spin())
-        if not ok or self._ctl[_FAILED]:
-            raise TwinFailed(self._failure("stopped"))
+        self._await(_DONE)
         return float(self._result[_LOSS]), int(self._result[_CORRECT])
 
     def update(self, lr: float, t: int) -> None:
@@ -265,11 +262,15 @@ class TwinProcess:
         Raises TwinFailed if the twin raised or died (its half of the weights may
         then be partly updated).
         """
+        self._await(_UPDATED)
+        return bool(self._ctl[_FINITE])
+
+    def _await(self, word: int) -> None:
+        """Wait until control word ``word`` reports the current step."""
         step = self._step
-        ok = _wait(lambda: self._ctl[_UPDATED] == step, self._alive, _may_spin())
+        ok = _wait(lambda: self._ctl[word] == step, self._alive, _may_spin())
         if not ok or self._ctl[_FAILED]:
             raise TwinFailed(self._failure("stopped"))
-        return bool(self._ctl[_FINITE])
 
     def _failure(self, what: str) -> str:
         text = bytes(self._message).rstrip(b"\0").decode("utf-8", "replace")
