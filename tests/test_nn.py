@@ -212,6 +212,35 @@ def test_pack_moves_parameters_into_one_array_weights_first():
     np.testing.assert_array_equal(twin.packed[1], grads)
 
 
+def test_update_blocks_cover_every_parameter_once_last_layers_first():
+    """The twin path's optimizer step goes in these blocks; each is ready once both
+    halves' backward passes have finished its layer, so the order must follow
+    backward's, and the blocks must cover the flat array exactly once."""
+    from digits.nn.training import update_blocks
+
+    model = small_model(np.random.default_rng(0))
+    flat, _, n_weights = model.pack()
+    blocks = update_blocks(model, block=50)
+    covered = np.zeros(len(flat), int)
+    for _, start, stop in blocks:
+        assert 0 < stop - start <= 50 or start >= n_weights
+        covered[start:stop] += 1
+    assert (covered == 1).all()
+    layers = [layer for layer, _, _ in blocks]
+    assert layers == sorted(layers, reverse=True)
+    # A block's layer owns its weights, or (the biases' block) comes first.
+    owner = {}
+    for layer, start, stop in model.flat_ranges():
+        owner.update(dict.fromkeys(range(start, stop), layer))
+    for layer, start, stop in blocks:
+        assert min(owner[i] for i in range(start, stop)) == layer
+    # Backward reports each layer as done, last layer first.
+    done = []
+    x = np.random.default_rng(1).standard_normal((2, 8, 8, 1)).astype(np.float32)
+    model.backward(model.forward(x, training=True), done.append)
+    assert done == list(reversed(range(len(model.layers))))
+
+
 @pytest.mark.parametrize("alpha", [0.0, 1e-2])
 def test_update_split_across_two_threads_equals_one_thread(alpha):
     """Each thread updates half of the flat array: together, every element once."""

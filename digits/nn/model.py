@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from digits.nn.layers import LAYERS, Layer
@@ -27,10 +29,19 @@ class Sequential:
             x = layer.forward(x, training)
         return x
 
-    def backward(self, grad: np.ndarray) -> np.ndarray | None:
-        """Backpropagate dL/d(out); returns dL/d(in) unless the first layer skips it."""
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+    def backward(
+        self, grad: np.ndarray, done: Callable[[int], None] | None = None
+    ) -> np.ndarray | None:
+        """Backpropagate dL/d(out); returns dL/d(in) unless the first layer skips it.
+
+        ``done(i)``, if given, is called once layer ``i``'s gradients are final: the
+        trainer's second process starts updating those weights while this pass
+        goes on through the earlier layers.
+        """
+        for i in reversed(range(len(self.layers))):
+            grad = self.layers[i].backward(grad)
+            if done is not None:
+                done(i)
         return grad
 
     def parameters(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -72,6 +83,17 @@ class Sequential:
             layer.params[name], layer.grads[name] = p, g
         n_weights = sum(layer.params[n].size for layer, n in slots if n == "W")
         self.packed = (params, grads, n_weights)
+
+    def flat_ranges(self) -> list[tuple[int, int, int]]:
+        """``(layer index, start, stop)`` of every parameter in :meth:`pack`'s flat
+        arrays, in their order."""
+        ranges, at = [], 0
+        index = {id(layer): i for i, layer in enumerate(self.layers)}
+        for layer, name in _weights_first(self.layers):
+            size = layer.params[name].size
+            ranges.append((index[id(layer)], at, at + size))
+            at += size
+        return ranges
 
     def n_params(self) -> int:
         return sum(p.size for _, p, _ in self.parameters())

@@ -90,17 +90,58 @@ def keep_freed_memory() -> bool:
 
 
 def _forward_backward(
-    model: Sequential, x: np.ndarray, y: np.ndarray, n_total: int
+    model: Sequential,
+    x: np.ndarray,
+    y: np.ndarray,
+    n_total: int,
+    loss_ready: Callable[[float, int], None] | None = None,
+    layer_done: Callable[[int], None] | None = None,
 ) -> tuple[float, int]:
-    """One forward and backward pass on part of a batch; returns (loss, n_correct)."""
+    """One forward and backward pass on part of a batch; returns (loss, n_correct).
+
+    ``loss_ready(loss, n_correct)`` is called between the two passes, and
+    ``layer_done`` as in ``Sequential.backward``: how the two processes of the
+    twin path tell each other how far they are.
+    """
     # Overflow is how divergence shows; the trainer checks the loss and weights and
     # reports it with TrainingDiverged, so NumPy's warnings would only be noise.
     with np.errstate(over="ignore", invalid="ignore"):
         logits = model.forward(x, training=True)
         correct = int((logits.argmax(axis=1) == y).sum())
         loss, dlogits = softmax_cross_entropy(logits, y, n_total)
-        model.backward(dlogits)
+        if loss_ready is not None:
+            loss_ready(loss, correct)
+        model.backward(dlogits, layer_done)
     return loss, correct
+
+
+# On the twin path the optimizer step goes in blocks of at most this many values,
+# so that whichever process is free can take the next one.
+UPDATE_BLOCK = 32768
+
+
+def update_blocks(
+    model: Sequential, block: int = UPDATE_BLOCK
+) -> list[tuple[int, int, int]]:
+    """Slices of the flat arrays (see ``Sequential.pack``) for one optimizer step,
+    in the order backward finishes their gradients: ``(layer, start, stop)``, to be
+    updated once both halves' backward passes are done with layer ``layer``.
+
+    The weights go in pieces of at most ``block`` values, the last layers' first;
+    the biases, a few hundred values, go in one last piece.
+    """
+    _, _, n_weights = model.pack()
+    ranges = model.flat_ranges()
+    weights = sorted((r for r in ranges if r[1] < n_weights), key=lambda r: -r[0])
+    blocks = [
+        (layer, s, min(stop, s + block))
+        for layer, start, stop in weights
+        for s in range(start, stop, block)
+    ]
+    biases = [r for r in ranges if r[1] >= n_weights]
+    if biases:
+        blocks.append((min(r[0] for r in biases), biases[0][1], biases[-1][2]))
+    return blocks
 
 
 class FlatUpdate:
@@ -285,6 +326,7 @@ class Trainer:
                     optimizer=(type(self.optimizer).__name__, self.optimizer.config()),
                     n_weights=self._n_weights,
                     alpha=self.alpha,
+                    blocks=update_blocks(self.model),
                 )
                 self._adopt(self._twin.shared)
             except (OSError, TwinFailed) as exc:
@@ -331,45 +373,52 @@ class Trainer:
         n = len(idx)
         aug = self.aug_rngs if self.augment else [None, None]
         split = (pool is not None or twin is not None) and n >= 2 * MIN_HALF_BATCH
-        if not split:
-            # Too few images to halve: this side runs them all, and updates alone.
-            pool = twin = None
-            xb = self.prepare(x[idx], aug[0])
-            loss, correct = _forward_backward(self.model, xb, y[idx], n)
-            others = []
-        else:
-            i0, i1 = idx[: n // 2], idx[n // 2 :]
-            if twin is not None:
-                twin.start(i1, n)
-                second_half, others = twin.result, [twin.grads]
-            else:
-                second_half = pool.submit(
-                    lambda: _forward_backward(
-                        self.replicas[1], self.prepare(x[i1], aug[1]), y[i1], n
-                    )
-                ).result
-                others = [self.replicas[1].packed[1]]
-            loss, correct = _forward_backward(
-                self.model, self.prepare(x[i0], aug[0]), y[i0], n
-            )
-            loss1, c1 = second_half()
-            loss, correct = loss + loss1, correct + c1
+        l2 = 0.0
         if self.alpha:
             w = self._params[: self._n_weights]
-            loss += 0.5 * self.alpha * float(np.vdot(w, w)) / n
-        if not np.isfinite(loss):
-            # The last update made weights that are finite but blow up the loss:
-            # go back to the weights before it, which gave a finite loss.
-            np.copyto(self._params, self._backup)
-            self._diverged(epoch, batch, "the loss became non-finite")
+            l2 = 0.5 * self.alpha * float(np.vdot(w, w)) / n
+        lr = self.optimizer.lr
         if self._schedule:
             lr0, epochs = self._schedule
             total = epochs * -(-len(x) // self.batch_size)
             # A Python float, like a constant rate: NumPy keeps float32 arithmetic
             # with it (an np.float64 would turn SGD's products into float64 ones).
-            self.optimizer.lr = float(
-                lr0 * 0.5 * (1 + np.cos(np.pi * self._steps / total))
+            lr = float(lr0 * 0.5 * (1 + np.cos(np.pi * self._steps / total)))
+        if not split:
+            # Too few images to halve: this side runs them all, and updates alone.
+            pool = twin = None
+            xb = self.prepare(x[idx], aug[0])
+            loss, correct = _forward_backward(self.model, xb, y[idx], n)
+            loss, others = loss + l2, []
+        elif twin is not None:
+            i0, i1 = idx[: n // 2], idx[n // 2 :]
+            side = twin.start(i1, n, lr, self.optimizer.t + 1, l2)
+            xb = self.prepare(x[i0], aug[0])
+            hooks = side.loss_ready, side.layer_done
+            _forward_backward(self.model, xb, y[i0], n, *hooks)
+            loss, correct = side.losses()
+            others = [twin.grads]
+        else:
+            i0, i1 = idx[: n // 2], idx[n // 2 :]
+            second_half = pool.submit(
+                lambda: _forward_backward(
+                    self.replicas[1], self.prepare(x[i1], aug[1]), y[i1], n
+                )
             )
+            loss, correct = _forward_backward(
+                self.model, self.prepare(x[i0], aug[0]), y[i0], n
+            )
+            loss1, c1 = second_half.result()
+            loss, correct = loss + loss1 + l2, correct + c1
+            others = [self.replicas[1].packed[1]]
+        if not np.isfinite(loss):
+            if twin is not None:
+                twin.finish()  # it saw the same loss, and skipped the update
+            # The last update made weights that are finite but blow up the loss:
+            # go back to the weights before it, which gave a finite loss.
+            np.copyto(self._params, self._backup)
+            self._diverged(epoch, batch, "the loss became non-finite")
+        self.optimizer.lr = lr
         self._steps += 1
         if not self._update(n, pool, others, twin):
             np.copyto(self._params, self._backup)
@@ -384,16 +433,15 @@ class Trainer:
         twin: TwinProcess | None = None,
     ) -> bool:
         """Add the other half-batch's gradients (``others``) and the L2 term's, back
-        up the weights and take one optimizer step: half of the flat arrays here and
-        half in the twin process or, given a ``pool``, in its thread. Returns
-        whether every new weight is finite.
+        up the weights and take one optimizer step: in blocks shared with the twin
+        process, or half of the flat arrays here and half in the ``pool``'s thread.
+        Returns whether every new weight is finite.
         """
         self.optimizer.start_step()
         size = len(self._params)
         if twin is not None:
-            twin.update(self.optimizer.lr, self.optimizer.t)
-            ok = self._flat(n, others, 0, size // 2)
-            return twin.updated() and ok
+            ok = twin.side.update(self._flat, n, others)
+            return twin.finish() and ok
         if pool is None:
             return self._flat(n, others, 0, size)
         # One slice per thread, not cache-sized blocks: blocks measured slower, since

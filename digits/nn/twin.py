@@ -19,13 +19,20 @@ the twin has mapped them; files whose creator died before that are removed by th
 next twin's start, since their names carry the creator's process id) holds the
 trainer's flat arrays while the twin lives (parameters, both halves' gradients, the
 weights' backup and the optimizer's state), the training images and labels, the
-half-batch's indices, its loss and a few control words. Per step:
+half-batch's indices, both halves' losses and a few control words. Per step:
 
-1. the parent writes the indices and bumps ``go``;
-2. each side runs forward and backward on its half; the twin bumps ``done``;
-3. the parent adds the losses and, if the sum is finite, bumps ``update``;
-4. each side takes the optimizer step on its half of the flat arrays, as the
-   trainer's two threads do; the twin bumps ``updated``.
+1. the parent writes the indices, the learning rate and the L2 term of the loss,
+   and bumps ``go``;
+2. each side runs forward on its half and publishes its loss, then runs backward,
+   publishing how far it has got after each layer;
+3. each side adds the two losses; if the sum is finite, each takes blocks of the
+   optimizer step (``training.update_blocks``), whichever block comes next, as
+   soon as both sides' gradients for it are final. The side that finished its
+   half first thus updates the last layers' weights while the other is still
+   working back through the first ones. A block is taken under a file lock, so
+   each is updated once; the update is element-wise, so who takes which block
+   never changes the numbers;
+4. the twin bumps ``updated`` when no block is left.
 
 The twin is a fresh ``python -m digits.nn.twin``, so nothing of the parent (its
 threads, its locks) is inherited, and, unlike multiprocessing's "spawn", it never
@@ -37,6 +44,7 @@ parent dies.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import subprocess
@@ -49,15 +57,23 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: the trainer then runs the second half in a thread
+    fcntl = None
+
 SPIN_SECONDS = 0.05  # then sleep in naps of NAP_SECONDS, checking the other side
 NAP_SECONDS = 0.0005
 START_TIMEOUT = 120.0  # seconds for the twin to import NumPy and build its model
 
-# Control words.
-_GO, _DONE, _EXIT, _FAILED, _READY, _N, _N_TOTAL = range(7)
-_UPDATE, _UPDATED, _FINITE, _T = range(7, 11)
-_N_CONTROL = 11
-_LOSS, _CORRECT, _LR = range(3)  # slots of the float64 "result" array
+# Control words; the last two pairs have one word per side (parent, twin).
+_GO, _EXIT, _FAILED, _READY, _N, _N_TOTAL, _T, _CLAIM, _UPDATED, _FINITE = range(10)
+_LOSS_AT, _PROGRESS = 10, 12
+_N_CONTROL = 14
+# Slots of the float64 "result" array; loss and correct have one per side.
+_LR, _L2, _LOSS, _CORRECT = 0, 1, 2, 4
+_N_RESULT = 6
+PARENT, TWIN = 0, 1
 _MESSAGE_BYTES = 4096
 _PREFIX = "digits-twin-"  # then the creating process's id, "-", and a random part
 
@@ -135,6 +151,93 @@ def _may_spin() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class _Side:
+    """One process's end of a step: it publishes its half's loss and how far its
+    backward pass has got, reads the other side's, and takes blocks of the
+    optimizer step.
+
+    ``blocks`` are ``(layer, start, stop)`` slices of the flat arrays, as from
+    ``training.update_blocks``; ``lock`` is a file descriptor to ``flock``; ``alive()``
+    says whether the other process still runs, ``spin()`` whether to spin while
+    waiting; ``gone()`` makes the exception to raise when the other side failed.
+    """
+
+    def __init__(
+        self,
+        ctl: np.ndarray,
+        result: np.ndarray,
+        lock: int,
+        blocks: list[tuple[int, int, int]],
+        n_layers: int,
+        side: int,
+        alive: Callable[[], bool],
+        spin: Callable[[], bool],
+        gone: Callable[[], BaseException],
+    ) -> None:
+        self.ctl, self.result, self.lock, self.blocks = ctl, result, lock, blocks
+        self.n_layers, self.side = n_layers, side
+        self.alive, self.spin, self.gone = alive, spin, gone
+        self.step = 0
+
+    def loss_ready(self, loss: float, correct: int) -> None:
+        """Publish this half's loss and number of correct predictions."""
+        self.result[_LOSS + self.side] = loss
+        self.result[_CORRECT + self.side] = correct
+        self.ctl[_LOSS_AT + self.side] = self.step
+
+    def layer_done(self, layer: int) -> None:
+        """Publish that this half's gradients of ``layer`` and later are final."""
+        self.ctl[_PROGRESS + self.side] = self._progress(layer)
+
+    def _progress(self, layer: int) -> int:
+        # Counts up across steps, so that no word needs resetting between them.
+        return self.step * (self.n_layers + 1) + self.n_layers - layer
+
+    def losses(self) -> tuple[float, int]:
+        """The batch's loss (both halves' plus the L2 term) and number correct,
+        once the other side has published its half's."""
+        other = 1 - self.side
+        self._wait(lambda: self.ctl[_LOSS_AT + other] == self.step)
+        r = self.result
+        loss = float(r[_LOSS + PARENT]) + float(r[_LOSS + TWIN]) + float(r[_L2])
+        return loss, int(r[_CORRECT + PARENT]) + int(r[_CORRECT + TWIN])
+
+    def update(self, flat: Callable[..., bool], n: int, others: list) -> bool:
+        """Take blocks of the optimizer step until none is left, each once both
+        halves' gradients for it are final; ``flat(n, others, start, stop)`` updates
+        one. Returns whether every weight this side updated is finite."""
+        ok = True
+        while (k := self._claim()) is not None:
+            layer, start, stop = self.blocks[k]
+            self._wait(functools.partial(self._both_past, self._progress(layer)))
+            ok = flat(n, others, start, stop) and ok
+        return ok
+
+    def _both_past(self, progress: int) -> bool:
+        return min(self.ctl[_PROGRESS], self.ctl[_PROGRESS + 1]) >= progress
+
+    def _claim(self) -> int | None:
+        """The next block nobody has taken yet, or None."""
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        try:
+            k = int(self.ctl[_CLAIM])
+            if k >= len(self.blocks):
+                return None
+            self.ctl[_CLAIM] = k + 1
+            return k
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        stop = lambda: bool(self.ctl[_FAILED] or self.ctl[_EXIT])  # noqa: E731
+        if not _wait(lambda: ready() or stop(), self.alive, self.spin()) or stop():
+            raise self.gone()
+
+
+class _ParentGone(Exception):
+    """The parent stopped the twin, or died, in the middle of a step."""
+
+
 class TwinProcess:
     """A process running ``forward_backward`` on the second half of each batch, and
     the optimizer step on the second half of the flat arrays.
@@ -145,7 +248,8 @@ class TwinProcess:
     ``storage`` names the trainer's flat arrays (params, grads, backup and the
     optimizer's state, see ``Trainer._storage``); ``self.shared`` holds shared ones
     shaped like them, for the trainer to move into. ``optimizer`` is the optimizer's
-    class name and ``config()``; ``n_weights`` and ``alpha`` as in ``FlatUpdate``.
+    class name and ``config()``; ``n_weights`` and ``alpha`` as in ``FlatUpdate``;
+    ``blocks`` as from ``training.update_blocks``.
     """
 
     def __init__(
@@ -161,10 +265,14 @@ class TwinProcess:
         optimizer: tuple[str, dict],
         n_weights: int,
         alpha: float,
+        blocks: list[tuple[int, int, int]],
     ) -> None:
         self._paths: list[str] = []
+        self._lock: int | None = None
         self.x_source, self.y_source = x, y
         try:
+            if fcntl is None:
+                raise OSError("a second process needs fcntl, which Windows lacks")
             params = storage["params"]
             specs = {key: (a.shape, a.dtype) for key, a in storage.items()}
             specs.update(
@@ -174,7 +282,7 @@ class TwinProcess:
                     "y": (y.shape, y.dtype),
                     "idx": ((batch_size,), np.int64),
                     "ctl": ((_N_CONTROL,), np.int64),
-                    "result": ((3,), np.float64),
+                    "result": ((_N_RESULT,), np.float64),
                     "message": ((_MESSAGE_BYTES,), np.uint8),
                 }
             )
@@ -196,6 +304,18 @@ class TwinProcess:
             self.grads = arrays["twin_grads"]
             self._idx, self._ctl = arrays["idx"], arrays["ctl"]
             self._result, self._message = arrays["result"], arrays["message"]
+            self._lock = os.open(names["ctl"][0], os.O_RDWR)
+            self.side = _Side(
+                self._ctl,
+                self._result,
+                self._lock,
+                blocks,
+                len(config),
+                PARENT,
+                self._alive,
+                _may_spin,
+                lambda: TwinFailed(self._failure("stopped")),
+            )
             args = (
                 names,
                 config,
@@ -205,6 +325,7 @@ class TwinProcess:
                 optimizer,
                 n_weights,
                 alpha,
+                blocks,
                 os.getpid(),
             )
             # The folder holding the digits package, so the child imports this one.
@@ -237,40 +358,32 @@ class TwinProcess:
         finally:
             self._unlink()  # both sides have mapped the files, or never will
 
-    def start(self, idx: np.ndarray, n_total: int) -> None:
-        """Start the twin on rows ``idx`` of x (a half of ``n_total``); don't wait."""
+    def start(
+        self, idx: np.ndarray, n_total: int, lr: float, t: int, l2: float
+    ) -> _Side:
+        """Start the twin on rows ``idx`` of x (a half of ``n_total``), for the
+        optimizer's step ``t`` at learning rate ``lr``; ``l2`` is the loss's L2
+        term. Returns the parent's side of the step (see ``_Side``): run the other
+        half with its hooks, then ``losses()``, then ``update()``, then
+        :meth:`finish`."""
         self._idx[: len(idx)] = idx
-        self._ctl[_N], self._ctl[_N_TOTAL] = len(idx), n_total
+        self._ctl[_N], self._ctl[_N_TOTAL], self._ctl[_T] = len(idx), n_total, t
+        self._result[_LR], self._result[_L2] = lr, l2
+        self._ctl[_CLAIM] = 0  # the twin is between steps: nobody claims now
         self._step += 1
+        self.side.step = self._step
         self._ctl[_GO] = self._step
+        return self.side
 
-    def result(self) -> tuple[float, int]:
-        """Wait for the half started last; (loss, n_correct). Its gradients are in
-        ``self.grads``. Raises TwinFailed if the twin raised or died."""
-        self._await(_DONE)
-        return float(self._result[_LOSS]), int(self._result[_CORRECT])
+    def finish(self) -> bool:
+        """Wait until the twin is done with the step (it took no more blocks, or
+        none at all for a non-finite loss); whether its new weights are finite.
 
-    def update(self, lr: float, t: int) -> None:
-        """Let the twin take its half of the optimizer step ``t`` (learning rate
-        ``lr``) on the half-batch started last; don't wait."""
-        self._result[_LR], self._ctl[_T] = lr, t
-        self._ctl[_UPDATE] = self._step
-
-    def updated(self) -> bool:
-        """Wait for the twin's half of the step; whether its new weights are finite.
-
-        Raises TwinFailed if the twin raised or died (its half of the weights may
-        then be partly updated).
+        Raises TwinFailed if the twin raised or died (some weights may then be
+        updated and others not).
         """
-        self._await(_UPDATED)
+        self.side._wait(lambda: self._ctl[_UPDATED] == self._step)
         return bool(self._ctl[_FINITE])
-
-    def _await(self, word: int) -> None:
-        """Wait until control word ``word`` reports the current step."""
-        step = self._step
-        ok = _wait(lambda: self._ctl[word] == step, self._alive, _may_spin())
-        if not ok or self._ctl[_FAILED]:
-            raise TwinFailed(self._failure("stopped"))
 
     def _failure(self, what: str) -> str:
         text = bytes(self._message).rstrip(b"\0").decode("utf-8", "replace")
@@ -293,6 +406,9 @@ class TwinProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
         self._unlink()
 
     def _unlink(self) -> None:
@@ -305,15 +421,25 @@ class TwinProcess:
 
 
 def _twin_main(
-    names, config, prepare, seed, aug_seed, optimizer, n_weights, alpha, parent_pid
+    names,
+    config,
+    prepare,
+    seed,
+    aug_seed,
+    optimizer,
+    n_weights,
+    alpha,
+    blocks,
+    parent_pid,
 ) -> None:
-    """The twin's loop: wait for ``go``, run the half-batch, report; wait for
-    ``update``, take its half of the optimizer step, report; repeat."""
+    """The twin's loop: wait for ``go``, run the half-batch, publishing its loss
+    and progress; take blocks of the optimizer step; report; repeat."""
     arrays = {
         key: np.asarray(_map(path, shape, dtype, "r+"))
         for key, (path, shape, dtype) in names.items()
     }
     ctl, message = arrays["ctl"], arrays["message"]
+    lock = os.open(names["ctl"][0], os.O_RDWR)
     for path, _, _ in names.values():
         # Mapped, so the names can go now, even if the parent is killed before it
         # gets to unlink them.
@@ -346,46 +472,61 @@ def _twin_main(
         aug = None if aug_seed is None else np.random.default_rng(aug_seed)
         x, y, idx, result = arrays["x"], arrays["y"], arrays["idx"], arrays["result"]
         parent_alive = lambda: os.getppid() == parent_pid  # noqa: E731
+        side = _Side(
+            ctl,
+            result,
+            lock,
+            blocks,
+            len(config),
+            TWIN,
+            parent_alive,
+            lambda: True,  # the twin's only thread
+            _ParentGone,
+        )
         ctl[_READY] = 1
-        step = 0
         with blas_threads(1):
             while True:
                 _wait(
-                    lambda last=step: ctl[_GO] > last or bool(ctl[_EXIT]),
-                    parent_alive,
-                    spin=True,  # the twin's only thread
-                )
-                if ctl[_EXIT] or not parent_alive():
-                    break
-                step = int(ctl[_GO])
-                rows = idx[: ctl[_N]]
-                n_total = int(ctl[_N_TOTAL])
-                loss, correct = _forward_backward(
-                    model, prepare(x[rows], aug), y[rows], n_total
-                )
-                result[_LOSS], result[_CORRECT] = loss, correct
-                ctl[_DONE] = step
-                # The parent adds the losses; it lets the update go ahead only if
-                # the batch's loss is finite (else it stops training).
-                _wait(
-                    lambda s=step: ctl[_UPDATE] == s or ctl[_GO] > s or ctl[_EXIT],
+                    lambda: ctl[_GO] > side.step or bool(ctl[_EXIT]),
                     parent_alive,
                     spin=True,
                 )
-                if ctl[_UPDATE] != step:
-                    continue
+                if ctl[_EXIT] or not parent_alive():
+                    break
+                side.step = step = int(ctl[_GO])
+                rows = idx[: ctl[_N]]
+                n_total = int(ctl[_N_TOTAL])
                 opt.lr, opt.t = float(result[_LR]), int(ctl[_T]) - 1
                 opt.start_step()
-                size = len(params)
-                ctl[_FINITE] = flat(n_total, [own_grads], size // 2, size)
+                try:
+                    _forward_backward(
+                        model,
+                        prepare(x[rows], aug),
+                        y[rows],
+                        n_total,
+                        side.loss_ready,
+                        side.layer_done,
+                    )
+                    # Both sides skip the update if the loss is not finite; the
+                    # parent then stops training.
+                    finite = True
+                    if np.isfinite(side.losses()[0]):
+                        finite = side.update(flat, n_total, [own_grads])
+                except _ParentGone:
+                    break
+                ctl[_FINITE] = finite
                 ctl[_UPDATED] = step
     except BaseException as exc:  # reported to the parent, which raises it
         text = f"{type(exc).__name__}: {exc}".encode()[: _MESSAGE_BYTES - 1]
         message[: len(text)] = np.frombuffer(text, np.uint8)
         ctl[_FAILED] = 1
-        ctl[_DONE] = ctl[_GO]
-        ctl[_UPDATED] = ctl[_GO]
 
 
 if __name__ == "__main__":
     _twin_main(*pickle.load(sys.stdin.buffer))
+    # Skip the interpreter's teardown, about 60 ms of freeing objects that the
+    # parent, which waits for this exit at the end of every fit, would wait for.
+    # Nothing needs it: the shared arrays are mappings, written through already.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
