@@ -177,7 +177,9 @@ class Conv2D(Layer):
                 np.matmul(g_hwn, w_t[i, j], out=part)
                 dx_hwn[i : i + ho, j : j + wo] += part.reshape(ho, wo, n, c)
         dx = dx_hwn[lo : hp - hi, lo : wp - hi] if lo or hi else dx_hwn
-        return np.ascontiguousarray(dx.transpose(2, 0, 1, 3))
+        # A transposed view: the layer below reads it once anyway, and a copy
+        # here would cost a pass of its own.
+        return dx.transpose(2, 0, 1, 3)
 
 
 class MaxPool2D(Layer):
@@ -276,7 +278,7 @@ class Dense(Layer):
 
     def backward(self, grad_out: Array) -> Array | None:
         # dL/dW = x^T . delta ; dL/db = sum over the batch ; dL/dx = delta . W^T
-        self.grads["W"][...] = self._x.T @ grad_out
+        np.matmul(self._x.T, grad_out, out=self.grads["W"])
         self.grads["b"][...] = _column_sums(grad_out)
         if not self.needs_input_grad:
             return None
