@@ -240,7 +240,7 @@ class _ParentGone(Exception):
 
 class TwinProcess:
     """A process running ``forward_backward`` on the second half of each batch, and
-    the optimizer step on the second half of the flat arrays.
+    its share of the optimizer step's blocks.
 
     ``config`` and ``seed`` rebuild the same replica a thread would use (the same
     dropout streams), ``aug_seed`` its augmentation stream (None: no augmentation),
