@@ -86,6 +86,31 @@ def test_a_killed_twin_is_a_clear_error_not_a_hang(mnist):
     assert _twin_files() <= before  # the shared files were unlinked at the start
 
 
+def test_a_twin_killed_during_the_update_is_a_clear_error(mnist, monkeypatch):
+    """The parent kills the twin while it updates its first block of the third
+    step: whatever the twin had taken is never done, and the parent must say so
+    rather than wait for it."""
+    import digits.nn.training as training
+
+    trainer, x, y = small_trainer(mnist)
+    calls = []
+    update = training.FlatUpdate.__call__
+
+    def kill_on_third_step(self, *args):
+        calls.append(trainer._steps)
+        if trainer._steps == 3 and trainer._twin is not None:
+            os.kill(trainer._twin._process.pid, signal.SIGKILL)
+        return update(self, *args)
+
+    monkeypatch.setattr(training.FlatUpdate, "__call__", kill_on_third_step)
+    try:
+        with pytest.raises(TwinFailed, match="second training process stopped"):
+            trainer.run_epoch(x, y, 0)
+    finally:
+        trainer.close()
+    assert 3 in calls
+
+
 def test_close_ends_the_twin_and_a_new_epoch_starts_another(mnist):
     trainer, x, y = small_trainer(mnist)
     try:
