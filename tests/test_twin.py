@@ -87,28 +87,28 @@ def test_a_killed_twin_is_a_clear_error_not_a_hang(mnist):
 
 
 def test_a_twin_killed_during_the_update_is_a_clear_error(mnist, monkeypatch):
-    """The parent kills the twin while it updates its first block of the third
-    step: whatever the twin had taken is never done, and the parent must say so
-    rather than wait for it."""
-    import digits.nn.training as training
+    """Kill the twin as the parent reaches the optimizer step of the third batch:
+    the twin may be in its half, taking blocks, or done. Whatever it had not
+    finished is never done, and the parent must say so rather than wait for it."""
+    from digits.nn import twin as twin_module
 
     trainer, x, y = small_trainer(mnist)
-    calls = []
-    update = training.FlatUpdate.__call__
+    killed = []
+    update = twin_module._Side.update
 
     def kill_on_third_step(self, *args):
-        calls.append(trainer._steps)
-        if trainer._steps == 3 and trainer._twin is not None:
-            os.kill(trainer._twin._process.pid, signal.SIGKILL)
+        if self.side == twin_module.PARENT and self.step == 3 and not killed:
+            killed.append(trainer._twin._process.pid)
+            os.kill(killed[0], signal.SIGKILL)
         return update(self, *args)
 
-    monkeypatch.setattr(training.FlatUpdate, "__call__", kill_on_third_step)
+    monkeypatch.setattr(twin_module._Side, "update", kill_on_third_step)
     try:
         with pytest.raises(TwinFailed, match="second training process stopped"):
             trainer.run_epoch(x, y, 0)
     finally:
         trainer.close()
-    assert 3 in calls
+    assert killed
 
 
 def test_close_ends_the_twin_and_a_new_epoch_starts_another(mnist):
