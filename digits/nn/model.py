@@ -68,8 +68,7 @@ class Sequential:
             for (layer, name), view in zip(slots, _views(flat, slots), strict=True):
                 view[...] = layer.params[name]
                 layer.params[name] = view
-            n_weights = sum(layer.params[n].size for layer, n in slots if n == "W")
-            self.packed = (flat, _pack_grads(slots, flat.dtype), n_weights)
+            self.packed = (flat, _pack_grads(slots, flat.dtype), _n_weights(slots))
         return self.packed
 
     def share(self, params: np.ndarray, grads: np.ndarray) -> None:
@@ -81,19 +80,17 @@ class Sequential:
             slots, _views(params, slots), _views(grads, slots), strict=True
         ):
             layer.params[name], layer.grads[name] = p, g
-        n_weights = sum(layer.params[n].size for layer, n in slots if n == "W")
-        self.packed = (params, grads, n_weights)
+        self.packed = (params, grads, _n_weights(slots))
 
     def flat_ranges(self) -> list[tuple[int, int, int]]:
         """``(layer index, start, stop)`` of every parameter in :meth:`pack`'s flat
         arrays, in their order."""
-        ranges, at = [], 0
         index = {id(layer): i for i, layer in enumerate(self.layers)}
-        for layer, name in _weights_first(self.layers):
-            size = layer.params[name].size
-            ranges.append((index[id(layer)], at, at + size))
-            at += size
-        return ranges
+        slots = _weights_first(self.layers)
+        return [
+            (index[id(layer)], start, stop)
+            for (layer, _), (start, stop) in zip(slots, _offsets(slots), strict=True)
+        ]
 
     def n_params(self) -> int:
         return sum(p.size for _, p, _ in self.parameters())
@@ -155,15 +152,27 @@ def _weights_first(layers: list[Layer]) -> list[tuple[Layer, str]]:
     return sorted(slots, key=lambda slot: slot[1] != "W")  # stable sort
 
 
+def _n_weights(slots: list[tuple[Layer, str]]) -> int:
+    """How many values the weights ("W") take: the flat arrays' first part."""
+    return sum(layer.params[n].size for layer, n in slots if n == "W")
+
+
+def _offsets(slots: list[tuple[Layer, str]]) -> list[tuple[int, int]]:
+    """(start, stop) of each slot's parameter in the flat arrays, one after another."""
+    offsets, at = [], 0
+    for layer, name in slots:
+        size = layer.params[name].size
+        offsets.append((at, at + size))
+        at += size
+    return offsets
+
+
 def _views(flat: np.ndarray, slots: list[tuple[Layer, str]]) -> list[np.ndarray]:
     """Consecutive views of ``flat`` shaped like each slot's parameter."""
-    views, at = [], 0
-    for layer, name in slots:
-        shape = layer.params[name].shape
-        size = int(np.prod(shape))
-        views.append(flat[at : at + size].reshape(shape))
-        at += size
-    return views
+    return [
+        flat[start:stop].reshape(layer.params[name].shape)
+        for (layer, name), (start, stop) in zip(slots, _offsets(slots), strict=True)
+    ]
 
 
 def _pack_grads(slots: list[tuple[Layer, str]], dtype: np.dtype) -> np.ndarray:

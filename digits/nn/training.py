@@ -384,14 +384,14 @@ class Trainer:
             # A Python float, like a constant rate: NumPy keeps float32 arithmetic
             # with it (an np.float64 would turn SGD's products into float64 ones).
             lr = float(lr0 * 0.5 * (1 + np.cos(np.pi * self._steps / total)))
+        i0, i1 = idx[: n // 2], idx[n // 2 :]
         if not split:
             # Too few images to halve: this side runs them all, and updates alone.
             pool = twin = None
             xb = self.prepare(x[idx], aug[0])
             loss, correct = _forward_backward(self.model, xb, y[idx], n)
-            loss, others = loss + l2, []
+            others = []
         elif twin is not None:
-            i0, i1 = idx[: n // 2], idx[n // 2 :]
             side = twin.start(i1, n, lr, self.optimizer.t + 1, l2)
             xb = self.prepare(x[i0], aug[0])
             hooks = side.loss_ready, side.layer_done
@@ -399,7 +399,6 @@ class Trainer:
             loss, correct = side.losses()
             others = [twin.grads]
         else:
-            i0, i1 = idx[: n // 2], idx[n // 2 :]
             second_half = pool.submit(
                 lambda: _forward_backward(
                     self.replicas[1], self.prepare(x[i1], aug[1]), y[i1], n
@@ -409,8 +408,9 @@ class Trainer:
                 self.model, self.prepare(x[i0], aug[0]), y[i0], n
             )
             loss1, c1 = second_half.result()
-            loss, correct = loss + loss1 + l2, correct + c1
+            loss, correct = loss + loss1, correct + c1
             others = [self.replicas[1].packed[1]]
+        loss += l2
         if not np.isfinite(loss):
             if twin is not None:
                 twin.finish()  # it saw the same loss, and skipped the update

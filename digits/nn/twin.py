@@ -25,13 +25,13 @@ half-batch's indices, both halves' losses and a few control words. Per step:
    and bumps ``go``;
 2. each side runs forward on its half and publishes its loss, then runs backward,
    publishing how far it has got after each layer;
-3. each side adds the two losses; if the sum is finite, each takes blocks of the
-   optimizer step (``training.update_blocks``), whichever block comes next, as
-   soon as both sides' gradients for it are final. The side that finished its
-   half first thus updates the last layers' weights while the other is still
-   working back through the first ones. A block is taken under a file lock, so
-   each is updated once; the update is element-wise, so who takes which block
-   never changes the numbers;
+3. each side adds the two losses and the L2 term; if the sum is finite, each
+   takes blocks of the optimizer step (``training.update_blocks``), whichever
+   block comes next, as soon as both sides' gradients for it are final. The side
+   that finished its half first thus updates the last layers' weights while the
+   other is still working back through the first ones. A block is taken under a
+   file lock, so each is updated once; the update is element-wise, so who takes
+   which block never changes the numbers;
 4. the twin bumps ``updated`` when no block is left.
 
 The twin is a fresh ``python -m digits.nn.twin``, so nothing of the parent (its
@@ -194,12 +194,12 @@ class _Side:
         return self.step * (self.n_layers + 1) + self.n_layers - layer
 
     def losses(self) -> tuple[float, int]:
-        """The batch's loss (both halves' plus the L2 term) and number correct,
-        once the other side has published its half's."""
+        """Both halves' loss (without the L2 term) and number correct, once the
+        other side has published its half's."""
         other = 1 - self.side
         self._wait(lambda: self.ctl[_LOSS_AT + other] == self.step)
         r = self.result
-        loss = float(r[_LOSS + PARENT]) + float(r[_LOSS + TWIN]) + float(r[_L2])
+        loss = float(r[_LOSS + PARENT]) + float(r[_LOSS + TWIN])
         return loss, int(r[_CORRECT + PARENT]) + int(r[_CORRECT + TWIN])
 
     def update(self, flat: Callable[..., bool], n: int, others: list) -> bool:
@@ -507,10 +507,10 @@ def _twin_main(
                         side.loss_ready,
                         side.layer_done,
                     )
-                    # Both sides skip the update if the loss is not finite; the
-                    # parent then stops training.
+                    # Both sides skip the update if the batch's loss (the same
+                    # sum the parent makes) is not finite; the parent then stops.
                     finite = True
-                    if np.isfinite(side.losses()[0]):
+                    if np.isfinite(side.losses()[0] + float(result[_L2])):
                         finite = side.update(flat, n_total, [own_grads])
                 except _ParentGone:
                     break
