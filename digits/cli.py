@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -31,6 +32,7 @@ from digits import registry, store
 from digits.errors import ConfigError, DigitsError
 from digits.nn.callbacks import Callback, StopOnEvent
 
+EXIT_FAILURE = 1  # an unexpected error
 EXIT_USAGE = 2  # argparse's status for bad arguments; used for every user error
 EXIT_INTERRUPTED = 130  # the shell's convention for a process ended by Ctrl-C
 EXIT_BROKEN_PIPE = 141  # the shell's status for a process ended by SIGPIPE
@@ -502,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="digits",
         description="Train, evaluate and try handwritten-digit classifiers.",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model and save it as a run")
@@ -580,9 +585,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)  # exits 2 itself on bad arguments
+    """Run the command line; returns the exit status.
+
+    0: done. 1: an unexpected error (a bug, or the machine ran out of memory),
+    shown as one line; ``--debug`` shows its traceback. 2: bad usage or bad
+    input (argparse's convention), with a message that says what to do.
+    130: Ctrl-C. 141: the reader of stdout went away.
+    """
     given = sys.argv[1:] if argv is None else list(argv)
+    # --debug is accepted anywhere on the line, before or after the command.
+    debug = "--debug" in given
+    given = [a for a in given if a != "--debug"]
+    args = build_parser().parse_args(given)  # exits 2 itself on bad arguments
     args.command_line = shlex.join(["python", "-m", "digits", *given])
     try:
         return args.func(args)
@@ -591,9 +605,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python's docs recipe: point stdout at devnull so the exit flush is silent.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except (DigitsError, OSError) as err:
-        print(f"digits: error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ndigits: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (DigitsError, OSError) as err:
+        if debug:
+            traceback.print_exc()
+        print(f"digits: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        print(
+            "digits: error: out of memory. Use a smaller --train-size or "
+            "--batch-size, or close other programs.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    except Exception as err:  # a bug: one line, never a traceback, unless --debug
+        if debug:
+            traceback.print_exc()
+        print(
+            f"digits: unexpected error: {type(err).__name__}: {_one_line(err)} "
+            f"(run again with --debug for the details, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
