@@ -20,6 +20,9 @@ from digits import store
 from digits.cli import main
 
 
+_ERROR_LINE = re.compile(r"digits[\w ]*: (\w+ )?error")
+
+
 @dataclass
 class CliResult:
     """What one in-process ``digits`` command did: exit status, stdout, stderr."""
@@ -33,7 +36,7 @@ class CliResult:
         (or argparse's ``digits train: error: ...`` after its usage line)."""
         assert "Traceback" not in self.err, self.err
         lines = [line for line in self.err.splitlines() if line.strip()]
-        errors = [line for line in lines if re.match(r"digits[\w ]*: (\w+ )?error", line)]
+        errors = [line for line in lines if _ERROR_LINE.match(line)]
         assert len(errors) == 1, self.err
         return errors[0]
 
