@@ -19,7 +19,6 @@ import pytest
 from digits import store
 from digits.cli import main
 
-
 _ERROR_LINE = re.compile(r"digits[\w ]*: (\w+ )?error")
 
 
