@@ -23,8 +23,13 @@ An MNIST digit is a fixed point: its ink already spans exactly 20 pixels and its
 centre of mass already rounds to (14, 14), so it comes back unchanged.
 
 Every step is returned in a `Preprocessed` so the Draw page can show them.
-Uploads are decoded by Pillow only (never unpickled), limited to `MAX_BYTES`
-and `MAX_PIXELS`, and restricted to the formats in `FORMATS`.
+Files and uploads are decoded by Pillow only (never unpickled) and restricted to
+the formats in `FORMATS`. Reads are bounded: a path must be a regular file (not
+a directory, device, FIFO or socket, which could block or never end) and at
+most `MAX_BYTES` + 1 bytes of any source are read; the pixel count is checked
+against `MAX_PIXELS` from the header, before decoding. 16-bit, 32-bit and float
+grayscale, palettes with transparency and CMYK are converted; animations give
+their first frame; EXIF rotation is applied.
 
 Left out: perspective correction, rotated grids (only lines within about two
 degrees of horizontal or vertical count as grid lines), and photos that show
@@ -35,9 +40,11 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
+import struct
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -49,7 +56,10 @@ from digits.errors import NoDigitFound, PreprocessError
 # Limits on what a user can upload.
 MAX_BYTES = 20 * 1024 * 1024  # 20 MiB file
 MAX_PIXELS = 4096 * 4096  # decoded size, checked before decoding
+# Not TIFF: Pillow decodes it with libtiff, which prints to stderr on damaged
+# files and has a long record of memory-safety bugs; a scan saves as PNG too.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+MIN_SIDE = 8  # pixels, the longer side: the sklearn digits are 8x8
 
 # The cleaning runs with the image's longer side reduced to at most this: the
 # digit ends up 20 pixels tall, so more only costs time.
@@ -142,107 +152,201 @@ class Preprocessed:
         return {name: getattr(self, name) for name in names}
 
 
-ImageSource = Image.Image | np.ndarray | bytes | str | Path | BinaryIO
+ImageSource = Image.Image | np.ndarray | bytes | str | os.PathLike | BinaryIO
 
 # ---------------------------------------------------------------- reading files
 
 
-def _describe(name: str | None) -> str:
-    return repr(name) if name else "the image"
+def _the(name: str | None, *, capital: bool = False) -> str:
+    """How a message names the image: "image 'seven.png'" or "the image"."""
+    text = f"image {name!r}" if name else "the image"
+    return text[0].upper() + text[1:] if capital else text
 
 
 def _too_many_bytes(name: str | None) -> PreprocessError:
     return PreprocessError(
-        f"Image {_describe(name)} is larger than the {MAX_BYTES // 2**20} MB "
-        "limit. Save it at a smaller size and try again."
+        f"{_the(name, capital=True)} is larger than the {MAX_BYTES // 2**20} MB limit. "
+        "Save it at a smaller size and try again."
     )
 
 
-def _read_bytes(source: bytes | str | Path | BinaryIO, name: str | None) -> bytes:
-    """The file's bytes, refusing anything over `MAX_BYTES` before reading it all."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        data = bytes(source)
-    elif isinstance(source, str | Path):
-        try:
-            if Path(source).stat().st_size > MAX_BYTES:
+# What a path can be instead of a regular file, for the message.
+_NOT_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_regular(info: os.stat_result, name: str | None) -> None:
+    """Refuse anything but a regular file: a device or pipe may never end."""
+    if stat.S_ISREG(info.st_mode):
+        return
+    kind = next((kind for test, kind in _NOT_FILES if test(info.st_mode)), None)
+    kind = kind or "not a regular file"
+    raise PreprocessError(
+        f"{_the(name, capital=True)} is {kind}, not an image file. "
+        "Give the path of a PNG or JPEG file."
+    )
+
+
+def _read_path(path: str | os.PathLike, name: str | None) -> bytes:
+    """At most `MAX_BYTES` + 1 bytes of a regular file.
+
+    `os.stat` follows symlinks, so a link to /dev/zero is refused before it is
+    opened; the file is opened non-blocking (a FIFO would otherwise block in
+    `open` until a writer came) and checked again with `os.fstat`, in case the
+    path was replaced in between.
+    """
+    flags = os.O_RDONLY
+    for flag in ("O_NONBLOCK", "O_NOCTTY", "O_BINARY", "O_CLOEXEC"):
+        flags |= getattr(os, flag, 0)
+    try:
+        _check_regular(os.stat(path), name)
+        fd = os.open(path, flags)
+        with open(fd, "rb", closefd=True) as file:
+            info = os.fstat(file.fileno())
+            _check_regular(info, name)
+            if info.st_size > MAX_BYTES:
                 raise _too_many_bytes(name)
-            data = Path(source).read_bytes()
+            return file.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise PreprocessError(
+            f"Cannot read {_the(name)}: {exc.strerror or exc}. "
+            "Check the path and try again."
+        ) from exc
+    except ValueError as exc:  # a path with a NUL byte in it
+        raise PreprocessError(
+            f"Cannot read {_the(name)}: the path is not valid ({exc})."
+        ) from exc
+
+
+def _read_bytes(
+    source: bytes | bytearray | memoryview | str | os.PathLike | BinaryIO,
+    name: str | None,
+) -> bytes:
+    """The image file's bytes, never reading more than `MAX_BYTES` + 1 of them."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        if memoryview(source).nbytes > MAX_BYTES:
+            raise _too_many_bytes(name)
+        data = bytes(source)
+    elif isinstance(source, str | os.PathLike):
+        data = _read_path(source, name)
+    else:
+        try:
+            data = source.read(MAX_BYTES + 1)
         except OSError as exc:
             raise PreprocessError(
-                f"Cannot read image {_describe(name)}: {exc.strerror or exc}. "
-                "Check the path and try again."
+                f"Cannot read {_the(name)}: {exc.strerror or exc}. Try again."
             ) from exc
-    else:
-        data = source.read(MAX_BYTES + 1)
+        if not isinstance(data, bytes | bytearray):
+            raise PreprocessError(
+                f"Cannot read {_the(name)}: the file object gave "
+                f"{type(data).__name__}, not bytes. Open it in binary mode ('rb')."
+            )
     if len(data) > MAX_BYTES:
         raise _too_many_bytes(name)
     if not data:
         raise PreprocessError(
-            f"Image {_describe(name)} is empty (0 bytes). Choose another file."
+            f"{_the(name, capital=True)} is empty (0 bytes). Choose another file."
         )
-    return data
+    return bytes(data)
 
 
 def _check_pixels(width: int, height: int, name: str | None) -> None:
+    """Refuse images over `MAX_PIXELS`, or too small to hold a digit."""
     if width * height > MAX_PIXELS:
         side = math.isqrt(MAX_PIXELS)
         raise PreprocessError(
-            f"Image {_describe(name)} is {width} x {height} pixels; the limit is "
+            f"{_the(name, capital=True)} is {width} x {height} pixels; the limit is "
             f"{MAX_PIXELS / 1e6:.1f} megapixels ({side} x {side}). "
             "Shrink it and try again."
         )
+    if max(width, height) < MIN_SIDE:
+        raise PreprocessError(
+            f"{_the(name, capital=True)} is only {width} x {height} pixels, too "
+            f"small to hold a digit: use one at least {MIN_SIDE} pixels tall or wide."
+        )
+
+
+def _not_an_image(data: bytes, name: str | None) -> PreprocessError:
+    start = data[:512].lstrip().lower()
+    if start.startswith(b"<"):
+        hint = " (it looks like SVG, HTML or XML text: export it as PNG)"
+    elif start.startswith(b"%pdf"):
+        hint = " (it is a PDF document: export the page as PNG)"
+    elif data[:4] in (b"II*\0", b"MM\0*"):
+        hint = " (it is a TIFF image, which is not supported)"
+    else:
+        hint = ""
+    return PreprocessError(
+        f"Cannot read {_the(name)}: it is not a {', '.join(FORMATS[:-1])} or "
+        f"{FORMATS[-1]} image{hint}. Save it as PNG or JPEG and try again."
+    )
 
 
 def _open(
-    source: bytes | str | Path | BinaryIO, name: str | None
+    source: bytes | str | os.PathLike | BinaryIO, name: str | None
 ) -> tuple[Image.Image, str | None]:
     """Open without decoding: check the format and the size from the header."""
-    if name is None and isinstance(source, str | Path):
-        name = str(source)
+    if name is None and isinstance(source, str | os.PathLike):
+        name = os.fsdecode(source)
     if name is None:
         name = getattr(source, "name", None)
+        name = name if isinstance(name, str) else None
     data = _read_bytes(source, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow read huge dimensions from the header and stopped there.
         raise PreprocessError(
-            f"Image {_describe(name)} is too large to decode safely; the limit is "
-            f"{MAX_PIXELS / 1e6:.1f} megapixels. Shrink it and try again."
+            f"{_the(name, capital=True)} is too large to decode safely: its header "
+            f"declares more than {MAX_PIXELS / 1e6:.1f} megapixels. Shrink it and "
+            "try again."
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise PreprocessError(
-            f"Cannot read image {_describe(name)}: it is not a valid "
-            f"{', '.join(FORMATS)} file. Upload a PNG or JPEG image."
-        ) from exc
+        raise _not_an_image(data, name) from exc
     _check_pixels(*image.size, name)
     return image, name
 
 
+# What Pillow raises on a truncated or corrupt file, depending on the format.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+
+
 def _decode(image: Image.Image, name: str | None) -> Image.Image:
-    """Decode the pixels, turning truncated or corrupt data into a clear error."""
+    """Decode the pixels (the first frame of an animation), turning truncated
+    or corrupt data into a clear error."""
     try:
         image.load()
+    except _DECODE_ERRORS as exc:
+        raise PreprocessError(
+            f"Cannot read {_the(name)}: the file is corrupt or truncated ({exc}). "
+            "Save it again or choose another file."
+        ) from exc
+    try:
         # Phones store photos sideways plus an EXIF note saying which way is up.
         ImageOps.exif_transpose(image, in_place=True)
-        return image
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise PreprocessError(
-            f"Cannot read image {_describe(name)}: the file is corrupt or "
-            f"truncated ({exc}). Save it again or choose another file."
-        ) from exc
+    except (*_DECODE_ERRORS, KeyError, TypeError):
+        pass  # a damaged EXIF block: the pixels are fine, shown as stored
+    return image
 
 
 def load_image(
-    source: bytes | str | Path | BinaryIO, *, name: str | None = None
+    source: bytes | str | os.PathLike | BinaryIO, *, name: str | None = None
 ) -> Image.Image:
     """Read a PNG, JPEG, BMP, GIF or WebP file into a decoded Pillow image.
 
     `source` is a path, the file's bytes or a binary file object (a Streamlit
     upload); `name` names it in error messages (default: the path or the
-    object's ``name``). Raises `PreprocessError` naming the file if it is
-    missing, empty, not an image, corrupt, truncated or over the size limits.
+    object's ``name``). Only regular files are read, and never more than
+    `MAX_BYTES` + 1 bytes of them. Raises `PreprocessError` naming the file if
+    it is missing, not a regular file, empty, not an image, corrupt, truncated
+    or over the size limits.
     """
     image, name = _open(source, name)
     return _decode(image, name)
@@ -251,21 +355,39 @@ def load_image(
 # ---------------------------------------------------------------- to grayscale
 
 
+def _array_problem(array: np.ndarray) -> str | None:
+    """Why an image array cannot be read as pixel values, or None if it can."""
+    kind = array.dtype.kind
+    if kind not in "biuf":
+        return f"has dtype {array.dtype}"
+    if kind == "f" and not np.isfinite(array).all():
+        return "holds NaN or infinite values"
+    if array.min() < 0:
+        return f"holds negative values (down to {array.min():g})"
+    top = array.max()
+    if kind == "f" and top > 255:
+        return f"holds floats up to {top:g}; floats must be 0..1 (or 0..255)"
+    if kind in "iu" and top > 65535:
+        return f"holds integers up to {top}; integers must be 0..255 (or 16-bit)"
+    return None
+
+
 def _as_uint8(array: np.ndarray) -> np.ndarray:
     """Scale an array to uint8: floats are 0..1 (or 0..255 if larger), ints 0..255
     (or 16-bit if larger), booleans 0/1."""
-    array = np.asarray(array)
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
-    if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+    problem = _array_problem(array)
+    if problem:
         raise PreprocessError(
-            f"Image array of dtype {array.dtype} must hold finite numbers."
+            f"Image array of shape {array.shape} {problem}. Pass pixel values: "
+            "uint8 0..255, float 0..1 or bool."
         )
     values = array.astype(np.float64)
-    top = values.max(initial=0.0)
-    if np.issubdtype(array.dtype, np.floating):
+    top = values.max()
+    if array.dtype.kind == "f":
         scale = 255.0 if top <= 1.0 else 1.0
     else:
         scale = 1.0 if top <= 255 else 255.0 / 65535.0
@@ -282,9 +404,34 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
             "or (H, W, 4)."
         )
     if min(array.shape[:2]) < 1:
-        raise PreprocessError(f"Image array of shape {array.shape} has no pixels.")
+        raise PreprocessError(
+            f"Image array of shape {array.shape} has no pixels. Draw a digit first."
+        )
     _check_pixels(array.shape[1], array.shape[0], None)
     return Image.fromarray(_as_uint8(array))
+
+
+def _deep_to_gray(image: Image.Image, name: str | None) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale image as 8-bit ("L").
+
+    16-bit modes span 0..65535. Other modes carry no range, so it is the
+    smallest of 0..1 (floats only), 0..255, 0..65535 and 0..2^31-1 holding the
+    brightest pixel; a float image brighter than 65535 is scaled by its maximum.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise PreprocessError(
+            f"Cannot read {_the(name)}: it holds NaN or infinite pixel values. "
+            "Save it as an 8-bit image and try again."
+        )
+    top = float(values.max(initial=0.0))
+    if image.mode.startswith("I;16"):
+        full = 65535.0
+    else:
+        ranges = [255.0, 65535.0] + ([1.0] if image.mode == "F" else [2.0**31 - 1])
+        full = min((r for r in ranges if top <= r), default=top)
+    gray = np.clip(np.rint(values * (255 / full)), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray)
 
 
 def _composite(image: Image.Image) -> Image.Image:
@@ -323,12 +470,18 @@ def _grayscale(source: ImageSource, name: str | None) -> Image.Image:
             # decoding a 12-megapixel photo and shrinking it afterwards.
             image.draft(image.mode, (WORK_SIDE, WORK_SIDE))
         image = _decode(image, name)
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        image = _array_to_image(np.asarray(image))
+    if image.mode.startswith(("I", "F")):
+        image = _deep_to_gray(image, name)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         image.mode == "P" and "transparency" in image.info
     )
-    gray = _composite(image) if has_alpha else image.convert("L")
+    try:
+        gray = _composite(image) if has_alpha else image.convert("L")
+    except ValueError as exc:  # a colour space Pillow cannot convert, such as LAB
+        raise PreprocessError(
+            f"Cannot read {_the(name)}: its colour mode {image.mode} is not "
+            "supported. Save it as RGB or grayscale and try again."
+        ) from exc
     if max(gray.size) > WORK_SIDE:
         factor = WORK_SIDE / max(gray.size)
         size = tuple(max(1, round(side * factor)) for side in gray.size)
@@ -687,14 +840,17 @@ def preprocess(
 
     image : a Pillow image; an array (H, W), (H, W, 3) or (H, W, 4) - uint8
         0..255, float 0..1 or bool - such as a streamlit-drawable-canvas RGBA
-        array; or a PNG/JPEG file as bytes, a path or a binary file object.
+        array (integers up to 65535 are read as 16-bit); or a PNG, JPEG, BMP,
+        GIF or WebP file as bytes, a path (a regular file) or a binary file
+        object.
     size : output side: 28 for MNIST (digit fits 20x20, centred by mass), 8 for
         the sklearn digits (fills the frame, centred by box); other sizes keep
         MNIST's 20/28 box ratio (see `FRAMES`).
     name : names the image in error messages.
 
     Raises `NoDigitFound` for a blank image and `PreprocessError` for files that
-    are unreadable or over the limits.
+    are unreadable, not regular files or over the limits, and for arrays of the
+    wrong shape, dtype or range (NaN, negative).
     """
     frame = frame_for(size)
     gray = _grayscale(image, name)
