@@ -329,6 +329,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    run = store.convert_legacy_run(args.run, trust_pickle=args.trust_pickle)
+    if args.json:
+        _emit_json({"run": str(run.path), "name": run.name, "files": run.meta["files"]})
+    else:
+        print(f"Converted {run.path}: it now holds {', '.join(run.meta['files'])}.")
+    return 0
+
+
 def cmd_gradcheck(args: argparse.Namespace) -> int:
     from digits.nn.gradcheck import TOLERANCE, standard_checks
 
@@ -547,6 +556,23 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list the saved runs")
     runs.add_argument("--json", action="store_true", help="print one JSON object")
     runs.set_defaults(func=cmd_runs)
+
+    convert = sub.add_parser(
+        "convert",
+        help="rewrite a run saved by an older digits as a pickle in today's format",
+        description="Runs saved by digits 0.1 hold the MLP as a pickle "
+        "(model.joblib), which digits no longer loads: unpickling a file runs any "
+        "code its author put in it. This command unpickles one, once, and saves "
+        "it as JSON and .npz. Use it only on a file you made or trust.",
+    )
+    convert.add_argument("run", help="run name or folder")
+    convert.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="confirm that you trust whoever made the run's model.joblib",
+    )
+    convert.add_argument("--json", action="store_true", help="print one JSON object")
+    convert.set_defaults(func=cmd_convert)
 
     gradcheck = sub.add_parser("gradcheck", help="check the NumPy network's gradients")
     gradcheck.add_argument("--json", action="store_true", help="print one JSON object")

@@ -15,18 +15,17 @@ Kinds:
 - ``dense``: the same estimator without convolutions (``conv_channels=()``);
 - ``mlp``: scikit-learn's ``MLPClassifier`` as a baseline (``digits.baseline``).
 
-The NumPy kinds are saved as a JSON architecture plus ``.npz`` weights, loaded
-without pickle. The scikit-learn kind is saved with joblib (a pickle); the store
-checks the file's SHA-256 against its metadata before this module loads it, so
-only files the store wrote are ever unpickled. Call ``load`` only through
-``digits.store``.
+Every kind is saved as JSON settings plus ``.npz`` arrays and loaded with
+``allow_pickle=False``: nothing in a run folder is ever unpickled, because a
+pickle runs whatever code its author put in it. Weights that are not finite are
+refused. Call ``load`` only through ``digits.store``, which checks the files
+against the run's metadata first.
 
 Estimators are imported when first built, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import zipfile
 import zlib
@@ -196,7 +195,6 @@ _MLP = (
 
 ARCHITECTURE_FILE = "model.json"
 WEIGHTS_FILE = "weights.npz"
-JOBLIB_FILE = "model.joblib"
 
 
 def _save_numpy(model, folder: Path) -> None:
@@ -211,22 +209,8 @@ def _load_numpy(folder: Path):
     from digits.estimator import CNNClassifier
 
     config_path, weights_path = folder / ARCHITECTURE_FILE, folder / WEIGHTS_FILE
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(
-            f"Model file {config_path} cannot be read ({err}). Retrain the model."
-        ) from err
-    # Reading a member of a damaged .npz can fail in the zip layer, in zlib or in
-    # NumPy's header parser; all of them mean the same thing to the user.
-    try:
-        with np.load(weights_path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise ModelFileError(
-            f"Weights file {weights_path} is corrupt or truncated ({err}). "
-            f"Retrain the model."
-        ) from err
+    config = _read_json(config_path)
+    arrays = _read_npz(weights_path)
     try:
         return CNNClassifier.from_state(config, arrays)
     except (ValueError, KeyError, TypeError, ConfigError) as err:
@@ -236,39 +220,189 @@ def _load_numpy(folder: Path):
         ) from err
 
 
-# MLPClassifier attributes that only training uses.
-_TRAINING_ONLY = ("_optimizer", "_best_coefs", "_best_intercepts")
+# The scikit-learn MLP's file format, version 1. Its settings and fitted scalars go
+# in MLP_FILE (JSON), its arrays in WEIGHTS_FILE: coef_0..coef_{L-1},
+# intercept_0..intercept_{L-1} and classes. Nothing is pickled.
+MLP_FILE = "mlp.json"
+MLP_FORMAT = 1
+# What runs saved by digits 0.1 hold instead: a joblib pickle. Never loaded; only
+# `digits convert --trust-pickle` reads one (``convert_legacy_mlp``).
+LEGACY_PICKLE_FILE = "model.joblib"
+# Output activations scikit-learn uses: softmax for 3+ classes, logistic for 2.
+_OUT_ACTIVATIONS = ("softmax", "logistic")
 
 
-def _save_joblib(model, folder: Path) -> None:
-    """Pickle the estimator with joblib, keeping its weights only.
+def _check_finite(arrays: Mapping[str, np.ndarray], path: Path) -> None:
+    """ModelFileError naming the first array with a NaN or infinite value."""
+    for key, array in arrays.items():
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise ModelFileError(
+                f"Weights file {path} holds non-finite values (NaN or infinity) in "
+                f"{key!r}: the model diverged or the file was damaged. Retrain the "
+                f"model."
+            )
 
-    Like the NumPy kinds' files, the saved model holds no optimizer state (Adam's
-    moment estimates) and no copies of earlier weights (scikit-learn's
-    ``_best_coefs``, used only by its own early stopping): a quarter of the size.
-    Further training of a loaded model restarts the optimizer.
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path``, without pickle; ModelFileError if the
+    file is damaged or holds non-finite weights."""
+    # Reading a member of a damaged .npz can fail in the zip layer, in zlib or in
+    # NumPy's header parser; all of them mean the same thing to the user.
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ModelFileError(
+            f"Weights file {path} is corrupt or truncated ({err}). Retrain the model."
+        ) from err
+    _check_finite(arrays, path)
+    return arrays
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ModelFileError(
+            f"Model file {path} cannot be read ({err}). Retrain the model."
+        ) from err
+    if not isinstance(config, dict):
+        raise ModelFileError(f"Model file {path} is not a JSON object. Retrain it.")
+    return config
+
+
+def _save_mlp(model, folder: Path) -> None:
+    """Write an ``MLPBaseline`` as JSON settings plus ``.npz`` arrays (no pickle).
+
+    Like the NumPy kinds' files, this holds no optimizer state (Adam's moment
+    estimates) and no copies of earlier weights: further training of a loaded
+    model restarts the optimizer.
     """
-    import joblib
+    mlp = model.model_
+    config = {
+        "format": MLP_FORMAT,
+        "params": model.get_params(),
+        "input_shape": list(model.input_shape_),
+        "n_iter": model.n_iter_,
+        "loss_curve": list(model.loss_curve_),
+        "validation_scores": list(model.validation_scores_),
+        "history": list(model.history_),
+        # scikit-learn's own fitted scalars, which its predict and partial_fit read.
+        "sklearn": {
+            "out_activation": mlp.out_activation_,
+            "t": int(mlp.t_),
+            "loss": float(mlp.loss_),
+            "best_loss": None if mlp.best_loss_ is None else float(mlp.best_loss_),
+            "loss_curve": [float(v) for v in mlp.loss_curve_],
+        },
+    }
+    from digits.store import jsonable  # one JSON-cleaning rule for every file
 
-    slim = copy.copy(model)
-    slim.model_ = copy.copy(model.model_)
-    for name in _TRAINING_ONLY:
-        slim.model_.__dict__.pop(name, None)
-    joblib.dump(slim, folder / JOBLIB_FILE)
+    arrays = {f"coef_{i}": c for i, c in enumerate(mlp.coefs_)}
+    arrays |= {f"intercept_{i}": b for i, b in enumerate(mlp.intercepts_)}
+    arrays["classes"] = np.asarray(model.classes_)
+    (folder / MLP_FILE).write_text(json.dumps(jsonable(config), indent=1))
+    np.savez(folder / WEIGHTS_FILE, **arrays)
 
 
-def _load_joblib(folder: Path):
-    """Unpickle ``model.joblib``. Only ``digits.store`` calls this, after it has
-    checked the file's SHA-256 against the run's metadata."""
+def _mlp_layers(arrays: Mapping[str, np.ndarray], path: Path):
+    """The coefficient and intercept lists in ``arrays``, checked to chain."""
+    n = sum(1 for key in arrays if key.startswith("coef_"))
+    try:
+        coefs = [arrays[f"coef_{i}"] for i in range(n)]
+        intercepts = [arrays[f"intercept_{i}"] for i in range(n)]
+        classes = arrays["classes"]
+    except KeyError as err:
+        raise ModelFileError(f"Weights file {path} lacks array {err}.") from None
+    if n == 0 or len(arrays) != 2 * n + 1:
+        raise ModelFileError(
+            f"Weights file {path} holds arrays {sorted(arrays)}; an MLP needs "
+            f"coef_i and intercept_i for each layer, and classes."
+        )
+    for i, (w, b) in enumerate(zip(coefs, intercepts, strict=True)):
+        chained = i == 0 or w.shape[0] == coefs[i - 1].shape[1]
+        if w.ndim != 2 or b.shape != (w.shape[1],) or not chained:
+            raise ModelFileError(
+                f"Weights file {path}: layer {i} has weights {w.shape} and biases "
+                f"{b.shape}, which do not fit together. Retrain the model."
+            )
+    return coefs, intercepts, classes
+
+
+def _load_mlp(folder: Path):
+    """Rebuild an ``MLPBaseline`` with a working ``MLPClassifier`` inside from
+    ``mlp.json`` and ``weights.npz``, unpickling nothing."""
+    from sklearn.preprocessing import LabelBinarizer
+
+    from digits.baseline import MLPBaseline
+
+    config_path, weights_path = folder / MLP_FILE, folder / WEIGHTS_FILE
+    config = _read_json(config_path)
+    arrays = _read_npz(weights_path)
+    coefs, intercepts, classes = _mlp_layers(arrays, weights_path)
+    try:
+        if config.get("format") != MLP_FORMAT:
+            raise ValueError(f"format {config.get('format')!r}, not {MLP_FORMAT}")
+        sk = config["sklearn"]
+        if sk["out_activation"] not in _OUT_ACTIVATIONS:
+            raise ValueError(f"unknown output activation {sk['out_activation']!r}")
+        shape = tuple(int(v) for v in config["input_shape"])
+        n_outputs = 1 if len(classes) == 2 else len(classes)
+        if coefs[0].shape[0] != int(np.prod(shape)) or coefs[-1].shape[1] != n_outputs:
+            raise ValueError(
+                f"the layers take {coefs[0].shape[0]} inputs and give "
+                f"{coefs[-1].shape[1]} outputs, for {shape} images and "
+                f"{len(classes)} classes"
+            )
+        model = MLPBaseline(**config["params"])
+        model._start(np.zeros((1, *shape), np.float32), classes=classes, y=None)
+        model.n_iter_ = int(config["n_iter"])
+        model.loss_curve_ = [float(v) for v in config["loss_curve"]]
+        model.validation_scores_ = [float(v) for v in config["validation_scores"]]
+        model.history_ = list(config["history"])
+        mlp = model.model_
+        mlp.coefs_, mlp.intercepts_ = coefs, intercepts
+        mlp.n_layers_ = len(coefs) + 1
+        mlp.n_outputs_ = n_outputs
+        mlp.n_features_in_ = coefs[0].shape[0]
+        mlp.out_activation_ = sk["out_activation"]
+        mlp.classes_ = classes
+        mlp._label_binarizer = LabelBinarizer().fit(classes)
+        mlp.t_ = int(sk["t"])
+        mlp.loss_ = float(sk["loss"])
+        mlp.best_loss_ = sk["best_loss"]
+        mlp.loss_curve_ = [float(v) for v in sk["loss_curve"]]
+        mlp._no_improvement_count = 0
+    except (KeyError, TypeError, ValueError, ConfigError) as err:
+        raise ModelFileError(
+            f"Model file {config_path} does not describe the weights in "
+            f"{weights_path} ({type(err).__name__}: {err}). Retrain the model."
+        ) from err
+    return model
+
+
+def convert_legacy_mlp(folder: Path, *, trust_pickle: bool) -> None:
+    """Rewrite the old pickled MLP in ``folder`` as ``mlp.json`` + ``weights.npz``.
+
+    This unpickles ``model.joblib``, which runs whatever code its author put in it,
+    so it refuses unless ``trust_pickle`` says the caller trusts the file's author.
+    Only ``digits.store.convert_legacy_run`` calls this, on a copy of the run.
+    """
+    if not trust_pickle:
+        raise ConfigError(
+            f"Converting {folder / LEGACY_PICKLE_FILE} means unpickling it, which "
+            f"runs any code its author put in it. Only do it for a file you made "
+            f"or trust, and say so with --trust-pickle."
+        )
     import joblib
 
     from digits.baseline import MLPBaseline
 
-    path = folder / JOBLIB_FILE
+    path = folder / LEGACY_PICKLE_FILE
     # Unpickling a damaged file can raise almost anything (EOFError,
     # UnpicklingError, KeyError, AttributeError...); each means "unusable file".
     try:
-        model = joblib.load(path)
+        model = joblib.load(path)  # the user vouched for this file (trust_pickle)
     except Exception as err:
         raise ModelFileError(
             f"Model file {path} cannot be loaded ({type(err).__name__}: {err}). "
@@ -278,7 +412,8 @@ def _load_joblib(folder: Path):
         raise ModelFileError(
             f"Model file {path} holds a {type(model).__name__}, not an MLPBaseline."
         )
-    return model
+    _save_mlp(model, folder)
+    path.unlink()
 
 
 # -- the kinds --------------------------------------------------------------------
@@ -405,9 +540,9 @@ MODELS: dict[str, ModelKind] = {
             "small": {"hidden_layer_sizes": (30,), "max_iter": 30},
         },
         hyperparameters=_MLP,
-        save=_save_joblib,
-        load=_load_joblib,
-        files=(JOBLIB_FILE,),
+        save=_save_mlp,
+        load=_load_mlp,
+        files=(MLP_FILE, WEIGHTS_FILE),
     ),
 }
 

@@ -34,6 +34,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Sequence
@@ -65,7 +66,89 @@ MAX_NAME = 100
 VALIDATION_SEED = 0  # train_run's validation subset is the same for every run
 MAX_SUFFIX = 10_000
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_REQUIRED = ("kind", "params", "image_shape", "class_names", "files")
+# A metadata.json larger than this is not one digits wrote (the shipped MLP's is
+# 10 kB); it is refused before it is read, so a planted file cannot exhaust memory.
+MAX_METADATA_BYTES = 4 << 20
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_TEXT_OR_NULL = {"type": ["string", "null"]}
+# The one schema every run's metadata.json is checked against when it is read, so
+# that one malformed run is reported by name instead of breaking the pages and
+# commands that list runs. It names only what digits reads; other keys may exist.
+METADATA_SCHEMA = {
+    "type": "object",
+    "required": [
+        "format_version", "kind", "params", "dataset", "image_shape",
+        "class_names", "history", "files",
+    ],
+    "properties": {
+        "format_version": {"const": FORMAT_VERSION},
+        "kind": {"type": "string"},
+        "label": {"type": "string"},
+        "params": {"type": "object"},
+        "preset": _TEXT_OR_NULL,
+        "dataset": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "checksum": _TEXT_OR_NULL,
+                "n_train": {"type": "integer", "minimum": 0},
+                "n_test": {"type": "integer", "minimum": 0},
+            },
+        },
+        "image_shape": {
+            "type": "array",
+            "minItems": 2,
+            "maxItems": 3,
+            "items": {"type": "integer", "minimum": 1, "maximum": 4096},
+        },
+        "class_names": {
+            "type": "array",
+            "minItems": 2,
+            "maxItems": 1000,
+            "items": {"type": "string"},
+        },
+        "history": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": _NUMBER_OR_NULL,
+            },
+        },
+        "validation": _TEXT_OR_NULL,
+        "command": _TEXT_OR_NULL,
+        "test": {
+            "type": ["object", "null"],
+            "required": ["accuracy", "loss"],
+            "properties": {
+                "accuracy": {"type": "number", "minimum": 0, "maximum": 1},
+                "loss": _NUMBER_OR_NULL,
+                "n": {"type": "integer", "minimum": 0},
+                "per_class": {"type": "array", "items": {"type": "object"}},
+                "macro": {"type": "object"},
+                "confusion_matrix": {
+                    "type": "array",
+                    "items": {"type": "array", "items": {"type": "integer"}},
+                },
+            },
+        },
+        "train_seconds": _NUMBER_OR_NULL,
+        "stopped": _TEXT_OR_NULL,
+        "versions": {"type": "object"},
+        "created": _TEXT_OR_NULL,
+        "files": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["sha256", "bytes"],
+                "properties": {
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "bytes": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
+    },
+}  # fmt: skip
 _LIBRARIES = ("numpy", "scikit-learn", "scipy", "joblib", "pillow")
 
 
@@ -185,63 +268,148 @@ class BrokenRun:
     error: str
 
 
-def _read_meta(folder: Path) -> dict:
-    """The run's metadata, checked; ModelFileError naming the file if unusable."""
+class LegacyPickleRun(ModelFileError):
+    """A run saved by an older digits as a pickle, which is never loaded."""
+
+
+def _check_schema(meta: Any, path: Path) -> None:
+    """ModelFileError naming ``path`` and the first field that breaks the schema."""
+    import jsonschema  # imported here: only reading a run needs it
+
+    validator = jsonschema.Draft202012Validator(METADATA_SCHEMA)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(meta))
+    if error is None:
+        return
+    where = ".".join(map(str, error.absolute_path)) or "the top level"
+    if error.validator == "const" and list(error.absolute_path) == ["format_version"]:
+        raise ModelFileError(
+            f"{path} has format version {error.instance!r}; this version of digits "
+            f"reads version {FORMAT_VERSION}. Retrain the model or use a matching "
+            f"digits."
+        )
+    raise ModelFileError(
+        f"{path} is malformed at {where}: {_short(error.message)}. Delete the run "
+        f"or train it again."
+    )
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_bounded(path: Path, limit: int, *, what: str = "File") -> bytes:
+    """The bytes of the regular file ``path``, refusing files over ``limit`` bytes.
+
+    Opens without blocking (a FIFO would otherwise wait forever for a writer),
+    refuses anything that is not a regular file (a FIFO, a device like /dev/zero,
+    a folder), and reads at most ``limit + 1`` bytes. ModelFileError otherwise;
+    FileNotFoundError if there is no such file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelFileError(f"{what} {path} is not a regular file.")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ModelFileError(
+            f"{what} {path} is over {limit:,} bytes, far larger than digits writes."
+        )
+    return data
+
+
+def _read_meta(folder: Path, *, legacy_ok: bool = False) -> dict:
+    """The run's metadata, checked; ModelFileError naming the file if unusable.
+
+    ``legacy_ok`` accepts a run in the old pickled format (for its conversion).
+    """
     path = folder / METADATA_FILE
     if not folder.is_dir():
         raise ModelFileError(f"Run folder {folder} does not exist.")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        data = read_bounded(path, MAX_METADATA_BYTES, what="Run metadata")
     except FileNotFoundError:
         raise ModelFileError(
             f"{path} is missing: {folder} is not a complete run. Delete the folder "
             f"or train again."
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path} is corrupt ({err}). Delete the run.") from err
-    if not isinstance(meta, dict):
-        raise ModelFileError(f"{path} is corrupt: not a JSON object. Delete the run.")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path} has format version {version!r}; this version of digits reads "
-            f"version {FORMAT_VERSION}. Retrain the model or use a matching digits."
-        )
-    missing = [key for key in _REQUIRED if key not in meta]
-    if missing:
-        raise ModelFileError(f"{path} lacks {', '.join(missing)}. Delete the run.")
-    if not (
-        isinstance(meta["files"], dict)
-        and isinstance(meta["image_shape"], list)
-        and all(isinstance(s, int) and s > 0 for s in meta["image_shape"])
-        and isinstance(meta["class_names"], list)
-    ):
-        raise ModelFileError(
-            f"{path} is corrupt: files, image_shape or class_names is malformed. "
-            f"Delete the run."
-        )
+    except OSError as err:
+        raise ModelFileError(f"{path} cannot be read ({err}).") from err
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise ModelFileError(f"{path} is corrupt ({reason}). Delete the run.") from None
+    _check_schema(meta, path)
     if meta["kind"] not in registry.MODELS:
         raise ModelFileError(
             f"{path} names an unknown model kind {meta['kind']!r}; known kinds: "
             f"{', '.join(registry.MODELS)}."
         )
-    for name in registry.MODELS[meta["kind"]].files:
+    if len(meta["image_shape"]) == 3 and meta["image_shape"][2] != 1:
+        raise ModelFileError(
+            f"{path} is malformed at image_shape: {meta['image_shape']} is not "
+            f"(height, width) or (height, width, 1). Delete the run."
+        )
+    legacy = registry.LEGACY_PICKLE_FILE in meta["files"]
+    if legacy and not legacy_ok:
+        retrain = meta.get("command") or f"digits train --model {meta['kind']}"
+        raise LegacyPickleRun(
+            f"{folder} was saved by an older digits as a pickle "
+            f"({registry.LEGACY_PICKLE_FILE}), which digits no longer loads because "
+            f"a pickle can run any code. Retrain it ({retrain}), or, only if you "
+            f"trust whoever made that file: digits convert {folder} --trust-pickle"
+        )
+    names = (
+        [registry.LEGACY_PICKLE_FILE] if legacy else registry.MODELS[meta["kind"]].files
+    )
+    for name in names:
         entry = meta["files"].get(name)
         file = folder / name
-        if not isinstance(entry, dict) or "sha256" not in entry:
+        if entry is None:
             raise ModelFileError(f"{path} does not record {name}. Delete the run.")
         if not file.is_file():
             raise ModelFileError(f"Model file {file} is missing. Delete the run.")
-        if file.stat().st_size != entry.get("bytes"):
+        if file.stat().st_size != entry["bytes"]:
             raise ModelFileError(
                 f"Model file {file} is truncated or changed: {file.stat().st_size} "
-                f"bytes, but {entry.get('bytes')} were saved. Delete the run."
+                f"bytes, but {entry['bytes']} were saved. Delete the run."
             )
     return meta
 
 
 def _pretrained_folder(name: str) -> Path:
     return PRETRAINED_DIR / DEFAULT_RUNS[name]
+
+
+def _locate(ref: str | os.PathLike[str], allow_paths: bool) -> tuple[Path, bool]:
+    """The folder run ``ref`` names and whether it is a shipped model (see
+    ``open_run``); ModelFileError if there is no such run."""
+    text = str(ref)
+    if text == DEFAULT_ALIAS:
+        present = [n for n in DEFAULT_RUNS if _pretrained_folder(n).is_dir()]
+        if not present:
+            raise ModelFileError(
+                f"No default model is installed in {PRETRAINED_DIR}. Train one: "
+                f"python -m digits train --model cnn --dataset mnist --preset "
+                f"default --out {PRETRAINED_DIR / 'cnn'}"
+            )
+        text = present[0]
+    if text in DEFAULT_RUNS:
+        return _pretrained_folder(text), True
+    root = runs_dir()
+    # A plain name is looked up in the runs dir only; "../x" is never a name.
+    if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", text) and (root / text).is_dir():
+        return root / text, False
+    if allow_paths and Path(text).is_dir():
+        folder = Path(text)
+        shipped = any(
+            folder.resolve() == _pretrained_folder(n).resolve() for n in DEFAULT_RUNS
+        )
+        return folder, shipped
+    raise ModelFileError(
+        f"No run called {text!r} in {root}. `digits runs` lists the saved runs; "
+        f"'default' is the shipped model."
+    )
 
 
 def open_run(ref: str | os.PathLike[str] | Run, *, allow_paths: bool = False) -> Run:
@@ -254,33 +422,46 @@ def open_run(ref: str | os.PathLike[str] | Run, *, allow_paths: bool = False) ->
     """
     if isinstance(ref, Run):
         return ref
-    text = str(ref)
-    if text == DEFAULT_ALIAS:
-        present = [n for n in DEFAULT_RUNS if _pretrained_folder(n).is_dir()]
-        if not present:
-            raise ModelFileError(
-                f"No default model is installed in {PRETRAINED_DIR}. Train one: "
-                f"python -m digits train --model cnn --dataset mnist --preset "
-                f"default --out {PRETRAINED_DIR / 'cnn'}"
-            )
-        text = present[0]
-    if text in DEFAULT_RUNS:
-        folder = _pretrained_folder(text)
-        return Run(folder, _read_meta(folder), pretrained=True)
-    root = runs_dir()
-    # A plain name is looked up in the runs dir only; "../x" is never a name.
-    if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", text) and (root / text).is_dir():
-        return Run(root / text, _read_meta(root / text))
-    if allow_paths and Path(text).is_dir():
-        folder = Path(text)
-        shipped = any(
-            folder.resolve() == _pretrained_folder(n).resolve() for n in DEFAULT_RUNS
+    folder, shipped = _locate(ref, allow_paths)
+    return Run(folder, _read_meta(folder), pretrained=shipped)
+
+
+def convert_legacy_run(
+    ref: str | os.PathLike[str], *, trust_pickle: bool = False
+) -> Run:
+    """Rewrite a run saved in the old pickled MLP format in today's format.
+
+    This unpickles the run's ``model.joblib``, which runs any code its author put
+    in it, so it refuses unless ``trust_pickle``. The file must still match the
+    SHA-256 its metadata records. The run is rewritten atomically: a copy is
+    converted, then swapped in for the original.
+    """
+    folder, shipped = _locate(ref, allow_paths=True)
+    if shipped:
+        raise ConfigError(f"{folder} is a shipped model; it needs no conversion.")
+    meta = _read_meta(folder, legacy_ok=True)
+    legacy = registry.LEGACY_PICKLE_FILE
+    if legacy not in meta["files"]:
+        raise ConfigError(f"{folder} is already in today's format; nothing to do.")
+    if not trust_pickle:
+        registry.convert_legacy_mlp(folder, trust_pickle=False)  # explains, raises
+    if _sha256(folder / legacy) != meta["files"][legacy]["sha256"]:
+        raise ModelFileError(
+            f"Model file {folder / legacy} has changed since digits saved it: its "
+            f"SHA-256 does not match {folder / METADATA_FILE}. It was not converted."
         )
-        return Run(folder, _read_meta(folder), pretrained=shipped)
-    raise ModelFileError(
-        f"No run called {text!r} in {root}. `digits runs` lists the saved runs; "
-        f"'default' is the shipped model."
-    )
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=folder.parent))
+    try:
+        copy = tmp / "run"
+        shutil.copytree(folder, copy)
+        registry.convert_legacy_mlp(copy, trust_pickle=True)
+        meta["files"] = _file_records(copy, registry.MODELS[meta["kind"]].files)
+        meta["converted_from"] = legacy
+        (copy / METADATA_FILE).write_text(_metadata_text(meta), encoding="utf-8")
+        _place(copy, folder, overwrite=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return open_run(folder, allow_paths=True)
 
 
 def list_runs(
@@ -361,6 +542,18 @@ def check_compatible(run: Run, image_shape: Sequence[int], n_classes: int) -> No
 # -- saving -----------------------------------------------------------------------
 
 
+def _file_records(folder: Path, names: Sequence[str]) -> dict:
+    """The SHA-256 and size of each model file, as metadata.json records them."""
+    return {
+        f: {"sha256": _sha256(folder / f), "bytes": (folder / f).stat().st_size}
+        for f in names
+    }
+
+
+def _metadata_text(meta: dict) -> str:
+    return json.dumps(jsonable(meta), indent=1, allow_nan=False)
+
+
 def _rename_unique(tmp: Path, root: Path, base: str) -> Path:
     """Rename ``tmp`` to ``root/base``, or ``base-2``, ``base-3``... if taken.
 
@@ -378,17 +571,53 @@ def _rename_unique(tmp: Path, root: Path, base: str) -> Path:
     raise ModelFileError(f"Too many runs named {base} in {root}; choose a name.")
 
 
-def _place(tmp: Path, out: Path, overwrite: bool) -> Path:
-    """Rename ``tmp`` to ``out``; replace an existing ``out`` only if asked."""
-    if out.exists() and not overwrite:
+def _is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a digits run (its metadata.json says so) or empty:
+    the only things ``--overwrite`` may replace."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if not any(folder.iterdir()):
+        return True
+    try:
+        meta = json.loads(read_bounded(folder / METADATA_FILE, MAX_METADATA_BYTES))
+    except (OSError, ValueError, RecursionError, ModelFileError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta and "kind" in meta
+
+
+def check_out(out: str | os.PathLike[str], overwrite: bool) -> None:
+    """ConfigError unless a run may be saved to exactly ``out``: it must not
+    exist, or (with ``overwrite``) be a digits run or an empty folder."""
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
         raise ConfigError(
-            f"{out} already exists. Choose another --out, or delete it first."
+            f"{out} already exists. Choose another --out, or add --overwrite to "
+            f"replace the run there."
         )
+    if not _is_run_folder(out):
+        raise ConfigError(
+            f"{out} is not a digits run (it has no metadata.json of one), so "
+            f"--overwrite will not replace it. Choose another --out, or move it "
+            f"away yourself."
+        )
+
+
+def _place(tmp: Path, out: Path, overwrite: bool) -> Path:
+    """Rename ``tmp`` to ``out``; replace an existing ``out`` only if asked and
+    only if it is a digits run (``check_out``)."""
+    check_out(out, overwrite)
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out.parent))
         os.rename(out, old / "old")
-    os.rename(tmp, out)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:  # put the old run back: nothing is lost
+            os.rename(old / "old", out)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
@@ -459,12 +688,8 @@ def save_run(
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
     try:
         spec.save(model, tmp)
-        meta["files"] = {
-            f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size}
-            for f in spec.files
-        }
-        text = json.dumps(jsonable(meta), indent=1, allow_nan=False)
-        (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
+        meta["files"] = _file_records(tmp, spec.files)
+        (tmp / METADATA_FILE).write_text(_metadata_text(meta), encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a run is an ordinary folder
         if out is not None:
             folder = _place(tmp, Path(out), overwrite)
@@ -597,8 +822,8 @@ def train_run(
             raise ConfigError(f"{what} must be at least 1; got {size}.")
     if name is not None:
         sanitize_name(name)
-    if out is not None and Path(out).exists() and not overwrite:
-        raise ConfigError(f"{out} already exists. Choose another --out, or delete it.")
+    if out is not None:
+        check_out(out, overwrite)
     keep = _subset(len(dataset.x_train), train_size, hyper.get("random_state"))
     x, y = dataset.x_train[keep], dataset.y_train[keep]
     val = _subset(len(dataset.x_test), validation_size, VALIDATION_SEED)

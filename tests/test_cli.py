@@ -242,7 +242,7 @@ def test_corrupt_run(trained, shared_runs, runs, capsys):
 
     copy = runs / "corrupt"
     shutil.copytree(shared_runs / "cli-mlp", copy)
-    model = copy / "model.joblib"
+    model = copy / "weights.npz"
     model.write_bytes(model.read_bytes()[:-10])
     err = assert_one_line_error(main(["evaluate", "corrupt"]), capsys, "truncated")
     assert str(model) in err

@@ -12,7 +12,6 @@ import os
 import time
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 
@@ -89,7 +88,10 @@ def test_mlp_round_trip(mlp, small, runs):
         loaded.predict_proba(small.x_test), mlp.predict_proba(small.x_test)
     )
     assert loaded.history_ == mlp.history_
-    assert sorted(os.listdir(run.path)) == ["metadata.json", "model.joblib"]
+    assert sorted(os.listdir(run.path)) == ["metadata.json", "mlp.json", "weights.npz"]
+    # It keeps training where it left off, as scikit-learn's partial_fit does.
+    loaded.partial_fit(small.x_train, small.y_train)
+    assert loaded.n_iter_ == mlp.n_iter_ + 1
 
 
 def test_numpy_round_trip_uses_npz_without_pickle(numpy_model, small):
@@ -139,8 +141,8 @@ def test_train_run_records_everything(small):
         meta["versions"]
     )
     assert meta["created"].endswith("+00:00")
-    sha = meta["files"]["model.joblib"]["sha256"]
-    assert sha == store._sha256(run.path / "model.joblib")
+    sha = meta["files"]["weights.npz"]["sha256"]
+    assert sha == store._sha256(run.path / "weights.npz")
     assert run.summary()["epochs"] == 3
 
 
@@ -220,24 +222,29 @@ def test_npz_with_other_shapes_is_refused(numpy_model, small):
         store.load_model(run.name)
 
 
-def test_tampered_joblib_is_refused_before_unpickling(mlp, small, monkeypatch):
+def test_tampered_weights_are_refused_before_loading(mlp, small, monkeypatch):
     run = save(mlp, small)
     calls = []
-    real_load = joblib.load
-    monkeypatch.setattr(
-        joblib, "load", lambda *a, **k: calls.append(a) or real_load(*a, **k)
+    real_load = registry.MODELS["mlp"].load
+    monkeypatch.setitem(
+        registry.MODELS,
+        "mlp",
+        dataclasses.replace(
+            registry.MODELS["mlp"],
+            load=lambda folder: calls.append(folder) or real_load(folder),
+        ),
     )
     store.load_model(run.name)
     assert len(calls) == 1  # the spy sees the store's loads
 
-    path = run.path / "model.joblib"
+    path = run.path / "weights.npz"
     raw = bytearray(path.read_bytes())
     raw[-20] ^= 0xFF  # one byte changed, same size
     path.write_bytes(bytes(raw))
     with pytest.raises(ModelFileError, match="SHA-256") as err:
         store.load_model(run.name)
     assert str(path) in str(err.value)
-    assert len(calls) == 1  # joblib.load was not called for the tampered file
+    assert len(calls) == 1  # the file was not read
 
 
 def test_other_format_version_is_refused(mlp, small):
@@ -266,7 +273,7 @@ def test_numpy_architecture_of_other_format_version_is_refused(numpy_model, smal
         (lambda m: m.update(image_shape=[28, 28]), "incompatible"),
         (lambda m: m.update(class_names=["a", "b"]), "incompatible"),
         (lambda m: m.update(kind="transformer"), "unknown model kind"),
-        (lambda m: m.pop("files"), "lacks files"),
+        (lambda m: m.pop("files"), "'files' is a required property"),
         (lambda m: m.update(image_shape="28x28"), "malformed"),
     ],
 )
@@ -303,7 +310,7 @@ def test_metadata_missing_or_corrupt(mlp, small):
 def test_list_runs_reports_broken_runs_without_failing(mlp, small, runs):
     good = save(mlp, small, name="good")
     truncated = save(mlp, small, name="truncated")
-    (truncated.path / "model.joblib").write_bytes(b"\x80")
+    (truncated.path / "weights.npz").write_bytes(b"\x80")
     no_meta = save(mlp, small, name="no-meta")
     (no_meta.path / "metadata.json").unlink()
     bad_json = save(mlp, small, name="bad-json")
@@ -315,7 +322,7 @@ def test_list_runs_reports_broken_runs_without_failing(mlp, small, runs):
     assert [r.name for r in found] == [good.name]
     reasons = {b.path.name: b.error for b in broken}
     assert set(reasons) == {"truncated", "no-meta", "bad-json"}
-    assert "model.joblib is truncated" in reasons["truncated"]
+    assert "weights.npz is truncated" in reasons["truncated"]
     assert "metadata.json is missing" in reasons["no-meta"]
     assert "metadata.json is corrupt" in reasons["bad-json"]
 
@@ -405,7 +412,7 @@ def test_concurrent_saves_never_collide(mlp, small, runs, tmp_path):
 
 def test_failed_save_leaves_nothing(mlp, small, runs, monkeypatch):
     def half_write(model, folder):
-        (folder / "model.joblib").write_bytes(b"partial")
+        (folder / "weights.npz").write_bytes(b"partial")
         raise OSError("disk full")
 
     broken_kind = dataclasses.replace(registry.MODELS["mlp"], save=half_write)
@@ -423,7 +430,7 @@ def test_a_save_clears_half_written_runs_left_by_a_dead_process(mlp, small, runs
     abandoned, recent = runs / ".tmp-killed", runs / ".tmp-in-progress"
     for folder in (abandoned, recent):
         folder.mkdir()
-        (folder / "model.joblib").write_bytes(b"partial")
+        (folder / "weights.npz").write_bytes(b"partial")
     old = time.time() - store.ABANDONED_SECONDS - 60
     os.utime(abandoned, (old, old))
     save(mlp, small, name="next")
