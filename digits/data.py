@@ -14,8 +14,18 @@ fetched again once.
 Parsed arrays are cached as `.npy` files beside the gzip files, or in a per-user
 cache (`$XDG_CACHE_HOME/digits/npy`, default `~/.cache/digits/npy`) when the data
 directory is read-only, and memory-mapped on later loads. Cache files are named by
-the SHA-256 of their source, which is checked on every load (about 15 ms for
-MNIST), so a stale cache can never be served.
+the SHA-256 of their source, which is checked on every load, and each has a JSON
+sidecar (`<cache>.npy.json`, written after it) recording the source's SHA-256, the
+array's shape and dtype, and the size and SHA-256 of the cache file's own bytes.
+A cache that disagrees with its sidecar in any of these, or has none, is rebuilt
+from the source, so a damaged cache is never served (checking MNIST's four caches
+takes about 40 ms). Caches are read with `np.frombuffer`, never unpickled.
+
+Every file given by a user (a CSV path, an IDX file) is read only if it is a regular
+file, and at most `CSV_MAX_BYTES` / `IDX_MAX_BYTES` of it (gzip output included),
+so a directory, a FIFO or `/dev/zero` gets a message at once instead of a hang.
+CSVs are UTF-8 (a byte-order mark is allowed); other encodings are refused with the
+line of the first byte that is not UTF-8.
 
 Left out: Matlab `.mat` files (such as the original 20x20 set) and the "10 means 0"
 label convention of that set; export it as a CSV with labels 0-9.
@@ -23,12 +33,15 @@ label convention of that set; export it as a CSV with labels 0-9.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import http.client
+import io
+import json
 import math
+import mmap
 import os
+import stat
 import struct
 import tempfile
 import time
@@ -56,6 +69,14 @@ SKLEARN_DIGITS_MAX = 16  # sklearn's 8x8 digits count ink in 0..16
 # Resampled float sets (the 20x20 set of 5,000) ring slightly outside 0..1.
 FLOAT_PIXEL_SLACK = 0.25
 LABEL_POSITIONS = ("auto", "first", "last")  # where a CSV keeps its label column
+# Streamlit's default upload limit; a CSV of this size parses to at most ~800 MB.
+CSV_MAX_BYTES = 200 * 1024 * 1024
+CSV_MAX_SIDE = 256  # widest image a CSV row may hold: digits are far smaller
+# A CSV needs 2 classes to train on, and one more row to test on.
+CSV_MIN_ROWS = 3
+# MNIST's largest file is 47 MB unpacked; this bounds a gzip bomb's output.
+IDX_MAX_BYTES = 256 * 1024 * 1024
+CACHE_META_MAX_BYTES = 4096  # a cache sidecar is ~300 bytes of JSON
 
 Progress = Callable[[int, int | None, str], None]
 """`progress(done_bytes, total_bytes, filename)`; total is None if unknown."""
@@ -174,8 +195,72 @@ def npy_cache_dir() -> Path:
 
 
 def _sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    with _open_regular(path, "File") as f:
+        try:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as err:
+            raise DataError(f"Cannot read {path}: {err.strerror or err}") from err
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, for an error message."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISLNK(mode):
+        return "a broken symbolic link"
+    return "a special file"
+
+
+def _open_regular(path: Path, what: str) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file; DataError otherwise.
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
+    writer; the type is then checked on the open descriptor, so a file swapped
+    for a FIFO or a device after a `stat` cannot slip through.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise DataError(f"Cannot read {path}: {err.strerror or err}") from err
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DataError(
+                f"{path} is {_file_kind(mode)}, not a regular file: give the path "
+                f"of a {what.lower()}"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file `path`, refused if longer than `limit`."""
+    too_big = (
+        f"{path} is larger than {limit / 2**20:.0f} MB, the most a {what.lower()} "
+        "may hold here: keep fewer rows or split it"
+    )
+    with _open_regular(path, what) as f:
+        if os.fstat(f.fileno()).st_size > limit:
+            raise DataError(too_big)
+        try:
+            raw = f.read(limit + 1)  # +1: a file growing while read is caught too
+        except OSError as err:
+            raise DataError(f"Cannot read {path}: {err.strerror or err}") from err
+    if len(raw) > limit:
+        raise DataError(too_big)
+    return raw
 
 
 def _is_writable_dir(folder: Path) -> bool:
@@ -331,6 +416,12 @@ def fetch(
     for filename, pinned in source.sha256.items():
         path = folder / filename
         if not path.is_file():
+            if path.exists() or path.is_symlink():
+                mode = (path.stat() if path.exists() else path.lstat()).st_mode
+                raise DataError(
+                    f"{path} is {_file_kind(mode)}, not the IDX file of that name: "
+                    "move it away, and the file will be downloaded again"
+                )
             _download(filename, folder, pinned, mirrors, progress, names)
             continue
         got = _sha256_file(path)
@@ -365,19 +456,26 @@ def _idx_source(name: str) -> IdxSource:
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"Cannot read {path}: {err.strerror or err}") from err
+    """The bytes of an IDX file, gunzipped if it ends in .gz; at most IDX_MAX_BYTES
+    either way, so a gzip bomb stops at the limit instead of filling memory."""
+    raw = _read_bounded(path, IDX_MAX_BYTES, "IDX file")
     if path.suffix != ".gz":
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as unpacked:
+            out = unpacked.read(IDX_MAX_BYTES + 1)
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(
             f"{path} is not a valid gzip file: it is truncated or corrupt ({err}). "
             "Replace it with an intact copy."
         ) from err
+    if len(out) > IDX_MAX_BYTES:
+        raise DataError(
+            f"{path} unpacks to more than {IDX_MAX_BYTES / 2**20:.0f} MB, far more "
+            "than any IDX dataset here: it is not a dataset file. Replace it with "
+            "an intact copy."
+        )
+    return out
 
 
 def read_idx(path: str | os.PathLike[str], kind: str) -> np.ndarray:
@@ -417,6 +515,8 @@ def read_idx(path: str | os.PathLike[str], kind: str) -> np.ndarray:
 def _check_pair(
     x: np.ndarray, y: np.ndarray, images: Path, labels: Path, n_classes: int
 ) -> None:
+    if len(x) == 0:
+        raise DataError(f"{images} holds no images: the file is truncated or wrong")
     if len(x) != len(y):
         raise DataError(
             f"{images} has {len(x)} images but {labels} has {len(y)} labels; "
@@ -458,26 +558,25 @@ def _cached_parse(
 ) -> np.ndarray:
     """`parse()`, memoised in `<stem>.<sha>.npy` beside `source` or per user.
 
-    The cache key is the source's verified SHA-256, so a hit is always current.
-    Returns a read-only array (memory-mapped on a hit).
+    The cache key is the source's verified SHA-256, and a cache is used only if
+    its sidecar (see `_load_cache`) vouches for every byte of it; otherwise it is
+    rebuilt from the source. Returns a read-only array (memory-mapped on a hit).
     """
     stem = source.name.removesuffix(".gz")
     name = f"{stem}.{sha256[:16]}.npy"
     places = [source.parent / name, npy_cache_dir() / name]
     for place in places:
-        if place.is_file():
-            try:
-                return np.asarray(np.load(place, mmap_mode="r"))
-            except (OSError, ValueError):
-                pass  # damaged cache file: rebuilt below
-    array = parse()
+        cached = _load_cache(place, sha256)
+        if cached is not None:
+            return cached
+    array = np.ascontiguousarray(parse())
     for place in places:
         try:
             if place.parent != source.parent:
                 place.parent.mkdir(parents=True, exist_ok=True)
             if not _is_writable_dir(place.parent):
                 continue
-            _write_atomic(place, partial(_save_npy, array=array))
+            _save_cache(place, array, source.name, sha256)
             break
         except OSError:
             continue
@@ -487,13 +586,88 @@ def _cached_parse(
             f"{places[1].parent}; loading will stay slow.",
             stacklevel=4,
         )
-    array = np.asarray(array)
     array.flags.writeable = False  # the same contract as a memory-mapped hit
     return array
 
 
-def _save_npy(f: BinaryIO, array: np.ndarray) -> None:
-    np.save(f, array, allow_pickle=False)
+def _sidecar(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".json")
+
+
+class _HashingWriter:
+    """A write-only file that hashes and counts what passes through to `out`."""
+
+    def __init__(self, out: BinaryIO):
+        self.out, self.digest, self.size = out, hashlib.sha256(), 0
+
+    def write(self, chunk: bytes) -> int:
+        self.digest.update(chunk)
+        self.size += memoryview(chunk).nbytes
+        return self.out.write(chunk)
+
+
+def _save_cache(place: Path, array: np.ndarray, source: str, sha256: str) -> None:
+    """Write `array` to `place` atomically, then its sidecar: a crash in between
+    leaves a cache without a sidecar, which is never trusted."""
+    hashing: list[_HashingWriter] = []
+
+    def write_npy(f: BinaryIO) -> None:
+        hashing.append(_HashingWriter(f))
+        np.save(hashing[0], array, allow_pickle=False)
+
+    _write_atomic(place, write_npy)
+    meta = {
+        "source": source,
+        "source_sha256": sha256,
+        "shape": list(array.shape),
+        "dtype": array.dtype.str,
+        "bytes": hashing[0].size,
+        "sha256": hashing[0].digest.hexdigest(),
+    }
+    text = (json.dumps(meta) + "\n").encode()
+    _write_atomic(_sidecar(place), lambda f: f.write(text))
+
+
+def _load_cache(place: Path, sha256: str) -> np.ndarray | None:
+    """The array cached at `place` if its sidecar vouches for it, else None.
+
+    The sidecar must name the source's SHA-256, and the file must have exactly
+    the recorded size and SHA-256 and hold a plain array of the recorded shape
+    and dtype. The hash is taken from the same memory map the array is read
+    from, so what was checked is what is returned.
+    """
+    try:
+        meta = json.loads(_read_bounded(_sidecar(place), CACHE_META_MAX_BYTES, "File"))
+        shape = tuple(int(n) for n in meta["shape"])
+        dtype = np.dtype(str(meta["dtype"]))
+        if meta["source_sha256"] != sha256 or dtype.hasobject:
+            return None
+        with _open_regular(place, "File") as f:
+            if os.fstat(f.fileno()).st_size != meta["bytes"]:
+                return None
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if hashlib.sha256(mapped).hexdigest() != meta["sha256"]:
+            return None
+        header = io.BytesIO(mapped[: 1 << 16])
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(np.lib.format.read_magic(header))
+        if read_header is None:
+            return None
+        got_shape, fortran, got_dtype = read_header(header)
+        count = math.prod(got_shape)
+        if (
+            got_shape != shape
+            or got_dtype != dtype
+            or fortran
+            or header.tell() + count * dtype.itemsize != len(mapped)
+        ):
+            return None
+        array = np.frombuffer(mapped, dtype, count, offset=header.tell())
+        return array.reshape(shape)
+    except (DataError, OSError, ValueError, TypeError, KeyError, RecursionError):
+        return None  # no sidecar, or either file damaged: rebuilt by the caller
 
 
 def load_idx_dataset(
@@ -532,17 +706,44 @@ def load_idx_dataset(
 def _split(
     x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Deterministic train/test split, stratified whenever the classes allow."""
+    """Deterministic train/test split, stratified whenever the classes allow.
+
+    When they do not (a class with one sample, or fewer test rows than classes),
+    a seeded random split that leaves every class at least one training row.
+    """
     from sklearn.model_selection import train_test_split  # slow import: lazy
 
     try:
         parts = train_test_split(
             x, y, test_size=test_fraction, random_state=seed, stratify=y
         )
-    except ValueError:  # a class with one sample, or fewer test rows than classes
-        parts = train_test_split(x, y, test_size=test_fraction, random_state=seed)
+    except ValueError:
+        train, test = _split_keeping_classes(y, test_fraction, seed)
+        return x[train], y[train], x[test], y[test]
     x_train, x_test, y_train, y_test = parts
     return x_train, y_train, x_test, y_test
+
+
+def _split_keeping_classes(
+    y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, test): ceil(n * test_fraction) test rows, or fewer if
+    needed so that no class loses its last training row (a model cannot learn
+    a class it never saw)."""
+    classes, counts = np.unique(y, return_counts=True)
+    left = dict(zip(classes.tolist(), counts.tolist(), strict=True))
+    n_test = min(math.ceil(len(y) * test_fraction), len(y) - len(classes))
+    order = np.random.default_rng(seed).permutation(len(y))
+    is_test = np.zeros(len(y), dtype=bool)
+    taken = 0
+    for i in order:
+        if taken >= n_test:
+            break
+        if left[y[i]] > 1:
+            left[y[i]] -= 1
+            is_test[i] = True
+            taken += 1
+    return order[~is_test[order]], order[is_test[order]]
 
 
 def load_sklearn_digits(
@@ -579,23 +780,58 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _locate_bad_cell(path: Path, skip_header: bool, n_cols: int) -> str:
+def _cells(line: str) -> list[str]:
+    """A line's cells, trimmed, with any quotes around them removed."""
+    return [cell.strip().strip('"').strip() for cell in line.split(",")]
+
+
+def _short(cell: str, limit: int = 24) -> str:
+    return repr(cell if len(cell) <= limit else cell[:limit] + "...")
+
+
+def _lines(text: str) -> list[str]:
+    """Split on any newline convention (Windows, Unix, classic Mac)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _decode_csv(raw: bytes, path: Path) -> str:
+    """UTF-8 text, a leading byte-order mark dropped; DataError naming the line
+    of the first byte that is not UTF-8."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(
+            f"{path} is UTF-16 text: save it as UTF-8 (or plain ASCII) and load it "
+            "again"
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        before = _lines(raw[: err.start].decode("utf-8-sig"))
+        line = len(before)
+        filled = [text for text in before[:-1] if text.strip()]
+        if filled:
+            # The first non-blank line is a header if it holds no number.
+            header = not any(_is_number(c) for c in _cells(filled[0]))
+            where = f"row {len(filled) + 1 - header} (line {line})"
+        else:
+            where = f"line {line}"
+        byte = raw[err.start : err.start + 1]
+        raise DataError(
+            f"{path}: {where} is not UTF-8 text: byte 0x{byte.hex()} at character "
+            f"{len(before[-1]) + 1} ({byte.decode('latin-1')!r} in Latin-1). Save "
+            "the file as UTF-8 and load it again."
+        ) from None
+
+
+def _locate_bad_cell(rows: Sequence[str], line_numbers: np.ndarray, n_cols: int) -> str:
     """Describe the first malformed row or cell, for an error message."""
-    with path.open(newline="") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if skip_header and line == 1:
-                continue
-            data_row = line - 1 if skip_header else line
-            if len(row) != n_cols:
-                return (
-                    f"row {data_row} (line {line}) has {len(row)} columns, not {n_cols}"
-                )
-            for col, cell in enumerate(row, start=1):
-                if not _is_number(cell):
-                    return (
-                        f"row {data_row} (line {line}), column {col} is {cell!r}, "
-                        "not a number"
-                    )
+    for r, text in enumerate(rows):
+        where = f"row {r + 1} (line {line_numbers[r]})"
+        cells = _cells(text)
+        if len(cells) != n_cols:
+            return f"{where} has {len(cells)} columns, not {n_cols} like line 1"
+        for col, cell in enumerate(cells, start=1):
+            if not _is_number(cell):
+                return f"{where}, column {col} is {_short(cell)}, not a number"
     return "a row could not be parsed"
 
 
@@ -608,7 +844,7 @@ def _label_column(
     if label == "last":
         return table.shape[1] - 1
     if header is not None:
-        named = [i for i, h in enumerate(header) if h.strip().lower() == "label"]
+        named = [i for i, h in enumerate(header) if h.lower() == "label"]
         if named:
             return named[0]
 
@@ -630,6 +866,10 @@ def _label_column(
     return labelish[0] if labelish else -1
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def load_csv(
     path: str | os.PathLike[str],
     *,
@@ -644,62 +884,90 @@ def load_csv(
     headerless with the label first or last. `label` is "auto", "first" or "last";
     "auto" uses a column named "label", else whichever end column holds integers
     in 0..n_classes-1. Pixels are integers 0..255, or floats 0..1 (scaled by 255).
-    The side of the images is sqrt(columns - 1). The split is deterministic:
-    `test_fraction` of the rows, stratified when possible, with `seed`.
+    The side of the images is sqrt(columns - 1), at most `CSV_MAX_SIDE`. The text
+    is UTF-8 (a byte-order mark is dropped); blank lines are skipped. At least
+    `CSV_MIN_ROWS` rows and 2 different labels are needed. The split is
+    deterministic: `test_fraction` of the rows, stratified when possible, with
+    `seed`; every label keeps at least one training row.
+    Messages name a row by its data row number and its line in the file.
     """
     if label not in LABEL_POSITIONS:
         raise ConfigError(f"label={label!r}; use one of {', '.join(LABEL_POSITIONS)}")
     if n_classes < 2:
         raise ConfigError(f"n_classes={n_classes}; a classifier needs at least 2")
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"CSV file not found: {path.absolute()}")
-    try:
-        with path.open(newline="") as f:
-            first = next(csv.reader(f), None)
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"Cannot read {path} as a CSV text file: {err}") from err
-    if not first:
-        raise DataError(f"{path} is empty: expected one image per row")
+    raw = _read_bounded(path, CSV_MAX_BYTES, "CSV file")
+    lines = _lines(_decode_csv(raw, path))
+    filled = [i for i, text in enumerate(lines) if text.strip()]
+    need = (
+        f"it needs at least {CSV_MIN_ROWS} (one image per row, with at least 2 "
+        "different labels) to train and test on"
+    )
+    if not filled:
+        raise DataError(f"{path} is empty: {need}")
+    first = _cells(lines[filled[0]])
     # A header has no numbers; a row mixing both is data with a bad cell.
     header = None if any(_is_number(c) for c in first) else first
     n_cols = len(first)
     side = math.isqrt(max(n_cols - 1, 0))
     if n_cols < 2 or side * side != n_cols - 1:
-        raise DataError(
-            f"{path}: {n_cols} columns = 1 label + {n_cols - 1} pixels, and "
-            f"{n_cols - 1} is not a perfect square; expected e.g. 785 (28x28) or "
-            "401 (20x20)"
+        why = (
+            f"= 1 label + {n_cols - 1} pixels, and {n_cols - 1} is not a perfect square"
+            if n_cols > 1
+            else "and no pixels"
         )
+        raise DataError(
+            f"{path}: line {filled[0] + 1} has {_plural(n_cols, 'column')} {why}: "
+            "a row is 1 label + the pixels of a square image, e.g. 785 columns "
+            "(28x28) or 401 (20x20)"
+        )
+    if side > CSV_MAX_SIDE:
+        raise DataError(
+            f"{path}: rows of {n_cols} columns are {side}x{side} images; at most "
+            f"{CSV_MAX_SIDE}x{CSV_MAX_SIDE} are accepted. Shrink the images first."
+        )
+    data_lines = filled[1:] if header else filled
+    if len(data_lines) < CSV_MIN_ROWS:
+        rows_text = _plural(len(data_lines), "row")
+        has = f"has a header but {rows_text}" if header else f"has {rows_text}"
+        raise DataError(f"{path} {has} of data: {need}")
+    line_numbers = np.array(data_lines) + 1
+    rows = [lines[i] for i in data_lines]
+    del lines
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "Empty input file"
-            table = np.loadtxt(
-                path,
-                delimiter=",",
-                skiprows=1 if header else 0,
-                dtype=np.float64,
-                ndmin=2,
-            )
+        table = np.loadtxt(
+            rows,
+            delimiter=",",
+            quotechar='"',
+            comments=None,
+            dtype=np.float64,
+            ndmin=2,
+        )
     except ValueError as err:
-        where = _locate_bad_cell(path, header is not None, n_cols)
+        where = _locate_bad_cell(rows, line_numbers, n_cols)
         raise DataError(f"{path}: {where}.") from err
-    if table.shape[0] == 0:
-        raise DataError(f"{path} has a header but no rows of data")
+    if table.shape[1] != n_cols:  # every data row agrees, but not with line 1
+        raise DataError(f"{path}: {_locate_bad_cell(rows, line_numbers, n_cols)}.")
+    del rows
+
+    def where(row: int) -> str:
+        return f"row {row + 1} (line {line_numbers[row]})"
+
     bad = np.argwhere(~np.isfinite(table))
     if bad.size:
         row, col = bad[0]
         raise DataError(
-            f"{path}: row {row + 1}, column {col + 1} is {table[row, col]}, "
-            "not a finite number"
+            f"{path}: {where(row)}, column {col + 1} is {table[row, col]}, not a "
+            "finite number"
         )
 
     col = _label_column(table, header, label, n_classes)
     if col < 0:
         raise DataError(
             f"{path}: found no label column: neither the first nor the last column "
-            f"holds integer classes 0..{n_classes - 1}. If the labels are there "
-            'but all equal, pass label="first" or label="last".'
+            f"holds integer classes 0..{n_classes - 1} with at least 2 different "
+            "values. Put the labels first or last (or in a column named label); "
+            "training needs images of at least 2 different labels."
         )
     labels = table[:, col]
     bad_rows = np.flatnonzero(
@@ -708,22 +976,37 @@ def load_csv(
     if bad_rows.size:
         r = bad_rows[0]
         raise DataError(
-            f"{path}: label {labels[r]:g} in row {r + 1} (column {col + 1}) is not "
+            f"{path}: label {labels[r]:g} in {where(r)}, column {col + 1} is not "
             f"an integer class in 0..{n_classes - 1} "
-            f"({bad_rows.size} rows have bad labels)"
+            f"({_plural(bad_rows.size, 'row')} with bad labels)"
         )
-    pixels = np.delete(table, col, axis=1)
-    x = _pixels_to_uint8(pixels, path).reshape(-1, side, side)
     y = labels.astype(np.int64)
+    pixels = np.delete(table, col, axis=1)
+    del table
+    x = _pixels_to_uint8(pixels, path, where).reshape(-1, side, side)
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise DataError(
+            f"{path}: every row has label {classes[0]}, but a classifier needs "
+            "images of at least 2 different labels: add rows of other classes"
+        )
+    if len(y) <= classes.size:
+        raise DataError(
+            f"{path} has {len(y)} rows and {classes.size} different labels: it "
+            f"needs at least {classes.size + 1} rows, so that training sees every "
+            "label and 1 image is left to test on"
+        )
     return Dataset(
         *_split(x, y, test_fraction, seed),
         class_names=tuple(str(c) for c in range(n_classes)),
         name=str(path),
-        checksum=_sha256_file(path),
+        checksum=hashlib.sha256(raw).hexdigest(),
     )
 
 
-def _pixels_to_uint8(pixels: np.ndarray, path: Path) -> np.ndarray:
+def _pixels_to_uint8(
+    pixels: np.ndarray, path: Path, where: Callable[[int], str]
+) -> np.ndarray:
     """Floats in 0..1 (or any non-integer data) scale by 255; else ints 0..255."""
     integral = bool(np.all(pixels == np.rint(pixels)))
     if not integral or pixels.max() <= 1:
@@ -736,7 +1019,7 @@ def _pixels_to_uint8(pixels: np.ndarray, path: Path) -> np.ndarray:
     if outside.size:
         row, col = outside[0]
         raise DataError(
-            f"{path}: pixel value {pixels[row, col]:g} in row {row + 1} is out of "
+            f"{path}: pixel value {pixels[row, col]:g} in {where(row)} is out of "
             f"range; pixels must be {unit}"
         )
     return np.rint(np.clip(pixels * scale, 0, 255)).astype(np.uint8)

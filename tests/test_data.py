@@ -202,11 +202,14 @@ def test_download_skips_a_404_mirror_and_loads_through_load_dataset(
     assert np.array_equal(ds.y_test, mnist.y_test)
     assert ds.checksum == mnist.checksum
     folder = tmp_path / "data" / "mnist"
-    # A writable data dir holds the parsed cache beside the gzip files, and
-    # nothing else: no partial downloads, no temp files.
+    # A writable data dir holds the parsed cache (with its sidecar) beside the
+    # gzip files, and nothing else: no partial downloads, no temp files.
     sha = data.IDX_SOURCES["mnist"].sha256
     npy = [f"{n.removesuffix('.gz')}.{sha[n][:16]}.npy" for n in MNIST_FILES]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(MNIST_FILES + npy)
+    sidecars = [f"{name}.json" for name in npy]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        MNIST_FILES + npy + sidecars
+    )
     assert not (tmp_path / "xdg").exists()
     for name in MNIST_FILES:
         size = (folder / name).stat().st_size
@@ -504,7 +507,9 @@ def test_csv_labels_outside_the_class_range_are_named(tmp_path):
     # The Ng layout: pixels then labels 1..10, where 10 stands for 0.
     rows = [",".join(["0.5"] * 4 + [str(label)]) for label in range(1, 11)]
     path = _tiny_csv(tmp_path, rows)
-    with pytest.raises(DataError, match=r"label 10 in row 10 \(column 5\)") as e:
+    with pytest.raises(
+        DataError, match=r"label 10 in row 10 \(line 10\), column 5"
+    ) as e:
         data.load_dataset(str(path))
     assert str(path) in str(e.value) and "0..9" in str(e.value)
 
