@@ -26,8 +26,10 @@ format; ``RUN`` arguments may be ``default`` (the CNN if shipped, else the MLP),
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -69,6 +71,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # A metadata.json larger than this is not one digits wrote (the shipped MLP's is
 # 10 kB); it is refused before it is read, so a planted file cannot exhaust memory.
 MAX_METADATA_BYTES = 4 << 20
+# Saving a run needs room for its files (the default CNN's are 0.8 MB, a large
+# MLP's a few MB) and its prediction caches; below this much free space training
+# is refused before it starts rather than lost when it ends.
+MIN_FREE_BYTES = 64 << 20
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _TEXT_OR_NULL = {"type": ["string", "null"]}
 # The one schema every run's metadata.json is checked against when it is read, so
@@ -281,16 +287,15 @@ def _check_schema(meta: Any, path: Path) -> None:
     if error is None:
         return
     where = ".".join(map(str, error.absolute_path)) or "the top level"
-    if error.validator == "const" and list(error.absolute_path) == ["format_version"]:
-        raise ModelFileError(
-            f"{path} has format version {error.instance!r}; this version of digits "
-            f"reads version {FORMAT_VERSION}. Retrain the model or use a matching "
-            f"digits."
-        )
     raise ModelFileError(
         f"{path} is malformed at {where}: {_short(error.message)}. Delete the run "
         f"or train it again."
     )
+
+
+def _no_constants(name: str):
+    """digits writes strict JSON; NaN and Infinity mean someone else wrote it."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -335,10 +340,16 @@ def _read_meta(folder: Path, *, legacy_ok: bool = False) -> dict:
     except OSError as err:
         raise ModelFileError(f"{path} cannot be read ({err}).") from err
     try:
-        meta = json.loads(data.decode("utf-8"))
+        meta = json.loads(data.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         reason = "nested too deeply" if isinstance(err, RecursionError) else err
         raise ModelFileError(f"{path} is corrupt ({reason}). Delete the run.") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if isinstance(meta, dict) and version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} has format version {version!r}; this version of digits reads "
+            f"version {FORMAT_VERSION}. Retrain the model or use a matching digits."
+        )
     _check_schema(meta, path)
     if meta["kind"] not in registry.MODELS:
         raise ModelFileError(
@@ -505,14 +516,7 @@ def load_model(ref: str | os.PathLike[str] | Run, *, allow_paths: bool = False):
     """
     run = open_run(ref, allow_paths=allow_paths)
     kind = registry.MODELS[run.kind]
-    for name in kind.files:
-        file = run.path / name
-        if _sha256(file) != run.meta["files"][name]["sha256"]:
-            raise ModelFileError(
-                f"Model file {file} has changed since digits saved it: its SHA-256 "
-                f"does not match {run.path / METADATA_FILE}. It was not loaded, "
-                f"because only files digits wrote itself are trusted. Delete the run."
-            )
+    _verify_files(run)
     model = kind.load(run.path)
     shape = tuple(int(s) for s in getattr(model, "input_shape_", ()))
     if math.prod(shape) != math.prod(run.image_shape) or len(model.classes_) != len(
@@ -524,6 +528,19 @@ def load_model(ref: str | os.PathLike[str] | Run, *, allow_paths: bool = False):
             f"the run records {run.image_shape} and {len(run.class_names)}."
         )
     return model
+
+
+def _verify_files(run: Run) -> None:
+    """ModelFileError unless every model file still has the SHA-256 recorded in
+    the run's metadata (a file changed behind digits' back is never used)."""
+    for name in registry.MODELS[run.kind].files:
+        file = run.path / name
+        if _sha256(file) != run.meta["files"][name]["sha256"]:
+            raise ModelFileError(
+                f"Model file {file} has changed since digits saved it: its SHA-256 "
+                f"does not match {run.path / METADATA_FILE}. It was not loaded, "
+                f"because only files digits wrote itself are trusted. Delete the run."
+            )
 
 
 def check_compatible(run: Run, image_shape: Sequence[int], n_classes: int) -> None:
@@ -683,11 +700,11 @@ def save_run(
         if name is not None
         else sanitize_name(f"{now:%Y%m%d-%H%M%S}-{kind}-{Path(dataset.name).stem}")
     )
-    root.mkdir(parents=True, exist_ok=True)
+    check_can_save(root)
     _remove_abandoned(root)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
     try:
-        spec.save(model, tmp)
+        _write_model(spec, model, tmp)
         meta["files"] = _file_records(tmp, spec.files)
         (tmp / METADATA_FILE).write_text(_metadata_text(meta), encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a run is an ordinary folder
@@ -699,6 +716,51 @@ def save_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_run(folder, allow_paths=True)
+
+
+def _write_model(spec: registry.ModelKind, model, folder: Path) -> None:
+    """``spec.save(model, folder)``; a full disk or a permission problem becomes
+    a message that says nothing was saved (the half-written folder goes)."""
+    try:
+        spec.save(model, folder)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise
+        raise ModelFileError(
+            f"Could not save the run in {folder.parent}: {err.strerror}. Nothing "
+            f"was saved and no other run was touched. Free some space (or choose "
+            f"another folder with {RUNS_DIR_ENV}) and train again."
+        ) from err
+
+
+def check_can_save(root: str | os.PathLike[str] | None = None) -> None:
+    """ModelFileError unless runs can be saved in ``root`` (default: the runs
+    dir): it can be created, written to, and its disk has MIN_FREE_BYTES free.
+
+    Called before training starts, so a full disk or a read-only folder is found
+    in a second, not after an hour of training.
+    """
+    root = Path(root) if root is not None else runs_dir()
+    fix = f"Set {RUNS_DIR_ENV} (or --out) to a folder you can write to."
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root, prefix=TMP_PREFIX):
+            pass
+    except FileExistsError:
+        raise ModelFileError(
+            f"The runs folder {root} is a file, not a folder. {fix}"
+        ) from None
+    except OSError as err:
+        raise ModelFileError(
+            f"Cannot write to the runs folder {root} ({err.strerror}). {fix}"
+        ) from None
+    free = shutil.disk_usage(root).free
+    if free < MIN_FREE_BYTES:
+        raise ModelFileError(
+            f"Only {free / 1e6:.0f} MB free on the disk that holds {root}; saving "
+            f"a run needs at least {MIN_FREE_BYTES / 1e6:.0f} MB. Free some "
+            f"space, or set {RUNS_DIR_ENV} (or --out) to a folder on another disk."
+        )
 
 
 def _remove_abandoned(root: Path) -> None:
@@ -741,37 +803,61 @@ def predictions(
     """Test-set probabilities of ``run`` on ``dataset``, shape (n_test, k), float32.
 
     Computed once, then cached as ``.npy`` beside the run (for the shipped models:
-    in the runs dir), keyed by the dataset's checksum and the model's SHA-256.
-    Pass ``model`` if it is already loaded, or ``proba`` if the probabilities
+    in the runs dir). The file's name holds a hash of its source (the dataset's
+    checksum and the model files' SHA-256) and a hash of its own bytes, and a
+    cache is used only if both match, its shape is right and it loads without
+    pickle; anything else is computed afresh and the bad file removed. Pass
+    ``model`` if it is already loaded, or ``proba`` if the probabilities
     (``predict_proba_full`` on the test set) are already computed.
     """
     run = open_run(run)
     check_compatible(run, dataset.x_test.shape[1:], len(dataset.class_names))
+    _verify_files(run)  # the cache's key trusts the recorded hashes; check them
     model_sha = "".join(entry["sha256"] for entry in run.meta["files"].values())
     key = hashlib.sha256(f"{dataset.checksum}:{model_sha}".encode()).hexdigest()[:16]
     folder = runs_dir() / CACHE_DIR / run.name if run.pretrained else run.path
-    path = folder / f"predictions-{key}.npy"
     expected = (len(dataset.x_test), len(dataset.class_names))
-    try:
-        cached = np.load(path, allow_pickle=False)
-        if cached.shape == expected and np.isfinite(cached).all():
+    for path in sorted(folder.glob(f"predictions-{key}-*.npy")):
+        cached = _read_cache(path, expected)
+        if cached is not None:
             return cached
-    except (OSError, ValueError, EOFError):
-        pass  # no cache yet, or a damaged one: compute afresh
+        with contextlib.suppress(OSError):
+            path.unlink()  # damaged or planted: never trusted again
     if proba is None:
         model = load_model(run) if model is None else model
         proba = predict_proba_full(model, dataset.x_test, expected[1])
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(proba, dtype=np.float32))
+    data = buffer.getvalue()
+    name = f"predictions-{key}-{hashlib.sha256(data).hexdigest()[:16]}.npy"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
             dir=folder, prefix=TMP_PREFIX, suffix=".npy", delete=False
         ) as f:
-            np.save(f, proba)
+            f.write(data)
         os.chmod(f.name, 0o644)  # NamedTemporaryFile makes it private
-        os.replace(f.name, path)
+        os.replace(f.name, folder / name)
     except OSError:
         pass  # a read-only run still works, just without the cache
     return proba
+
+
+def _read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The probabilities cached in ``path`` if its bytes still hash to the digest
+    in its name and hold finite float32 of ``shape``; None otherwise."""
+    digest = path.stem.rsplit("-", 1)[-1]
+    limit = 4 * math.prod(shape) + 4096  # the array plus NumPy's header
+    try:
+        data = read_bounded(path, limit, what="Cache")
+        if hashlib.sha256(data).hexdigest()[:16] != digest:
+            return None
+        cached = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError, ModelFileError):
+        return None
+    if cached.shape != shape or cached.dtype != np.float32:
+        return None
+    return cached if np.isfinite(cached).all() else None
 
 
 # -- training ---------------------------------------------------------------------
@@ -824,6 +910,7 @@ def train_run(
         sanitize_name(name)
     if out is not None:
         check_out(out, overwrite)
+    check_can_save(Path(out).parent if out is not None else None)
     keep = _subset(len(dataset.x_train), train_size, hyper.get("random_state"))
     x, y = dataset.x_train[keep], dataset.y_train[keep]
     val = _subset(len(dataset.x_test), validation_size, VALIDATION_SEED)
