@@ -29,8 +29,35 @@ class NoDigitFound(PreprocessError):
     """The image is blank: there is no ink to classify."""
 
 
-class TrainingDiverged(DigitsError):
-    """The loss became non-finite; the last good weights were kept."""
+class TrainingDataError(DataError, ValueError):
+    """A training set an estimator cannot learn from: too few images or classes,
+    labels outside ``classes``, too few images to hold out for early stopping.
+
+    Also a ValueError, as scikit-learn's estimator checks expect of ``fit``.
+    """
+
+
+class TrainingStopped(DigitsError):
+    """Training ended partway, for a reason that is not a setting or the data.
+
+    ``usable`` says whether the estimator now holds finite weights from at least
+    one finished batch (or epoch), which the caller may save; when False nothing
+    was trained and the estimator is as if unfitted. The message says which.
+    """
+
+    def __init__(self, message: str, *, usable: bool = False) -> None:
+        super().__init__(message)
+        self.usable = usable
+
+
+class TrainingDiverged(TrainingStopped):
+    """The loss became non-finite or exploded, or the weights became non-finite;
+    the last good weights were kept (see ``usable``)."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    """The second training process died (the out-of-memory killer, say); the
+    weights of the last finished epoch were kept (see ``usable``)."""
 
 
 class ConfigError(DigitsError):
