@@ -195,7 +195,7 @@ def npy_cache_dir() -> Path:
 
 
 def _sha256_file(path: Path) -> str:
-    with _open_regular(path, "File") as f:
+    with _open_regular(path, "file") as f:
         try:
             return hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as err:
@@ -228,7 +228,7 @@ def _open_regular(path: Path, what: str) -> BinaryIO:
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise DataError(f"{what} not found: {path}") from None
+        raise DataError(f"{what[0].upper()}{what[1:]} not found: {path}") from None
     except OSError as err:
         raise DataError(f"Cannot read {path}: {err.strerror or err}") from err
     try:
@@ -236,7 +236,7 @@ def _open_regular(path: Path, what: str) -> BinaryIO:
         if not stat.S_ISREG(mode):
             raise DataError(
                 f"{path} is {_file_kind(mode)}, not a regular file: give the path "
-                f"of a {what.lower()}"
+                f"of a {what}"
             )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -248,7 +248,7 @@ def _open_regular(path: Path, what: str) -> BinaryIO:
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
     """The bytes of the regular file `path`, refused if longer than `limit`."""
     too_big = (
-        f"{path} is larger than {limit / 2**20:.0f} MB, the most a {what.lower()} "
+        f"{path} is larger than {limit / 2**20:.0f} MB, the most a {what} "
         "may hold here: keep fewer rows or split it"
     )
     with _open_regular(path, what) as f:
@@ -637,12 +637,12 @@ def _load_cache(place: Path, sha256: str) -> np.ndarray | None:
     from, so what was checked is what is returned.
     """
     try:
-        meta = json.loads(_read_bounded(_sidecar(place), CACHE_META_MAX_BYTES, "File"))
+        meta = json.loads(_read_bounded(_sidecar(place), CACHE_META_MAX_BYTES, "file"))
         shape = tuple(int(n) for n in meta["shape"])
         dtype = np.dtype(str(meta["dtype"]))
         if meta["source_sha256"] != sha256 or dtype.hasobject:
             return None
-        with _open_regular(place, "File") as f:
+        with _open_regular(place, "file") as f:
             if os.fstat(f.fileno()).st_size != meta["bytes"]:
                 return None
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -785,6 +785,12 @@ def _cells(line: str) -> list[str]:
     return [cell.strip().strip('"').strip() for cell in line.split(",")]
 
 
+def _is_header(cells: Sequence[str]) -> bool:
+    """A header has no numbers, or names a column "label" (pandas writes
+    `label,0,1,...`); any other line mixing both is data with a bad cell."""
+    return any(c.lower() == "label" for c in cells) or not any(map(_is_number, cells))
+
+
 def _short(cell: str, limit: int = 24) -> str:
     return repr(cell if len(cell) <= limit else cell[:limit] + "...")
 
@@ -809,8 +815,7 @@ def _decode_csv(raw: bytes, path: Path) -> str:
         line = len(before)
         filled = [text for text in before[:-1] if text.strip()]
         if filled:
-            # The first non-blank line is a header if it holds no number.
-            header = not any(_is_number(c) for c in _cells(filled[0]))
+            header = _is_header(_cells(filled[0]))
             where = f"row {len(filled) + 1 - header} (line {line})"
         else:
             where = f"line {line}"
@@ -822,13 +827,18 @@ def _decode_csv(raw: bytes, path: Path) -> str:
         ) from None
 
 
-def _locate_bad_cell(rows: Sequence[str], line_numbers: np.ndarray, n_cols: int) -> str:
+def _locate_bad_cell(
+    rows: Sequence[str], line_numbers: np.ndarray, n_cols: int, first_line: int
+) -> str:
     """Describe the first malformed row or cell, for an error message."""
     for r, text in enumerate(rows):
         where = f"row {r + 1} (line {line_numbers[r]})"
         cells = _cells(text)
         if len(cells) != n_cols:
-            return f"{where} has {len(cells)} columns, not {n_cols} like line 1"
+            return (
+                f"{where} has {_plural(len(cells), 'column')}, not {n_cols} as on "
+                f"line {first_line}"
+            )
         for col, cell in enumerate(cells, start=1):
             if not _is_number(cell):
                 return f"{where}, column {col} is {_short(cell)}, not a number"
@@ -862,6 +872,10 @@ def _label_column(
     good = [c for c in labelish if in_range(c)]
     if good:
         return good[0]
+    for c in ends:  # one class only: refused by the caller with that reason
+        values = table[:, c]
+        if in_range(c) and np.all(values == values[0]) and values[0] == int(values[0]):
+            return c
     # Integer classes out of range: return the column so the caller reports them.
     return labelish[0] if labelish else -1
 
@@ -906,8 +920,7 @@ def load_csv(
     if not filled:
         raise DataError(f"{path} is empty: {need}")
     first = _cells(lines[filled[0]])
-    # A header has no numbers; a row mixing both is data with a bad cell.
-    header = None if any(_is_number(c) for c in first) else first
+    header = first if _is_header(first) else None
     n_cols = len(first)
     side = math.isqrt(max(n_cols - 1, 0))
     if n_cols < 2 or side * side != n_cols - 1:
@@ -943,11 +956,12 @@ def load_csv(
             dtype=np.float64,
             ndmin=2,
         )
-    except ValueError as err:
-        where = _locate_bad_cell(rows, line_numbers, n_cols)
-        raise DataError(f"{path}: {where}.") from err
-    if table.shape[1] != n_cols:  # every data row agrees, but not with line 1
-        raise DataError(f"{path}: {_locate_bad_cell(rows, line_numbers, n_cols)}.")
+        consistent = table.shape[1] == n_cols  # else every row differs from line 1
+    except ValueError:
+        consistent = False
+    if not consistent:
+        where = _locate_bad_cell(rows, line_numbers, n_cols, filled[0] + 1)
+        raise DataError(f"{path}: {where}.")
     del rows
 
     def where(row: int) -> str:
