@@ -26,7 +26,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from digits import data, handwriting, registry, store
+from digits import dashboard, data, handwriting, preprocess, registry, store
 from digits.errors import (
     DataError,
     DigitsError,
@@ -37,7 +37,9 @@ from digits.errors import (
 
 # -- session-state keys -------------------------------------------------------------
 DATASET_KEY = "dataset"  # the Home page's dataset choice (a widget that persists)
-CSV_KEY = "csv-path"  # the uploaded CSV, saved to a temporary file
+CSV_KEY = "csv-path"  # the uploaded CSV's dataset name (see upload_name)
+CSV_DATA_KEY = "csv-dataset"  # the uploaded CSV, loaded: held by this session only
+CSV_UPLOAD_KEY = "csv-upload"  # (file id, error message or None) of the last read
 FALLBACK_KEY = "dataset-fallbacks"  # {dataset: notice} for failed downloads
 JOB_KEY = "training-job"  # the Train page's digits.training_job.TrainingJob
 DRAWING_KEY = "drawing"  # the Draw page's last digit, preprocessed (h, w) float
@@ -51,7 +53,15 @@ DATASET_LABELS = {
 }
 DEFAULT_DATASET = "mnist"
 FALLBACK_DATASET = "sklearn-digits"  # bundled with scikit-learn: always offline
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "digits-uploads"
+# Uploads are read from memory (a CSV passes through a private temporary folder
+# while it is parsed). Each file is limited; Streamlit's server.maxUploadSize is
+# the same limit for the CSV, and holds each session's files in memory only.
+CSV_LIMIT_MB = dashboard.MAX_UPLOAD_MB
+PHOTO_LIMIT_MB = preprocess.MAX_BYTES // 2**20
+# An uploaded CSV's dataset is named as if it were saved in this folder under its
+# content's hash (as it once was), so runs trained on it match it again. Nothing
+# is written there.
+UPLOAD_NAME_DIR = Path(tempfile.gettempdir()) / "digits-uploads"
 GALLERY_PIXELS = 112  # side of a gallery image, before the browser fits it
 GALLERY_COLUMNS = 10
 
@@ -173,6 +183,9 @@ def active_dataset() -> data.Dataset:
     warning says why; other data errors stop the page with the message.
     """
     name = dataset_name()
+    uploaded = st.session_state.get(CSV_DATA_KEY)
+    if uploaded is not None and uploaded.name == name:
+        return uploaded
     fallbacks = st.session_state.setdefault(FALLBACK_KEY, {})
     if name in fallbacks:
         st.warning(fallbacks[name], icon=":material/wifi_off:")
@@ -197,26 +210,73 @@ def active_dataset() -> data.Dataset:
         st.stop()
 
 
-def save_upload(content: bytes, filename: str) -> str:
-    """Save an uploaded CSV under a name made from its content; return the path."""
+def upload_bytes(upload, limit_mb: int) -> bytes:
+    """The content of ``upload`` (a Streamlit ``UploadedFile``), if it is at most
+    ``limit_mb`` MB; else a DigitsError that names the file and the limit.
+
+    Streamlit's own limit depends on which config it read; this one holds always.
+    """
+    if upload.size > limit_mb * 2**20:
+        raise DigitsError(
+            f"{upload.name} is {upload.size / 2**20:.1f} MB, over the {limit_mb} MB "
+            "limit for this upload. Use a smaller file."
+        )
+    return upload.getvalue()
+
+
+def upload_name(content: bytes, filename: str) -> str:
+    """The dataset name of an uploaded CSV: its content's hash and its file name."""
     digest = hashlib.sha256(content).hexdigest()[:16]
     safe = store.sanitize_name(Path(filename).stem) if filename else "upload"
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    path = UPLOAD_DIR / f"{digest}-{safe}.csv"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(content)
-        tmp.replace(path)
-    return str(path)
+    return str(UPLOAD_NAME_DIR / f"{digest}-{safe}.csv")
 
 
 def load_uploaded_csv(content: bytes, filename: str) -> data.Dataset:
-    """Save and load an uploaded CSV; DataError names the file if it is unusable."""
-    path = save_upload(content, filename)
-    try:
-        return _load_dataset(path)
-    except DataError as err:
-        raise DataError(str(err).replace(path, filename)) from err
+    """Load an uploaded CSV and keep nothing of it on disk; DataError names the file.
+
+    The CSV reader reads files, so the bytes go to a private temporary folder that
+    is removed as soon as they are parsed, whatever happens. The dataset is named
+    by ``upload_name``.
+    """
+    name = upload_name(content, filename)
+    with tempfile.TemporaryDirectory(prefix="digits-upload-") as folder:
+        path = str(Path(folder) / Path(name).name)
+        try:
+            with open(path, "wb") as f:
+                f.write(content)
+        except OSError as err:
+            raise DataError(
+                f"Cannot read {filename}: writing it to the temporary folder "
+                f"failed ({err.strerror}). Free some disk space and try again."
+            ) from err
+        try:
+            ds = data.load_dataset(path)
+        except DataError as err:
+            raise DataError(str(err).replace(path, filename)) from err
+    return _read_only(ds._replace(name=name))
+
+
+def take_csv_upload(upload) -> None:
+    """Make ``upload`` (the Home page's CSV) this session's dataset.
+
+    Each file is read once: later reruns reuse the outcome. The dataset lives in
+    this session's state only, so it goes when the session ends (Streamlit drops
+    the uploaded bytes then too). Raises DigitsError, every time it is called for
+    that file, if the file is too large or not a usable CSV.
+    """
+    file_id, error = st.session_state.get(CSV_UPLOAD_KEY, (None, None))
+    if file_id != upload.file_id:
+        try:
+            ds = load_uploaded_csv(upload_bytes(upload, CSV_LIMIT_MB), upload.name)
+        except DigitsError as err:
+            error = str(err)
+        else:
+            error = None
+            st.session_state[CSV_DATA_KEY] = ds
+            st.session_state[CSV_KEY] = ds.name
+        st.session_state[CSV_UPLOAD_KEY] = (upload.file_id, error)
+    if error is not None:
+        raise DigitsError(error)
 
 
 # -- runs and models ---------------------------------------------------------------

@@ -55,9 +55,17 @@ def digit_input() -> tuple[object, str | None]:
     )
     if source == "Upload":
         upload = st.file_uploader(
-            "A photo or scan of one digit (PNG or JPEG)", type=["png", "jpg", "jpeg"]
+            "A photo or scan of one digit (PNG or JPEG)",
+            type=["png", "jpg", "jpeg"],
+            max_upload_size=ui.PHOTO_LIMIT_MB,
         )
-        return (None, None) if upload is None else (upload.getvalue(), upload.name)
+        if upload is None:
+            return None, None
+        try:  # read from memory: an uploaded photo is never written to disk
+            return ui.upload_bytes(upload, ui.PHOTO_LIMIT_MB), upload.name
+        except DigitsError as err:
+            ui.show_error(err)
+            return None, None
     # Importable only inside a running Streamlit app: it registers its component.
     from streamlit_drawable_canvas import st_canvas
 

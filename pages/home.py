@@ -30,14 +30,13 @@ def choose_dataset() -> None:
             type="csv",
             help="Kaggle's Digit Recognizer layout (label,pixel0,...) or "
             "headerless with the label first or last.",
+            max_upload_size=ui.CSV_LIMIT_MB,
         )
         if upload is not None:
             try:
-                ds = ui.load_uploaded_csv(upload.getvalue(), upload.name)
+                ui.take_csv_upload(upload)
             except DigitsError as err:
                 ui.show_error(err)
-            else:
-                st.session_state[ui.CSV_KEY] = ds.name
         if not st.session_state.get(ui.CSV_KEY):
             right.info("No CSV uploaded yet: showing MNIST.", icon=":material/info:")
     fallbacks = st.session_state.get(ui.FALLBACK_KEY, {})
