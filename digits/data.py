@@ -690,6 +690,13 @@ def load_idx_dataset(
         )
         _check_pair(x, y, images, labels, n_classes)
         arrays[split] = (x, y)
+    train_shape, test_shape = (arrays[s][0].shape[1:] for s in IDX_FILES)
+    if train_shape != test_shape:
+        raise DataError(
+            f"{folder}: the training images are {'x'.join(map(str, train_shape))} "
+            f"but the test images are {'x'.join(map(str, test_shape))}: the files "
+            "do not belong to one dataset"
+        )
     sums = "".join(f"{sha}  {f}\n" for f, sha in sorted(source.sha256.items()))
     return Dataset(
         *arrays["train"],
