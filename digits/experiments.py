@@ -9,11 +9,25 @@ A sweep is the product of the grid's values, times the seeds. Each trial is one
 ``digits.store.train_run`` (a run in the store, named after the sweep, its
 configuration and seed) and one row of the sweep's table,
 ``$DIGITS_RUNS_DIR/.sweeps/<name>/results.csv``: test accuracy and loss, training
-time, parameter count, depth, width and the training-loss curve. The table is
-rewritten atomically after every trial, so an interrupted sweep keeps what
+time, parameter count, depth, width and the training-loss curve. Each finished
+trial is added to the table as soon as it ends, so an interrupted sweep keeps what
 finished, and running the same sweep again skips the trials already in it (each
 trial has a stable key made of the model kind, dataset, training-set size,
-hyperparameters and seed).
+hyperparameters and seed). A sweep's default name is a hash of all its trials'
+keys: the same command resumes, any other grid gets a table of its own.
+
+Several processes may run one sweep at once (two terminals, two dashboard
+sessions, a terminal and the dashboard). Adding a row takes an exclusive
+``flock`` on ``.results.csv.lock`` beside the table, re-reads the table, keeps one
+row per trial key and replaces the file atomically (temp file, fsync, rename), so
+no row is lost or doubled, and a reader never sees a half-written table. A trial
+is trained under a claim (a ``flock`` on ``.claims/<key>.lock``): a process that
+finds a trial claimed runs its other trials first, then waits for that one and
+takes its row from the table instead of training it again. A table that cannot
+be read (not UTF-8, not CSV, no ``key`` column, a row without a key) is refused
+with a message before anything trains; one damaged while a sweep runs is kept
+aside as ``results.csv.corrupt-<time>`` and a fresh table started with the rows
+this process knows.
 
 Parallelism: on one machine trials run in joblib's loky processes, ``n_jobs`` at a
 time, each limited to ``cores // n_jobs`` threads (the CNN trainer's Python
@@ -25,8 +39,10 @@ joblib's dask backend, one thread each (start the workers with
 
 Stopping: ``stop`` (a ``threading.Event``) ends the running trials after their
 current batch (their half-trained runs are deleted) and skips the rest. Worker
-processes learn of it through a file in the sweep's folder, which they check
-between batches; they also report each trial's progress there. On a cluster
+processes learn of it through a file in the sweep's folder (in a folder of each
+``run_sweep`` call's own, so that stopping one process's sweep leaves another's
+running), which they check between batches; they also report each trial's
+progress there. On a cluster
 whose workers do not share that folder, stopping cancels the trials not yet
 started and the others run to the end, and there is no per-trial progress.
 
@@ -39,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import itertools
@@ -48,9 +65,12 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +87,19 @@ log = logging.getLogger(__name__)
 
 SWEEPS_DIR = ".sweeps"  # under the runs dir; hidden, so never listed as a run
 RESULTS_FILE = "results.csv"
-CONTROL_DIR = ".control"  # the stop flag and per-trial progress, while running
+LOCK_FILE = ".results.csv.lock"  # beside the table: whoever holds it may rewrite it
+CLAIMS_DIR = ".claims"  # <key>.lock, held while a process trains that trial
+CORRUPT_SUFFIX = ".corrupt-"  # results.csv.corrupt-<time>: a damaged table kept
+CONTROL_DIR = ".control"  # <host>-<pid>-<id>/: a run_sweep call's stop flag, progress
 STOP_FILE = "STOP"
-MAX_TRIALS = 200  # a bigger grid is almost certainly a typo
+# A bigger grid is almost certainly a typo: 200 trials of a small CNN on 10,000
+# images take about 3 hours on the 2-core machine.
+MAX_TRIALS = 200
+MAX_SEED = 2**32 - 1  # scikit-learn's and NumPy's legacy seeds stop here
+# 200 trials' rows (with their 50-point curves) take about 0.3 MB; a table a
+# hundred times that is not one this program wrote, and is not read whole.
+MAX_TABLE_BYTES = 32 * 2**20
+CLAIM_POLL_SECONDS = 0.2  # how often a trial claimed elsewhere is checked
 VALIDATION_SIZE = 2000  # test images scored after each epoch, as on Train
 PROGRESS_SECONDS = 0.5  # how often a trial reports its progress
 CURVE_POINTS = 50  # points of each trial's training-loss curve
@@ -112,6 +142,7 @@ JSON_COLUMNS = ("conv_channels", "hidden_layer_sizes", "config", "params", "curv
 INT_COLUMNS = ("seed", "train_size", "epochs", "depth", "width", "n_params")
 FLOAT_COLUMNS = ("test_accuracy", "test_loss", "train_seconds", "seconds")
 FINAL = ("done", "stopped", "failed")
+INTERNAL_KEYS = ("elsewhere",)  # in a trial's row on its way, never in the table
 
 
 def sweeps_dir() -> Path:
@@ -270,9 +301,10 @@ def plan(
         configuration, trained once per seed (``random_state``).
     params : fixed hyperparameters for every trial (e.g. ``max_iter``).
     name : the sweep's name (sanitised); by default one made from the kind,
-        dataset and a hash of the training-set size, the fixed hyperparameters
-        and the names of those swept, so that the same sweep (or one with more
-        values or seeds) resumes where it left off.
+        dataset and a hash of every trial's key, so that the same sweep resumes
+        where it left off and any other grid (another value, seed, epoch count
+        or training-set size) gets a table of its own. Give a name to make a
+        grid with more values or seeds add to an earlier table.
     """
     spec = registry.get(kind)
     fixed = {k: _canonical(v) for k, v in dict(params or {}).items()}
@@ -291,11 +323,7 @@ def plan(
         values[hp_name] = options
     if "random_state" in values or "random_state" in fixed:
         raise ConfigError("Seeds are set with seeds=, not as random_state.")
-    seeds = tuple(dict.fromkeys(int(s) for s in seeds))
-    if not seeds:
-        raise ConfigError("A sweep needs at least one seed.")
-    if any(s < 0 for s in seeds):
-        raise ConfigError(f"Seeds must be 0 or more; got {list(seeds)}.")
+    seeds = _check_seeds(seeds)
     if train_size is not None and train_size < 1:
         raise ConfigError(f"train_size must be at least 1; got {train_size}.")
     n_trials = math.prod(len(v) for v in values.values()) * len(seeds)
@@ -313,30 +341,35 @@ def plan(
     ):
         _check_value(spec, hp_name, value)
     swept = [k for k, v in values.items() if len(v) > 1]
-    if name is None:
-        # From what the grid holds fixed, not from its values or seeds: the same
-        # sweep with more values or seeds shares its table and adds to it.
-        digest = _key(
-            kind, dataset, train_size, {"fixed": fixed, "swept": sorted(values)}
-        )
-        name = f"sweep-{kind}-{Path(dataset).stem}-{digest[:6]}"
-    name = store.sanitize_name(name)
-    trials = []
+    planned = []  # (config, seed, every hyperparameter, key)
     for combo in itertools.product(*values.values()):
         config = dict(zip(values, combo, strict=True))
         for seed in seeds:
             hyper = spec.params(**fixed, **config, random_state=seed)
-            label = _label({k: config[k] for k in swept})
-            trials.append(
-                Trial(
-                    key=_key(kind, dataset, train_size, hyper),
-                    label=label,
-                    config=config,
-                    seed=seed,
-                    params=hyper,
-                    run_name=store.sanitize_name(f"{name}-{label}-s{seed}"),
-                )
+            key = _key(kind, dataset, train_size, hyper)
+            planned.append((config, seed, hyper, key))
+    if name is None:
+        # From every trial's key, so from everything that changes what is trained
+        # (kind, dataset, training-set size, every value, seeds, epochs): the same
+        # command resumes its own table, and no other grid shares it. Sorted, so
+        # that the order values are given in does not matter.
+        keys = " ".join(sorted(key for *_, key in planned))
+        digest = hashlib.sha256(keys.encode()).hexdigest()[:8]
+        name = f"sweep-{kind}-{Path(dataset).stem}-{digest}"
+    name = store.sanitize_name(name)
+    trials = []
+    for config, seed, hyper, key in planned:
+        label = _label({k: config[k] for k in swept})
+        trials.append(
+            Trial(
+                key=key,
+                label=label,
+                config=config,
+                seed=seed,
+                params=hyper,
+                run_name=store.sanitize_name(f"{name}-{label}-s{seed}"),
             )
+        )
     return Sweep(
         name=name,
         kind=kind,
@@ -347,6 +380,34 @@ def plan(
         params=fixed,
         trials=tuple(trials),
     )
+
+
+def _check_seeds(seeds: Iterable) -> tuple[int, ...]:
+    """Seeds as distinct ints in 0..MAX_SEED; ConfigError naming the bad one.
+
+    At most MAX_TRIALS are taken from ``seeds``, so that ``range(10**9)`` is
+    refused at once instead of being listed.
+    """
+    if isinstance(seeds, str | bytes) or not isinstance(seeds, Iterable):
+        raise ConfigError(f"Seeds must be a list of whole numbers; got {seeds!r}.")
+    taken = list(itertools.islice(seeds, MAX_TRIALS + 1))
+    if len(taken) > MAX_TRIALS:
+        raise ConfigError(
+            f"More than {MAX_TRIALS} seeds; a sweep has at most {MAX_TRIALS} trials."
+        )
+    checked = []
+    for seed in taken:
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise ConfigError(f"Seed {seed!r} is not a whole number.")
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(
+                f"Seeds must be between 0 and {MAX_SEED}; got {int(seed)}."
+            )
+        checked.append(int(seed))
+    unique = tuple(dict.fromkeys(checked))
+    if not unique:
+        raise ConfigError("A sweep needs at least one seed.")
+    return unique
 
 
 def parse_values(hp: registry.Hyperparameter, text: str) -> list:
@@ -368,6 +429,13 @@ def parse_values(hp: registry.Hyperparameter, text: str) -> list:
                 )
         else:
             groups = text.split(";")
+            if any(not group.strip() for group in groups):
+                # An empty flag or ";;" is a slip, not a request for no layers.
+                raise ConfigError(
+                    f"No value given for {hp.name} in {text!r}: separate layer "
+                    f'lists with ";" (e.g. "30;100;128,64"), and write "()" for '
+                    f"none."
+                )
         return [hp.parse(group) for group in groups]
     parts = [p for p in re.split(r"[;,]", text) if p.strip()]
     if not parts:
@@ -376,18 +444,39 @@ def parse_values(hp: registry.Hyperparameter, text: str) -> list:
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """ "3" -> (0, 1, 2); "0,5,7" -> (0, 5, 7)."""
+    """ "3" -> (0, 1, 2); "0,5,7" -> (0, 5, 7); ConfigError for anything else.
+
+    A count runs from 1 to MAX_TRIALS; a listed seed from 0 to MAX_SEED, each
+    listed once (a repeat would train the same model twice).
+    """
+    how = "give a count (--seeds 3) or a list (--seeds 0,5,7)"
+    parts = [p for p in re.split(r"[;,\s]+", text.strip()) if p]
+    if not parts:
+        raise ConfigError(f"No seeds given: {how}.")
     try:
-        numbers = [int(p) for p in re.split(r"[;,\s]+", text.strip()) if p]
+        numbers = [int(p) for p in parts]
     except ValueError:
-        raise ConfigError(
-            f"Cannot read seeds {text!r}: give a count (3) or a list (0,5,7)."
-        ) from None
+        raise ConfigError(f"Cannot read seeds {text!r}: {how}.") from None
     if len(numbers) == 1:
-        if numbers[0] < 1:
-            raise ConfigError(f"The number of seeds must be 1 or more; got {text!r}.")
-        return tuple(range(numbers[0]))
-    return tuple(numbers)
+        count = numbers[0]
+        if count < 1:
+            raise ConfigError(
+                f"The number of seeds must be 1 or more; got {text!r}. To train "
+                f"one given seed, list it with another (--seeds 0,5)."
+            )
+        if count > MAX_TRIALS:
+            raise ConfigError(
+                f"{count} seeds is more than a sweep's {MAX_TRIALS} trials; give "
+                f"fewer (e.g. --seeds 3)."
+            )
+        return tuple(range(count))
+    repeated = [n for n, times in Counter(numbers).items() if times > 1]
+    if repeated:
+        raise ConfigError(
+            f"Seed {repeated[0]} is listed more than once in {text!r}; list each "
+            f"seed once."
+        )
+    return _check_seeds(numbers)
 
 
 # -- the estimate -----------------------------------------------------------------
@@ -530,6 +619,48 @@ class _Monitor(Callback):
             self.report(1.0, "scoring")
 
 
+BUSY = "busy"  # a trial's status when another process holds its claim
+
+
+def _claim(table: Path, key: str, wait: bool, stopped: Callable[[], bool]):
+    """Take the claim on trial ``key`` of the table at ``table``.
+
+    Returns the open lock's descriptor (close it to let go), None if no claim
+    can be made here (a cluster worker without the sweep's folder: train
+    anyway), BUSY if another process holds it and not ``wait``, or "stopped"
+    if ``stopped()`` became true while waiting.
+    """
+    try:
+        folder = table.parent / CLAIMS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            folder / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+    except OSError:
+        return None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if not wait or stopped():
+                os.close(fd)
+                return "stopped" if wait else BUSY
+            time.sleep(CLAIM_POLL_SECONDS)
+
+
+def _finished_row(table: Path, key: str) -> dict | None:
+    """The table's done or failed row for ``key``, if it has one now."""
+    try:
+        rows = read_results(table)
+    except (OSError, DigitsError):
+        return None  # unreadable here: train it; adding its row will say why
+    return next(
+        (r for r in rows if r["key"] == key and r.get("status") in ("done", "failed")),
+        None,
+    )
+
+
 def _run_trial(
     kind: str,
     trial: Trial,
@@ -539,20 +670,49 @@ def _run_trial(
     control: str | None,
     sweep_name: str,
     runs_dir: str,
+    table: str | None = None,
+    wait: bool = False,
     event=None,
 ) -> dict:
     """Train one trial and save its run; returns its row of the results table.
 
     Runs in a worker process (or this one): it must not raise for a trial that
-    fails, so that the sweep goes on; the row says what happened.
+    fails, so that the sweep goes on; the row says what happened. With
+    ``table`` (the results table's path), the trial is trained under its claim:
+    if another process holds it, the row's status is BUSY (or, with ``wait``,
+    this waits for it); if the table already has the trial, that row comes back
+    with ``elsewhere: True`` and nothing is trained; a trained trial's row is
+    added to the table before the claim is let go, so no other process can
+    start it again in between.
     """
-    from threadpoolctl import threadpool_limits
-
-    # A reused worker process may have started under another runs dir.
-    if str(store.runs_dir().resolve()) != runs_dir:
-        os.environ[store.RUNS_DIR_ENV] = runs_dir
+    table_path = Path(table) if table else None
     monitor = _Monitor(trial.key, int(trial.params.get("max_iter", 1)), control, event)
-    row = {
+    claim = None
+    if table_path is not None:
+        claim = _claim(table_path, trial.key, wait, monitor.stop_requested)
+        if claim in (BUSY, "stopped"):
+            return _row(kind, trial, ds, train_size, sweep_name) | {"status": claim}
+    try:
+        if table_path is not None:
+            found = _finished_row(table_path, trial.key)
+            if found is not None:
+                return found | {"elsewhere": True}
+        row = _train_trial(
+            kind, trial, ds, train_size, threads, sweep_name, runs_dir, monitor
+        )
+        if table_path is not None and row["status"] in ("done", "failed"):
+            # The parent adds it too (harmlessly): this one is for the claim.
+            with contextlib.suppress(OSError, DigitsError):
+                append_result(table_path, row)
+        return row
+    finally:
+        if isinstance(claim, int):
+            os.close(claim)
+
+
+def _row(kind: str, trial: Trial, ds, train_size: int | None, sweep_name: str):
+    """The columns of ``trial``'s row that do not depend on its training."""
+    return {
         "key": trial.key,
         "sweep": sweep_name,
         "label": trial.label,
@@ -568,6 +728,25 @@ def _run_trial(
         "config": trial.config,
         "params": trial.params,
     }
+
+
+def _train_trial(
+    kind: str,
+    trial: Trial,
+    ds,
+    train_size: int | None,
+    threads: int,
+    sweep_name: str,
+    runs_dir: str,
+    monitor: _Monitor,
+) -> dict:
+    """Train ``trial`` and save its run; its row (done, failed or stopped)."""
+    from threadpoolctl import threadpool_limits
+
+    # A reused worker process may have started under another runs dir.
+    if str(store.runs_dir().resolve()) != runs_dir:
+        os.environ[store.RUNS_DIR_ENV] = runs_dir
+    row = _row(kind, trial, ds, train_size, sweep_name)
     if monitor.stop_requested():
         return row | {"status": "stopped"}
     start = time.perf_counter()
@@ -592,16 +771,26 @@ def _run_trial(
             return row | {"status": "stopped"}
         return row | {"status": "failed", "error": str(err)}
     except Exception as err:
-        log.exception("Sweep trial %s failed", trial.key)
+        # The row carries the error to the user; the traceback only to a debug
+        # log, never onto the CLI's stderr (logging's last-resort handler).
+        log.debug("Sweep trial %s failed", trial.key, exc_info=True)
         return row | {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     if run.meta.get("stopped") == "interrupted":
         store.delete_run(run)  # half-trained: the resumed sweep trains it again
         return row | {"status": "stopped"}
 
-    model = store.load_model(run)
+    try:
+        n_params = store.load_model(run).n_params()
+    except Exception as err:  # the saved run does not load back: say so, go on
+        log.debug("Sweep trial %s: its run does not load", trial.key, exc_info=True)
+        return row | {
+            "status": "failed",
+            "run": run.name,
+            "error": f"The run was saved but does not load back: {err}",
+        }
     return row | {
         "status": "done",
-        "n_params": model.n_params(),
+        "n_params": n_params,
         "test_accuracy": run.test_accuracy,
         "test_loss": run.meta["test"]["loss"],
         "train_seconds": run.meta["train_seconds"],
@@ -621,14 +810,28 @@ def _cell(column: str, value: Any) -> str:
 
 
 def write_results(path: str | os.PathLike[str], rows: Sequence[Mapping]) -> None:
-    """Write the results table to ``path`` atomically (temp file + rename)."""
+    """Replace the results table at ``path`` with ``rows``, atomically.
+
+    The rows go to a temp file beside it, which is flushed to disk and renamed
+    over the table, so a reader sees the old table or the new one, never part of
+    one, and a crash leaves one of the two. Several processes adding rows to one
+    table must go through ``append_result`` instead, which holds the table's lock.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Columns this version does not write (a newer version's, or a user's own)
+    # are kept after its own, so that rewriting the table loses nothing.
+    extra = [
+        c
+        for c in dict.fromkeys(k for row in rows for k in row)
+        if isinstance(c, str) and c not in COLUMNS and c not in INTERNAL_KEYS
+    ]
+    columns = (*COLUMNS, *extra)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: _cell(c, row.get(c)) for c in COLUMNS})
+        writer.writerow({c: _cell(c, row.get(c)) for c in columns})
     with tempfile.NamedTemporaryFile(
         "w",
         dir=path.parent,
@@ -638,48 +841,242 @@ def write_results(path: str | os.PathLike[str], rows: Sequence[Mapping]) -> None
         encoding="utf-8",
         newline="",
     ) as f:
-        f.write(buffer.getvalue())
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
+        try:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            os.unlink(f.name)
+            raise
+    try:
+        os.chmod(f.name, 0o644)  # NamedTemporaryFile makes it private
+        os.replace(f.name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(f.name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut (where the OS allows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class TableError(DataError):
+    """A results table that cannot be read: not text, not CSV, not a sweep's."""
+
+
+def _read_text(path: Path) -> str | None:
+    """The table's text, or None if there is none; reads at most
+    MAX_TABLE_BYTES + 1 bytes of a regular file (never blocks on a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise TableError(
+            f"Cannot read the sweep table {path} ({err.strerror}). Check the "
+            f"folder's permissions, or set DIGITS_RUNS_DIR to another folder."
+        ) from err
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TableError(
+                f"{path} is not a file; a sweep's results table must be one. Move "
+                f"it away, then run the sweep again."
+            )
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_TABLE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TABLE_BYTES:
+        raise TableError(
+            f"{path} is larger than {MAX_TABLE_BYTES // 2**20} MB, far more than a "
+            f"sweep writes, so it was not read. Move it away, then run the sweep "
+            f"again to start a new table."
+        )
+    if b"\0" in data:
+        # What a crash on some filesystems leaves: blocks of zeros, not text.
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise TableError(
+            f"{path} is not a sweep's results table: line {line} has a NUL byte "
+            f"(the file is damaged). {_MOVE_IT}"
+        )
+    try:
+        # utf-8-sig: a table saved again by a spreadsheet may start with a BOM.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise TableError(
+            f"{path} is not a sweep's results table: line {line} is not UTF-8 "
+            f"text. {_MOVE_IT}"
+        ) from None
+
+
+_MOVE_IT = (
+    "It was left as it is: move it away (or delete it), then run the sweep again "
+    "to start a new table; the runs it lists stay in the runs folder."
+)
 
 
 def read_results(path: str | os.PathLike[str]) -> list[dict]:
     """The rows of a results table, typed; [] if there is none yet.
 
-    Raises DataError naming the file if it is not a sweep's table.
+    Raises TableError (a DataError) naming the file and the line if it is not a
+    sweep's table: too large, not UTF-8, not CSV, without a ``key`` or
+    ``status`` column, with a row that has no key or an unreadable value. The
+    file is only read.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "key" not in reader.fieldnames:
-        raise DataError(f"{path} is not a sweep's results table (no 'key' column).")
+    text = _read_text(path)
+    if text is None or not text.strip():
+        return []  # none yet, or an empty file (never a table this program wrote)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = []
-    for raw in reader:
-        row: dict[str, Any] = {}
-        try:
-            for column, text_value in raw.items():
-                if column is None:
-                    continue
-                if text_value in ("", None):
-                    row[column] = None
-                elif column in JSON_COLUMNS:
-                    row[column] = json.loads(text_value)
-                elif column in INT_COLUMNS:
-                    row[column] = int(text_value)
-                elif column in FLOAT_COLUMNS:
-                    row[column] = float(text_value)
-                else:
-                    row[column] = text_value
-        except ValueError as err:
-            raise DataError(
-                f"{path} has an unreadable {column} value {text_value!r} ({err}); "
-                f"delete the row or the file to run those trials again."
-            ) from err
-        rows.append(row)
+    try:
+        fields = reader.fieldnames
+        missing = [c for c in ("key", "status") if c not in (fields or ())]
+        if missing:
+            raise TableError(
+                f"{path} is not a sweep's results table (no {missing[0]!r} column). "
+                f"{_MOVE_IT}"
+            )
+        for raw in reader:
+            if not (raw.get("key") or "").strip():
+                raise TableError(
+                    f"{path} is not a sweep's results table: line "
+                    f"{reader.line_num} has no key. {_MOVE_IT}"
+                )
+            rows.append(_typed(path, reader.line_num, raw))
+    except csv.Error as err:
+        raise TableError(
+            f"{path} is not a sweep's results table: line {reader.line_num} is not "
+            f"CSV ({err}). {_MOVE_IT}"
+        ) from None
     return rows
+
+
+def _typed(path: Path, line: int, raw: Mapping[str | None, Any]) -> dict:
+    row: dict[str, Any] = {}
+    for column, text_value in raw.items():
+        if column is None:
+            continue  # cells beyond the header's columns
+        try:
+            if text_value in ("", None):
+                row[column] = None
+            elif column in JSON_COLUMNS:
+                row[column] = json.loads(text_value)
+            elif column in INT_COLUMNS:
+                row[column] = int(text_value)
+            elif column in FLOAT_COLUMNS:
+                row[column] = float(text_value)
+            else:
+                row[column] = text_value
+        except (ValueError, RecursionError) as err:
+            raise TableError(
+                f"{path} has an unreadable {column} value {text_value[:40]!r} on "
+                f"line {line} ({str(err)[:80]}). {_MOVE_IT}"
+            ) from None
+    return row
+
+
+@contextlib.contextmanager
+def _table_lock(path: Path):
+    """Hold the exclusive lock of the table at ``path`` (blocks until free).
+
+    A ``flock`` on a file beside the table, never on the table itself: the table
+    is replaced by rename, and a lock on the old file would lock nothing.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(
+        path.with_name(LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+    )
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _rank(row: Mapping | None) -> int:
+    """Which of two rows of one trial a table keeps: done over failed over
+    anything else; the one already there on a tie."""
+    return {"done": 2, "failed": 1}.get((row or {}).get("status"), 0)
+
+
+def _keep_aside(path: Path) -> Path:
+    """Rename a damaged table to ``results.csv.corrupt-<time>``; returns it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        aside = path.with_name(
+            f"{path.name}{CORRUPT_SUFFIX}{stamp}" + (f"-{n}" if n > 1 else "")
+        )
+        if not aside.exists():
+            os.rename(path, aside)
+            return aside
+    raise TableError(f"Too many damaged tables kept beside {path}; delete some.")
+
+
+def append_result(
+    path: str | os.PathLike[str],
+    row: Mapping,
+    *,
+    salvage: Sequence[Mapping] | None = None,
+) -> bool:
+    """Add one trial's row to the table at ``path``; safe from many processes.
+
+    Under the table's lock: re-read the table, keep one row per trial key (a
+    ``done`` row over a ``failed`` one; otherwise the row already there), and
+    replace the table atomically. Returns whether the table changed.
+
+    salvage : if the table cannot be read, it is kept aside
+        (``results.csv.corrupt-<time>``, with a warning in the log) and a new one
+        is written from these rows plus ``row``. Without it (None), TableError.
+    """
+    path = Path(path)
+    with _table_lock(path):
+        try:
+            rows = read_results(path)
+        except TableError as err:
+            if salvage is None:
+                raise
+            aside = _keep_aside(path)
+            log.warning(
+                "%s Kept it as %s; a new table was started with the %d row(s) "
+                "this sweep knows.",
+                err,
+                aside.name,
+                len(salvage) + 1,
+            )
+            found, rows = [], []
+            for known in salvage:
+                _merge(rows, known)
+        else:
+            found, rows = rows, []
+            for old in found:  # a table from before the lock may repeat a key
+                _merge(rows, old)
+        changed = _merge(rows, row) or len(rows) != len(found)
+        if changed:
+            write_results(path, rows)
+    return changed
+
+
+def _merge(rows: list[dict], row: Mapping) -> bool:
+    """Put ``row`` into ``rows`` (one per key); whether ``rows`` changed."""
+    for i, old in enumerate(rows):
+        if old.get("key") == row["key"]:
+            if _rank(row) > _rank(old):
+                rows[i] = dict(row)
+                return True
+            return False
+    rows.append(dict(row))
+    return True
 
 
 @dataclass
@@ -803,19 +1200,33 @@ def run_sweep(
     else:
         n_jobs = n_jobs or default_n_jobs(len(todo))
         threads = threads_per_trial(n_jobs)
-    control = sweep.folder / CONTROL_DIR
-    shutil.rmtree(control, ignore_errors=True)
-    control.mkdir(parents=True, exist_ok=True)
+    control = _start_control(sweep)
+    by_key = {t.key: t for t in sweep.trials}
     start = time.perf_counter()
-    ran = 0
+    ran = elsewhere = 0
+    busy: list[Trial] = []  # claimed by another process: run after the others
 
     def record(row: dict) -> None:
-        nonlocal ran
+        nonlocal ran, elsewhere
+        if row["status"] == BUSY:
+            busy.append(by_key[row["key"]])
+            return
         if row["status"] == "stopped":
             return
-        ran += 1
+        if row.pop("elsewhere", False):
+            elsewhere += 1  # another process trained it; its row is in the table
+        else:
+            ran += 1
+            try:
+                append_result(sweep.results_path, row, salvage=table)
+            except OSError as err:
+                raise DigitsError(
+                    f"Cannot add trial {row['label']} seed {row['seed']} to "
+                    f"{sweep.results_path} ({err.strerror or err}). Its run is "
+                    f"saved; free the disk or fix the folder, then run the sweep "
+                    f"again to resume."
+                ) from err
         table.append(row)
-        write_results(sweep.results_path, table)
         if on_result is not None:
             on_result(row)
 
@@ -828,55 +1239,124 @@ def run_sweep(
         sweep.name,
         str(store.runs_dir().resolve()),
     )
+    results_path = str(sweep.results_path)
     watcher = _StopWatcher(stop, control)
+    # Rounds: the first skips the trials another process is training (BUSY);
+    # the next waits for each of them, then takes its row from the table (or
+    # trains it, if that process stopped before finishing it).
+    pending, wait = todo, False
     try:
         if n_jobs == 1 and not scheduler:
-            for trial in todo:
-                if stop.is_set():
-                    break
-                record(_run_trial(*common[:1], trial, *common[1:], event=stop))
+            while pending and not stop.is_set():
+                for trial in pending:
+                    if stop.is_set():
+                        break
+                    record(
+                        _run_trial(
+                            *common[:1],
+                            trial,
+                            *common[1:],
+                            table=results_path,
+                            wait=wait,
+                            event=stop,
+                        )
+                    )
+                pending, busy, wait = busy, [], True
         elif todo:
             watcher.start()
             import joblib
 
             with _backend(scheduler, ds):
-                results = joblib.Parallel(
-                    n_jobs=n_jobs, return_as="generator_unordered"
-                )(joblib.delayed(_run_trial)(common[0], t, *common[1:]) for t in todo)
-                try:
-                    for row in results:
-                        record(row)
-                finally:
-                    results.close()  # cancels the trials not yet started
+                while pending and not stop.is_set():
+                    results = joblib.Parallel(
+                        n_jobs=n_jobs, return_as="generator_unordered"
+                    )(
+                        joblib.delayed(_run_trial)(
+                            common[0], t, *common[1:], table=results_path, wait=wait
+                        )
+                        for t in pending
+                    )
+                    try:
+                        for row in results:
+                            record(row)
+                    finally:
+                        results.close()  # cancels the trials not yet started
+                    pending, busy, wait = busy, [], True
     except KeyboardInterrupt:
         stop.set()
         raise
     finally:
         watcher.finish()
         shutil.rmtree(control, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            control.parent.rmdir()  # only if no other process runs this sweep
     # Read back, so that the rows are typed as they will be on the next read.
     keys = {t.key: i for i, t in enumerate(sweep.trials)}
     rows = sorted(
         (r for r in read_results(sweep.results_path) if r["key"] in keys),
         key=lambda r: keys[r["key"]],
     )
+    stopped = len(todo) - ran - elsewhere
     return Outcome(
         rows=rows,
         ran=ran,
-        skipped=len(sweep.trials) - len(todo),
-        stopped=len(todo) - ran,
+        skipped=len(sweep.trials) - len(todo) + elsewhere,
+        stopped=stopped,
         seconds=time.perf_counter() - start,
-        interrupted=len(todo) > ran,
+        interrupted=stopped > 0,
         results_path=sweep.results_path,
     )
+
+
+def _start_control(sweep: Sweep) -> Path:
+    """Check that the runs folder and the sweep's folder take files, before any
+    training; make this run's own control folder and return it.
+
+    Control folders are named ``<host>-<pid>-<random>``; those of processes of
+    this host that are gone (killed) are removed.
+    """
+    folder = where = sweep.folder
+    try:
+        for where in (store.runs_dir(), folder):
+            where.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=where, prefix=".tmp-"):
+                pass
+        with _table_lock(sweep.results_path):
+            pass
+        root = folder / CONTROL_DIR
+        host = re.sub(r"[^\w.]", "_", os.uname().nodename) or "host"
+        for old in root.glob(f"{host}-*") if root.is_dir() else ():
+            pid = old.name.removeprefix(f"{host}-").split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        control = root / f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        control.mkdir(parents=True)
+    except OSError as err:
+        raise DigitsError(
+            f"Cannot write sweep {sweep.name}'s files in {where} "
+            f"({err.strerror or err}). Make that folder writable, or set "
+            f"DIGITS_RUNS_DIR to a writable folder. Nothing was trained."
+        ) from err
+    return control
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
 
 
 def trial_progress(sweep: Sweep) -> dict[str, tuple[float, str]]:
     """Trial key -> (fraction of its epochs done, phase: "training" or "scoring"
     the test set), for the trials running now."""
-    control = sweep.folder / CONTROL_DIR
+    root = sweep.folder / CONTROL_DIR
     found = {}
-    for path in control.glob("progress-*") if control.is_dir() else ():
+    # Every run's control folder: another process's trials of this sweep too.
+    for path in root.glob("*/progress-*") if root.is_dir() else ():
         if path.suffix == ".tmp":
             continue
         with contextlib.suppress(OSError, ValueError):

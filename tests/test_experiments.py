@@ -138,15 +138,44 @@ def test_plan_lists_every_configuration_and_seed_with_stable_keys():
     assert tiny_sweep(name="other").trials[0].key == sweep.trials[0].key
     assert tiny_sweep(train_size=300).trials[0].key != sweep.trials[0].key
     assert (sweep.trials[2].depth, sweep.trials[2].width) == (2, 8)
-    # Without a name, the same grid, or one with more values or seeds, gets the
-    # same name: running it again resumes. Other fixed settings make another.
+
+
+def test_the_default_name_is_the_whole_grid():
+    """Without a name, the same grid gets the same name (the same command
+    resumes) and any change to what is trained gets another (two grids never
+    share a table unless they are given one name)."""
     unnamed = tiny_sweep(name=None)
-    assert unnamed.name == tiny_sweep(name=None, seeds=(0, 1, 2)).name
-    assert (
-        unnamed.name == tiny_sweep(name=None, grid={**GRID, "conv_channels": [()]}).name
-    )
-    assert unnamed.name != tiny_sweep(name=None, train_size=300).name
-    assert unnamed.name != tiny_sweep(name=None, params={**TINY, "max_iter": 2}).name
+    assert unnamed.name.startswith("sweep-cnn-mnist-")
+    same = [
+        tiny_sweep(name=None),
+        # The same values in another order, or given twice: the same trials.
+        tiny_sweep(name=None, grid={**GRID, "conv_channels": [(2,), (), (2,)]}),
+        tiny_sweep(name=None, seeds=(1, 0)),
+        # A value fixed in params instead of a one-value grid: the same trials.
+        tiny_sweep(
+            name=None,
+            grid={"conv_channels": GRID["conv_channels"]},
+            params={**TINY, "hidden_layer_sizes": (8,)},
+        ),
+    ]
+    assert {s.name for s in same} == {unnamed.name}
+    others = [
+        tiny_sweep(name=None, kind="dense", grid={"hidden_layer_sizes": [(8,)]}),
+        tiny_sweep(name=None, dataset="fashion-mnist"),
+        tiny_sweep(name=None, train_size=300),
+        tiny_sweep(name=None, seeds=(0, 1, 2)),
+        tiny_sweep(name=None, seeds=(0, 2)),
+        tiny_sweep(name=None, grid={**GRID, "conv_channels": [()]}),
+        tiny_sweep(name=None, grid={**GRID, "conv_channels": [(), (2,), (4,)]}),
+        tiny_sweep(name=None, grid={**GRID, "hidden_layer_sizes": [(9,)]}),
+        tiny_sweep(name=None, params={**TINY, "max_iter": 2}),
+        tiny_sweep(name=None, params={**TINY, "batch_size": 64}),
+        tiny_sweep(name=None, grid={**GRID, "learning_rate_init": [0.01]}),
+    ]
+    names = [unnamed.name] + [s.name for s in others]
+    assert len(set(names)) == len(names), names
+    # A given name is used as it is, whatever the grid.
+    assert tiny_sweep(name="mine", seeds=(5,)).name == "mine"
 
 
 # -- running ------------------------------------------------------------------------
