@@ -11,10 +11,16 @@ What it leaves out: the ``lbfgs`` solver (it has no epochs) and scikit-learn's o
 ``early_stopping`` inside ``partial_fit`` (which scikit-learn refuses); patience
 is the ``EarlyStopping`` callback instead, and the best weights are restored as
 scikit-learn would.
+
+What it adds, as the CNN does: bad settings and training sets it cannot learn
+from are refused before training (ConfigError, TrainingDataError), and
+divergence (a non-finite or exploding loss, non-finite weights) is caught after
+every chunk of images, raising TrainingDiverged with the last good weights kept.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -23,10 +29,31 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from digits.errors import ConfigError, DataError, TrainingDiverged
+from digits.errors import (
+    ConfigError,
+    DataError,
+    TrainingDataError,
+    TrainingDiverged,
+)
 from digits.nn.callbacks import EarlyStopping, batch_logs
+from digits.nn.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_layers,
+    check_not_empty,
+    check_real,
+    check_seed,
+    check_size,
+    few,
+    label,
+    raise_problems,
+    training_classes,
+)
+from digits.nn.losses import EXPLODING_LOSS_FACTOR, exploding_loss
 from digits.nn.training import blas_threads, one_blas_thread_if_small
 
 # scikit-learn solvers that train in epochs of minibatches (lbfgs does not).
@@ -37,6 +64,18 @@ ACCURACY_SAMPLE = 10_000
 # Images per partial_fit call. An epoch is several calls, so a Stop is seen within
 # a fraction of a second even on 60,000 images, not only between epochs.
 CHUNK = 4096
+ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
+LEARNING_RATES = ("constant", "invscaling", "adaptive")
+
+
+class _Diverged(Exception):
+    """A chunk diverged; its weights were replaced by ``saved`` (None: there were
+    none before it). Turned into TrainingDiverged by ``MLPBaseline._train``."""
+
+    def __init__(self, what: str, saved: list[np.ndarray] | None) -> None:
+        super().__init__(what)
+        self.what, self.saved = what, saved
+        self.chunk = self.chunks = self.start = self.stop = 0
 
 
 def as_features(X, input_shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -108,6 +147,13 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
     Fitted attributes: ``classes_``, ``n_iter_`` (epochs trained), ``loss_curve_``
     and ``validation_scores_`` (per epoch), ``history_`` (per-epoch logs dicts),
     ``input_shape_`` (h, w), ``model_`` (the ``MLPClassifier``).
+
+    Divergence is checked after every ``partial_fit`` chunk: a non-finite loss, a
+    loss over ``digits.nn.losses.exploding_loss``, or non-finite weights raise
+    TrainingDiverged, with the weights from before that chunk put back (or, with
+    early stopping, the best epoch's) and a fresh optimizer state; its ``usable``
+    is False, and the estimator unfitted, when no chunk had finished before.
+    ``history_`` and ``n_iter_`` list only finished epochs.
     """
 
     def __init__(
@@ -159,42 +205,114 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
 
     # -- training ---------------------------------------------------------------
 
-    def fit(self, X, y, *, callbacks=None, validation_data=None) -> MLPBaseline:
+    def fit(
+        self, X, y, *, classes=None, callbacks=None, validation_data=None
+    ) -> MLPBaseline:
         """Train for up to ``max_iter`` epochs (from scratch unless ``warm_start``).
 
-        X : (n, h, w) or (n, h*w) images, uint8 or float in 0..1; y : (n,) labels.
-        ``validation_data`` is an optional ``(X_val, y_val)`` pair.
+        X : (n, h, w) or (n, h*w) images, uint8 or float in 0..1; y : (n,) labels,
+        of at least 2 classes. ``classes``, if given, are every label the model
+        should know, as in ``partial_fit``: a class missing from ``y`` is still
+        one of ``classes_``. ``validation_data`` is an optional ``(X_val, y_val)``.
         """
-        if not (self.warm_start and hasattr(self, "model_")):
-            self._start(X, classes=None, y=y)
+        fresh = not (self.warm_start and hasattr(self, "model_"))
+        if fresh:
+            self._start(X, classes=classes, y=y, whole=True)
         return self._train(
-            X, y, self.max_iter, callbacks, validation_data, converge=True
+            X, y, self.max_iter, callbacks, validation_data, converge=True, fresh=fresh
         )
 
     def partial_fit(
         self, X, y, classes=None, *, callbacks=None, validation_data=None
     ) -> MLPBaseline:
-        """Train one more epoch; the first call needs ``classes`` or all labels."""
-        if not hasattr(self, "model_"):
-            self._start(X, classes=classes, y=y)
-        return self._train(X, y, 1, callbacks, validation_data, converge=False)
+        """Train one more epoch; the first call needs ``classes`` (at least 2)
+        unless ``y`` has images of every class."""
+        fresh = not hasattr(self, "model_")
+        if fresh:
+            self._start(X, classes=classes, y=y, whole=False)
+        return self._train(
+            X, y, 1, callbacks, validation_data, converge=False, fresh=fresh
+        )
 
-    def _start(self, X, *, classes, y) -> None:
-        """Forget any previous training and set up a fresh scikit-learn model."""
+    def _check_params(self) -> None:
+        """ConfigError listing every bad setting, before scikit-learn sees them."""
+        problems: list[str] = []
+        layers = self.hidden_layer_sizes
+        if not (isinstance(layers, int | np.integer) and layers >= 1):
+            check_layers(problems, "hidden_layer_sizes", layers, "(100,)")
+        check_choice(problems, "activation", self.activation, ACTIVATIONS)
         if self.solver not in SOLVERS:
-            raise ConfigError(
-                f"solver must be one of {', '.join(SOLVERS)} (they train in epochs); "
-                f"got {self.solver!r}."
+            problems.append(
+                f"solver must be one of {', '.join(SOLVERS)} (they train in "
+                f"epochs), not {self.solver!r}"
             )
-        self.classes_ = np.unique(y if classes is None else classes)
-        self.input_shape_ = image_shape(X)
+        check_choice(problems, "learning_rate", self.learning_rate, LEARNING_RATES)
+        if self.batch_size != "auto":
+            check_int(problems, "batch_size", self.batch_size)
+        for name in ("max_iter", "n_iter_no_change"):
+            check_int(problems, name, getattr(self, name))
+        check_real(problems, "alpha", self.alpha, 0)
+        check_real(
+            problems, "learning_rate_init", self.learning_rate_init, 0, low_open=True
+        )
+        check_real(problems, "power_t", self.power_t, 0)
+        check_real(problems, "tol", self.tol, 0)
+        check_real(problems, "momentum", self.momentum, 0, 1)
+        check_real(
+            problems,
+            "validation_fraction",
+            self.validation_fraction,
+            0,
+            1,
+            low_open=True,
+            high_open=True,
+        )
+        check_real(problems, "beta_1", self.beta_1, 0, 1, high_open=True)
+        check_real(problems, "beta_2", self.beta_2, 0, 1, high_open=True)
+        check_real(problems, "epsilon", self.epsilon, 0, low_open=True)
+        for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
+            check_bool(problems, name, getattr(self, name))
+        check_seed(problems, "random_state", self.random_state)
+        raise_problems("MLP", problems)
+
+    def _start(self, X, *, classes, y, whole: bool) -> None:
+        """Forget any previous training and set up a fresh scikit-learn model.
+
+        Checks the settings and the training labels first (``whole``: ``y`` is a
+        whole training set, so it needs 2 classes itself), and assigns nothing
+        unless all of them pass.
+        """
+        self._check_params()
+        check_not_empty(len(X))
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise TrainingDataError(
+                f"Expected labels of shape (n,); got shape {y.shape}."
+            )
+        try:
+            check_classification_targets(y)
+        except ValueError as err:
+            raise TrainingDataError(f"The labels are not classes: {err}") from err
+        known = training_classes(y, classes, fit=whole)
+        shape = image_shape(X)
+        layers = np.atleast_1d(self.hidden_layer_sizes).tolist()
+        widths = [math.prod(shape), *layers, len(known)]
+        problems: list[str] = []
+        check_size(
+            problems,
+            sum(a * b + b for a, b in itertools.pairwise(widths)),
+            "This network",
+        )
+        raise_problems("MLP", problems)
+        self.classes_ = known
+        self.input_shape_ = shape
         self.n_iter_ = 0
         self.loss_curve_: list[float] = []
         self.validation_scores_: list[float] = []
         self.history_: list[dict] = []
         self._rng = np.random.default_rng(self.random_state)
         self.model_ = MLPClassifier(
-            hidden_layer_sizes=tuple(np.atleast_1d(self.hidden_layer_sizes).tolist()),
+            hidden_layer_sizes=tuple(layers),
             activation=self.activation,
             solver=self.solver,
             alpha=self.alpha,
@@ -218,19 +336,42 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
             del self.model_
             raise ConfigError(f"Invalid MLP settings: {err}") from err
 
-    def _train(self, X, y, epochs, callbacks, validation_data, *, converge):
+    def _forget(self) -> None:
+        """Back to unfitted: what a refused first fit, or a divergence before any
+        chunk finished, leaves."""
+        for name in (
+            "model_",
+            "classes_",
+            "input_shape_",
+            "n_iter_",
+            "loss_curve_",
+            "validation_scores_",
+            "history_",
+        ):
+            self.__dict__.pop(name, None)
+
+    def _train(
+        self, X, y, epochs, callbacks, validation_data, *, converge, fresh=False
+    ):
         """Run up to ``epochs`` epochs, calling the callbacks' hooks."""
-        X = as_features(X, self.input_shape_)
-        y = self._check_labels(y, len(X))
+        try:
+            X, y = as_features(X, self.input_shape_), np.asarray(y)
+            y = self._check_labels(y, len(X), "training set")
+            early = self.early_stopping and converge
+            if validation_data is not None:
+                X_val = as_features(validation_data[0], self.input_shape_)
+                y_val = self._check_labels(
+                    validation_data[1], len(X_val), "validation set"
+                )
+            elif early:
+                X, X_val, y, y_val = self._split_validation(X, y)
+            else:
+                X_val = y_val = None
+        except BaseException:
+            if fresh:
+                self._forget()  # a refused first fit leaves no half-built model
+            raise
         callbacks = list(callbacks or [])
-        early = self.early_stopping and converge
-        if validation_data is not None:
-            X_val = as_features(validation_data[0], self.input_shape_)
-            y_val = self._check_labels(validation_data[1], len(X_val))
-        elif early:
-            X, X_val, y, y_val = self._split_validation(X, y)
-        else:
-            X_val = y_val = None
         if converge:
             # scikit-learn's own stopping rules, as callbacks.
             monitor = "val_accuracy" if early else "loss"
@@ -241,7 +382,9 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
             )
         sample = self._rng.choice(len(X), min(len(X), ACCURACY_SAMPLE), replace=False)
         X_acc, y_acc = X[sample], y[sample]
-        best = (-math.inf, None)  # (validation accuracy, weights) for early stopping
+        # (validation accuracy, weights, epoch) of the best epoch, for early stopping
+        best = (-math.inf, None, 0)
+        self._max_loss = exploding_loss(len(self.classes_))
 
         for cb in callbacks:
             cb.on_train_begin()
@@ -259,14 +402,16 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
                     break
                 self._record(logs)
                 if early and logs["val_accuracy"] > best[0]:
-                    best = (logs["val_accuracy"], self._weights())
+                    best = (logs["val_accuracy"], self._weights(), self.n_iter_)
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, logs)
-        finally:
             if best[1] is not None:
                 self._set_weights(best[1])
+        except _Diverged as exc:
+            raise self._diverged(exc, best) from None
+        finally:
             for cb in callbacks:
-                cb.on_train_end({"epochs": self.n_iter_})
+                cb.on_train_end({"epochs": getattr(self, "n_iter_", 0)})
         return self
 
     def _epoch(self, X, y, X_acc, y_acc, X_val, y_val, callbacks) -> dict | None:
@@ -284,7 +429,12 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
             if any(cb.stop_training for cb in callbacks):
                 break
             idx = order[i * CHUNK : (i + 1) * CHUNK]
-            self._partial_fit(X[idx], y[idx])
+            try:
+                self._partial_fit(X[idx], y[idx])
+            except _Diverged as exc:
+                exc.chunk, exc.chunks = i, chunks
+                exc.start, exc.stop = i * CHUNK, i * CHUNK + len(idx)
+                raise
             loss_sum += float(self.model_.loss_) * len(idx)
             seen += len(idx)
             elapsed = time.perf_counter() - start
@@ -319,23 +469,48 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
         return logs
 
     def _partial_fit(self, X, y) -> None:
-        """One scikit-learn ``partial_fit`` call; divergence raises TrainingDiverged."""
+        """One scikit-learn ``partial_fit`` call. Divergence puts back the weights
+        from before it (or forgets them, if there were none) and raises
+        ``_Diverged``."""
         # partial_fit re-seeds its shuffling from random_state on every call, so a
         # fixed seed would replay one batch order; draw a new seed per call.
         self.model_.set_params(random_state=int(self._rng.integers(2**31)))
+        # scikit-learn warns, then clips, a batch larger than the images it is
+        # given (a small training set, or an epoch's last chunk); clip it quietly.
+        if self.batch_size != "auto":
+            self.model_.batch_size = min(int(self.batch_size), len(X))
         saved = self._weights() if hasattr(self.model_, "coefs_") else None
+        what = None
         # Overflow is how divergence shows; it is detected and reported below.
         with np.errstate(over="ignore", invalid="ignore"):
             try:
                 self.model_.partial_fit(X, y, classes=self.classes_)
             except ValueError as err:
-                if hasattr(self.model_, "coefs_") and not self._finite():
-                    self._diverged(saved)
-                raise ConfigError(
-                    f"scikit-learn rejected the MLP settings: {err}"
-                ) from err
-        if not (math.isfinite(self.model_.loss_) and self._finite()):
-            self._diverged(saved)
+                if not (hasattr(self.model_, "coefs_") and not self._finite()):
+                    raise ConfigError(
+                        f"scikit-learn rejected the MLP settings: {err}"
+                    ) from err
+                what = "the weights became non-finite"
+        loss = float(self.model_.loss_) if what is None else math.nan
+        if what is not None:
+            pass
+        elif not math.isfinite(loss):
+            what = f"the loss became {loss}"
+        elif loss > self._max_loss:
+            what = (
+                f"the loss exploded to {loss:.3g}, over the limit of "
+                f"{self._max_loss:.3g} ({EXPLODING_LOSS_FACTOR:g} times chance level)"
+            )
+        elif not self._finite():
+            what = "the weights became non-finite"
+        else:
+            return
+        # The optimizer's state (momentum, Adam's moments) may hold the blow-up:
+        # scikit-learn makes a fresh one when it has none.
+        self.model_.__dict__.pop("_optimizer", None)
+        if saved is not None:
+            self._set_weights(saved)
+        raise _Diverged(what, saved)
 
     def _record(self, logs: dict) -> None:
         self.n_iter_ += 1
@@ -346,11 +521,7 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
 
     def _split_validation(self, X, y):
         """Hold out a stratified ``validation_fraction`` of (X, y)."""
-        if not 0 < self.validation_fraction < 1:
-            raise ConfigError(
-                f"validation_fraction must be between 0 and 1 for early stopping; "
-                f"got {self.validation_fraction}."
-            )
+        self._check_holdout(y)
         try:
             return train_test_split(
                 X,
@@ -360,20 +531,48 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
                 random_state=int(self._rng.integers(2**31)),
             )
         except ValueError as err:
-            raise DataError(
+            raise TrainingDataError(
                 f"Too few images to hold out a validation set for early stopping "
                 f"({len(y)} images): {err}"
             ) from err
 
-    def _check_labels(self, y, n: int) -> np.ndarray:
+    def _check_holdout(self, y: np.ndarray) -> None:
+        """TrainingDataError unless a stratified ``validation_fraction`` of the
+        labels ``y`` can be held out: each part needs an image of every class,
+        so every class needs 2 images, and each part at least one per class."""
+        labels, counts = np.unique(y, return_counts=True)
+        n, k, fraction = len(y), len(labels), self.validation_fraction
+        n_val = math.ceil(fraction * n)
+        if counts.min() >= 2 and min(n_val, n - n_val) >= k:
+            return
+        # The smallest set that works: 2 images a class, and enough images that
+        # the held-out fraction, and the rest, each have one per class.
+        need = next(
+            m
+            for m in itertools.count(2 * k)
+            if min(math.ceil(fraction * m), m - math.ceil(fraction * m)) >= k
+        )
+        scarce = labels[counts.argmin()]
+        raise TrainingDataError(
+            f"Early stopping holds out validation_fraction={fraction:g} of the "
+            f"training set, stratified, so it needs at least 2 images of every "
+            f"class and at least {need:,} images for {k} classes; this set has "
+            f"{n:,} images, {counts.min()} of class {label(scarce)}. Use more "
+            "images, or turn early stopping off."
+        )
+
+    def _check_labels(self, y, n: int, what: str) -> np.ndarray:
         y = np.asarray(y)
         if y.shape != (n,):
-            raise DataError(f"Expected {n} labels of shape ({n},); got {y.shape}.")
+            raise TrainingDataError(
+                f"The {what} has {n} images but labels of shape {y.shape}; it needs "
+                "one label per image."
+            )
         unknown = np.setdiff1d(y, self.classes_)
         if unknown.size:
-            raise DataError(
-                f"Labels {unknown[:5].tolist()} are not among the model's classes "
-                f"{self.classes_.tolist()}."
+            raise TrainingDataError(
+                f"Labels {few(unknown)} of the {what} are not among the model's "
+                f"classes {few(self.classes_)}."
             )
         return y
 
@@ -394,19 +593,36 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
     def _finite(self) -> bool:
         return all(np.isfinite(a).all() for a in self.model_.coefs_)
 
-    def _diverged(self, saved: list[np.ndarray] | None) -> None:
-        """Put back the weights from before this epoch (or, in the first epoch,
-        forget the model) and raise TrainingDiverged."""
-        if saved is not None:
-            self._set_weights(saved)
-            kept = "The weights from before that epoch were kept."
+    def _diverged(self, exc: _Diverged, best: tuple) -> TrainingDiverged:
+        """The error to raise for a diverged chunk, whose weights ``_partial_fit``
+        replaced already; with early stopping, the best epoch's weights go back."""
+        where = (
+            f"Training diverged in epoch {self.n_iter_ + 1} (images "
+            f"{exc.start + 1:,}-{exc.stop:,}, chunk {exc.chunk + 1} of "
+            f"{exc.chunks}): {exc.what}."
+        )
+        done = f"{self.n_iter_} epoch{'' if self.n_iter_ == 1 else 's'} finished"
+        if best[1] is not None:
+            self._set_weights(best[1])
+            holds = (
+                f"The model now holds the weights of epoch {best[2]}, the best on "
+                f"validation ({done}); they are finite and can be saved."
+            )
+        elif exc.saved is not None:
+            holds = (
+                f"The model now holds the last good weights, from before that chunk "
+                f"({done}); they are finite and can be saved."
+            )
         else:
-            del self.model_
-            kept = "No epoch finished, so there is no model to keep."
-        raise TrainingDiverged(
-            f"Training diverged in epoch {self.n_iter_ + 1}: the loss became "
-            f"non-finite. {kept} Try a lower learning_rate_init (now "
-            f"{self.learning_rate_init:g})."
+            self._forget()
+            holds = (
+                "Nothing had trained before it diverged, so there is no model to "
+                "keep or save."
+            )
+        return TrainingDiverged(
+            f"{where} {holds} Try a lower learning rate (learning_rate_init is "
+            f"{self.learning_rate_init:g}).",
+            usable=exc.saved is not None,
         )
 
     # -- prediction -------------------------------------------------------------

@@ -18,13 +18,32 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from digits.augment import network_input
-from digits.errors import ConfigError
+from digits.errors import (
+    ConfigError,
+    TrainingDataError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 from digits.nn.callbacks import Callback, EarlyStopping
+from digits.nn.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_layers,
+    check_not_empty,
+    check_real,
+    check_seed,
+    check_size,
+    few,
+    raise_problems,
+    training_classes,
+)
 from digits.nn.layers import ACTIVATIONS, Conv2D, Dense, Dropout, Flatten, MaxPool2D
-from digits.nn.losses import softmax, softmax_cross_entropy
+from digits.nn.losses import exploding_loss, softmax, softmax_cross_entropy
 from digits.nn.model import Sequential
 from digits.nn.optimizers import SGD, Adam, Optimizer
 from digits.nn.training import Trainer, predict_logits
+from digits.nn.twin import TwinFailed
 
 FORMAT_VERSION = 1
 
@@ -50,6 +69,23 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     Fitted attributes: ``classes_``, ``model_`` (a :class:`Sequential`),
     ``n_iter_`` (epochs), ``loss_curve_``, ``validation_scores_``, ``history_``
     (one logs dict per epoch), ``input_shape_``, ``n_features_in_``.
+
+    Bad settings raise ConfigError, and training sets it cannot learn from
+    (empty, a single class, labels outside ``classes``, too few images to hold
+    some out for early stopping) raise TrainingDataError, both before training.
+    When training goes wrong partway it raises a ``TrainingStopped`` whose
+    ``usable`` says whether the estimator now holds weights worth saving (if not,
+    it is as if unfitted), and whose message says which:
+
+    - ``TrainingDiverged``: a batch's loss was non-finite or exploded (see
+      ``digits.nn.losses.exploding_loss``), or an update made a weight non-finite.
+      The estimator keeps the last weights that gave a sane loss, and a fresh
+      optimizer state.
+    - ``TrainingInterrupted``: the second training process died (see
+      ``digits.nn.twin``). The estimator keeps the weights, and optimizer state,
+      of the end of the last finished epoch.
+
+    Either way ``history_`` and ``n_iter_`` list only the finished epochs.
     """
 
     def __init__(
@@ -107,12 +143,18 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         X,
         y,
         *,
+        classes=None,
         callbacks: Sequence[Callback] = (),
         validation_data: tuple | None = None,
     ) -> CNNClassifier:
-        """Train from scratch for ``max_iter`` epochs (fewer if a callback stops it)."""
+        """Train from scratch for ``max_iter`` epochs (fewer if a callback stops it).
+
+        ``classes``, if given, are every label the model should know, as in
+        ``partial_fit``: a class missing from ``y`` is still one of ``classes_``
+        (and predicted with a low probability). ``y`` needs at least 2 classes.
+        """
         self._initialised = False
-        return self._fit(X, y, self.max_iter, callbacks, validation_data, None)
+        return self._fit(X, y, self.max_iter, callbacks, validation_data, classes)
 
     def partial_fit(
         self,
@@ -123,8 +165,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         callbacks: Sequence[Callback] = (),
         validation_data: tuple | None = None,
     ) -> CNNClassifier:
-        """Train one more epoch, keeping the weights and optimizer state."""
-        return self._fit(X, y, 1, callbacks, validation_data, classes)
+        """Train one more epoch, keeping the weights and optimizer state.
+
+        The first call needs ``classes`` (every label, at least 2) unless ``y``
+        has images of every class.
+        """
+        return self._fit(X, y, 1, callbacks, validation_data, classes, whole=False)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, shape (n, n_classes), rows summing to 1."""
@@ -196,40 +242,43 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     # -- internals ------------------------------------------------------------------
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
+
     def _check_params(self) -> None:
-        problems = []
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"activation must be one of {sorted(ACTIVATIONS)}")
-        if self.solver not in ("sgd", "adam"):
-            problems.append("solver must be 'sgd' or 'adam'")
-        if self.learning_rate not in ("constant", "cosine"):
-            problems.append("learning_rate must be 'constant' or 'cosine'")
-        if self.padding not in ("valid", "same"):
-            problems.append("padding must be 'valid' or 'same'")
-        if not (isinstance(self.batch_size, int | np.integer) and self.batch_size > 0):
-            problems.append(
-                f"batch_size must be a positive integer, not {self.batch_size!r}"
-            )
-        if not (isinstance(self.max_iter, int | np.integer) and self.max_iter > 0):
-            problems.append(
-                f"max_iter must be a positive integer, not {self.max_iter!r}"
-            )
-        if not (self.learning_rate_init > 0 and np.isfinite(self.learning_rate_init)):
-            problems.append("learning_rate_init must be positive")
-        if not 0 <= self.dropout < 1:
-            problems.append("dropout must be in [0, 1)")
-        if self.alpha < 0:
-            problems.append("alpha must be >= 0")
-        if not 0 < self.validation_fraction < 1:
-            problems.append("validation_fraction must be in (0, 1)")
-        if any(int(c) < 1 for c in self.conv_channels):
-            problems.append("conv_channels must be positive integers")
-        if any(int(u) < 1 for u in self.hidden_layer_sizes):
-            problems.append("hidden_layer_sizes must be positive integers")
-        if self.kernel_size < 1:
-            problems.append("kernel_size must be >= 1")
-        if problems:
-            raise ConfigError("Invalid CNNClassifier settings: " + "; ".join(problems))
+        """ConfigError listing every bad setting: NaN, infinite, negative or zero
+        where that makes no sense, wrong types, unknown choices."""
+        problems: list[str] = []
+        check_choice(problems, "activation", self.activation, sorted(ACTIVATIONS))
+        check_choice(problems, "solver", self.solver, ("adam", "sgd"))
+        check_choice(
+            problems, "learning_rate", self.learning_rate, ("constant", "cosine")
+        )
+        check_choice(problems, "padding", self.padding, ("valid", "same"))
+        check_layers(problems, "conv_channels", self.conv_channels, "(32, 64)")
+        check_layers(problems, "hidden_layer_sizes", self.hidden_layer_sizes)
+        for name in ("kernel_size", "batch_size", "max_iter", "n_iter_no_change"):
+            check_int(problems, name, getattr(self, name))
+        check_int(problems, "n_threads", self.n_threads)
+        check_real(problems, "alpha", self.alpha, 0)
+        check_real(
+            problems, "learning_rate_init", self.learning_rate_init, 0, low_open=True
+        )
+        check_real(problems, "momentum", self.momentum, 0, 1)
+        check_real(problems, "dropout", self.dropout, 0, 1, high_open=True)
+        check_real(
+            problems,
+            "validation_fraction",
+            self.validation_fraction,
+            0,
+            1,
+            low_open=True,
+            high_open=True,
+        )
+        for name in ("nesterovs_momentum", "shuffle", "augment", "early_stopping"):
+            check_bool(problems, name, getattr(self, name))
+        check_seed(problems, "random_state", self.random_state)
+        raise_problems("CNNClassifier", problems)
 
     def _flatten(self, X, y=None, reset: bool = False):
         """Validate X (and y); return X as 2-D (n, features), keeping uint8 as uint8."""
@@ -288,6 +337,40 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             images=bool(self.conv_channels),
         )
 
+    def _check_architecture(self, n_classes: int) -> None:
+        """ConfigError unless the layers fit the images and the network's size is
+        sane; computed from the shapes alone, before any weight is allocated."""
+        k, n_params = int(self.kernel_size), 0
+        if self.conv_channels:
+            h, w = self.input_shape_
+            if k > min(h, w):
+                raise ConfigError(
+                    f"Invalid CNNClassifier settings: kernel_size={k} is larger than "
+                    f"the {h}x{w} images; use a kernel of at most {min(h, w)}."
+                )
+            pad = 0 if self.padding == "valid" else k - 1
+            c_in = 1
+            for c in self.conv_channels:
+                h, w = h + pad - k + 1, w + pad - k + 1
+                if min(h, w) < 2:
+                    raise ConfigError(
+                        f"{len(self.conv_channels)} conv blocks with {k}x{k} "
+                        f"kernels do not fit {self.input_shape_[0]}x"
+                        f"{self.input_shape_[1]} images; use fewer blocks, a "
+                        "smaller kernel or padding='same'"
+                    )
+                n_params += k * k * c_in * int(c) + int(c)
+                h, w, c_in = h // 2, w // 2, int(c)
+            width = h * w * c_in
+        else:
+            width = int(np.prod(self.input_shape_))
+        for units in (*self.hidden_layer_sizes, n_classes):
+            n_params += width * int(units) + int(units)
+            width = int(units)
+        problems: list[str] = []
+        check_size(problems, n_params, "This network")
+        raise_problems("CNNClassifier", problems)
+
     def _build(self, n_classes: int, rng: np.random.Generator) -> Sequential:
         act = ACTIVATIONS[self.activation]
         init = "he" if self.activation == "relu" else "glorot"
@@ -296,16 +379,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             shape = (*self.input_shape_, 1)
             for c in self.conv_channels:
                 conv = Conv2D(shape[-1], int(c), self.kernel_size, self.padding, rng)
-                out = conv.output_shape(shape)
-                if min(out[:2]) < 2:
-                    raise ConfigError(
-                        f"{len(self.conv_channels)} conv blocks with {self.kernel_size}"
-                        f"x{self.kernel_size} kernels do not fit "
-                        f"{self.input_shape_[0]}x{self.input_shape_[1]} images; use "
-                        "fewer blocks, a smaller kernel or padding='same'"
-                    )
                 layers += [conv, MaxPool2D(), act()]
-                shape = layers[-2].output_shape(out)
+                shape = layers[-2].output_shape(conv.output_shape(shape))
             layers.append(Flatten())
             width = int(np.prod(shape))
         else:
@@ -333,38 +408,115 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             nesterov=self.nesterovs_momentum,
         )
 
-    def _initialise(self, X2, y, classes) -> None:
-        self._check_params()
-        self.classes_ = unique_labels(y if classes is None else classes)
-        self._rng = np.random.default_rng(self.random_state)
-        self.model_ = self._build(len(self.classes_), self._rng)
+    def _initialise(self, classes: np.ndarray) -> None:
+        """A fresh network and optimizer for ``classes``; assigns nothing unless
+        all of it succeeds."""
+        self._check_architecture(len(classes))
+        rng = np.random.default_rng(self.random_state)
+        model = self._build(len(classes), rng)
+        self.classes_, self._rng, self.model_ = classes, rng, model
         self.optimizer_ = self._make_optimizer()
         self.history_, self.loss_curve_, self.validation_scores_ = [], [], []
         self.n_iter_ = 0
+        self._trained = False  # whether model_ holds weights of a finished batch
         self._initialised = True
 
-    def _fit(self, X, y, epochs, callbacks, validation_data, classes):
-        first = not getattr(self, "_initialised", False)
+    def _forget(self) -> None:
+        """Back to unfitted: what a failed first fit, or a divergence before any
+        batch finished, leaves."""
+        for name in (
+            "model_",
+            "optimizer_",
+            "classes_",
+            "input_shape_",
+            "n_features_in_",
+            "history_",
+            "loss_curve_",
+            "validation_scores_",
+            "n_iter_",
+        ):
+            self.__dict__.pop(name, None)
+        self._initialised = self._trained = False
+
+    def _setup(self, X, y, validation_data, classes, first: bool, whole: bool):
+        """Check the data and, on the first call, the settings, then build the
+        model; returns (X2, y_idx, validation_data). Nothing is trained yet."""
+        if first:
+            self._check_params()
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, "
                 "but the target y is None"
             )
+        if hasattr(X, "__len__"):
+            check_not_empty(len(X))
         X2, y = self._flatten(X, y, reset=first)
         check_classification_targets(y)
         if first:
-            self._initialise(X2, y, classes)
-        unknown = np.setdiff1d(y, self.classes_)
-        if unknown.size:
-            raise ValueError(f"labels {unknown.tolist()} are not in classes_")
+            known = training_classes(y, classes, fit=whole)
+        else:
+            known = self.classes_
+            if classes is not None and not np.array_equal(
+                unique_labels(np.asarray(classes)), known
+            ):
+                raise TrainingDataError(
+                    f"classes {few(unique_labels(np.asarray(classes)))} differ from "
+                    f"the model's {few(known)}, given when it started training."
+                )
+            self._check_labels(y, known, "training set")
+        if validation_data is not None:
+            Xv, yv = self._flatten(validation_data[0]), np.asarray(validation_data[1])
+            if yv.shape != (len(Xv),):
+                raise TrainingDataError(
+                    f"The validation set has {len(Xv)} images but labels of shape "
+                    f"{yv.shape}; it needs one label per image."
+                )
+            self._check_labels(yv, known, "validation set")
+            validation_data = (Xv, np.searchsorted(known, yv))
+        n_val = self._holdout_size(len(X2)) if self.early_stopping else 0
+        if first:
+            self._initialise(known)
         y_idx = np.searchsorted(self.classes_, y)
+        if n_val and validation_data is None:
+            X2, y_idx, validation_data = self._split_validation(X2, y_idx, n_val)
+        return X2, y_idx, validation_data
+
+    @staticmethod
+    def _check_labels(y: np.ndarray, classes: np.ndarray, what: str) -> None:
+        unknown = np.setdiff1d(y, classes)
+        if unknown.size:
+            raise TrainingDataError(
+                f"Labels {few(unknown)} of the {what} are not among the model's "
+                f"classes {few(classes)}."
+            )
+
+    def _holdout_size(self, n: int) -> int:
+        """How many of ``n`` training images early stopping holds out; refuses a
+        set too small to leave any for training."""
+        n_val = max(1, round(self.validation_fraction * n))
+        if n - n_val >= 1:
+            return n_val
+        fraction = self.validation_fraction
+        need = next(m for m in range(2, n + 10**6) if m - max(1, round(fraction * m)))
+        raise TrainingDataError(
+            f"Early stopping holds out validation_fraction={self.validation_fraction:g}"
+            f" of the training set for validation ({n_val} of {n} images), which "
+            f"leaves none to train on: it needs at least {need} images. Use more "
+            "images, or turn early stopping off."
+        )
+
+    def _fit(self, X, y, epochs, callbacks, validation_data, classes, whole=True):
+        first = not getattr(self, "_initialised", False)
+        try:
+            X2, y_idx, validation_data = self._setup(
+                X, y, validation_data, classes, first, whole
+            )
+        except BaseException:
+            if first:
+                self._forget()  # a refused first fit leaves no half-built model
+            raise
 
         callbacks = list(callbacks)
-        if validation_data is None and self.early_stopping:
-            X2, y_idx, validation_data = self._split_validation(X2, y_idx)
-        elif validation_data is not None:
-            Xv, yv = validation_data
-            validation_data = (self._flatten(Xv), np.searchsorted(self.classes_, yv))
         if self.early_stopping:
             callbacks.append(EarlyStopping("val_accuracy", self.n_iter_no_change))
 
@@ -378,11 +530,18 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             augment=self.augment and len(self.input_shape_) == 2,
             n_threads=self.n_threads,
             shuffle=self.shuffle,
+            max_loss=exploding_loss(len(self.classes_)),
         )
         # fit knows how many epochs it will run, so it can anneal the learning rate
         # to zero over them; partial_fit cannot, and keeps it constant.
         if self.learning_rate == "cosine" and epochs > 1:
             trainer.anneal(self.learning_rate_init, epochs)
+        # The weights and optimizer state at the end of the last finished epoch,
+        # put back if the second process dies mid-step (leaving an update half
+        # done). One copy per epoch, not per batch.
+        trained_before = getattr(self, "_trained", False)
+        saved = self._snapshot() if trained_before else None
+        epoch = self.n_iter_
         for cb in callbacks:
             cb.set_model(self.model_)
             cb.on_train_begin()
@@ -399,19 +558,93 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                     logs.update(self._validation_logs(*validation_data))
                 logs["epoch"] = epoch + 1
                 self._record(logs)
+                self._trained = True
+                saved = self._snapshot(saved)
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, logs)
                 if stopped:
                     break
+        except TwinFailed as exc:
+            trainer.close()
+            raise self._interrupted(exc, epoch, saved) from exc
+        except TrainingDiverged as exc:
+            trainer.close()
+            raise self._diverged(exc, trained_before) from exc
         finally:
             trainer.close()
             for cb in callbacks:
-                cb.on_train_end({"epochs": self.n_iter_})
+                cb.on_train_end({"epochs": getattr(self, "n_iter_", 0)})
         return self
 
-    def _split_validation(self, X2, y_idx):
+    def _snapshot(self, into: tuple | None = None) -> tuple:
+        """(weights, optimizer state) copied, into ``into``'s arrays if given."""
+        params = self.model_.packed[0]
+        state = self.optimizer_.state()
+        if into is None:
+            return params.copy(), {k: np.array(a, copy=True) for k, a in state.items()}
+        np.copyto(into[0], params)
+        for key, a in state.items():
+            np.copyto(into[1][key], a)
+        return into
+
+    def _interrupted(
+        self, exc: TwinFailed, epoch: int, saved: tuple | None
+    ) -> TrainingInterrupted:
+        """Put back the weights of the last finished epoch after the second
+        process died; the error to raise."""
+        if saved is None:
+            self._forget()
+            holds = "no epoch had finished, so there is no model to save"
+        else:
+            np.copyto(self.model_.packed[0], saved[0])
+            self.optimizer_.load_state(saved[1])
+            done = self.n_iter_
+            holds = (
+                f"the model now holds the weights from the end of epoch {done} "
+                f"({done} finished), which can be saved"
+            )
+        return TrainingInterrupted(
+            f"The second training process stopped ({exc.reason}) in epoch "
+            f"{epoch + 1}; {holds}. Free some memory and train again, or set "
+            "DIGITS_TWIN=thread to train in one process.",
+            usable=saved is not None,
+        )
+
+    def _diverged(
+        self, exc: TrainingDiverged, trained_before: bool
+    ) -> TrainingDiverged:
+        """The error to raise after the trainer put back the last good weights;
+        the optimizer starts afresh, its state may hold the blow-up."""
+        epoch, batch = exc.at
+        usable = trained_before or exc.steps_kept > 0
+        if not usable:
+            self._forget()
+            holds = (
+                "Nothing had trained before it diverged, so there is no model to "
+                "keep or save."
+            )
+        else:
+            self.optimizer_ = self._make_optimizer()
+            self._trained = True
+            done = f"{self.n_iter_} epoch{'' if self.n_iter_ == 1 else 's'} finished"
+            if exc.steps_kept > 0:
+                e, b = exc.kept_before
+                which = f"from before batch {b + 1} of epoch {e + 1} ({done})"
+            else:
+                which = f"it had before this training ({done})"
+            holds = (
+                f"The model now holds the last weights that gave a sane loss, the "
+                f"ones {which}; they are finite and can be saved."
+            )
+        return TrainingDiverged(
+            f"Training diverged in epoch {epoch + 1}, batch {batch + 1}: "
+            f"{exc.what}. {holds} Try a lower learning rate (learning_rate_init is "
+            f"{self.learning_rate_init:g}).",
+            usable=usable,
+        )
+
+    def _split_validation(self, X2, y_idx, n_val: int):
         order = self._rng.permutation(len(X2))
-        n_val = max(1, round(self.validation_fraction * len(X2)))
         val, train = order[:n_val], order[n_val:]
         return X2[train], y_idx[train], (X2[val], y_idx[val])
 

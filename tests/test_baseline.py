@@ -205,15 +205,21 @@ def test_unknown_labels_are_rejected(small):
 
 
 def test_divergence_keeps_last_good_weights(small):
-    model = MLPBaseline(
-        (16,), activation="identity", solver="sgd", learning_rate_init=10.0,
-        max_iter=5, random_state=0,
+    settings = dict(
+        hidden_layer_sizes=(16,), activation="identity", solver="sgd",
+        learning_rate_init=1.0, random_state=0,
     )  # fmt: skip
-    with pytest.raises(TrainingDiverged, match="epoch 2"):
+    model = MLPBaseline(max_iter=5, **settings)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2.*exploded") as caught:
         model.fit(small.x_train, small.y_train)
-    assert model.n_iter_ == 1
+    assert caught.value.usable
+    assert model.n_iter_ == 1 == len(model.history_)
     assert all(np.isfinite(c).all() for c in model.model_.coefs_)
     assert np.isfinite(model.predict_proba(small.x_test)).all()
+    # The weights from before the failing chunk: here the end of epoch 1.
+    one = MLPBaseline(max_iter=1, **settings).fit(small.x_train, small.y_train)
+    for kept, expected in zip(model._weights(), one._weights(), strict=True):
+        np.testing.assert_array_equal(kept, expected)
 
 
 def test_divergence_in_first_epoch_leaves_no_model(small):
@@ -221,8 +227,9 @@ def test_divergence_in_first_epoch_leaves_no_model(small):
         (16,), activation="identity", solver="sgd", learning_rate_init=1e3,
         max_iter=5, random_state=0,
     )  # fmt: skip
-    with pytest.raises(TrainingDiverged, match="no model to keep"):
+    with pytest.raises(TrainingDiverged, match="no model to keep") as caught:
         model.fit(small.x_train, small.y_train)
+    assert not caught.value.usable
     with pytest.raises(ConfigError, match="not trained"):
         model.predict(small.x_test)
 

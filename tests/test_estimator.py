@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import check_estimator
 
 from digits.errors import ConfigError, TrainingDiverged
@@ -104,7 +105,40 @@ def test_bad_inputs_and_settings_give_clear_errors(mnist):
         est.predict(np.zeros((2, 20, 20)))
 
 
-def test_divergence_stops_with_a_message_and_keeps_finite_weights(mnist):
+def test_divergence_keeps_the_last_weights_that_gave_a_sane_loss(mnist):
+    """The batch whose loss explodes was computed with the weights of the update
+    before it; the model keeps the weights from before that update, exactly those
+    of an identical run stopped there, and lists no unfinished epoch."""
+    x, y = mnist.x_train[:2000], mnist.y_train[:2000]
+    settings = dict(
+        conv_channels=(),
+        hidden_layer_sizes=(64,),
+        solver="sgd",
+        momentum=0.99,
+        learning_rate_init=3.0,
+        max_iter=3,
+        random_state=0,
+    )
+    est = CNNClassifier(**settings)
+    with pytest.raises(
+        TrainingDiverged, match=r"epoch 1, batch 32: the loss explo"
+    ) as caught:
+        est.fit(x, y)
+    message = str(caught.value)
+    assert caught.value.usable
+    assert "from before batch 31 of epoch 1 (0 epochs finished)" in message
+    assert "can be saved" in message and "learning_rate_init is 3" in message
+    assert est.n_iter_ == 0 and est.history_ == []
+    assert np.isfinite(est.predict_proba(mnist.x_test[:10])).all()
+    stopped = CNNClassifier(**settings).fit(x, y, callbacks=[StopAfter(30)])
+    for key, w in stopped.model_.state_dict().items():
+        np.testing.assert_array_equal(est.model_.state_dict()[key], w, err_msg=key)
+    # Training goes on from the kept weights, with a fresh optimizer state.
+    assert est.optimizer_.params[0] is est.model_.packed[0]
+    assert not est.optimizer_.velocity[0].any()
+
+
+def test_divergence_before_any_good_update_leaves_the_estimator_unfitted(mnist):
     est = CNNClassifier(
         conv_channels=(),
         hidden_layer_sizes=(64,),
@@ -114,10 +148,14 @@ def test_divergence_stops_with_a_message_and_keeps_finite_weights(mnist):
         max_iter=3,
         random_state=0,
     )
-    with pytest.raises(TrainingDiverged, match=r"epoch 1, batch \d+.*lower learning"):
+    with pytest.raises(
+        TrainingDiverged, match=r"epoch 1, batch 2:.*no model"
+    ) as caught:
         est.fit(mnist.x_train[:2000], mnist.y_train[:2000])
-    assert all(np.isfinite(p).all() for p in est.model_.state_dict().values())
-    assert np.isfinite(est.predict_proba(mnist.x_test[:10])).all()
+    assert not caught.value.usable
+    assert not hasattr(est, "model_") and not hasattr(est, "classes_")
+    with pytest.raises(NotFittedError):
+        est.predict(mnist.x_test[:10])
 
 
 class StopAfter(Callback):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import math
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ from threadpoolctl import ThreadpoolController
 
 from digits.errors import TrainingDiverged
 from digits.nn.callbacks import Callback, batch_logs
-from digits.nn.losses import softmax_cross_entropy
+from digits.nn.losses import EXPLODING_LOSS_FACTOR, softmax_cross_entropy
 from digits.nn.model import Sequential
 from digits.nn.optimizers import Optimizer
 from digits.nn.twin import TwinFailed, TwinProcess
@@ -188,6 +189,13 @@ class Trainer:
 
     ``prepare(raw_batch, rng)`` turns raw images into the model's float32 input and
     augments them when given an rng; it runs inside the worker threads too.
+
+    Divergence: a batch whose loss (with the L2 term) is not finite or exceeds
+    ``max_loss`` (see ``losses.exploding_loss``), or an update that makes a weight
+    non-finite, raises TrainingDiverged after putting back the last weights that
+    gave a sane loss; the exception's ``steps_kept`` counts this trainer's updates
+    in them and ``kept_before`` names the batch ``(epoch, batch)``, both 0-based,
+    whose update they precede (None: the weights the trainer started with).
     """
 
     def __init__(
@@ -203,9 +211,10 @@ class Trainer:
         n_threads: int = 2,
         shuffle: bool = True,
         twin: str = "auto",
+        max_loss: float = math.inf,
     ) -> None:
         keep_freed_memory()
-        self.shuffle = shuffle
+        self.shuffle, self.max_loss = shuffle, float(max_loss)
         self.model, self.optimizer = model, optimizer
         self.batch_size, self.alpha = batch_size, alpha
         self.prepare, self.rng, self.augment = prepare, rng, augment
@@ -237,6 +246,10 @@ class Trainer:
         self._own_storage = self._storage()
         self._schedule: tuple[float, int] | None = None
         self._steps = 0
+        # The last update that finished, (epoch, batch), and how many did: what the
+        # backup holds after a batch whose loss shows that update went wrong.
+        self._last: tuple[int, int] | None = None
+        self._updates = 0
 
     def anneal(self, lr: float, epochs: int) -> None:
         """Cosine-anneal the learning rate from ``lr`` to 0 over ``epochs`` epochs."""
@@ -327,6 +340,7 @@ class Trainer:
                     n_weights=self._n_weights,
                     alpha=self.alpha,
                     blocks=update_blocks(self.model),
+                    max_loss=self.max_loss,
                 )
                 self._adopt(self._twin.shared)
             except (OSError, TwinFailed) as exc:
@@ -411,18 +425,28 @@ class Trainer:
             loss, correct = loss + loss1, correct + c1
             others = [self.replicas[1].packed[1]]
         loss += l2
-        if not np.isfinite(loss):
+        if not loss <= self.max_loss:  # NaN and infinity fail too
             if twin is not None:
                 twin.finish()  # it saw the same loss, and skipped the update
             # The last update made weights that are finite but blow up the loss:
-            # go back to the weights before it, which gave a finite loss.
+            # go back to the weights before it, which gave a sane loss.
             np.copyto(self._params, self._backup)
-            self._diverged(epoch, batch, "the loss became non-finite")
+            what = (
+                f"the loss exploded to {loss:.3g}, over the limit of "
+                f"{self.max_loss:.3g} ({EXPLODING_LOSS_FACTOR:g} times chance level)"
+                if np.isfinite(loss)
+                else f"the loss became {loss}"
+            )
+            kept = max(self._updates - 1, 0)
+            self._diverged(epoch, batch, what, kept, self._last)
         self.optimizer.lr = lr
         self._steps += 1
         if not self._update(n, pool, others, twin):
             np.copyto(self._params, self._backup)
-            self._diverged(epoch, batch, "the weights became non-finite")
+            what = "the weights became non-finite"
+            self._diverged(epoch, batch, what, self._updates, (epoch, batch))
+        self._last = (epoch, batch)
+        self._updates += 1
         return loss, correct
 
     def _update(
@@ -450,12 +474,29 @@ class Trainer:
         ok = self._flat(n, others, 0, size // 2)
         return future.result() and ok
 
-    def _diverged(self, epoch: int, batch: int, what: str) -> None:
-        raise TrainingDiverged(
-            f"Training diverged at epoch {epoch + 1}, batch {batch + 1}: {what}. "
-            f"The weights from before that batch were kept. Try a lower learning "
-            f"rate (now {self.optimizer.lr:g})."
+    def _diverged(
+        self,
+        epoch: int,
+        batch: int,
+        what: str,
+        steps_kept: int,
+        kept_before: tuple[int, int] | None,
+    ) -> None:
+        if kept_before is None:
+            kept = "the weights training started from were put back"
+        else:
+            kept = (
+                f"the weights from before batch {kept_before[1] + 1} of epoch "
+                f"{kept_before[0] + 1} were put back"
+            )
+        err = TrainingDiverged(
+            f"Training diverged at epoch {epoch + 1}, batch {batch + 1}: {what}; "
+            f"{kept}. Try a lower learning rate (now {self.optimizer.lr:g}).",
+            usable=steps_kept > 0,
         )
+        err.at, err.what = (epoch, batch), what
+        err.steps_kept, err.kept_before = steps_kept, kept_before
+        raise err
 
 
 def predict_logits(

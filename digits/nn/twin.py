@@ -25,13 +25,14 @@ half-batch's indices, both halves' losses and a few control words. Per step:
    and bumps ``go``;
 2. each side runs forward on its half and publishes its loss, then runs backward,
    publishing how far it has got after each layer;
-3. each side adds the two losses and the L2 term; if the sum is finite, each
-   takes blocks of the optimizer step (``training.update_blocks``), whichever
-   block comes next, as soon as both sides' gradients for it are final. The side
-   that finished its half first thus updates the last layers' weights while the
-   other is still working back through the first ones. A block is taken under a
-   file lock, so each is updated once; the update is element-wise, so who takes
-   which block never changes the numbers;
+3. each side adds the two losses and the L2 term; if the sum is sane (finite,
+   and at most the trainer's ``max_loss``), each takes blocks of the optimizer
+   step (``training.update_blocks``), whichever block comes next, as soon as both
+   sides' gradients for it are final. The side that finished its half first
+   thus updates the last layers' weights while the other is still working back
+   through the first ones. A block is taken under a file lock, so each is updated
+   once; the update is element-wise, so who takes which block never changes the
+   numbers;
 4. the twin bumps ``updated`` when no block is left.
 
 The twin is a fresh ``python -m digits.nn.twin``, so nothing of the parent (its
@@ -47,6 +48,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from digits.errors import TrainingInterrupted
 
 try:
     import fcntl
@@ -78,8 +82,31 @@ _MESSAGE_BYTES = 4096
 _PREFIX = "digits-twin-"  # then the creating process's id, "-", and a random part
 
 
-class TwinFailed(RuntimeError):
-    """The twin process raised or died; the message says what happened."""
+class TwinFailed(TrainingInterrupted):
+    """The twin process raised or died; ``reason`` says how ("killed by signal 9
+    (SIGKILL, as the out-of-memory killer does)", or the twin's exception).
+
+    Raised mid-step, it leaves some weights updated and others not: the trainer's
+    caller puts back weights it saved (``CNNClassifier`` keeps each epoch's end).
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"The second training process {what} ({reason})")
+        self.reason = reason
+
+
+def exit_reason(code: int | None) -> str:
+    """How a process ended, from its ``returncode``, for a message."""
+    if code is None:
+        return "it stopped answering"
+    if code >= 0:
+        return f"it exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "an unknown signal"
+    oom = ", as the out-of-memory killer does" if -code == signal.SIGKILL else ""
+    return f"killed by signal {-code}, {name}{oom}"
 
 
 def _shm_dir(nbytes: int) -> str | None:
@@ -266,6 +293,7 @@ class TwinProcess:
         n_weights: int,
         alpha: float,
         blocks: list[tuple[int, int, int]],
+        max_loss: float = float("inf"),
     ) -> None:
         self._paths: list[str] = []
         self._lock: int | None = None
@@ -314,7 +342,7 @@ class TwinProcess:
                 PARENT,
                 self._alive,
                 _may_spin,
-                lambda: TwinFailed(self._failure("stopped")),
+                lambda: TwinFailed("stopped", self._failure()),
             )
             args = (
                 names,
@@ -326,6 +354,7 @@ class TwinProcess:
                 n_weights,
                 alpha,
                 blocks,
+                max_loss,
                 os.getpid(),
             )
             # The folder holding the digits package, so the child imports this one.
@@ -351,7 +380,7 @@ class TwinProcess:
                 spin=False,
             )
             if not ok or self._ctl[_FAILED]:
-                raise TwinFailed(self._failure("could not start"))
+                raise TwinFailed("could not start", self._failure())
         except BaseException:
             self.close()
             raise
@@ -385,12 +414,11 @@ class TwinProcess:
         self.side._wait(lambda: self._ctl[_UPDATED] == self._step)
         return bool(self._ctl[_FINITE])
 
-    def _failure(self, what: str) -> str:
+    def _failure(self) -> str:
+        """Why the twin failed: its exception's text, or how it ended."""
         text = bytes(self._message).rstrip(b"\0").decode("utf-8", "replace")
         process = getattr(self, "_process", None)
-        code = process.poll() if process is not None else None
-        detail = text or f"its exit code was {code}"
-        return f"The second training process {what}: {detail}"
+        return text or exit_reason(process.poll() if process is not None else None)
 
     def _alive(self) -> bool:
         return self._process.poll() is None
@@ -430,6 +458,7 @@ def _twin_main(
     n_weights,
     alpha,
     blocks,
+    max_loss,
     parent_pid,
 ) -> None:
     """The twin's loop: wait for ``go``, run the half-batch, publishing its loss
@@ -508,9 +537,10 @@ def _twin_main(
                         side.layer_done,
                     )
                     # Both sides skip the update if the batch's loss (the same
-                    # sum the parent makes) is not finite; the parent then stops.
+                    # sum the parent makes) is not finite or exploded; the parent
+                    # then stops.
                     finite = True
-                    if np.isfinite(side.losses()[0] + float(result[_L2])):
+                    if side.losses()[0] + float(result[_L2]) <= max_loss:
                         finite = side.update(flat, n_total, [own_grads])
                 except _ParentGone:
                     break
