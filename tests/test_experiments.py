@@ -9,13 +9,16 @@ under a second.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import threading
 
 import numpy as np
 import pytest
 
 from digits import cli, experiments, registry, store
+from digits.data import load_dataset
 from digits.errors import ConfigError, DataError
 
 TINY = {"max_iter": 1, "batch_size": 32}
@@ -232,6 +235,47 @@ def test_running_a_sweep_again_skips_the_trials_done(runs, small):
     assert (more.ran, more.skipped) == (2, 2)
     assert len(saved_runs(runs)) == 4
     assert len(experiments.read_results(sweep.results_path)) == 4
+
+
+def test_a_trial_claimed_elsewhere_is_waited_for_not_trained_again(runs):
+    """Another process holds the first trial's claim: the sweep trains the
+    second, then waits for the first and takes its row from the table."""
+    ds = load_dataset("sklearn-digits")
+    sweep = experiments.plan(
+        "mlp",
+        {"hidden_layer_sizes": [(8,), (16,)]},
+        dataset="sklearn-digits",
+        seeds=(0,),
+        train_size=200,
+        params={"max_iter": 1},
+        name="claimed",
+    )
+    first, second = sweep.trials
+    claims = sweep.folder / experiments.CLAIMS_DIR
+    claims.mkdir(parents=True)
+    # flock conflicts between open files, so this stands for another process.
+    held = os.open(claims / f"{first.key}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    seen = []
+
+    def finish_elsewhere():
+        row = {**seen[0], "key": first.key, "label": "from elsewhere", "run": None}
+        experiments.append_result(sweep.results_path, row)
+        os.close(held)
+
+    def on_result(row):
+        seen.append(row)
+        if len(seen) == 1:  # while this sweep waits, the other process finishes
+            threading.Timer(0.5, finish_elsewhere).start()
+
+    outcome = experiments.run_sweep(sweep, ds, n_jobs=1, on_result=on_result)
+    assert [r["key"] for r in seen] == [second.key, first.key]
+    assert seen[1]["label"] == "from elsewhere"  # taken from the table
+    assert (outcome.ran, outcome.skipped, outcome.stopped) == (1, 1, 0)
+    assert not outcome.interrupted
+    assert saved_runs(runs) == [second.run_name]  # the first was not trained here
+    table = experiments.read_results(sweep.results_path)
+    assert sorted(r["key"] for r in table) == sorted([first.key, second.key])
 
 
 def test_stopping_keeps_finished_trials_and_a_second_run_resumes(runs, small):
