@@ -149,6 +149,9 @@ class _MirrorHandler(BaseHTTPRequestHandler):
         if body is None or mode == "missing":
             self.send_error(404)
             return
+        if mode in ("endless", "huge"):
+            self.send_oversized(mode)
+            return
         half = len(body) // 2
         sent, length = {
             "ok": (body, len(body)),
@@ -163,6 +166,21 @@ class _MirrorHandler(BaseHTTPRequestHandler):
             self.wfile.write(sent)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the download under test gave up first, as some tests make it
+        self.close_connection = True
+
+    def send_oversized(self, mode: str) -> None:
+        """ "huge": a Content-Length of 1 TB; "endless": zeros until the client
+        hangs up, with no Content-Length (HTTP/1.0 reads to the close)."""
+        self.send_response(200)
+        if mode == "huge":
+            self.send_header("Content-Length", str(10**12))
+        self.end_headers()
+        chunk = bytes(1 << 20)
+        try:
+            while mode == "endless":
+                self.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         self.close_connection = True
 
     def log_message(self, *args):
@@ -217,7 +235,9 @@ def test_download_skips_a_404_mirror_and_loads_through_load_dataset(
         assert last == (size, size, name)
 
 
-@pytest.mark.parametrize("bad", ["missing", "truncated", "corrupt", "cut"])
+@pytest.mark.parametrize(
+    "bad", ["missing", "truncated", "corrupt", "cut", "huge", "endless"]
+)
 def test_a_broken_mirror_falls_back_to_the_next(bad, mirror, tmp_path):
     folder = data.fetch(
         "mnist", tmp_path, mirrors=[f"{mirror}/{bad}/", f"{mirror}/ok/"]
@@ -232,6 +252,8 @@ def test_a_broken_mirror_falls_back_to_the_next(bad, mirror, tmp_path):
         ("truncated", "SHA-256 mismatch"),
         ("corrupt", "SHA-256 mismatch"),
         ("cut", "connection closed after"),
+        ("huge", "the server offers 1000000000000 bytes: more than 64 MB"),
+        ("endless", "the server sent more than 64 MB"),
     ],
 )
 def test_a_failed_download_leaves_nothing_behind(bad, reason, mirror, tmp_path):

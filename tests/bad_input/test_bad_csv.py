@@ -382,6 +382,11 @@ GOOD = [
         id="quoted-header-as-r-writes-it",
     ),
     pytest.param(
+        lambda: text(*[",".join(f'"{c}"' for c in r.split(",")) for r in PLAIN]),
+        PLAIN,
+        id="every-cell-quoted",
+    ),
+    pytest.param(
         lambda: text(
             "label," + ",".join(str(i) for i in range(SIDE * SIDE)), *PLAIN[1:]
         ),
