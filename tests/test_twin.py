@@ -249,19 +249,25 @@ def test_a_new_twin_removes_the_files_a_killed_parent_left(tmp_path, mnist):
 
 
 def test_divergence_and_a_stop_keep_the_same_weights_on_both_paths(mnist, monkeypatch):
-    """A diverging run restores the weights from the backup that both processes
+    """A diverging run (its loss explodes at batch 4, which both processes see and
+    skip the update for) restores the weights from the backup that both processes
     wrote; a callback's stop leaves the last batch's weights. Either way the model
     ends on its own arrays again, with what the thread path gives."""
     from digits.errors import TrainingDiverged
 
     x, y = mnist.x_train[:2000], mnist.y_train[:2000]
-    diverging = dict(solver="sgd", momentum=0.99, learning_rate_init=1e6)
+    diverging = dict(solver="sgd", momentum=0.9, learning_rate_init=1.0)
     results = {}
     for mode in ("thread", "process"):
         monkeypatch.setenv("DIGITS_TWIN", mode)
         est = CNNClassifier(max_iter=3, random_state=0, **diverging)
-        with pytest.raises(TrainingDiverged, match=r"epoch 1, batch \d+"):
+        with pytest.raises(
+            TrainingDiverged, match=r"epoch 1, batch 4: the loss exploded"
+        ) as caught:
             est.fit(x, y)
+        assert caught.value.usable and "from before batch 3 of epoch 1" in str(
+            caught.value
+        )
         stopped = CNNClassifier(max_iter=3, random_state=0)
         stopped.fit(x, y, callbacks=[StopAt(5)])
         assert stopped.n_iter_ == 1
