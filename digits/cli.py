@@ -338,6 +338,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from digits import dashboard
+
+    return dashboard.launch(args.host, args.port, headless=args.headless)
+
+
 def cmd_gradcheck(args: argparse.Namespace) -> int:
     from digits.nn.gradcheck import TOLERANCE, standard_checks
 
@@ -607,6 +613,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_hyperparameter_flags(grid, "VALUES", skip=("random_state",))
     sweep.set_defaults(func=cmd_sweep)
+    dash = sub.add_parser(
+        "dashboard", help="serve the dashboard (this computer only, by default)"
+    )
+    dash.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on: 127.0.0.1 (default) serves this computer only; "
+        "0.0.0.0 serves every network interface (read the README first)",
+    )
+    dash.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    dash.add_argument("--headless", action="store_true", help="do not open a browser")
+    dash.set_defaults(func=cmd_dashboard)
     return parser
 
 

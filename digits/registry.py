@@ -355,7 +355,9 @@ def _load_mlp(folder: Path):
                 f"{len(classes)} classes"
             )
         model = MLPBaseline(**config["params"])
-        model._start(np.zeros((1, *shape), np.float32), classes=classes, y=None)
+        model._start(
+            np.zeros((1, *shape), np.float32), classes=classes, y=classes, whole=False
+        )
         model.n_iter_ = int(config["n_iter"])
         model.loss_curve_ = [float(v) for v in config["loss_curve"]]
         model.validation_scores_ = [float(v) for v in config["validation_scores"]]

@@ -49,7 +49,14 @@ from typing import Any
 import numpy as np
 
 from digits import __version__, registry
-from digits.errors import ConfigError, DigitsError, ModelFileError
+from digits.errors import (
+    ConfigError,
+    DigitsError,
+    ModelFileError,
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainingStopped,
+)
 
 FORMAT_VERSION = 1
 RUNS_DIR_ENV = "DIGITS_RUNS_DIR"
@@ -67,6 +74,12 @@ CACHE_DIR = ".cache"  # predictions of the shipped models, under the runs dir
 MAX_NAME = 100
 VALIDATION_SEED = 0  # train_run's validation subset is the same for every run
 MAX_SUFFIX = 10_000
+# What a run's "stopped" field says when training failed partway and the last
+# good weights were saved anyway.
+_STOPPED_BY = {
+    TrainingDiverged: "diverged",
+    TrainingInterrupted: "second process died",
+}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # A metadata.json larger than this is not one digits wrote (the shipped MLP's is
 # 10 kB); it is refused before it is read, so a planted file cannot exhaust memory.
@@ -894,7 +907,11 @@ def train_run(
     ``validation``); it never steers training. With early stopping the estimator
     holds out part of the training set instead. The saved run is always scored
     on the whole test set. If a callback stops training, the model as it is then
-    is saved, with ``stopped: "interrupted"``.
+    is saved, with ``stopped: "interrupted"``. If training diverges or its second
+    process dies, the last good weights the estimator kept are scored and saved
+    (``stopped: "diverged"`` or ``"second process died"``) and the error is raised
+    again with the saved run's name added; when no weights are worth keeping it
+    says "Nothing was saved".
     """
     spec = registry.get(kind)
     hyper = spec.params(preset, **(params or {}))
@@ -925,14 +942,22 @@ def train_run(
         validation = "test"
     callbacks = list(callbacks)
     start = time.perf_counter()
-    model.fit(x, y, callbacks=callbacks, validation_data=validation_data)
+    failure = None
+    try:
+        model.fit(x, y, callbacks=callbacks, validation_data=validation_data)
+    except TrainingStopped as err:
+        if not err.usable:
+            raise type(err)(f"{err} Nothing was saved.", usable=False) from err
+        failure = err  # the estimator kept its last good weights: save those
     seconds = time.perf_counter() - start
-    if not model.n_iter_:
+    if failure is None and not model.n_iter_:
         raise DigitsError(
             "Training was stopped before the first batch finished, so there is "
             "no model to save. Start again and let it run a moment."
         )
-    if any(cb.stop_training for cb in callbacks):
+    if failure is not None:
+        stopped = next(v for k, v in _STOPPED_BY.items() if isinstance(failure, k))
+    elif any(cb.stop_training for cb in callbacks):
         stopped = "interrupted"
     elif model.n_iter_ < hyper.get("max_iter", model.n_iter_):
         stopped = "early stopping" if early else "converged"
@@ -961,4 +986,10 @@ def train_run(
         overwrite=overwrite,
     )
     predictions(run, dataset, proba=proba)  # fills the cache for the Evaluate page
+    if failure is not None:
+        raise type(failure)(
+            f"{failure} Those weights were saved as run {run.name} in {run.path} "
+            f"(test accuracy {test['accuracy']:.2%}), marked '{stopped}'.",
+            usable=True,
+        ) from failure
     return run
