@@ -297,11 +297,16 @@ def test_stopping_keeps_finished_trials_and_a_second_run_resumes(runs, small):
 
 def test_stopping_worker_processes_mid_trial(runs, small):
     """In loky workers the stop travels through the sweep's stop file: trials
-    long enough to be running when it comes are stopped within them."""
+    long enough to be running when it comes are stopped within them.
+
+    Five epochs, so that a trial outlasts the half second a worker may take to
+    notice the stop however fast training gets (one epoch of 20,000 images
+    sometimes finished first); a stopped trial ends within that half second."""
     sweep = tiny_sweep(
         grid={"conv_channels": [(2,)], "hidden_layer_sizes": [(8,)]},
         train_size=20_000,
         seeds=(0, 1),
+        params={**TINY, "max_iter": 5},
     )
     stop, seen = threading.Event(), []
 
