@@ -249,8 +249,8 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
         check_choice(problems, "learning_rate", self.learning_rate, LEARNING_RATES)
         if self.batch_size != "auto":
             check_int(problems, "batch_size", self.batch_size)
-        for name in ("max_iter", "n_iter_no_change"):
-            check_int(problems, name, getattr(self, name))
+        check_int(problems, "max_iter (epochs)", self.max_iter)
+        check_int(problems, "n_iter_no_change", self.n_iter_no_change)
         check_real(problems, "alpha", self.alpha, 0)
         check_real(
             problems, "learning_rate_init", self.learning_rate_init, 0, low_open=True
@@ -495,7 +495,7 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
         if what is not None:
             pass
         elif not math.isfinite(loss):
-            what = f"the loss became {loss}"
+            what = f"the loss became non-finite ({loss})"
         elif loss > self._max_loss:
             what = (
                 f"the loss exploded to {loss:.3g}, over the limit of "

@@ -257,8 +257,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         check_choice(problems, "padding", self.padding, ("valid", "same"))
         check_layers(problems, "conv_channels", self.conv_channels, "(32, 64)")
         check_layers(problems, "hidden_layer_sizes", self.hidden_layer_sizes)
-        for name in ("kernel_size", "batch_size", "max_iter", "n_iter_no_change"):
+        for name in ("kernel_size", "batch_size", "n_iter_no_change"):
             check_int(problems, name, getattr(self, name))
+        check_int(problems, "max_iter (epochs)", self.max_iter)
         check_int(problems, "n_threads", self.n_threads)
         check_real(problems, "alpha", self.alpha, 0)
         check_real(

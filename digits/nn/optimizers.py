@@ -150,9 +150,12 @@ class Adam(Optimizer):
     def start_step(self):
         super().start_step()
         t = self.t
-        self._lr_t = np.float32(
-            self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
-        )
+        # A rate too large for float32 becomes inf, and the weights non-finite,
+        # which the trainer reports as divergence: no warning needed.
+        with np.errstate(over="ignore"):
+            self._lr_t = np.float32(
+                self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+            )
 
     def _step(self, i, param, grad, part):
         m, v = self.m[i][part], self.v[i][part]

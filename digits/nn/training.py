@@ -180,7 +180,11 @@ class FlatUpdate:
             np.multiply(p[w], np.float32(self.alpha / n), out=backup[w])
             g[w] += backup[w]
         np.copyto(backup, p)
-        self.optimizer.update(part)
+        # As in _forward_backward: overflow shows as the non-finite weights this
+        # returns, which the trainer reports, so NumPy's warnings are only noise.
+        # (Per call: errstate is per thread, and this runs in two.)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.optimizer.update(part)
         return bool(np.isfinite(p).all())
 
 
@@ -435,7 +439,7 @@ class Trainer:
                 f"the loss exploded to {loss:.3g}, over the limit of "
                 f"{self.max_loss:.3g} ({EXPLODING_LOSS_FACTOR:g} times chance level)"
                 if np.isfinite(loss)
-                else f"the loss became {loss}"
+                else f"the loss became non-finite ({loss})"
             )
             kept = max(self._updates - 1, 0)
             self._diverged(epoch, batch, what, kept, self._last)
