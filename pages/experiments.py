@@ -365,8 +365,9 @@ with view:
             help="2: two trials in parallel, one core each. 1: one after another, "
             "two threads each.",
         ) or experiments.default_n_jobs(len(sweep.trials))
-        done = {r["key"] for r in experiments.read_results(sweep.results_path)}
         try:
+            # A damaged results table is named here, and Start stays disabled.
+            done = {r["key"] for r in experiments.read_results(sweep.results_path)}
             # Not while a sweep runs: the timing would compete with it.
             if not running:
                 with st.spinner("Timing a few batches of each configuration..."):
