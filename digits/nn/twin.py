@@ -41,6 +41,12 @@ re-runs the parent's main script (a learner's script without a ``__main__`` guar
 would otherwise train again inside it). Its arguments arrive pickled on its stdin
 from its parent (never anything a user supplied). It exits when told to or when its
 parent dies.
+
+If the twin dies instead (the out-of-memory killer, say), the parent's next wait
+for it raises ``TwinFailed``, a ``TrainingInterrupted`` naming the signal. The
+step may be half done, some blocks updated and others not, so ``CNNClassifier``
+then puts back the weights and optimizer state it copied at the end of the last
+finished epoch.
 """
 
 from __future__ import annotations
@@ -83,8 +89,8 @@ _PREFIX = "digits-twin-"  # then the creating process's id, "-", and a random pa
 
 
 class TwinFailed(TrainingInterrupted):
-    """The twin process raised or died; ``reason`` says how ("killed by signal 9
-    (SIGKILL, as the out-of-memory killer does)", or the twin's exception).
+    """The twin process raised or died; ``reason`` says how ("killed by signal 9,
+    SIGKILL, as the out-of-memory killer does", or the twin's exception).
 
     Raised mid-step, it leaves some weights updated and others not: the trainer's
     caller puts back weights it saved (``CNNClassifier`` keeps each epoch's end).
