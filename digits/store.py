@@ -944,7 +944,15 @@ def train_run(
     start = time.perf_counter()
     failure = None
     try:
-        model.fit(x, y, callbacks=callbacks, validation_data=validation_data)
+        # Every class of the dataset, even one this training subset lacks, so the
+        # saved model fits the run's class names.
+        model.fit(
+            x,
+            y,
+            classes=np.arange(len(dataset.class_names)),
+            callbacks=callbacks,
+            validation_data=validation_data,
+        )
     except TrainingStopped as err:
         if not err.usable:
             raise type(err)(f"{err} Nothing was saved.", usable=False) from err

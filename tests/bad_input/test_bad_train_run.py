@@ -1,0 +1,151 @@
+"""What a failed or odd training run leaves behind, through ``digits train``.
+
+The estimators' own behaviour on bad sets and settings is in
+``test_bad_training.py``; these cases check the run store's side: a training set
+missing some classes still saves a run that ``predict`` accepts, and a run that
+diverges or loses its second process says exactly what was saved, and that run
+loads and predicts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from catalogue import assert_clean_error
+from PIL import Image
+
+from digits import store
+from digits.data import load_dataset
+from digits.errors import TrainingInterrupted
+from digits.nn.callbacks import Callback
+
+# A CNN small enough for 8x8 images.
+SMALL = {
+    "cnn": ["--conv-channels", "4", "--kernel-size", "3", "--hidden-layer-sizes", "16"],
+    "mlp": ["--hidden-layer-sizes", "16"],
+}
+
+
+@pytest.fixture(scope="module")
+def digits8():
+    return load_dataset("sklearn-digits")
+
+
+@pytest.fixture
+def png(tmp_path, digits8):
+    """A real 8x8 digit (a 3), upscaled to a PNG as a user would give it."""
+    index = int(np.flatnonzero(digits8.y_test == 3)[0])
+    path = tmp_path / "three.png"
+    Image.fromarray(digits8.x_test[index]).resize((64, 64)).save(path)
+    return path
+
+
+def two_class_csv(path, digits8, labels=(3, 7)):
+    keep = np.isin(digits8.y_train, labels)
+    x, y = digits8.x_train[keep].reshape(keep.sum(), -1), digits8.y_train[keep]
+    rows = [
+        ",".join(map(str, [label, *pixels])) for label, pixels in zip(y, x, strict=True)
+    ]
+    header = "label," + ",".join(f"pixel{i}" for i in range(64))
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_a_csv_of_two_digits_trains_a_run_predict_accepts(
+    cli, runs, tmp_path, digits8, png, kind
+):
+    csv = two_class_csv(tmp_path / "threes-and-sevens.csv", digits8)
+    trained = cli(
+        "train", "--model", kind, "--dataset", csv, "--epochs", "10",
+        *SMALL[kind], "--name", "two", "--json",
+    )  # fmt: skip
+    assert trained.code == 0, trained.err
+    result = cli("predict", "two", png, "--json")
+    assert result.code == 0, result.err
+    [prediction] = json.loads(result.out)["predictions"]
+    assert prediction["label"] in ("3", "7")
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_a_subset_missing_classes_saves_a_run_that_knows_every_class(
+    cli, runs, png, kind
+):
+    """Twelve random images cannot hold all ten digits; the run still loads."""
+    trained = cli(
+        "train", "--model", kind, "--dataset", "sklearn-digits", "--train-size",
+        "12", "--epochs", "1", *SMALL[kind], "--name", "few",
+    )  # fmt: skip
+    assert trained.code == 0, trained.err
+    assert store.load_model("few").classes_.tolist() == list(range(10))
+    assert cli("predict", "few", png).code == 0
+
+
+@pytest.mark.parametrize(
+    "kind, args",
+    [
+        ("mlp", ["--solver", "sgd", "--learning-rate-init", "1e9"]),
+        ("cnn", ["--solver", "sgd", "--learning-rate-init", "1e6"]),
+    ],
+)
+def test_divergence_says_exactly_what_was_saved(cli, runs, png, kind, args):
+    result = cli(
+        "train", "--model", kind, "--dataset", "sklearn-digits", "--epochs", "3",
+        *SMALL[kind], "--name", "wild", *args,
+    )  # fmt: skip
+    line = assert_clean_error(result, "diverged")
+    found, broken = store.list_runs(include_pretrained=False)
+    assert broken == []
+    if "Nothing was saved" in line:
+        assert found == []
+    else:
+        [run] = found
+        assert f"saved as run {run.name}" in line and run.meta["stopped"] == "diverged"
+        assert f"{run.test_accuracy:.2%}" in line
+        assert cli("predict", run.name, png).code == 0
+
+
+class _KillAfterEpoch(Callback):
+    """Ends training as the trainer does when its second process dies after
+    ``epoch`` epochs: the estimator keeps the finished epochs."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs):
+        if epoch + 1 == self.epoch:
+            raise TrainingInterrupted(
+                "The second training process stopped (killed by signal 9) in "
+                f"epoch {epoch + 2}; the model holds the weights of epoch "
+                f"{epoch + 1}.",
+                usable=True,
+            )
+
+
+def test_a_second_process_dying_saves_the_finished_epochs(runs, digits8):
+    with pytest.raises(TrainingInterrupted) as err:
+        store.train_run(
+            "cnn",
+            digits8,
+            params={"conv_channels": (4,), "hidden_layer_sizes": (16,), "max_iter": 3},
+            callbacks=[_KillAfterEpoch(1)],
+            name="killed",
+        )
+    assert err.value.usable
+    run = store.open_run("killed")
+    assert f"saved as run {run.name}" in str(err.value)
+    assert run.meta["stopped"] == "second process died"
+    assert store.load_model(run).predict(digits8.x_test[:5]).shape == (5,)
+
+
+def test_nothing_usable_says_nothing_was_saved(runs, digits8):
+    class Unusable(Callback):
+        def on_train_begin(self, logs=None):
+            raise TrainingInterrupted("The second process never started.")
+
+    with pytest.raises(TrainingInterrupted, match="Nothing was saved"):
+        store.train_run("mlp", digits8, callbacks=[Unusable()], name="none")
+    assert not runs.exists() or not any(runs.iterdir())
