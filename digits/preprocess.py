@@ -156,6 +156,9 @@ ImageSource = Image.Image | np.ndarray | bytes | str | os.PathLike | BinaryIO
 
 # ---------------------------------------------------------------- reading files
 
+# How every NoDigitFound message begins; `preprocess` names the image in it.
+_NO_DIGIT = "No digit found: "
+
 
 def _the(name: str | None, *, capital: bool = False) -> str:
     """How a message names the image: "image 'seven.png'" or "the image"."""
@@ -271,7 +274,22 @@ def _check_pixels(width: int, height: int, name: str | None) -> None:
         )
 
 
+# How each supported format's files begin, to tell a damaged image from a
+# file that never was one.
+_SIGNATURES = {
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "JPEG": (b"\xff\xd8\xff",),
+    "BMP": (b"BM",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "WEBP": (b"RIFF",),
+}
+
+
 def _not_an_image(data: bytes, name: str | None) -> PreprocessError:
+    """The error for bytes no format recognised, saying what they look like."""
+    for fmt, signatures in _SIGNATURES.items():
+        if data.startswith(signatures) and (fmt != "WEBP" or data[8:12] == b"WEBP"):
+            return _corrupt(name, f"it starts as a {fmt} file but its header is cut")
     start = data[:512].lstrip().lower()
     if start.startswith(b"<"):
         hint = " (it looks like SVG, HTML or XML text: export it as PNG)"
@@ -287,6 +305,10 @@ def _not_an_image(data: bytes, name: str | None) -> PreprocessError:
     )
 
 
+# What Pillow raises on a truncated or corrupt file, depending on the format.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+
+
 def _open(
     source: bytes | str | os.PathLike | BinaryIO, name: str | None
 ) -> tuple[Image.Image, str | None]:
@@ -300,6 +322,8 @@ def _open(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # A damaged EXIF block: Pillow's warning would print on stderr.
+            warnings.simplefilter("ignore", UserWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow read huge dimensions from the header and stopped there.
@@ -308,14 +332,19 @@ def _open(
             f"declares more than {MAX_PIXELS / 1e6:.1f} megapixels. Shrink it and "
             "try again."
         ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # no format's header matched
         raise _not_an_image(data, name) from exc
+    except _DECODE_ERRORS as exc:  # a header that matched, then broke off
+        raise _corrupt(name, exc) from exc
     _check_pixels(*image.size, name)
     return image, name
 
 
-# What Pillow raises on a truncated or corrupt file, depending on the format.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+def _corrupt(name: str | None, exc: BaseException | str) -> PreprocessError:
+    return PreprocessError(
+        f"Cannot read {_the(name)}: the file is corrupt or truncated ({exc}). "
+        "Save it again or choose another file."
+    )
 
 
 def _decode(image: Image.Image, name: str | None) -> Image.Image:
@@ -324,13 +353,13 @@ def _decode(image: Image.Image, name: str | None) -> Image.Image:
     try:
         image.load()
     except _DECODE_ERRORS as exc:
-        raise PreprocessError(
-            f"Cannot read {_the(name)}: the file is corrupt or truncated ({exc}). "
-            "Save it again or choose another file."
-        ) from exc
+        raise _corrupt(name, exc) from exc
     try:
         # Phones store photos sideways plus an EXIF note saying which way is up.
-        ImageOps.exif_transpose(image, in_place=True)
+        with warnings.catch_warnings():
+            # A damaged EXIF block, again: the pixels are fine.
+            warnings.simplefilter("ignore", UserWarning)
+            ImageOps.exif_transpose(image, in_place=True)
     except (*_DECODE_ERRORS, KeyError, TypeError):
         pass  # a damaged EXIF block: the pixels are fine, shown as stored
     return image
@@ -446,7 +475,7 @@ def _composite(image: Image.Image) -> Image.Image:
         return rgba.convert("L")
     if alpha.max() == 0.0:
         raise NoDigitFound(
-            "No digit found: the image is blank (fully transparent). "
+            _NO_DIGIT + "the image is blank (fully transparent). "
             "Draw a digit or upload a photo of one."
         )
     gray = np.asarray(rgba.convert("L"), dtype=np.float64) / 255
@@ -672,7 +701,7 @@ def _drop_specks(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
     if count == 0:
         raise NoDigitFound(
-            "No digit found: the image holds only faint lines or noise. "
+            _NO_DIGIT + "the image holds only faint lines or noise. "
             "Draw a digit or upload a photo of one."
         )
     areas = np.bincount(labels.ravel())[1:]
@@ -681,7 +710,7 @@ def _drop_specks(mask: np.ndarray) -> np.ndarray:
     extent = max(rows.stop - rows.start, cols.stop - cols.start)
     if extent < max(2, MIN_DIGIT * max(mask.shape)):
         raise NoDigitFound(
-            "No digit found: the marks in the image are too small to be a digit. "
+            _NO_DIGIT + "the marks in the image are too small to be a digit. "
             "Draw a larger digit, or crop the photo closer to it."
         )
     return mask
@@ -722,7 +751,7 @@ def _clean(gray: np.ndarray) -> np.ndarray:
     smooth = ndimage.gaussian_filter(ink, SMOOTH_SIGMA)
     if smooth.max() < MIN_CONTRAST:
         raise NoDigitFound(
-            "No digit found: the image is blank. Draw a digit or upload a photo of one."
+            _NO_DIGIT + "the image is blank. Draw a digit or upload a photo of one."
         )
     threshold = max(_otsu(smooth), MIN_CONTRAST / 2)
     grid = _grid_lines(smooth, threshold)
@@ -852,6 +881,17 @@ def preprocess(
     are unreadable, not regular files or over the limits, and for arrays of the
     wrong shape, dtype or range (NaN, negative).
     """
+    try:
+        return _preprocess(image, size, name)
+    except NoDigitFound as exc:
+        if not name:
+            raise
+        # Say which image: `digits predict` may be given several.
+        reason = str(exc).removeprefix(_NO_DIGIT)
+        raise NoDigitFound(f"No digit found in {_the(name)}: {reason}") from exc
+
+
+def _preprocess(image: ImageSource, size: int, name: str | None) -> Preprocessed:
     frame = frame_for(size)
     gray = _grayscale(image, name)
     raw = np.asarray(gray)
@@ -862,15 +902,14 @@ def preprocess(
     cleaned = _to_uint8(_clean(values))
     if not cleaned.any():
         raise NoDigitFound(
-            "No digit found: the image is blank. Draw a digit or upload a photo of one."
+            _NO_DIGIT + "the image is blank. Draw a digit or upload a photo of one."
         )
     rows, cols = np.nonzero(cleaned)
     cropped = cleaned[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     scaled = _to_uint8(_scale(cropped / 255, frame.box))
     if not scaled.any():
         raise NoDigitFound(
-            "No digit found: the ink is too faint. Draw a digit or upload a photo "
-            "of one."
+            _NO_DIGIT + "the ink is too faint. Draw a digit or upload a photo of one."
         )
     centred = _place(scaled, size, frame.centre)
     return Preprocessed(raw, cleaned, cropped, scaled, centred, inverted)
