@@ -9,8 +9,9 @@ Progress goes to stderr and results to stdout; with ``--json`` stdout holds exac
 one JSON object. Errors a user can cause (bad arguments, an unknown dataset, an
 unreadable image, a broken run) end the program with status 2 and a one-line
 message; an unexpected error (a bug, or memory running out) with status 1 and
-one line, whose traceback ``--debug`` shows. During training, Ctrl-C stops after the current batch and still saves the
-model trained so far; a second Ctrl-C aborts without saving.
+one line, whose traceback ``--debug`` shows. During training, Ctrl-C stops after
+the current batch and still saves the model trained so far; a second Ctrl-C
+aborts without saving.
 """
 
 from __future__ import annotations

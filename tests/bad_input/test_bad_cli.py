@@ -90,7 +90,7 @@ def test_ctrl_c_outside_training_exits_130(cli, monkeypatch):
     "args, fragments",
     [
         pytest.param(["evaluate", "nope"], ["No run called 'nope'"], id="no-run"),
-        pytest.param(["evaluate", "/etc"], ["not a complete run"], id="a-system-folder"),
+        pytest.param(["evaluate", "/etc"], ["not a complete run"], id="system-dir"),
         pytest.param(["evaluate", "default", "--dataset", "x"], ["Unknown dataset"]),
         pytest.param(
             ["train", "--model", "mlp", "--conv-channels", "8"],
