@@ -281,10 +281,15 @@ class Run:
 
 @dataclass(frozen=True)
 class BrokenRun:
-    """A folder in the runs directory that cannot be used, and why."""
+    """A folder in the runs directory that cannot be used, and why.
+
+    ``legacy`` is True for a run saved by digits 0.1 as a pickle, which can be
+    retrained or converted; any other broken run is damaged.
+    """
 
     path: Path
     error: str
+    legacy: bool = False
 
 
 class LegacyPickleRun(ModelFileError):
@@ -381,7 +386,8 @@ def _read_meta(folder: Path, *, legacy_ok: bool = False) -> dict:
             f"{folder} was saved by an older digits as a pickle "
             f"({registry.LEGACY_PICKLE_FILE}), which digits no longer loads because "
             f"a pickle can run any code. Retrain it ({retrain}), or, only if you "
-            f"trust whoever made that file: digits convert {folder} --trust-pickle"
+            f"trust whoever made that file: python -m digits convert {folder} "
+            f"--trust-pickle"
         )
     names = (
         [registry.LEGACY_PICKLE_FILE] if legacy else registry.MODELS[meta["kind"]].files
@@ -506,7 +512,7 @@ def list_runs(
         try:
             runs.append(Run(folder, _read_meta(folder)))
         except ModelFileError as err:
-            broken.append(BrokenRun(folder, str(err)))
+            broken.append(BrokenRun(folder, str(err), isinstance(err, LegacyPickleRun)))
     runs.sort(key=lambda run: str(run.meta.get("created", "")), reverse=True)
     if include_pretrained:
         for name in DEFAULT_RUNS:
@@ -516,7 +522,9 @@ def list_runs(
             try:
                 runs.append(Run(folder, _read_meta(folder), pretrained=True))
             except ModelFileError as err:
-                broken.append(BrokenRun(folder, str(err)))
+                broken.append(
+                    BrokenRun(folder, str(err), isinstance(err, LegacyPickleRun))
+                )
     return runs, broken
 
 

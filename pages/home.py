@@ -116,9 +116,22 @@ def models_table(ds) -> None:
         usable = len(ui.runs_for(ds))
         st.caption(f"{usable} of {len(runs)} models were trained on this dataset.")
     for bad in broken:
-        st.warning(
-            f"Unusable run {bad.path.name}: {bad.error}", icon=":material/warning:"
-        )
+        if bad.legacy:
+            text = (
+                f"The saved model **{bad.path.name}** was made by an older version "
+                "of this app, in a file format that could hide a program inside. "
+                "To keep this computer safe it is not opened. Train it again, or "
+                "convert it if you made it yourself."
+            )
+        else:
+            text = (
+                f"The saved model **{bad.path.name}** is damaged, so it is left out. "
+                "Delete its folder, or train it again."
+            )
+        with st.container():
+            st.warning(text, icon=":material/warning:")
+            with st.expander(f"Details: {bad.path.name}"):
+                st.code(bad.error, language=None, wrap_lines=True)
 
 
 ui.page_header(

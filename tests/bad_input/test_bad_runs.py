@@ -192,7 +192,9 @@ def test_pages_list_good_runs_and_name_the_bad_one(two_runs, page, change):
         table = " ".join(str(df.value.to_dict()) for df in at.dataframe)
         assert "good" in table
         warnings = " ".join(w.value for w in at.warning)
-        assert "bad" in warnings and "metadata.json" in warnings
+        assert "**bad** is damaged" in warnings
+        details = " ".join(c.value for c in at.code)  # in the Details expander
+        assert str(bad / store.METADATA_FILE) in details
 
 
 # -- weights ---------------------------------------------------------------------

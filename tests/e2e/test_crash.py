@@ -109,7 +109,7 @@ def test_kill_mid_training_and_mid_save_then_restart(tmp_path, new_page, mnist):
     try:
         page = new_page()
         open_page(page, server.url, "Handwritten digits")
-        expect(page.get_by_text("Unusable run")).to_have_count(0)
+        expect(page.get_by_text("is damaged, so it is left out")).to_have_count(0)
         expect(page.locator("[data-testid=stDataFrame]")).to_be_visible()
         visit_every_page(page)
         nav_link(page, "Evaluate").click()
