@@ -62,8 +62,8 @@ class _Timer:
 
 def numpy_epoch() -> dict:
     from digits.data import load_dataset
+    from digits.engine.system import keep_freed_memory
     from digits.estimator import CNNClassifier
-    from digits.nn.training import keep_freed_memory
 
     # Its one-off `ldconfig -p` child, while this process is still small: a forked
     # child's peak RSS counts the parent's pages, and the twin's is reported below.

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from digits import explain, preprocess, store
+from digits.engine.system import blas_threads
 from digits.estimator import CNNClassifier
-from digits.nn.training import blas_threads
 
 
 def drawn_seven() -> np.ndarray:

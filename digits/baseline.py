@@ -32,6 +32,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from digits.engine.system import blas_threads, one_blas_thread_if_small
 from digits.errors import (
     ConfigError,
     DataError,
@@ -54,7 +55,6 @@ from digits.nn.checks import (
     training_classes,
 )
 from digits.nn.losses import EXPLODING_LOSS_FACTOR, exploding_loss
-from digits.nn.training import blas_threads, one_blas_thread_if_small
 
 # scikit-learn solvers that train in epochs of minibatches (lbfgs does not).
 SOLVERS = ("adam", "sgd")

@@ -79,9 +79,9 @@ from typing import Any
 import numpy as np
 
 from digits import calibrate, registry, slots, store
+from digits.engine.system import blas_threads
 from digits.errors import ConfigError, DataError, DigitsError
 from digits.nn.callbacks import Callback
-from digits.nn.training import blas_threads
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from digits.engine.system import blas_threads
 from digits.errors import ConfigError, PreprocessError
 from digits.nn import gradcheck
 from digits.nn.callbacks import Callback
 from digits.nn.layers import Conv2D, Dense, Dropout, Layer, ReLU
 from digits.nn.model import Sequential
-from digits.nn.training import blas_threads
 
 # Short names for layers, numbered per type: conv1, pool1, relu1, ..., dense2.
 SHORT_NAMES = {

@@ -12,20 +12,20 @@ the whole batch's size, so either way gives the same weights.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
+from digits.engine.system import (
+    blas_threads,
+    keep_freed_memory,
+    one_blas_thread_if_small,
+)
 from digits.errors import TrainingDiverged
 from digits.nn.callbacks import Callback, batch_logs
 from digits.nn.losses import EXPLODING_LOSS_FACTOR, softmax_cross_entropy
@@ -40,54 +40,7 @@ MIN_HALF_BATCH = 16
 # (digits/nn/twin.py) rather than a thread: starting one takes about 0.3 s.
 TWIN_PROCESS_MIN_IMAGES = 10_000
 
-# glibc's mallopt parameters; see mallopt(3).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MMAP_THRESHOLD = 32 * 2**20  # the largest value glibc accepts on 64-bit
-_TRIM_THRESHOLD = 2**30
-
 Prepare = Callable[[np.ndarray, np.random.Generator | None], np.ndarray]
-
-
-@functools.cache
-def _blas_controller() -> ThreadpoolController:
-    # Finding the BLAS libraries reads /proc (~5 ms); do it once per process.
-    return ThreadpoolController()
-
-
-def blas_threads(n: int | None):
-    """A context manager that limits BLAS to ``n`` threads (None: leave it as is).
-
-    For small GEMMs (a few images, or the halves of a batch that already run in
-    two Python threads) BLAS's own thread hand-off costs more than the maths.
-    """
-    return _blas_controller().limit(limits=n, user_api="blas")
-
-
-def one_blas_thread_if_small(n_images: int):
-    """One BLAS thread for fewer than ``2 * MIN_HALF_BATCH`` images, else as is."""
-    return blas_threads(1 if n_images < 2 * MIN_HALF_BATCH else None)
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed blocks instead of returning them to the OS at once.
-
-    Every training step allocates and frees the same dozens of multi-megabyte
-    arrays. By default glibc serves those with fresh mmaps and unmaps them on free,
-    so each step page-faults all of that memory in again: measured 1.4-2x slower
-    here. Raising the mmap and trim thresholds makes the allocator reuse the
-    blocks. Returns whether the setting took (only on glibc).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        ok &= libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-        ok &= libc.mallopt(_M_TOP_PAD, 64 * 2**20)
-    except (OSError, AttributeError):
-        return False
-    return bool(ok)
 
 
 def _forward_backward(
