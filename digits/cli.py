@@ -30,7 +30,7 @@ from typing import TextIO
 
 import numpy as np
 
-from digits import registry, store
+from digits import registry, store, training
 from digits.errors import ConfigError, DigitsError
 from digits.nn.callbacks import Callback, StopOnEvent
 
@@ -215,7 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{epochs} epochs; Ctrl-C stops early and saves.",
     )
     with _CtrlC() as ctrl_c:
-        run = store.train_run(
+        run = training.train_run(
             kind.name,
             dataset,
             preset=args.preset,

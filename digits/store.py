@@ -19,6 +19,8 @@ file; ``list_runs`` reports such runs instead of failing. Before any model file
 is loaded its SHA-256 is checked against the metadata, so a joblib pickle that
 the store did not write is never unpickled.
 
+Training a model, scoring it and saving it as a run is ``digits.training``.
+
 The default models ship with the package under ``digits/pretrained/`` in the same
 format; ``RUN`` arguments may be ``default`` (the CNN if shipped, else the MLP),
 ``default-cnn`` or ``default-mlp``.
@@ -49,14 +51,7 @@ from typing import Any
 import numpy as np
 
 from digits import __version__, registry
-from digits.errors import (
-    ConfigError,
-    DigitsError,
-    ModelFileError,
-    TrainingDiverged,
-    TrainingInterrupted,
-    TrainingStopped,
-)
+from digits.errors import ConfigError, ModelFileError
 
 FORMAT_VERSION = 1
 RUNS_DIR_ENV = "DIGITS_RUNS_DIR"
@@ -72,14 +67,7 @@ TMP_PREFIX = ".tmp-"  # half-written runs; hidden, never listed
 ABANDONED_SECONDS = 3600
 CACHE_DIR = ".cache"  # predictions of the shipped models, under the runs dir
 MAX_NAME = 100
-VALIDATION_SEED = 0  # train_run's validation subset is the same for every run
 MAX_SUFFIX = 10_000
-# What a run's "stopped" field says when training failed partway and the last
-# good weights were saved anyway.
-_STOPPED_BY = {
-    TrainingDiverged: "diverged",
-    TrainingInterrupted: "second process died",
-}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # A metadata.json larger than this is not one digits wrote (the shipped MLP's is
 # 10 kB); it is refused before it is read, so a planted file cannot exhaust memory.
@@ -881,131 +869,11 @@ def _read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     return cached if np.isfinite(cached).all() else None
 
 
-# -- training ---------------------------------------------------------------------
+def __getattr__(name: str):
+    # train_run moved to digits.training; the sweeps still call it from here
+    # until they move too. Imported lazily: digits.training imports this module.
+    if name == "train_run":
+        from digits.training import train_run
 
-
-def _subset(n: int, size: int | None, seed: int | None) -> slice | np.ndarray:
-    """Sorted indices of ``size`` random items of ``n`` (all of them if None)."""
-    if size is None or size >= n:
-        return slice(None)
-    return np.sort(np.random.default_rng(seed).permutation(n)[:size])
-
-
-def train_run(
-    kind: str,
-    dataset,
-    *,
-    preset: str | None = None,
-    params: dict | None = None,
-    callbacks: Sequence = (),
-    train_size: int | None = None,
-    validation_size: int | None = None,
-    name: str | None = None,
-    out: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    command: str | None = None,
-) -> Run:
-    """Train a ``kind`` model on ``dataset``, score it on the test set, save a run.
-
-    The hyperparameters are the kind's defaults, then ``preset``, then
-    ``params``. ``train_size`` trains on a random subset of that many images.
-    Without early stopping the test set (or a fixed random subset of
-    ``validation_size`` test images, quicker for a CNN) is scored after every
-    epoch for the curves (``val_*`` logs; the run records which in
-    ``validation``); it never steers training. With early stopping the estimator
-    holds out part of the training set instead. The saved run is always scored
-    on the whole test set. If a callback stops training, the model as it is then
-    is saved, with ``stopped: "interrupted"``. If training diverges or its second
-    process dies, the last good weights the estimator kept are scored and saved
-    (``stopped: "diverged"`` or ``"second process died"``) and the error is raised
-    again with the saved run's name added; when no weights are worth keeping it
-    says "Nothing was saved".
-    """
-    spec = registry.get(kind)
-    hyper = spec.params(preset, **(params or {}))
-    model = spec.constructor(**spec.fixed, **hyper)
-    # Everything that can be refused is refused before training starts.
-    for what, size in (
-        ("train_size", train_size),
-        ("validation_size", validation_size),
-    ):
-        if size is not None and size < 1:
-            raise ConfigError(f"{what} must be at least 1; got {size}.")
-    if name is not None:
-        sanitize_name(name)
-    if out is not None:
-        check_out(out, overwrite)
-    check_can_save(Path(out).parent if out is not None else None)
-    keep = _subset(len(dataset.x_train), train_size, hyper.get("random_state"))
-    x, y = dataset.x_train[keep], dataset.y_train[keep]
-    val = _subset(len(dataset.x_test), validation_size, VALIDATION_SEED)
-    x_val, y_val = dataset.x_test[val], dataset.y_test[val]
-    early = bool(hyper.get("early_stopping"))
-    validation_data = None if early else (x_val, y_val)
-    if early:
-        validation = "validation_fraction of train"
-    elif len(x_val) < len(dataset.x_test):
-        validation = f"{len(x_val)} test images"
-    else:
-        validation = "test"
-    callbacks = list(callbacks)
-    start = time.perf_counter()
-    failure = None
-    try:
-        # Every class of the dataset, even one this training subset lacks, so the
-        # saved model fits the run's class names.
-        model.fit(
-            x,
-            y,
-            classes=np.arange(len(dataset.class_names)),
-            callbacks=callbacks,
-            validation_data=validation_data,
-        )
-    except TrainingStopped as err:
-        if not err.usable:
-            raise type(err)(f"{err} Nothing was saved.", usable=False) from err
-        failure = err  # the estimator kept its last good weights: save those
-    seconds = time.perf_counter() - start
-    if failure is None and not model.n_iter_:
-        raise DigitsError(
-            "Training was stopped before the first batch finished, so there is "
-            "no model to save. Start again and let it run a moment."
-        )
-    if failure is not None:
-        stopped = next(v for k, v in _STOPPED_BY.items() if isinstance(failure, k))
-    elif any(cb.stop_training for cb in callbacks):
-        stopped = "interrupted"
-    elif model.n_iter_ < hyper.get("max_iter", model.n_iter_):
-        stopped = "early stopping" if early else "converged"
-    else:
-        stopped = None
-    # Imported here: sklearn.metrics takes a second to import, and listing or
-    # loading runs (the CLI's `runs`, `predict`) does not need it.
-    from digits import metrics
-
-    proba = predict_proba_full(model, dataset.x_test, len(dataset.class_names))
-    test = metrics.report(dataset.y_test, proba, dataset.class_names)
-    run = save_run(
-        model,
-        kind=kind,
-        dataset=dataset,
-        params=hyper,
-        preset=preset,
-        test=test,
-        train_seconds=seconds,
-        n_train=len(x),
-        stopped=stopped,
-        validation=validation,
-        command=command,
-        name=name,
-        out=out,
-        overwrite=overwrite,
-    )
-    predictions(run, dataset, proba=proba)  # fills the cache for the Evaluate page
-    if failure is not None:
-        raise type(failure)(
-            f"{failure} Those weights were saved as run {run.name} in {run.path} "
-            f"(test accuracy {test['accuracy']:.2%}), marked '{stopped}'.",
-            usable=True,
-        ) from failure
-    return run
+        return train_run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digits import data, registry, store
+from digits import data, registry, store, training
 from digits.baseline import MLPBaseline
 from digits.errors import ConfigError, ModelFileError
 from digits.nn.callbacks import Callback
@@ -115,7 +115,7 @@ def test_numpy_round_trip_uses_npz_without_pickle(numpy_model, small):
 
 
 def test_train_run_records_everything(small):
-    run = store.train_run("mlp", small, preset="quick", params={"max_iter": 3})
+    run = training.train_run("mlp", small, preset="quick", params={"max_iter": 3})
     meta = run.meta
     assert meta["format_version"] == store.FORMAT_VERSION
     assert meta["kind"] == "mlp" and meta["preset"] == "quick"
@@ -151,7 +151,7 @@ def test_train_run_subset_and_interrupt(small):
         def on_epoch_end(self, epoch, logs):
             self.stop_training = True
 
-    run = store.train_run(
+    run = training.train_run(
         "mlp", small, params={"max_iter": 50}, train_size=300, callbacks=[Stop()]
     )
     assert run.meta["dataset"]["n_train"] == 300
@@ -168,7 +168,7 @@ def test_train_run_validation_subset(small, monkeypatch):
         return real_fit(self, X, y, **kwargs)
 
     monkeypatch.setattr(MLPBaseline, "fit", spy)
-    run = store.train_run("mlp", small, params={"max_iter": 2}, validation_size=100)
+    run = training.train_run("mlp", small, params={"max_iter": 2}, validation_size=100)
     assert seen == [100]
     assert run.meta["validation"] == "100 test images"
     assert run.meta["test"]["n"] == len(small.x_test)  # scored on the whole set

@@ -118,7 +118,7 @@ def test_a_read_only_runs_folder_is_found_before_training(runs):
 SLOW_SAVE = textwrap.dedent(
     """
     import sys, time
-    from digits import registry, store
+    from digits import registry, store, training
     from digits.data import load_dataset
 
     mlp = registry.MODELS["mlp"]
@@ -133,9 +133,9 @@ SLOW_SAVE = textwrap.dedent(
     ds = load_dataset("sklearn-digits")
     if sys.argv[1] == "--out":  # replace the run "kept" in place
         out = store.runs_dir() / "kept"
-        store.train_run("mlp", ds, params={"max_iter": 1}, out=out, overwrite=True)
+        training.train_run("mlp", ds, params={"max_iter": 1}, out=out, overwrite=True)
     else:
-        store.train_run("mlp", ds, params={"max_iter": 1}, name=sys.argv[1])
+        training.train_run("mlp", ds, params={"max_iter": 1}, name=sys.argv[1])
     """
 )
 

@@ -24,7 +24,7 @@ from catalogue import assert_clean_error
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from digits import registry, store
+from digits import registry, store, training
 from digits.errors import ModelFileError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def genuine(tmp_path_factory):
     from digits.data import load_dataset
 
     ds = load_dataset("sklearn-digits")
-    run = store.train_run(
+    run = training.train_run(
         "mlp", ds, params={"hidden_layer_sizes": (16,), "max_iter": 3}
     )
     mp.undo()

@@ -19,7 +19,7 @@ from catalogue import assert_clean_error
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from digits import registry, store
+from digits import registry, store, training
 from digits.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def genuine(tmp_path_factory, digits8) -> Path:
     root = tmp_path_factory.mktemp("genuine")
     mp = pytest.MonkeyPatch()
     mp.setenv(store.RUNS_DIR_ENV, str(root))
-    run = store.train_run(
+    run = training.train_run(
         "mlp", digits8, params={"hidden_layer_sizes": (16,), "max_iter": 2}
     )
     mp.undo()

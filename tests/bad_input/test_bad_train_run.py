@@ -16,7 +16,7 @@ import pytest
 from catalogue import assert_clean_error
 from PIL import Image
 
-from digits import store
+from digits import store, training
 from digits.data import load_dataset
 from digits.errors import TrainingInterrupted
 from digits.nn.callbacks import Callback
@@ -127,7 +127,7 @@ class _KillAfterEpoch(Callback):
 
 def test_a_second_process_dying_saves_the_finished_epochs(runs, digits8):
     with pytest.raises(TrainingInterrupted) as err:
-        store.train_run(
+        training.train_run(
             "cnn",
             digits8,
             params={"conv_channels": (4,), "hidden_layer_sizes": (16,), "max_iter": 3},
@@ -147,5 +147,5 @@ def test_nothing_usable_says_nothing_was_saved(runs, digits8):
             raise TrainingInterrupted("The second process never started.")
 
     with pytest.raises(TrainingInterrupted, match="Nothing was saved"):
-        store.train_run("mlp", digits8, callbacks=[Unusable()], name="none")
+        training.train_run("mlp", digits8, callbacks=[Unusable()], name="none")
     assert not runs.exists() or not any(runs.iterdir())
