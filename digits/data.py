@@ -43,10 +43,7 @@ import json
 import math
 import mmap
 import os
-import stat
 import struct
-import tempfile
-import time
 import urllib.request
 import warnings
 import zlib
@@ -58,6 +55,7 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
+from digits import files
 from digits.errors import ConfigError, DataError, DownloadError
 
 DATA_DIR_ENV = "DIGITS_DATA_DIR"
@@ -199,73 +197,43 @@ def npy_cache_dir() -> Path:
 # --------------------------------------------------------------------- files
 
 
-def _sha256_file(path: Path) -> str:
-    with _open_regular(path, "file") as f:
-        try:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-        except OSError as err:
-            raise DataError(f"Cannot read {path}: {err.strerror or err}") from err
+def _read_error(path: Path, what: str, err: OSError) -> DataError:
+    """A ``digits.files`` error reading ``path`` (a ``what``), in our words."""
+    if isinstance(err, FileNotFoundError):
+        return DataError(f"{what[0].upper()}{what[1:]} not found: {path}")
+    if isinstance(err, files.NotAFile):
+        return DataError(
+            f"{path} is {err.kind}, not a regular file: give the path of a {what}"
+        )
+    if isinstance(err, files.TooLarge):
+        return DataError(
+            f"{path} is larger than {err.limit / 2**20:.0f} MB, the most a {what} "
+            "may hold here: keep fewer rows or split it"
+        )
+    return DataError(f"Cannot read {path}: {err.strerror or err}")
 
 
-def _file_kind(mode: int) -> str:
-    """What a non-regular file is, in words, for an error message."""
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISLNK(mode):
-        return "a broken symbolic link"
-    return "a special file"
-
-
-def _open_regular(path: Path, what: str) -> BinaryIO:
-    """Open `path` for reading only if it is a regular file; DataError otherwise.
-
-    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
-    writer; the type is then checked on the open descriptor, so a file swapped
-    for a FIFO or a device after a `stat` cannot slip through.
-    """
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+def _opened(path: Path, what: str) -> BinaryIO:
+    """``path`` open for reading if it is a regular file; DataError otherwise."""
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise DataError(f"{what[0].upper()}{what[1:]} not found: {path}") from None
+        return files.open_regular(path)
     except OSError as err:
-        raise DataError(f"Cannot read {path}: {err.strerror or err}") from err
+        raise _read_error(path, what, err) from None
+
+
+def _sha256_file(path: Path) -> str:
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise DataError(
-                f"{path} is {_file_kind(mode)}, not a regular file: give the path "
-                f"of a {what}"
-            )
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+        return files.sha256_file(path)
+    except OSError as err:
+        raise _read_error(path, "file", err) from None
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
     """The bytes of the regular file `path`, refused if longer than `limit`."""
-    too_big = (
-        f"{path} is larger than {limit / 2**20:.0f} MB, the most a {what} "
-        "may hold here: keep fewer rows or split it"
-    )
-    with _open_regular(path, what) as f:
-        if os.fstat(f.fileno()).st_size > limit:
-            raise DataError(too_big)
-        try:
-            raw = f.read(limit + 1)  # +1: a file growing while read is caught too
-        except OSError as err:
-            raise DataError(f"Cannot read {path}: {err.strerror or err}") from err
-    if len(raw) > limit:
-        raise DataError(too_big)
-    return raw
+    try:
+        return files.read_bounded(path, limit)
+    except OSError as err:
+        raise _read_error(path, what, err) from None
 
 
 def _is_writable_dir(folder: Path) -> bool:
@@ -296,19 +264,6 @@ def _require_writable_dir(folder: Path, why: str) -> None:
         )
 
 
-def _write_atomic(dest: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(file)` on a temp file beside `dest`, then rename it to `dest`."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; data is meant to be shared
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)  # only still there if something failed
-
-
 def _move_aside(path: Path, problem: str) -> Path:
     """Rename a bad file to `<name>.corrupt-<timestamp>` so nothing is lost."""
     if not _is_writable_dir(path.parent):
@@ -317,19 +272,12 @@ def _move_aside(path: Path, problem: str) -> Path:
             "replaced automatically: put a good copy there, or set "
             f"{DATA_DIR_ENV} to a writable directory to download one."
         )
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
     try:
-        path.rename(aside)
+        return files.move_aside(path)
     except OSError as err:
         raise DataError(
             f"{path}: {problem}, and it could not be moved aside ({err})."
         ) from err
-    return aside
 
 
 # ------------------------------------------------------------------ download
@@ -377,7 +325,7 @@ def _fetch_once(url: str, dest: Path, sha256: str, progress: Progress | None) ->
         out.flush()
         os.fsync(out.fileno())
 
-    _write_atomic(dest, write)
+    files.atomic_write(dest, write)
 
 
 def _download(
@@ -428,9 +376,10 @@ def fetch(
         if not path.is_file():
             if path.exists() or path.is_symlink():
                 mode = (path.stat() if path.exists() else path.lstat()).st_mode
+                kind = files.file_kind(mode)
                 raise DataError(
-                    f"{path} is {_file_kind(mode)}, not the IDX file of that name: "
-                    "move it away, and the file will be downloaded again"
+                    f"{path} is {kind}, not the IDX file of that name: move it "
+                    "away, and the file will be downloaded again"
                 )
             _download(filename, folder, pinned, mirrors, progress, names)
             continue
@@ -625,7 +574,7 @@ def _save_cache(place: Path, array: np.ndarray, source: str, sha256: str) -> Non
         hashing.append(_HashingWriter(f))
         np.save(hashing[0], array, allow_pickle=False)
 
-    _write_atomic(place, write_npy)
+    files.atomic_write(place, write_npy)
     meta = {
         "source": source,
         "source_sha256": sha256,
@@ -635,7 +584,7 @@ def _save_cache(place: Path, array: np.ndarray, source: str, sha256: str) -> Non
         "sha256": hashing[0].digest.hexdigest(),
     }
     text = (json.dumps(meta) + "\n").encode()
-    _write_atomic(_sidecar(place), lambda f: f.write(text))
+    files.atomic_write(_sidecar(place), lambda f: f.write(text))
 
 
 def _load_cache(place: Path, sha256: str) -> np.ndarray | None:
@@ -652,7 +601,7 @@ def _load_cache(place: Path, sha256: str) -> np.ndarray | None:
         dtype = np.dtype(str(meta["dtype"]))
         if meta["source_sha256"] != sha256 or dtype.hasobject:
             return None
-        with _open_regular(place, "file") as f:
+        with _opened(place, "file") as f:
             if os.fstat(f.fileno()).st_size != meta["bytes"]:
                 return None
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -1090,21 +1039,3 @@ def load_dataset(
     raise DataError(
         f"Unknown dataset {name!r}. Valid names: {valid}, or a path to a .csv file."
     )
-
-
-def load_dataset_or_fallback(
-    name: str,
-    data_dir: str | os.PathLike[str] | None = None,
-    progress: Progress | None = None,
-    fallback: str = "sklearn-digits",
-) -> tuple[Dataset, str | None]:
-    """`load_dataset(name)`, or the offline `fallback` if downloading fails.
-
-    Returns (dataset, notice): notice is None, or a sentence for the user saying
-    why the fallback was used. Errors other than DownloadError still raise.
-    """
-    try:
-        return load_dataset(name, data_dir, progress), None
-    except DownloadError as err:
-        notice = f"Using {fallback} because {name} is not available. {err}"
-        return load_dataset(fallback, data_dir), notice

@@ -304,7 +304,9 @@ def _over_the_limit(tmp_path: Path) -> Path:
     ("make", "fragments"),
     [
         pytest.param(_directory, ["is a directory", "not a regular file"], id="dir"),
-        pytest.param(_dev_zero, ["is a device", "not a regular file"], id="dev-zero"),
+        pytest.param(
+            _dev_zero, ["is a character device", "not a regular file"], id="dev-zero"
+        ),
         pytest.param(_missing, ["CSV file not found"], id="missing"),
         pytest.param(_dangling, ["CSV file not found"], id="dangling-symlink"),
         pytest.param(_over_the_limit, ["larger than 200 MB"], id="over-200-mb"),
@@ -348,7 +350,7 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path, through):
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [
-        f"digits: error: {path} is a FIFO (named pipe), not a regular file: give "
+        f"digits: error: {path} is a named pipe (FIFO), not a regular file: give "
         "the path of a CSV file"
     ]
     assert elapsed < 30

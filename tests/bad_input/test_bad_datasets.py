@@ -309,8 +309,10 @@ def _directory(path: Path) -> None:
     ("make", "kind"),
     [
         pytest.param(_directory, "a directory", id="a-directory"),
-        pytest.param(lambda p: p.symlink_to("/dev/zero"), "a device", id="dev-zero"),
-        pytest.param(os.mkfifo, "a FIFO (named pipe)", id="a-fifo"),
+        pytest.param(
+            lambda p: p.symlink_to("/dev/zero"), "a character device", id="dev-zero"
+        ),
+        pytest.param(os.mkfifo, "a named pipe (FIFO)", id="a-fifo"),
         pytest.param(
             lambda p: p.symlink_to(p.parent / "nowhere"),
             "a broken symbolic link",
