@@ -38,7 +38,6 @@ import os
 import platform
 import re
 import shutil
-import stat
 import tempfile
 import time
 from collections.abc import Sequence
@@ -50,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from digits import __version__, registry
+from digits import __version__, files, registry
 from digits.errors import ConfigError, ModelFileError
 
 FORMAT_VERSION = 1
@@ -185,14 +184,6 @@ def sanitize_name(name: str) -> str:
     return cleaned
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def jsonable(value: Any) -> Any:
     """``value`` with tuples as lists, NumPy scalars as Python numbers and
     non-finite floats as None, so that it is strict JSON."""
@@ -308,24 +299,17 @@ def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def read_bounded(path: Path, limit: int, *, what: str = "File") -> bytes:
-    """The bytes of the regular file ``path``, refusing files over ``limit`` bytes.
-
-    Opens without blocking (a FIFO would otherwise wait forever for a writer),
-    refuses anything that is not a regular file (a FIFO, a device like /dev/zero,
-    a folder), and reads at most ``limit + 1`` bytes. ModelFileError otherwise;
-    FileNotFoundError if there is no such file.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ModelFileError(f"{what} {path} is not a regular file.")
-        data = f.read(limit + 1)
-    if len(data) > limit:
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """``files.read_bounded``, with ModelFileError for a file that is not a
+    regular one or is larger than ``limit``; FileNotFoundError passes through."""
+    try:
+        return files.read_bounded(path, limit)
+    except files.NotAFile as err:
+        raise ModelFileError(f"{what} {path} is {err.kind}, not a file.") from None
+    except files.TooLarge:
         raise ModelFileError(
             f"{what} {path} is over {limit:,} bytes, far larger than digits writes."
-        )
-    return data
+        ) from None
 
 
 def _read_meta(folder: Path, *, legacy_ok: bool = False) -> dict:
@@ -337,7 +321,7 @@ def _read_meta(folder: Path, *, legacy_ok: bool = False) -> dict:
     if not folder.is_dir():
         raise ModelFileError(f"Run folder {folder} does not exist.")
     try:
-        data = read_bounded(path, MAX_METADATA_BYTES, what="Run metadata")
+        data = _read_bounded(path, MAX_METADATA_BYTES, "Run metadata")
     except FileNotFoundError:
         raise ModelFileError(
             f"{path} is missing: {folder} is not a complete run. Delete the folder "
@@ -463,7 +447,7 @@ def convert_legacy_run(
         raise ConfigError(f"{folder} is already in today's format; nothing to do.")
     if not trust_pickle:
         registry.convert_legacy_mlp(folder, trust_pickle=False)  # explains, raises
-    if _sha256(folder / legacy) != meta["files"][legacy]["sha256"]:
+    if files.sha256_file(folder / legacy) != meta["files"][legacy]["sha256"]:
         raise ModelFileError(
             f"Model file {folder / legacy} has changed since digits saved it: its "
             f"SHA-256 does not match {folder / METADATA_FILE}. It was not converted."
@@ -544,7 +528,7 @@ def _verify_files(run: Run) -> None:
     the run's metadata (a file changed behind digits' back is never used)."""
     for name in registry.MODELS[run.kind].files:
         file = run.path / name
-        if _sha256(file) != run.meta["files"][name]["sha256"]:
+        if files.sha256_file(file) != run.meta["files"][name]["sha256"]:
             raise ModelFileError(
                 f"Model file {file} has changed since digits saved it: its SHA-256 "
                 f"does not match {run.path / METADATA_FILE}. It was not loaded, "
@@ -571,7 +555,10 @@ def check_compatible(run: Run, image_shape: Sequence[int], n_classes: int) -> No
 def _file_records(folder: Path, names: Sequence[str]) -> dict:
     """The SHA-256 and size of each model file, as metadata.json records them."""
     return {
-        f: {"sha256": _sha256(folder / f), "bytes": (folder / f).stat().st_size}
+        f: {
+            "sha256": files.sha256_file(folder / f),
+            "bytes": (folder / f).stat().st_size,
+        }
         for f in names
     }
 
@@ -605,7 +592,9 @@ def _is_run_folder(folder: Path) -> bool:
     if not any(folder.iterdir()):
         return True
     try:
-        meta = json.loads(read_bounded(folder / METADATA_FILE, MAX_METADATA_BYTES))
+        meta = json.loads(
+            _read_bounded(folder / METADATA_FILE, MAX_METADATA_BYTES, "Run metadata")
+        )
     except (OSError, ValueError, RecursionError, ModelFileError):
         return False
     return isinstance(meta, dict) and "format_version" in meta and "kind" in meta
@@ -841,12 +830,7 @@ def predictions(
     name = f"predictions-{key}-{hashlib.sha256(data).hexdigest()[:16]}.npy"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=folder, prefix=TMP_PREFIX, suffix=".npy", delete=False
-        ) as f:
-            f.write(data)
-        os.chmod(f.name, 0o644)  # NamedTemporaryFile makes it private
-        os.replace(f.name, folder / name)
+        files.atomic_write(folder / name, data)
     except OSError:
         pass  # a read-only run still works, just without the cache
     return proba
@@ -858,7 +842,7 @@ def _read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     digest = path.stem.rsplit("-", 1)[-1]
     limit = 4 * math.prod(shape) + 4096  # the array plus NumPy's header
     try:
-        data = read_bounded(path, limit, what="Cache")
+        data = _read_bounded(path, limit, "Cache")
         if hashlib.sha256(data).hexdigest()[:16] != digest:
             return None
         cached = np.load(io.BytesIO(data), allow_pickle=False)

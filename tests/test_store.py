@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digits import data, registry, store, training
+from digits import data, files, registry, store, training
 from digits.baseline import MLPBaseline
 from digits.errors import ConfigError, ModelFileError
 from digits.nn.callbacks import Callback
@@ -70,7 +70,7 @@ def rehash(run: store.Run, name: str) -> None:
 
     def update(meta):
         meta["files"][name] = {
-            "sha256": store._sha256(file),
+            "sha256": files.sha256_file(file),
             "bytes": file.stat().st_size,
         }
 
@@ -142,7 +142,7 @@ def test_train_run_records_everything(small):
     )
     assert meta["created"].endswith("+00:00")
     sha = meta["files"]["weights.npz"]["sha256"]
-    assert sha == store._sha256(run.path / "weights.npz")
+    assert sha == files.sha256_file(run.path / "weights.npz")
     assert run.summary()["epochs"] == 3
 
 

@@ -24,7 +24,7 @@ from catalogue import assert_clean_error
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from digits import registry, store, training
+from digits import files, registry, store, training
 from digits.errors import ModelFileError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def _as_legacy(run_path: Path, dest: Path, pickle_bytes: bytes) -> Path:
     model_file.write_bytes(pickle_bytes)
     meta["files"] = {
         registry.LEGACY_PICKLE_FILE: {
-            "sha256": store._sha256(model_file),
+            "sha256": files.sha256_file(model_file),
             "bytes": model_file.stat().st_size,
         }
     }
@@ -158,7 +158,7 @@ def test_a_pickled_array_in_weights_npz_is_refused(
     np.savez(weights, **arrays)
     meta = json.loads((folder / store.METADATA_FILE).read_text())
     meta["files"][registry.WEIGHTS_FILE] = {
-        "sha256": store._sha256(weights),
+        "sha256": files.sha256_file(weights),
         "bytes": weights.stat().st_size,
     }
     _write_meta(folder, meta)

@@ -19,7 +19,7 @@ from catalogue import assert_clean_error
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from digits import registry, store, training
+from digits import files, registry, store, training
 from digits.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,7 +216,7 @@ def test_non_finite_weights_are_refused(cli, genuine, runs, tmp_path, kind, valu
         folder,
         lambda m: m["files"].__setitem__(
             registry.WEIGHTS_FILE,
-            {"sha256": store._sha256(weights), "bytes": weights.stat().st_size},
+            {"sha256": files.sha256_file(weights), "bytes": weights.stat().st_size},
         ),
     )
     image = tmp_path / "digit.png"
@@ -248,7 +248,7 @@ def test_damaged_weights_with_matching_metadata_are_refused(cli, genuine, runs, 
         folder,
         lambda m: m["files"].__setitem__(
             registry.WEIGHTS_FILE,
-            {"sha256": store._sha256(weights), "bytes": weights.stat().st_size},
+            {"sha256": files.sha256_file(weights), "bytes": weights.stat().st_size},
         ),
     )
     assert_clean_error(cli("evaluate", "damaged"), str(weights))
