@@ -20,6 +20,7 @@ import pytest
 from digits import cli, experiments, registry, store
 from digits.data import load_dataset
 from digits.errors import ConfigError, DataError
+from digits.experiments import timing
 
 TINY = {"max_iter": 1, "batch_size": 32}
 GRID = {"conv_channels": [(), (2,)], "hidden_layer_sizes": [(8,)]}
@@ -99,7 +100,7 @@ def test_a_grid_for_another_kind_names_the_parameter(runs):
 
 
 def test_command_line_values_are_parsed_or_refused():
-    cnn = experiments.registry.get("cnn")
+    cnn = registry.get("cnn")
     layers = cnn.hyperparameter("conv_channels")
     assert experiments.parse_values(layers, "(),(16,),(32, 64)") == [
         (),
@@ -452,9 +453,9 @@ def test_pareto_front_keeps_the_points_nothing_beats():
 
 
 def test_schedule_matches_joblib_dispatch():
-    assert experiments._schedule([3, 3, 1, 1], 2) == 4
-    assert experiments._schedule([5, 1, 1, 1], 2) == 5
-    assert experiments._schedule([2, 2, 2], 1) == 6
+    assert timing._schedule([3, 3, 1, 1], 2) == 4
+    assert timing._schedule([5, 1, 1, 1], 2) == 5
+    assert timing._schedule([2, 2, 2], 1) == 6
 
 
 # -- the command line -------------------------------------------------------------
