@@ -69,6 +69,10 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     Raises NotAFile for anything else (a folder, a FIFO, a device, a socket),
     FileNotFoundError, or another OSError; never blocks.
     """
+    # Checked before opening too: opening some devices has effects of its own.
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotAFile(path, file_kind(mode))
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     flags |= getattr(os, "O_NOCTTY", 0)
     fd = os.open(path, flags)

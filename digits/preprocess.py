@@ -41,7 +41,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
+from digits import files
 from digits.errors import NoDigitFound, PreprocessError
 
 # Limits on what a user can upload.
@@ -173,48 +173,19 @@ def _too_many_bytes(name: str | None) -> PreprocessError:
     )
 
 
-# What a path can be instead of a regular file, for the message.
-_NOT_FILES = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _check_regular(info: os.stat_result, name: str | None) -> None:
-    """Refuse anything but a regular file: a device or pipe may never end."""
-    if stat.S_ISREG(info.st_mode):
-        return
-    kind = next((kind for test, kind in _NOT_FILES if test(info.st_mode)), None)
-    kind = kind or "not a regular file"
-    raise PreprocessError(
-        f"{_the(name, capital=True)} is {kind}, not an image file. "
-        "Give the path of a PNG or JPEG file."
-    )
-
-
 def _read_path(path: str | os.PathLike, name: str | None) -> bytes:
-    """At most `MAX_BYTES` + 1 bytes of a regular file.
-
-    `os.stat` follows symlinks, so a link to /dev/zero is refused before it is
-    opened; the file is opened non-blocking (a FIFO would otherwise block in
-    `open` until a writer came) and checked again with `os.fstat`, in case the
-    path was replaced in between.
-    """
-    flags = os.O_RDONLY
-    for flag in ("O_NONBLOCK", "O_NOCTTY", "O_BINARY", "O_CLOEXEC"):
-        flags |= getattr(os, flag, 0)
+    """At most `MAX_BYTES` + 1 bytes of a regular file (``digits.files``: a
+    FIFO, a device or a folder is refused before and after opening, without
+    blocking)."""
     try:
-        _check_regular(os.stat(path), name)
-        fd = os.open(path, flags)
-        with open(fd, "rb", closefd=True) as file:
-            info = os.fstat(file.fileno())
-            _check_regular(info, name)
-            if info.st_size > MAX_BYTES:
-                raise _too_many_bytes(name)
-            return file.read(MAX_BYTES + 1)
+        return files.read_bounded(path, MAX_BYTES)
+    except files.NotAFile as exc:
+        raise PreprocessError(
+            f"{_the(name, capital=True)} is {exc.kind}, not an image file. "
+            "Give the path of a PNG or JPEG file."
+        ) from None
+    except files.TooLarge:
+        raise _too_many_bytes(name) from None
     except OSError as exc:
         raise PreprocessError(
             f"Cannot read {_the(name)}: {exc.strerror or exc}. "
