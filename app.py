@@ -1,54 +1,172 @@
-"""The dashboard's entry point: ``streamlit run app.py`` or ``digits dashboard``.
+"""Home, and the dashboard's entry point: ``streamlit run app.py`` (or ``digits
+dashboard``). Choose the dataset, look at samples of each class, see the saved
+models.
 
-A router, behind a guard. The server listens on 127.0.0.1 unless it was started
-with a wider address on purpose (``.streamlit/config.toml`` beside this file, and
-``digits.dashboard``'s launcher, see to that). If it is reachable from other
-machines anyway (a ``STREAMLIT_SERVER_ADDRESS`` or a global config file left
-over, a Streamlit that skips the config beside this script), sessions from other
-machines get a short explanation and nothing else, unless serving the network
-was asked for (``digits dashboard --host``, a ``--server.address`` flag or
-``DIGITS_ALLOW_NETWORK=1``; see ``digits.dashboard.network_allowed``).
-
-Each page lives in ``pages/``; shared Streamlit helpers are in ``ui.py``; all
-model logic is in the ``digits`` package.
+The other pages are the files in ``pages/``, which Streamlit finds by itself and
+serves at ``/train``, ``/evaluate``, ``/draw``, ``/inspect`` and ``/experiments``.
+Every page starts with ``ui.page_header``, which refuses browsers on other
+machines (unless serving the network was asked for) and draws the sidebar's
+links. Shared Streamlit helpers are in ``ui.py``; all model logic is in the
+``digits`` package.
 """
 
-import sys
-
+import numpy as np
+import plotly.express as px
 import streamlit as st
 
-from digits import dashboard
+import ui
+from digits import registry, store
+from digits.errors import DigitsError
+
+SAMPLES_PER_CLASS = 24
+SEED_KEY = "home-sample-seed"
+MIN_TILE = 24  # smallest side, in pixels, of a sample in the grid
 
 
-@st.cache_resource(show_spinner=False)
-def _log_once(message: str) -> None:
-    """Print ``message`` to the server's log the first time only."""
-    print(message, file=sys.stderr, flush=True)
+def choose_dataset() -> None:
+    """The dataset select box, the CSV uploader and the retry-download button."""
+    left, right = st.columns([1, 2], vertical_alignment="bottom")
+    choice = left.selectbox(
+        "Dataset",
+        list(ui.DATASET_LABELS),
+        format_func=ui.DATASET_LABELS.get,
+        key=ui.DATASET_KEY,
+        persist_state="session",
+        help="The dataset every page uses: training, evaluation and samples.",
+    )
+    if choice == ui.CSV_CHOICE:
+        upload = right.file_uploader(
+            "CSV of flattened square images with a label column",
+            type="csv",
+            help="Kaggle's Digit Recognizer layout (label,pixel0,...) or "
+            "headerless with the label first or last.",
+            max_upload_size=ui.CSV_LIMIT_MB,
+        )
+        if upload is not None:
+            try:
+                ui.take_csv_upload(upload)
+            except DigitsError as err:
+                ui.show_error(err)
+        if not st.session_state.get(ui.CSV_KEY):
+            right.info("No CSV uploaded yet: showing MNIST.", icon=":material/info:")
+    fallbacks = st.session_state.get(ui.FALLBACK_KEY, {})
+    if ui.dataset_name() in fallbacks:
+        right.button(
+            "Try the download again",
+            icon=":material/refresh:",
+            on_click=lambda: fallbacks.pop(ui.dataset_name(), None),
+        )
 
 
-st.set_page_config(page_title="digits", page_icon=":material/draw:", layout="wide")
+def sample_figure(ds, seed: int):
+    """A grid of random training images: one row per class, labelled."""
+    rng = np.random.default_rng(seed)
+    h, w = ds.x_train.shape[1:]
+    rows = []
+    for c in range(len(ds.class_names)):
+        idx = np.flatnonzero(ds.y_train == c)
+        pick = rng.choice(idx, min(SAMPLES_PER_CLASS, len(idx)), replace=False)
+        row = np.zeros((SAMPLES_PER_CLASS, h, w), np.uint8)
+        row[: len(pick)] = ds.x_train[np.sort(pick)]
+        rows.append(row)
+    images = np.concatenate(rows)
+    if h < MIN_TILE:  # e.g. the 8x8 sklearn digits: enlarge so the borders stay thin
+        images = np.stack([ui.enlarge(im, MIN_TILE) for im in images])
+        h, w = images.shape[1:]
+    pad = 2
+    image = ui.grid(images, SAMPLES_PER_CLASS, pad)
+    fig = px.imshow(image, binary_string=True)
+    centres = [pad + r * (h + pad) + h / 2 for r in range(len(ds.class_names))]
+    fig.update_yaxes(tickvals=centres, ticktext=list(ds.class_names), title=None)
+    fig.update_xaxes(visible=False)
+    height = 12 + 36 * len(ds.class_names)
+    fig.update_layout(margin=dict(l=0, r=0, t=0, b=0), height=height)
+    return fig
 
-allowed = dashboard.network_allowed()
-warning = dashboard.exposure_warning(st.get_option("server.address"), allowed)
-if warning is not None:
-    _log_once(warning)
-client = st.context.ip_address
-if dashboard.refuse_client(client, allowed):
-    # The only page this session gets: no link or URL leads to another one.
-    def refused() -> None:
-        st.title("digits")
-        st.error(dashboard.REFUSAL.format(client=client), icon=":material/block:")
 
-    st.navigation([st.Page(refused, title="digits")], position="hidden").run()
-    st.stop()
+def models_table(ds) -> None:
+    """The saved models with their test accuracy; notices for missing defaults."""
+    runs, broken = ui.all_runs()
+    names = {run.name for run in runs}
+    if "default-cnn" not in names:
+        st.info(
+            "The shipped default CNN is not installed yet. Train a CNN on the Train "
+            "page, or run `python -m digits train --model cnn --preset default "
+            f"--out {store.PRETRAINED_DIR / 'cnn'}`.",
+            icon=":material/info:",
+        )
+    if not runs:
+        st.info("No saved models yet. Train one on the Train page.")
+    else:
+        rows = [
+            {
+                "Model": run.name,
+                "Kind": registry.MODELS[run.kind].label,
+                "Dataset": ui.dataset_label(str(run.meta["dataset"]["name"])),
+                "Test accuracy": run.test_accuracy,
+                "Epochs": len(run.meta.get("history") or []),
+                "Training images": run.meta["dataset"].get("n_train"),
+                "Trained": (run.meta.get("created") or "")[:16].replace("T", " "),
+                "Note": "shipped"
+                if run.pretrained
+                else (run.meta.get("stopped") or ""),
+            }
+            for run in runs
+        ]
+        st.dataframe(
+            rows,
+            hide_index=True,
+            column_config={
+                "Test accuracy": st.column_config.ProgressColumn(
+                    format="percent", min_value=0.0, max_value=1.0
+                ),
+                "Training images": st.column_config.NumberColumn(format="localized"),
+            },
+        )
+        usable = len(ui.runs_for(ds))
+        st.caption(f"{usable} of {len(runs)} models were trained on this dataset.")
+    for bad in broken:
+        if bad.legacy:
+            text = (
+                f"The saved model **{bad.path.name}** was made by an older version "
+                "of this app, in a file format that could hide a program inside. "
+                "To keep this computer safe it is not opened. Train it again, or "
+                "convert it if you made it yourself."
+            )
+        else:
+            text = (
+                f"The saved model **{bad.path.name}** is damaged, so it is left out. "
+                "Delete its folder, or train it again."
+            )
+        with st.container():
+            st.warning(text, icon=":material/warning:")
+            with st.expander(f"Details: {bad.path.name}"):
+                st.code(bad.error, language=None, wrap_lines=True)
 
-st.navigation(
-    [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-        st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
-        st.Page("pages/draw.py", title="Draw", icon=":material/draw:"),
-        st.Page("pages/inspect.py", title="Inspect", icon=":material/biotech:"),
-        st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
-    ]
-).run()
+
+ui.page_header(
+    "Home",
+    "Explore a dataset, train classifiers on it, evaluate them, and draw your own "
+    "digits for them to read.",
+    title="Handwritten digits",
+)
+choose_dataset()
+ds = ui.active_dataset()
+
+h, w = ds.x_train.shape[1:]
+cols = st.columns(4)
+cols[0].metric("Classes", len(ds.class_names))
+cols[1].metric("Training images", f"{len(ds.x_train):,}")
+cols[2].metric("Test images", f"{len(ds.x_test):,}")
+cols[3].metric("Image size", f"{h}x{w}")
+
+head, button = st.columns([5, 1], vertical_alignment="bottom")
+head.subheader("Random samples of each class")
+if button.button("Shuffle", icon=":material/shuffle:", width="stretch"):
+    st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
+st.plotly_chart(
+    sample_figure(ds, st.session_state.get(SEED_KEY, 0)),
+    config={"displayModeBar": False},
+)
+st.subheader("Models")
+models_table(ds)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,35 +69,73 @@ GALLERY_COLUMNS = 10
 
 # -- pages -------------------------------------------------------------------------
 
+# The sidebar, top to bottom: (script, label, icon). Streamlit finds the pages by
+# itself (pages-directory mode): ``app.py`` is Home, at ``/``, and each
+# ``pages/<name>.py`` is served at ``/<name>``. Its own list of them (file names,
+# sorted) is hidden by ``client.showSidebarNavigation = false`` in
+# ``.streamlit/config.toml``; ``sidebar`` draws these links instead.
+PAGES = (
+    ("app.py", "Home", ":material/home:"),
+    ("pages/train.py", "Train", ":material/model_training:"),
+    ("pages/evaluate.py", "Evaluate", ":material/analytics:"),
+    ("pages/draw.py", "Draw", ":material/draw:"),
+    ("pages/inspect.py", "Inspect", ":material/biotech:"),
+    ("pages/experiments.py", "Experiments", ":material/science:"),
+)
+APP_TITLE = "digits"
 
-def _through_router() -> None:
-    """Make sure the page runs under ``app.py``'s ``st.navigation``.
 
-    Streamlit 1.67 treats an app with a ``pages/`` folder as an old-style
-    multipage app until some run calls ``st.navigation``: when a fresh server's
-    first request is a page's URL (say ``/evaluate``, after a restart), that
-    page would run alone, with file names in the sidebar and no wide layout.
-    (AppTest starts every run that way.) Then run the router here instead, in
-    this same script run so that no widget event is lost, and stop the outer
-    copy of the page. The router's ``st.navigation`` clears the flag, so this
-    happens at most once per process.
+@st.cache_resource(show_spinner=False)
+def _log_once(message: str) -> None:
+    """Print ``message`` to the server's log the first time only."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def refuse_other_machines() -> None:
+    """Stop the page here for a browser on another machine, unless serving the
+    network was asked for.
+
+    The server listens on 127.0.0.1 unless it was started wider on purpose
+    (``.streamlit/config.toml`` and ``digits dashboard`` see to that). If it is
+    reachable from other machines anyway (a ``STREAMLIT_SERVER_ADDRESS`` or a
+    global config file left over), such a session sees a short explanation and
+    nothing else: no sidebar, no page, whichever URL it opened first. The rules
+    are ``digits.dashboard.network_allowed`` and ``refuse_client``.
     """
-    from streamlit.runtime.pages_manager import PagesManager
+    allowed = dashboard.network_allowed()
+    warning = dashboard.exposure_warning(st.get_option("server.address"), allowed)
+    if warning is not None:
+        _log_once(warning)
+    client = st.context.ip_address
+    if dashboard.refuse_client(client, allowed):
+        st.set_page_config(page_title=APP_TITLE, layout="wide")
+        st.title(APP_TITLE)
+        st.error(dashboard.REFUSAL.format(client=client), icon=":material/block:")
+        st.stop()
 
-    if not PagesManager.uses_pages_directory:
-        return
-    router = Path(__file__).with_name("app.py")
-    code = compile(router.read_text(encoding="utf-8"), str(router), "exec")
-    exec(code, {"__name__": "__main__", "__file__": str(router)})
-    st.stop()
 
-
-def page_header(title: str, caption: str) -> None:
-    """The page's title, its one-line explanation and the sidebar's job status."""
-    _through_router()
-    st.title(title)
-    st.caption(caption)
+def sidebar() -> None:
+    """The links to every page, then this session's training job, if any."""
+    with st.sidebar:
+        for script, label, icon in PAGES:
+            st.page_link(script, label=label, icon=icon)
     _sidebar_job_status()
+
+
+def page_header(label: str, caption: str, title: str | None = None) -> None:
+    """What every page does first: refuse other machines, set the browser tab and
+    the wide layout, draw the sidebar, then the title (``label`` unless ``title``
+    is given) and a one-line explanation.
+
+    ``label`` is the page's label in ``PAGES``.
+    """
+    refuse_other_machines()
+    icon = next(icon for _, name, icon in PAGES if name == label)
+    tab = APP_TITLE if label == PAGES[0][1] else f"{label} · {APP_TITLE}"
+    st.set_page_config(page_title=tab, page_icon=icon, layout="wide")
+    sidebar()
+    st.title(title or label)
+    st.caption(caption)
 
 
 def _sidebar_job_status() -> None:

@@ -283,6 +283,7 @@ def refused(app: AppTest) -> bool:
     if "another machine" in errors:
         assert titles == ["digits"], titles
         assert not app.metric and not app.selectbox and not app.button
+        assert not app.get("page_link")  # no sidebar: no way to another page
         return True
     assert "Handwritten digits" in titles, titles
     return False
@@ -336,13 +337,23 @@ def test_sessions_from_other_machines_need_an_opt_in(
         assert ip in message and "digits dashboard --host 0.0.0.0" in message
 
 
-def test_a_refused_session_has_no_other_page_to_switch_to(client_from, runs):
+PAGES = ["train", "evaluate", "draw", "inspect", "experiments"]  # besides Home
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_a_refused_session_is_refused_on_every_page(page, client_from, runs):
     client_from("192.0.2.7")
-    app = run_app()
+    # Its first request is the page's own URL (say /train, after a restart)...
+    app = AppTest.from_file(str(APP), default_timeout=APPTEST_SECONDS)
+    app.switch_page(f"pages/{page}.py")
+    app.run()
+    assert not app.exception, [e.message for e in app.exception]
     assert refused(app)
-    # The session's navigation registers the refusal page only.
-    with pytest.raises(ValueError, match=r"Known pages: \['digits'\]"):
-        app.switch_page("pages/train.py")
+    # ...or it moves on from Home.
+    app = run_app()
+    app.switch_page(f"pages/{page}.py")
+    app.run()
+    assert refused(app)
 
 
 @pytest.mark.parametrize(

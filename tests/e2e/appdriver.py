@@ -37,7 +37,20 @@ VIEWPORT = {"width": 1400, "height": 1000}
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 EXCEPTION = "[data-testid=stException]"
 PREDICTION = "[data-testid=stMain] [data-testid=stMetricValue]"
-NAV_LINK = "[data-testid=stSidebarNavLink]"
+# The sidebar's page links (ui.sidebar's st.page_link), and Streamlit's own list
+# of pages, which .streamlit/config.toml hides (client.showSidebarNavigation).
+NAV_LINK = "[data-testid=stSidebar] [data-testid=stPageLink-NavLink]"
+AUTO_NAV = "[data-testid=stSidebarNav]"
+ICON = "[data-testid=stIconMaterial]"
+# Each sidebar label, in order, and the path of its page's URL.
+PAGE_PATHS = {
+    "Home": "",
+    "Train": "train",
+    "Evaluate": "evaluate",
+    "Draw": "draw",
+    "Inspect": "inspect",
+    "Experiments": "experiments",
+}
 CANVAS = "[data-testid=stBidiComponentIsolated] canvas.upper-canvas"
 INK_LAYER = "[data-testid=stBidiComponentIsolated] canvas.dc-canvas.lower-canvas"
 STROKE_ATTEMPTS = 3
@@ -175,21 +188,35 @@ def nav_link(page: Page, label: str):
     return page.locator(NAV_LINK).filter(has=page.get_by_text(label, exact=True))
 
 
+def check_sidebar(page: Page) -> list[str]:
+    """The sidebar shows the six labelled links, each with its icon, in order, and
+    not Streamlit's own list of pages. Returns the labels."""
+    expect(page.locator(NAV_LINK)).to_have_count(len(PAGE_PATHS))
+    expect(page.locator(AUTO_NAV)).to_have_count(0)
+    labels = nav_labels(page)
+    assert labels == list(PAGE_PATHS), labels
+    for link in page.locator(NAV_LINK).all():
+        expect(link.locator(ICON)).to_have_count(1)
+    return labels
+
+
 def visit_every_page(page: Page) -> list[str]:
     """Click each page's link in the sidebar in turn; each must run without an
-    exception. Returns the links' labels."""
-    labels = nav_labels(page)
+    exception, at its own URL, with the same sidebar. Returns the links' labels."""
+    labels = check_sidebar(page)
     for label in labels:
         before = page.locator("[data-testid=stMain] h1").first.inner_text()
         link = nav_link(page, label)
         link.click()
-        expect(link).to_have_attribute("aria-current", "page")
+        path = re.escape(PAGE_PATHS[label])
+        expect(page).to_have_url(re.compile(rf"^https?://[^/]+/{path}(\?.*)?$"))
         if label != "Home":  # Home's own title names the app
             expect(page.locator("[data-testid=stMain] h1").first).not_to_have_text(
                 before, timeout=PAGE_MS
             )
         page.wait_for_selector(IDLE, timeout=PAGE_MS)
         no_exception(page)
+        check_sidebar(page)
     return labels
 
 

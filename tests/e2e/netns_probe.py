@@ -9,7 +9,8 @@ opens http://10.200.0.1:PORT/ is, to the server, a client from another machine.
 
 SPEC is JSON: {"command": [...], "cwd": str, "env": {...}, "port": int,
 "log": str, "urls": [str, ...]}. The output: {"listening": [addresses],
-"visits": {url: {"titles": [...], "errors": [...], "nav_links": n}}}.
+"visits": {url: {"titles": [...], "errors": [...], "nav_links": n,
+"auto_nav": n}}}: the sidebar's page links, and Streamlit's own list of pages.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import sys
 import time
 import urllib.request
 
-from appdriver import CHROMIUM, CHROMIUM_ARGS, IDLE, NAV_LINK, PAGE_MS, START_SECONDS
+from appdriver import (
+    AUTO_NAV,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    IDLE,
+    NAV_LINK,
+    PAGE_MS,
+    START_SECONDS,
+)
 from playwright.sync_api import sync_playwright
 
 OTHER_MACHINE = "10.200.0.1"  # exists only inside the namespace
@@ -62,6 +71,7 @@ def visit(browser, url: str) -> dict:
             "titles": page.locator("[data-testid=stMain] h1").all_inner_texts(),
             "errors": page.locator(ERROR).all_inner_texts(),
             "nav_links": page.locator(NAV_LINK).count(),
+            "auto_nav": page.locator(AUTO_NAV).count(),
         }
     finally:
         context.close()

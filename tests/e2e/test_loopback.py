@@ -129,7 +129,7 @@ def test_a_stray_wide_address_still_refuses_other_machines(netns, tmp_path):
         shown = result["visits"][url]
         assert shown["titles"] == ["digits"], (url, shown)
         assert any(REFUSED in e for e in shown["errors"]), (url, shown)
-        assert shown["nav_links"] == 0, (url, shown)
+        assert shown["nav_links"] == 0 and shown["auto_nav"] == 0, (url, shown)
     local = result["visits"][urls[2]]
     assert "Handwritten digits" in local["titles"] and not local["errors"], local
     assert log.count(WARNING) == 1 and "Traceback" not in log, log
@@ -166,5 +166,5 @@ def test_serving_the_network_on_purpose_serves_other_machines(netns, tmp_path, h
     assert result["listening"] == ["0.0.0.0"]
     shown = result["visits"][url]
     assert "Handwritten digits" in shown["titles"] and not shown["errors"], shown
-    assert shown["nav_links"] == 6, shown
+    assert shown["nav_links"] == 6 and shown["auto_nav"] == 0, shown
     assert WARNING not in log and "Traceback" not in log, log
