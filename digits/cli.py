@@ -32,6 +32,7 @@ import numpy as np
 
 from digits import registry, store, training
 from digits.errors import ConfigError, DigitsError
+from digits.humanize import duration
 from digits.nn.callbacks import Callback, StopOnEvent
 
 EXIT_FAILURE = 1  # an unexpected error
@@ -46,11 +47,6 @@ ALIASES = {"max_iter": ["--epochs"]}
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _one_line(text: str) -> str:
@@ -85,7 +81,7 @@ class ProgressBar(Callback):
         )
         if "val_accuracy" in logs:
             text += f" val_acc {logs['val_accuracy']:.4f}"
-        return text + f" ETA {_duration(eta)}"
+        return text + f" ETA {duration(eta)}"
 
     def _write(self, text: str, end: str = "") -> None:
         pad = max(0, self._shown - len(text))
@@ -243,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"Saved run {run.name} in {run.path}\n"
             f"Test accuracy {summary['test_accuracy']:.2%} after {summary['epochs']} "
-            f"epochs ({_duration(summary['train_seconds'])}{stopped})"
+            f"epochs ({duration(summary['train_seconds'])}{stopped})"
         )
     return 0
 
@@ -391,7 +387,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     if estimate is not None and todo:
         plan_text += (
-            f", ~{_duration(estimate.seconds)} with {estimate.n_jobs} at a time "
+            f", ~{duration(estimate.seconds)} with {estimate.n_jobs} at a time "
             f"({estimate.threads} thread(s) each)"
         )
     elif args.scheduler:
@@ -461,7 +457,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             )
         print(
             f"{outcome.ran} trials run, {outcome.skipped} already done, in "
-            f"{_duration(outcome.seconds)}. Results: {sweep.results_path}"
+            f"{duration(outcome.seconds)}. Results: {sweep.results_path}"
         )
     if outcome is not None and outcome.interrupted:
         print(

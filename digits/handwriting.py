@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from digits import data
+from digits import data, files
 from digits.errors import HandwritingCorrupt, HandwritingError
 
 DB_ENV = "DIGITS_HANDWRITING_DB"
@@ -182,16 +182,11 @@ class HandwritingStore:
 
     def _start_fresh(self, err: Exception, seen: tuple[int, int] | None) -> Exception:
         """Rename the damaged file (and its WAL files) aside; return the error."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
-            n += 1
+        aside = None
         # Another process may already have replaced it with a fresh store.
         if seen is not None and self._identity() == seen:
             try:
-                self.path.rename(aside)
+                aside = files.move_aside(self.path)
                 for suffix in _SIDE_FILES:
                     side = self.path.with_name(self.path.name + suffix)
                     if side.exists():
@@ -202,10 +197,15 @@ class HandwritingStore:
                     f"not be moved aside ({move_err}). Move or delete it by hand."
                 )
         self._checked = False
+        kept = (
+            f"It was kept as {aside.name}"
+            if aside is not None
+            else "Another session had already kept it aside"
+        )
         return HandwritingCorrupt(
-            f"The handwriting store {self.path} was damaged ({err}). It was kept "
-            f"as {aside.name} and a fresh, empty store was started; the drawings saved "
-            "before are in that file."
+            f"The handwriting store {self.path} was damaged ({err}). {kept} and a "
+            "fresh, empty store was started; the drawings saved before are in that "
+            "file."
         )
 
     # -- reading ----------------------------------------------------------------
