@@ -17,7 +17,7 @@ import threading
 import numpy as np
 import pytest
 
-from digits import cli, experiments, registry, store
+from digits import cli, experiments, registry, slots, store
 from digits.data import load_dataset
 from digits.errors import ConfigError, DataError
 from digits.experiments import timing
@@ -396,6 +396,63 @@ def test_results_are_written_atomically_and_read_back(tmp_path):
     path.write_text("name,value\nx,1\n")
     with pytest.raises(DataError, match="not a sweep's results table"):
         experiments.read_results(path)
+
+
+# -- in the background (SweepJob) ---------------------------------------------------
+
+
+@pytest.fixture
+def one_slot(monkeypatch):
+    monkeypatch.setattr(slots, "_shared", slots.TrainingSlots(1))
+
+
+def test_a_sweep_job_runs_to_done_with_each_trials_row(runs, one_slot):
+    ds = load_dataset("sklearn-digits")
+    sweep = experiments.plan(
+        "mlp",
+        {"hidden_layer_sizes": [(8,), (16,)]},
+        dataset="sklearn-digits",
+        seeds=(0,),
+        train_size=200,
+        params={"max_iter": 1},
+        name="job",
+    )
+    job = experiments.SweepJob(sweep, ds, n_jobs=1)
+    assert job.snapshot().status == "pending"
+    assert job.start().join(60)
+    snap = job.snapshot()
+    assert (snap.status, snap.error, snap.finished) == ("done", None, True)
+    assert [t["state"] for t in snap.trials] == ["done", "done"]
+    assert snap.fraction == 1.0 and snap.elapsed > 0
+    assert [r["key"] for r in snap.rows] == [t.key for t in sweep.trials]
+    # Run again, the same sweep finds both trials done earlier.
+    again = experiments.SweepJob(sweep, ds, n_jobs=1).start()
+    assert again.join(60)
+    assert [t["state"] for t in again.snapshot().trials] == ["earlier", "earlier"]
+
+
+def test_a_sweep_job_on_the_wrong_dataset_fails_with_the_message(runs, one_slot):
+    sweep = tiny_sweep(seeds=(0,))  # planned on MNIST
+    job = experiments.SweepJob(sweep, load_dataset("sklearn-digits")).start()
+    assert job.join(60)
+    snap = job.snapshot()
+    assert snap.status == "failed"
+    assert snap.error == "Sweep tiny is planned on mnist, not sklearn-digits."
+    assert saved_runs(runs) == []
+
+
+def test_a_sweep_jobs_unexpected_error_is_one_line_and_logged(runs, one_slot, caplog):
+    job = experiments.SweepJob(tiny_sweep(seeds=(0,)), None).start()  # no dataset
+    assert job.join(60)
+    snap = job.snapshot()
+    assert snap.status == "failed"
+    assert snap.error.startswith("The sweep failed unexpectedly (AttributeError: ")
+    assert snap.error.endswith("The details are in the server's log.")
+    assert "Traceback" not in snap.error
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.getMessage() == "SweepJob('tiny', running) failed"
+    assert record.exc_info[0] is AttributeError
+    assert saved_runs(runs) == []
 
 
 # -- analysis -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 from digits import slots, store, training, training_job
 from digits.errors import ConfigError
+from digits.jobs import lower_priority
 from digits.training_job import VALIDATION_SIZE, TrainingJob
 
 TIMEOUT = 60  # seconds a job may take before a test gives up on it
@@ -154,7 +155,7 @@ def test_two_jobs_at_once_queue_for_the_slot_and_keep_their_own_state(mnist):
     assert len(alice.epochs) == 2 and len(bob.epochs) == 1
     assert alice.status == bob.status == "done"
     # One after the other: bob's training began once alice's had ended.
-    assert jobs[1]._state.started >= jobs[0]._state.ended - 1e-3
+    assert jobs[1]._started >= jobs[0]._ended - 1e-3
 
 
 def test_a_job_stopped_in_the_queue_leaves_it_without_training(mnist):
@@ -204,7 +205,7 @@ def test_training_threads_yield_the_cores_to_the_pages():
         seen["worker"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     def job_thread():
-        training_job._lower_priority(training_job.TRAINING_NICENESS)
+        lower_priority(training_job.TRAINING_NICENESS)
         seen["job"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         thread = threading.Thread(target=worker)
         thread.start()

@@ -1,31 +1,24 @@
 """A sweep in the background, for the dashboard: ``SweepJob`` and its snapshots.
 
-The Experiments page keeps one ``SweepJob`` per browser session. The job waits
-for a training slot (``digits.slots``), then runs ``run_sweep`` in a daemon
-thread; the page polls ``snapshot()`` for each trial's state and progress.
+The Experiments page keeps one ``SweepJob`` per browser session. It is a
+``digits.jobs.BackgroundJob``: it waits for a training slot, then runs
+``run_sweep`` in a daemon thread; the page polls ``snapshot()`` for each
+trial's state and progress.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from dataclasses import dataclass
 
-from digits import slots
-from digits.errors import DigitsError
 from digits.experiments.planning import Sweep
 from digits.experiments.results import read_results
 from digits.experiments.running import run_sweep, trial_progress
 from digits.experiments.timing import Estimate
-
-log = logging.getLogger(__name__)
-
-FINAL = ("done", "stopped", "failed")
+from digits.jobs import BackgroundJob, JobProgress
 
 
-@dataclass(frozen=True)
-class SweepProgress:
+@dataclass(frozen=True, kw_only=True)
+class SweepProgress(JobProgress):
     """A consistent copy of a sweep job's state.
 
     trials : one dict per trial, in grid order: ``key``, ``label``, ``seed``,
@@ -34,17 +27,9 @@ class SweepProgress:
         and ``test_accuracy``.
     """
 
-    status: str  # queued, running, stopping, done, stopped, failed
     trials: list[dict]
     rows: list[dict]  # the finished trials' rows (done or failed), grid order
-    elapsed: float
     estimate: float | None  # seconds the whole sweep was estimated to take
-    error: str | None
-    queue_position: int | None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINAL
 
     @property
     def fraction(self) -> float:
@@ -53,13 +38,17 @@ class SweepProgress:
         return sum(t["fraction"] for t in self.trials) / len(self.trials)
 
 
-class SweepJob:
+class SweepJob(BackgroundJob):
     """Run a sweep in a daemon thread that first waits for a training slot.
 
-    The dashboard keeps one per session; the thread only writes to the job under
-    its lock, and the page polls ``snapshot()``. ``stop()`` ends the running
-    trials after their current batch and keeps the finished ones.
+    ``stop()`` ends the running trials after their current batch and keeps the
+    finished ones.
     """
+
+    noun = "sweep"
+    unexpected = (
+        "The sweep failed unexpectedly ({error}). The details are in the server's log."
+    )
 
     def __init__(
         self,
@@ -71,52 +60,24 @@ class SweepJob:
     ) -> None:
         self.sweep, self.ds = sweep, ds
         self.n_jobs, self.plan_estimate = n_jobs, plan_estimate
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._status = "pending"
-        self._error: str | None = None
-        self._started: float | None = None
-        self._ended: float | None = None
         self._rows = {
             r["key"]: r
             for r in read_results(sweep.results_path)
             if r.get("status") in ("done", "failed")
         }
         self._earlier = set(self._rows)
-        self._thread: threading.Thread | None = None
-        self._slots = slots.shared()
-        self._ticket = self._slots.ticket()
+        super().__init__("digits-sweep")
 
-    def start(self) -> SweepJob:
-        if self._thread is not None:
-            raise RuntimeError("This sweep has already been started.")
-        self._status = "queued"
-        self._thread = threading.Thread(
-            target=self._run, name="digits-sweep", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._status in FINAL:
-                return
-            self._status = "stopping"
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        with self._lock:
-            return self._status in FINAL
+    def __repr__(self) -> str:
+        return f"SweepJob({self.sweep.name!r}, {self.status})"
 
     def snapshot(self) -> SweepProgress:
+        """The job's state now (see ``SweepProgress``)."""
         progress = trial_progress(self.sweep)
         with self._lock:
             rows = dict(self._rows)
             status, error = self._status, self._error
-            now = self._ended or time.perf_counter()
-            elapsed = now - self._started if self._started is not None else 0.0
+            elapsed, queue_position = self._elapsed(), self._queue_position()
         trials = []
         for t in self.sweep.trials:
             row = rows.get(t.key)
@@ -147,48 +108,20 @@ class SweepJob:
             elapsed=elapsed,
             estimate=self.plan_estimate.seconds if self.plan_estimate else None,
             error=error,
-            queue_position=(
-                self._slots.position(self._ticket)
-                if status in ("queued", "stopping") and self._started is None
-                else None
-            ),
+            queue_position=queue_position,
         )
 
     def _on_result(self, row: dict) -> None:
         with self._lock:
             self._rows[row["key"]] = row
 
-    def _finish(self, status: str, error: str | None = None) -> None:
-        with self._lock:
-            self._status, self._error = status, error
-            self._ended = time.perf_counter()
-
-    def _run(self) -> None:
-        with self._slots.slot(self._ticket, self._stop) as got:
-            if not got:
-                self._finish("stopped")
-                return
-            with self._lock:
-                if self._status == "queued":
-                    self._status = "running"
-                self._started = time.perf_counter()
-            try:
-                outcome = run_sweep(
-                    self.sweep,
-                    self.ds,
-                    n_jobs=self.n_jobs,
-                    stop=self._stop,
-                    on_result=self._on_result,
-                    plan_estimate=self.plan_estimate,
-                )
-            except DigitsError as err:
-                self._finish("failed", str(err))
-            except Exception as err:
-                log.exception("Sweep %s failed", self.sweep.name)
-                self._finish(
-                    "failed",
-                    f"The sweep failed unexpectedly ({type(err).__name__}: {err}). "
-                    "The details are in the server's log.",
-                )
-            else:
-                self._finish("stopped" if outcome.interrupted else "done")
+    def _work(self) -> str:
+        outcome = run_sweep(
+            self.sweep,
+            self.ds,
+            n_jobs=self.n_jobs,
+            stop=self._stop,
+            on_result=self._on_result,
+            plan_estimate=self.plan_estimate,
+        )
+        return "stopped" if outcome.interrupted else "done"
