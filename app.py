@@ -10,17 +10,14 @@ links. Shared Streamlit helpers are in ``ui.py``; all model logic is in the
 ``digits`` package.
 """
 
-import numpy as np
-import plotly.express as px
 import streamlit as st
 
 import ui
-from digits import registry, store
+from digits import figures, registry, store
 from digits.errors import DigitsError
 
 SAMPLES_PER_CLASS = 24
 SEED_KEY = "home-sample-seed"
-MIN_TILE = 24  # smallest side, in pixels, of a sample in the grid
 
 
 def choose_dataset() -> None:
@@ -56,32 +53,6 @@ def choose_dataset() -> None:
             icon=":material/refresh:",
             on_click=lambda: fallbacks.pop(ui.dataset_name(), None),
         )
-
-
-def sample_figure(ds, seed: int):
-    """A grid of random training images: one row per class, labelled."""
-    rng = np.random.default_rng(seed)
-    h, w = ds.x_train.shape[1:]
-    rows = []
-    for c in range(len(ds.class_names)):
-        idx = np.flatnonzero(ds.y_train == c)
-        pick = rng.choice(idx, min(SAMPLES_PER_CLASS, len(idx)), replace=False)
-        row = np.zeros((SAMPLES_PER_CLASS, h, w), np.uint8)
-        row[: len(pick)] = ds.x_train[np.sort(pick)]
-        rows.append(row)
-    images = np.concatenate(rows)
-    if h < MIN_TILE:  # e.g. the 8x8 sklearn digits: enlarge so the borders stay thin
-        images = np.stack([ui.enlarge(im, MIN_TILE) for im in images])
-        h, w = images.shape[1:]
-    pad = 2
-    image = ui.grid(images, SAMPLES_PER_CLASS, pad)
-    fig = px.imshow(image, binary_string=True)
-    centres = [pad + r * (h + pad) + h / 2 for r in range(len(ds.class_names))]
-    fig.update_yaxes(tickvals=centres, ticktext=list(ds.class_names), title=None)
-    fig.update_xaxes(visible=False)
-    height = 12 + 36 * len(ds.class_names)
-    fig.update_layout(margin=dict(l=0, r=0, t=0, b=0), height=height)
-    return fig
 
 
 def models_table(ds) -> None:
@@ -164,9 +135,14 @@ head, button = st.columns([5, 1], vertical_alignment="bottom")
 head.subheader("Random samples of each class")
 if button.button("Shuffle", icon=":material/shuffle:", width="stretch"):
     st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
-st.plotly_chart(
-    sample_figure(ds, st.session_state.get(SEED_KEY, 0)),
-    config={"displayModeBar": False},
+ui.chart(
+    figures.class_samples(
+        ds.x_train,
+        ds.y_train,
+        ds.class_names,
+        SAMPLES_PER_CLASS,
+        st.session_state.get(SEED_KEY, 0),
+    )
 )
 st.subheader("Models")
 models_table(ds)

@@ -153,6 +153,16 @@ def _sidebar_job_status() -> None:
         st.sidebar.caption(f"Last run: {snap.run.name}")
 
 
+def chart(fig, caption: str | None = None, **kwargs):
+    """A Plotly figure (``digits.figures``) without Plotly's toolbar, and its
+    caption below; ``kwargs`` go to ``st.plotly_chart`` (a key, a selection
+    mode). Returns what ``st.plotly_chart`` returns (the selection, if any)."""
+    event = st.plotly_chart(fig, config={"displayModeBar": False}, **kwargs)
+    if caption:
+        st.caption(caption)
+    return event
+
+
 def show_error(err: BaseException) -> None:
     """A user error as a red box with its message (never a traceback)."""
     st.error(str(err), icon=":material/error:")
@@ -527,21 +537,6 @@ def thumbnail(image: np.ndarray, pixels: int) -> np.ndarray:
     square[top : top + h, left : left + w] = image
     resample = Image.Resampling.NEAREST if side < pixels else Image.Resampling.BOX
     return np.asarray(Image.fromarray(square).resize((pixels, pixels), resample))
-
-
-def grid(images: Sequence[np.ndarray], n_cols: int, pad: int = 2) -> np.ndarray:
-    """Images (n, h, w) tiled in rows of ``n_cols`` on a grey background."""
-    images = np.asarray(images)
-    n, h, w = images.shape
-    n_rows = max(1, math.ceil(n / n_cols))
-    out = np.full(
-        (n_rows * (h + pad) + pad, n_cols * (w + pad) + pad), 96, dtype=np.uint8
-    )
-    for i, image in enumerate(images):
-        r, c = divmod(i, n_cols)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        out[top : top + h, left : left + w] = image
-    return out
 
 
 def gallery(

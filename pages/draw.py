@@ -3,11 +3,10 @@
 import time
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from digits import handwriting, preprocess
+from digits import figures, handwriting, preprocess
 from digits.errors import DigitsError, NoDigitFound
 
 CANVAS_PIXELS = 280
@@ -85,22 +84,6 @@ def digit_input() -> tuple[object, str | None]:
     )
     st.button("Clear", icon=":material/delete:", on_click=clear)
     return result.image_data, None
-
-
-def probability_bars(p: np.ndarray, names) -> go.Figure:
-    top = int(p.argmax())
-    fig = go.Figure(
-        go.Bar(
-            x=list(names),
-            y=p,
-            marker_color=["#ff4b4b" if i == top else "#9aa5b1" for i in range(len(p))],
-            hovertemplate="%{x}: %{y:.1%}<extra></extra>",
-        )
-    )
-    fig.update_xaxes(type="category")
-    fig.update_yaxes(range=[0, 1], tickformat=".0%")
-    fig.update_layout(height=220, margin=dict(l=10, r=10, t=10, b=10))
-    return fig
 
 
 def show_steps(pre: preprocess.Preprocessed) -> None:
@@ -229,10 +212,7 @@ with right:
                         help=ui.run_label(run),
                     )
                     st.caption(f"**{run.name}** · {p.max():.1%} sure")
-                    st.plotly_chart(
-                        probability_bars(p, run.class_names),
-                        config={"displayModeBar": False},
-                    )
+                    ui.chart(figures.probability_bars(p, run.class_names))
             shown = inputs.get(28) or next(iter(inputs.values()))
             show_steps(shown)
             st.session_state[ui.DRAWING_KEY] = shown.image  # for the Inspect page

@@ -4,12 +4,10 @@ import time
 from functools import partial
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 import ui
-from digits import data, handwriting, metrics
+from digits import data, figures, handwriting, metrics
 from digits.errors import DigitsError
 
 MAX_CELL_IMAGES = 60  # images shown for a clicked cell of the confusion matrix
@@ -50,75 +48,6 @@ def scores(run, ds):
         st.stop()
 
 
-def confusion_figure(matrix: np.ndarray, names) -> go.Figure:
-    """Heatmap of counts (row = true, column = predicted), each cell labelled.
-
-    The colour scale tops out above the largest mistake count, so the mistakes
-    show instead of being washed out by the diagonal. Plotly heatmaps cannot be
-    selected, so a scatter of invisible square outlines, one per cell, takes the
-    clicks; the clicked cell's outline shows.
-    """
-    off = matrix.copy()
-    np.fill_diagonal(off, 0)
-    labels = [str(n) for n in names]
-    fig = go.Figure(
-        go.Heatmap(
-            z=matrix,
-            x=labels,
-            y=labels,
-            text=matrix,
-            texttemplate="%{text}",
-            colorscale="Blues",
-            zmin=0,
-            zmax=max(1, int(off.max()) * 1.5),
-            showscale=False,
-            hoverinfo="skip",
-        )
-    )
-    true, pred = np.indices(matrix.shape).reshape(2, -1)
-    fig.add_scatter(
-        x=[labels[j] for j in pred],
-        y=[labels[i] for i in true],
-        customdata=matrix.ravel(),
-        mode="markers",
-        marker=dict(
-            symbol="square-open",
-            size=34,
-            opacity=0,
-            color="#ff4b4b",
-            line=dict(width=3),
-        ),
-        selected=dict(marker=dict(opacity=1)),
-        unselected=dict(marker=dict(opacity=0)),
-        hovertemplate="true %{y}, predicted %{x}: %{customdata} images<extra></extra>",
-        showlegend=False,
-    )
-    k = len(labels)
-    fig.update_xaxes(
-        title="predicted", type="category", side="top", range=[-0.5, k - 0.5]
-    )
-    fig.update_yaxes(title="true", type="category", range=[k - 0.5, -0.5])
-    fig.update_layout(
-        height=520,
-        margin=dict(l=10, r=10, t=40, b=10),
-        hoverdistance=-1,  # a click anywhere in a cell picks that cell
-        clickmode="event+select",
-    )
-    return fig
-
-
-def selected_cell(event, names) -> tuple[int, int] | None:
-    """(true, predicted) class indices of the clicked cell, if any."""
-    points = (event or {}).get("selection", {}).get("points", [])
-    if not points:
-        return None
-    lookup = {str(name): i for i, name in enumerate(names)}
-    x, y = str(points[0].get("x")), str(points[0].get("y"))
-    if x in lookup and y in lookup:
-        return lookup[y], lookup[x]
-    return None
-
-
 def top3(p: np.ndarray, names) -> str:
     best = np.argsort(-p)[:3]
     return "  \n".join(f"{names[c]}: {p[c]:.1%}" for c in best)
@@ -130,12 +59,11 @@ def confusion_tab(ds, proba, report) -> None:
     left, right = st.columns([3, 2], gap="large")
     with left:
         st.caption("Click a cell to see its test images.")
-        event = st.plotly_chart(
-            confusion_figure(matrix, names),
+        event = ui.chart(
+            figures.confusion(matrix, names),
             on_select="rerun",
             selection_mode=("points",),
             key="confusion",
-            config={"displayModeBar": False},
         )
     with right:
         st.caption("Scores per class")
@@ -156,7 +84,7 @@ def confusion_tab(ds, proba, report) -> None:
                 for name in ("Precision", "Recall", "F1")
             },
         )
-    cell = selected_cell(event, names)
+    cell = figures.clicked_cell(event, names)
     if cell is None:
         return
     true, pred = cell
@@ -234,99 +162,6 @@ def compare_tab(ds, run, proba, runs) -> None:
     )
 
 
-def reliability_figure(rel: dict) -> go.Figure:
-    """Share right per confidence bin (bars) against the diagonal of perfect
-    calibration, with the number of images per bin below on a log scale."""
-    edges = np.asarray(rel["edges"])
-    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    fig = make_subplots(
-        rows=2,
-        cols=1,
-        shared_xaxes=True,
-        row_heights=[0.72, 0.28],
-        vertical_spacing=0.04,
-    )
-    fig.add_bar(
-        x=centres,
-        y=[a if a is not None else 0 for a in rel["accuracy"]],
-        width=width * 0.95,
-        marker_color="#1f77b4",
-        customdata=np.stack(
-            [rel["count"], [c if c is not None else np.nan for c in rel["confidence"]]],
-            axis=1,
-        ),
-        hovertemplate="accuracy %{y:.1%}<br>mean confidence %{customdata[1]:.1%}"
-        "<br>%{customdata[0]} images<extra></extra>",
-        name="accuracy",
-        row=1,
-        col=1,
-    )
-    fig.add_scatter(
-        x=[0, 1],
-        y=[0, 1],
-        mode="lines",
-        line=dict(dash="dash", color="#888"),
-        name="perfect calibration",
-        hoverinfo="skip",
-        row=1,
-        col=1,
-    )
-    fig.add_bar(
-        x=centres,
-        y=rel["count"],
-        width=width * 0.95,
-        marker_color="#9aa5b1",
-        text=rel["count"],
-        textposition="outside",
-        hovertemplate="%{y} images<extra></extra>",
-        name="images",
-        row=2,
-        col=1,
-    )
-    fig.update_xaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
-    fig.update_xaxes(
-        range=[0, 1], tickformat=".0%", title="confidence (top probability)", row=2
-    )
-    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", title="accuracy", row=1)
-    fig.update_yaxes(type="log", title="images", row=2)
-    fig.update_layout(
-        height=480,
-        margin=dict(l=10, r=10, t=10, b=10),
-        showlegend=False,
-        bargap=0,
-    )
-    return fig
-
-
-def coverage_figure(curve: dict, chosen: dict, threshold: float) -> go.Figure:
-    """Accuracy against coverage over every threshold; the slider's point in red."""
-    fig = go.Figure(
-        go.Scatter(
-            x=curve["coverage"],
-            y=curve["accuracy"],
-            customdata=curve["threshold"],
-            mode="lines",
-            line=dict(color="#1f77b4"),
-            hovertemplate="answers %{x:.1%} at accuracy %{y:.2%}"
-            "<br>when at least %{customdata:.3f} sure<extra></extra>",
-            name="curve",
-        )
-    )
-    if chosen["kept"]:
-        fig.add_scatter(
-            x=[chosen["coverage"]],
-            y=[chosen["accuracy"]],
-            mode="markers",
-            marker=dict(color="#ff4b4b", size=12),
-            hovertemplate=f"threshold {threshold:.2f}<extra></extra>",
-            name="threshold",
-        )
-    fig.update_xaxes(title="coverage (share of test images answered)", tickformat=".0%")
-    fig.update_yaxes(title="accuracy on those", tickformat=".1%")
-    fig.update_layout(height=360, margin=dict(l=10, r=10, t=10, b=10), showlegend=False)
-    return fig
-
-
 def calibration_tab(ds, proba) -> None:
     left, right = st.columns(2, gap="large")
     with left:
@@ -344,7 +179,7 @@ def calibration_tab(ds, proba) -> None:
             'probability; a bar on the dashed diagonal means that "p sure" is '
             "right p of the time (`digits.metrics.reliability`)."
         )
-        st.plotly_chart(reliability_figure(rel), config={"displayModeBar": False})
+        ui.chart(figures.reliability(rel))
     with right:
         threshold = st.slider(
             "Answer only when at least this sure",
@@ -371,11 +206,10 @@ def calibration_tab(ds, proba) -> None:
             "Accuracy against coverage for every threshold: answering fewer images "
             "buys accuracy (`digits.metrics.coverage_curve`); red: the slider."
         )
-        st.plotly_chart(
-            coverage_figure(
+        ui.chart(
+            figures.coverage(
                 metrics.coverage_curve(ds.y_test, proba), chosen, threshold
-            ),
-            config={"displayModeBar": False},
+            )
         )
 
 
@@ -422,9 +256,7 @@ def handwriting_scores(ds, run, report, saved) -> None:
                 f"**{title}**: row = true digit, column = the model's reading "
                 "(`digits.metrics.report`)."
             )
-            fig = confusion_figure(np.asarray(matrix), names)
-            fig.update_layout(height=400)
-            st.plotly_chart(fig, key=key, config={"displayModeBar": False})
+            ui.chart(figures.confusion(np.asarray(matrix), names, 400), key=key)
     only_misreads = st.toggle("Only misreads", key="hw-only-misreads")
     predicted = proba.argmax(axis=1)
     shown = np.flatnonzero(predicted != saved.labels) if only_misreads else np.arange(n)

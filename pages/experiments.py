@@ -1,11 +1,9 @@
 """Experiments: sweep depth and width over a few seeds, then compare the results."""
 
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.colors import qualitative
 
 import ui
-from digits import experiments, registry, slots
+from digits import experiments, figures, humanize, registry, slots
 from digits.errors import DigitsError
 
 JOB_KEY = "sweep-job"  # this session's digits.experiments.SweepJob
@@ -24,122 +22,15 @@ STATE_LABELS = {
     "earlier": "done earlier",
     "failed": "failed",
 }
-COLORS = qualitative.Plotly
-CHART_HEIGHT = 330
-LAYOUT = dict(
-    height=CHART_HEIGHT,
-    margin=dict(l=10, r=10, t=40, b=10),
-    legend=dict(orientation="h", y=-0.3),
+AGAINST = (("depth", "width"), ("width", "depth"))  # x axis, one line per value of
+PARETO = (  # the cost on the x axis, the chart's title, a log x axis
+    ("seconds_mean", "Accuracy against training time (s)", False),
+    ("n_params", "Accuracy against parameters", True),
 )
 
 
 def _layers(value) -> str:
     return "none" if not value else " → ".join(map(str, value))
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = round(seconds)
-    return (
-        f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-    )
-
-
-# -- charts --------------------------------------------------------------------------
-
-
-def _by(summary: list[dict], key: str) -> dict:
-    groups: dict = {}
-    for row in summary:
-        groups.setdefault(row[key], []).append(row)
-    return groups
-
-
-def against(summary: list[dict], x: str, group: str, title: str) -> go.Figure:
-    """Mean test accuracy against ``x`` (depth or width), ± one standard deviation
-    across seeds, one line per value of ``group``."""
-    fig = go.Figure()
-    for i, (value, rows) in enumerate(sorted(_by(summary, group).items())):
-        rows = sorted(rows, key=lambda r: r[x])
-        fig.add_scatter(
-            x=[r[x] for r in rows],
-            y=[r["accuracy_mean"] for r in rows],
-            error_y=dict(type="data", array=[r["accuracy_std"] for r in rows]),
-            text=[r["label"] for r in rows],
-            hovertemplate="%{text}<br>accuracy %{y:.2%}<extra></extra>",
-            mode="lines+markers",
-            name=f"{group} {value}",
-            line=dict(color=COLORS[i % len(COLORS)]),
-        )
-    fig.update_layout(title=title, **LAYOUT)
-    # Categories: only the values tried, evenly spaced, even if there is one.
-    values = sorted({r[x] for r in summary})
-    fig.update_xaxes(
-        title=x, type="category", categoryorder="array", categoryarray=values
-    )
-    fig.update_yaxes(title="test accuracy", tickformat=".1%")
-    return fig
-
-
-def pareto(summary: list[dict], x: str, title: str, log_x: bool) -> go.Figure:
-    """Mean accuracy against a cost, the Pareto front joined by a line."""
-    cost = [r[x] for r in summary]
-    acc = [r["accuracy_mean"] for r in summary]
-    front = experiments.pareto_front(cost, acc)
-    fig = go.Figure()
-    best = sorted((c, a) for c, a, f in zip(cost, acc, front, strict=True) if f)
-    fig.add_scatter(
-        x=[c for c, _ in best],
-        y=[a for _, a in best],
-        mode="lines",
-        name="Pareto front",
-        line=dict(color="#d62728", dash="dot"),
-        hoverinfo="skip",
-    )
-    fig.add_scatter(
-        x=cost,
-        y=acc,
-        error_y=dict(type="data", array=[r["accuracy_std"] for r in summary]),
-        mode="markers",
-        marker=dict(
-            size=11,
-            color=["#d62728" if f else "#1f77b4" for f in front],
-            symbol=["star" if f else "circle" for f in front],
-        ),
-        text=[r["label"] for r in summary],
-        hovertemplate="%{text}<br>%{x:,.3g}<br>accuracy %{y:.2%}<extra></extra>",
-        name="configuration (★ on the front)",
-    )
-    fig.update_layout(title=title, **LAYOUT)
-    fig.update_xaxes(title=x.replace("_", " "), type="log" if log_x else None)
-    fig.update_yaxes(title="test accuracy", tickformat=".1%")
-    return fig
-
-
-def loss_curves(rows: list[dict]) -> go.Figure:
-    """Training loss of every trial (running mean within each epoch)."""
-    fig = go.Figure()
-    labels = list(dict.fromkeys(r["label"] for r in rows))
-    for row in rows:
-        curve = row.get("curve") or []
-        i = labels.index(row["label"])
-        fig.add_scatter(
-            x=[p[0] for p in curve],
-            y=[p[1] for p in curve],
-            mode="lines",
-            name=row["label"],
-            legendgroup=row["label"],
-            showlegend=row["seed"]
-            == min(r["seed"] for r in rows if r["label"] == row["label"]),
-            line=dict(color=COLORS[i % len(COLORS)], width=1.5),
-            hovertemplate=f"{row['label']} seed {row['seed']}<br>"
-            "epoch %{x:.2f}<br>loss %{y:.3f}<extra></extra>",
-        )
-    fig.update_layout(title="Training loss, every trial", **LAYOUT)
-    fig.update_xaxes(title="epoch")
-    fig.update_yaxes(title="loss", type="log")
-    return fig
 
 
 def results(rows: list[dict]) -> None:
@@ -154,29 +45,21 @@ def results(rows: list[dict]) -> None:
         "with a bar of ± one standard deviation. Depth counts hidden layers (conv "
         "blocks + dense); width is the units of the widest dense layer."
     )
-    left, right = st.columns(2)
-    left.plotly_chart(
-        against(summary, "depth", "width", "Accuracy against depth"),
-        config={"displayModeBar": False},
-    )
-    right.plotly_chart(
-        against(summary, "width", "depth", "Accuracy against width"),
-        config={"displayModeBar": False},
-    )
+    for col, (x, group) in zip(st.columns(2), AGAINST, strict=True):
+        fig = figures.accuracy_against(summary, x, group, f"Accuracy against {x}")
+        with col:
+            ui.chart(fig)
     st.caption(
         "The Pareto front (★, dotted) joins the configurations that no other is "
         "both cheaper and more accurate than."
     )
-    left, right = st.columns(2)
-    left.plotly_chart(
-        pareto(summary, "seconds_mean", "Accuracy against training time (s)", False),
-        config={"displayModeBar": False},
-    )
-    right.plotly_chart(
-        pareto(summary, "n_params", "Accuracy against parameters", True),
-        config={"displayModeBar": False},
-    )
-    st.plotly_chart(loss_curves(done), config={"displayModeBar": False})
+    for col, (cost, title, log_x) in zip(st.columns(2), PARETO, strict=True):
+        front = experiments.pareto_front(
+            [r[cost] for r in summary], [r["accuracy_mean"] for r in summary]
+        )
+        with col:
+            ui.chart(figures.pareto(summary, cost, front, title, log_x))
+    ui.chart(figures.loss_curves(done))
     st.caption("Every trial, one row each; the run is saved in the store under Run.")
     st.dataframe(
         [
@@ -217,11 +100,11 @@ def live(job: experiments.SweepJob, refreshing: bool) -> None:
         "queued": "waiting for a training slot",
         "stopping": "stopping after the current batches...",
     }.get(snap.status, snap.status)
-    estimate = f" of ~{_duration(snap.estimate)}" if snap.estimate else ""
+    estimate = f" of ~{humanize.duration(snap.estimate)}" if snap.estimate else ""
     st.progress(
         snap.fraction,
         text=f"Sweep {job.sweep.name}: {done} of {len(snap.trials)} trials · "
-        f"{status} · {_duration(snap.elapsed)}{estimate}",
+        f"{status} · {humanize.duration(snap.elapsed)}{estimate}",
     )
     if snap.queue_position is not None:
         st.info(
@@ -379,7 +262,7 @@ with view:
             cols[0].metric("Trials to run", f"{len(sweep.trials) - len(done)}")
             cols[1].metric(
                 "Estimated time",
-                f"≈ {_duration(estimate.seconds)}",
+                f"≈ {humanize.duration(estimate.seconds)}",
                 help="Measured on this machine by timing a few batches of each "
                 "configuration, with the trials spread over the parallel workers.",
             )

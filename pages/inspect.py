@@ -5,15 +5,12 @@ everything; this page only shows it."""
 import time
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from digits import explain
+from digits import explain, figures
 from digits.errors import DigitsError
 
-PIXEL_FIGURE = 260  # height of a 28x28 heat map, in CSS pixels
-PROBE_FIGURE = 200  # height of the probe's charts, beside its five sliders
 TILE_COLUMNS = 16  # channels per row in the activation grids
 SWEEP_SHIFTS = list(range(-8, 9))
 MISSING = {
@@ -24,35 +21,6 @@ MISSING = {
     "saliency": "Saliency needs the network's own backward pass; the scikit-learn "
     "MLP does not expose one. Occlusion (right) works for any model.",
 }
-SIGNED = "RdBu_r"  # red positive, blue negative, white at zero
-
-
-def heatmap(z: np.ndarray, *, signed: bool, height: int = PIXEL_FIGURE, **kw):
-    """An image-like heat map: square pixels, row 0 at the top, no axes."""
-    z = np.asarray(z, dtype=np.float64)
-    if signed:
-        top = float(np.nanmax(np.abs(z))) or 1.0
-        colours = dict(colorscale=SIGNED, zmin=-top, zmax=top)
-    else:
-        colours = dict(colorscale="gray", zmin=0, zmax=max(1.0, float(np.nanmax(z))))
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            **colours,
-            hovertemplate="row %{y}, col %{x}: %{z:.3g}<extra></extra>",
-            colorbar=dict(thickness=10),
-            **kw,
-        )
-    )
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", visible=False)
-    fig.update_xaxes(visible=False, constrain="domain")
-    fig.update_layout(height=height, margin=dict(l=0, r=0, t=0, b=0))
-    return fig
-
-
-def chart(fig: go.Figure, caption: str, key: str) -> None:
-    st.plotly_chart(fig, config={"displayModeBar": False}, key=key)
-    st.caption(caption)
 
 
 def choose_image(ds, run) -> tuple[np.ndarray, str] | None:
@@ -107,42 +75,6 @@ def probe_partners(run, runs) -> list[str]:
     return [run.name] + [r.name for r in partners[:1]]
 
 
-def probability_figure(result: explain.Probe, names) -> go.Figure:
-    fig = go.Figure(
-        [
-            go.Bar(name=name, x=list(names), y=p, hovertemplate="%{x}: %{y:.1%}")
-            for name, p in result.probabilities.items()
-        ]
-    )
-    fig.update_xaxes(type="category")
-    fig.update_yaxes(range=[0, 1], tickformat=".0%")
-    fig.update_layout(
-        height=PROBE_FIGURE,
-        margin=dict(l=10, r=10, t=30, b=10),
-        barmode="group",
-        legend=dict(orientation="h", y=1.02, yanchor="bottom"),
-    )
-    return fig
-
-
-def sweep_figure(curves: dict, target_name: str, now: int) -> go.Figure:
-    fig = go.Figure(
-        [
-            go.Scatter(x=SWEEP_SHIFTS, y=p, name=name, mode="lines+markers")
-            for name, p in curves.items()
-        ]
-    )
-    fig.add_vline(x=now, line=dict(color="#9aa5b1", dash="dot"))  # the slider
-    fig.update_xaxes(title="shift right (px)", dtick=2)
-    fig.update_yaxes(title=f"P({target_name})", range=[0, 1.02], tickformat=".0%")
-    fig.update_layout(
-        height=PROBE_FIGURE,
-        margin=dict(l=10, r=10, t=30, b=10),
-        legend=dict(orientation="h", y=1.02, yanchor="bottom"),
-    )
-    return fig
-
-
 @st.fragment  # moving a slider reruns only this section
 def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
     """Sliders that move the digit, and the probabilities of the chosen models."""
@@ -181,12 +113,12 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
     with shown:
         picture, bars = st.columns([1, 2])
         with picture:
-            chart(
-                heatmap(
+            ui.chart(
+                figures.heatmap(
                     result.transformed.image,
                     signed=False,
                     showscale=False,
-                    height=PROBE_FIGURE,
+                    height=figures.PROBE_FIGURE,
                 ),
                 "The moved digit: `explain.transform`.",
                 key="probe-image",
@@ -194,14 +126,14 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
             for note in result.transformed.notes:
                 st.caption(note)
         with bars:
-            chart(
-                probability_figure(result, names),
+            ui.chart(
+                figures.probe_bars(result.probabilities, names),
                 f"Class probabilities of each model on it: `explain.probe` "
                 f"({1e3 * elapsed:.0f} ms).",
                 key="probe-bars",
             )
-        chart(
-            sweep_figure(curves, names[target], dx),
+        ui.chart(
+            figures.shift_sweep(curves, SWEEP_SHIFTS, names[target], dx),
             f"P({names[target]}) for every shift to the right, the other sliders as "
             "set: `explain.sweep`. A flat curve means the model tolerates shifts "
             "(where the digit has no more room, the shift stops).",
@@ -209,35 +141,15 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
         )
 
 
-def activation_figure(out: explain.LayerOutput, names) -> go.Figure:
-    """A grid of maps (conv, pool, activations after them) or bars (vectors)."""
-    values = out.values
-    if values.ndim == 3:
-        maps = values.transpose(2, 0, 1)  # (channels, h, w)
-        grid = explain.tile(maps, TILE_COLUMNS)
-        rows = grid.shape[0] / grid.shape[1]
-        height = int(np.clip(700 * rows, 120, 700))
-        return heatmap(grid, signed=bool(values.min() < 0), height=height)
-    x = list(names) if len(values) == len(names) else list(range(len(values)))
-    fig = go.Figure(go.Bar(x=x, y=values, hovertemplate="%{x}: %{y:.3g}"))
-    fig.update_xaxes(type="category" if len(values) == len(names) else "linear")
-    fig.update_layout(height=200, margin=dict(l=10, r=10, t=10, b=10))
-    return fig
-
-
 def filters_section(model) -> None:
     for name, w in explain.conv_filters(model).items():
         c_out, c_in, k, _ = w.shape
         if c_in == 1:
-            grid = explain.tile(w[:, 0], TILE_COLUMNS)
             how = f"{c_out} kernels of {k}x{k}"
         else:
-            # One row per input channel, one column per output channel.
-            grid = explain.tile(w.transpose(1, 0, 2, 3).reshape(-1, k, k), c_out)
             how = f"{c_out} filters (columns) of {c_in} kernels (rows), {k}x{k} each"
-        height = int(np.clip(900 * grid.shape[0] / grid.shape[1], 120, 600))
-        chart(
-            heatmap(grid, signed=True, height=height),
+        ui.chart(
+            figures.conv_filters(w, TILE_COLUMNS),
             f"**{name}**: {how}; red weights excite, blue inhibit: "
             "`explain.conv_filters`.",
             key=f"filters-{name}",
@@ -333,8 +245,8 @@ with top[1]:
 st.subheader("What the answer depends on")
 cols = st.columns(3)
 with cols[0]:
-    chart(
-        heatmap(image, signed=False, showscale=False),
+    ui.chart(
+        figures.heatmap(image, signed=False, showscale=False),
         f"The input: {what}.",
         key="input",
     )
@@ -342,15 +254,15 @@ with cols[1]:
     if grads is None:
         st.info(MISSING["saliency"])
     else:
-        chart(
-            heatmap(grads.gradient, signed=True),
+        ui.chart(
+            figures.heatmap(grads.gradient, signed=True),
             f"Saliency: d(logit of {run.class_names[grads.target]}) / d(pixel), by "
             "our backprop; red pixels raise it: `explain.saliency`.",
             key="saliency",
         )
 with cols[2]:
-    chart(
-        heatmap(hidden.drop, signed=True),
+    ui.chart(
+        figures.heatmap(hidden.drop, signed=True),
         f"Occlusion: how much the log-odds of {run.class_names[hidden.target]} "
         f"fall when a {hidden.patch}x{hidden.patch} patch hides each pixel: "
         "`explain.occlusion`.",
@@ -371,8 +283,8 @@ else:
     tabs = st.tabs([f"{o.name} {'x'.join(map(str, o.shape))}" for o in outputs])
     for tab, out in zip(tabs, outputs, strict=True):
         with tab:
-            chart(
-                activation_figure(out, run.class_names),
+            ui.chart(
+                figures.layer_output(out.values, run.class_names, TILE_COLUMNS),
                 f"{out.kind} output {out.shape} for this image"
                 + (", one map per channel" if out.values.ndim == 3 else "")
                 + ": `explain.activations`.",

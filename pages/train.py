@@ -1,12 +1,9 @@
 """Train: choose a model and its hyperparameters, train it in the background, watch."""
 
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 import ui
-from digits import calibrate, explain, registry, slots
+from digits import calibrate, explain, figures, humanize, registry, slots
 from digits.errors import DigitsError
 from digits.training_job import VALIDATION_SIZE, TrainingJob
 
@@ -40,18 +37,6 @@ STATUS_TEXT = {
     "stopping": " · stopping after this batch...",
     "saving": " · scoring the test set and saving the model...",
 }  # the job whose result was last announced
-
-
-def _duration(seconds: float | None) -> str:
-    """ "0.4 s", "12 s", "3 min 05 s"; "-" when unknown."""
-    if seconds is None:
-        return "-"
-    if seconds < 9.95:
-        return f"{max(0.0, seconds):.1f} s"
-    seconds = round(seconds)
-    return (
-        f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-    )
 
 
 def hyperparameters(spec: registry.ModelKind, preset: str | None) -> dict:
@@ -97,88 +82,11 @@ def estimate(spec, params: dict, ds, n_train: int) -> bool:
     cols[0].metric("Parameters", f"{n_params:,}")
     cols[1].metric(
         "Time per epoch",
-        f"≈ {_duration(seconds)}",
+        f"≈ {humanize.duration(seconds)}",
         help="Measured on this machine by timing a few batches of this network.",
     )
-    cols[2].metric("All epochs", f"≈ {_duration(seconds * epochs)}")
+    cols[2].metric("All epochs", f"≈ {humanize.duration(seconds * epochs)}")
     return True
-
-
-def curves(snap) -> go.Figure:
-    """Loss and accuracy: training (running mean within each epoch) and validation."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
-    validated = [e for e in snap.epochs if "val_loss" in e]
-    for col, (index, name) in enumerate(((1, "loss"), (2, "accuracy")), start=1):
-        fig.add_scatter(
-            x=[p[0] for p in snap.points],
-            y=[p[index] for p in snap.points],
-            name="training",
-            legendgroup="training",
-            showlegend=col == 1,
-            mode="lines",
-            line=dict(color="#1f77b4"),
-            row=1,
-            col=col,
-        )
-        # A stopped epoch is validated where it stopped, not at its end.
-        val_x = [min(e["epoch"], snap.points[-1][0]) for e in validated]
-        fig.add_scatter(
-            x=val_x,
-            y=[e[f"val_{name}"] for e in validated],
-            name="validation",
-            legendgroup="validation",
-            showlegend=col == 1,
-            mode="lines+markers",
-            line=dict(color="#ff7f0e"),
-            row=1,
-            col=col,
-        )
-    # One tick per epoch, unless that many ticks would run into each other.
-    dtick = 1 if snap.max_epochs <= 20 else None
-    fig.update_xaxes(title="epoch", range=[0, snap.max_epochs], dtick=dtick)
-    fig.update_layout(
-        height=340,
-        margin=dict(l=10, r=10, t=40, b=10),
-        legend=dict(orientation="h", y=-0.25),
-    )
-    return fig
-
-
-HEALTH = {
-    "grad_norm": ("Gradient norm", "log"),
-    "update_ratio": ("Update / weight", "log"),
-    "dead_fraction": ("Dead ReLUs", "linear"),
-}
-
-
-def health(snap) -> go.Figure:
-    """Per-layer gradient norm, update-to-weight ratio and dead-ReLU fraction."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for t, _ in HEALTH.values()])
-    layers = list(dict.fromkeys(r["layer"] for r in snap.health))
-    colours = px.colors.qualitative.D3
-    for col, (key, (_, axis)) in enumerate(HEALTH.items(), start=1):
-        for i, layer in enumerate(layers):
-            rows = [r for r in snap.health if r["layer"] == layer]
-            fig.add_scatter(
-                x=[r["epoch"] for r in rows],
-                y=[r[key] for r in rows],
-                name=layer,
-                legendgroup=layer,
-                showlegend=col == 1,
-                mode="lines",
-                line=dict(color=colours[i % len(colours)]),
-                row=1,
-                col=col,
-            )
-        fig.update_yaxes(type=axis, row=1, col=col)
-    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=3)
-    fig.update_xaxes(title="epoch", range=[0, snap.max_epochs])
-    fig.update_layout(
-        height=300,
-        margin=dict(l=10, r=10, t=40, b=10),
-        legend=dict(orientation="h", y=-0.3),
-    )
-    return fig
 
 
 def announce(job: TrainingJob, snap) -> None:
@@ -226,8 +134,8 @@ def live(job: TrainingJob, refreshing: bool) -> None:
         )
     cols = st.columns([1, 1, 1.2, 1.2, 1], vertical_alignment="center")
     cols[0].metric("Images/s", f"{snap.images_per_second:,.0f}")
-    cols[1].metric("Elapsed", _duration(snap.elapsed))
-    cols[2].metric("ETA", "done" if snap.finished else _duration(snap.eta))
+    cols[1].metric("Elapsed", humanize.duration(snap.elapsed))
+    cols[2].metric("ETA", "done" if snap.finished else humanize.duration(snap.eta))
     last = snap.epochs[-1] if snap.epochs else {}
     cols[3].metric(
         "Val. accuracy",
@@ -242,14 +150,14 @@ def live(job: TrainingJob, refreshing: bool) -> None:
         help="Stops after the current batch; the model trained so far is saved.",
     )
     if snap.points:  # nothing to plot while queued: spare the server the figure
-        st.plotly_chart(curves(snap), config={"displayModeBar": False})
+        ui.chart(figures.training_curves(snap))
     if snap.health:
-        st.plotly_chart(health(snap), config={"displayModeBar": False})
-        st.caption(
+        ui.chart(
+            figures.training_health(snap),
             f"Training health per layer, one batch in {explain.HEALTH_EVERY}: "
             "gradient norm, size of each update relative to the weights (about "
             "1e-3 is healthy) and the fraction of ReLU units silent for a whole "
-            "batch: `explain.TrainingHealth`."
+            "batch: `explain.TrainingHealth`.",
         )
     if snap.finished:
         announce(job, snap)

@@ -1,0 +1,540 @@
+"""The dashboard's charts: Plotly figures drawn from what the rest of ``digits``
+computes.
+
+Each function takes arrays, dicts or a job's progress snapshot and returns a
+``plotly.graph_objects.Figure``; a page only places it (``st.plotly_chart``). No
+function here computes a result of its own (a score, a front, a grid of maps):
+that is the job of ``metrics``, ``explain`` and ``experiments``, and the figures
+only draw it. Like the rest of ``digits``, this module never imports streamlit,
+so every figure can be built and checked without a server (or shown in a
+notebook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from digits import explain
+
+BLUE, ORANGE, RED, GREY = "#1f77b4", "#ff7f0e", "#ff4b4b", "#9aa5b1"
+COLORS = qualitative.Plotly  # one per line, in order, for sweeps' charts
+SIGNED = "RdBu_r"  # red positive, blue negative, white at zero
+PIXEL_FIGURE = 260  # height of a 28x28 heat map, in CSS pixels
+TIGHT = dict(l=10, r=10, t=10, b=10)  # margins of a chart without a title
+
+
+# -- Home ---------------------------------------------------------------------------
+
+SAMPLE_PAD = 2  # pixels between the samples of the grid
+SAMPLE_BACKGROUND = 96  # grey between the samples, and where a class runs short
+MIN_SAMPLE = 24  # smallest side, in pixels, of a sample in the grid
+
+
+def class_samples(
+    x: np.ndarray, y: np.ndarray, class_names: Sequence[str], per_class: int, seed: int
+) -> go.Figure:
+    """Random images of ``x`` (n, h, w) uint8, one row of ``per_class`` for each
+    class of ``y`` (n,), labelled with its name; black where a class has fewer."""
+    rng = np.random.default_rng(seed)
+    h, w = x.shape[1:]
+    rows = []
+    for c in range(len(class_names)):
+        idx = np.flatnonzero(y == c)
+        pick = rng.choice(idx, min(per_class, len(idx)), replace=False)
+        row = np.zeros((per_class, h, w), np.uint8)
+        row[: len(pick)] = x[np.sort(pick)]
+        rows.append(row)
+    images = np.concatenate(rows)
+    # Small images (the 8x8 sklearn digits) are enlarged, so the borders stay thin.
+    factor = max(1, round(MIN_SAMPLE / max(h, w)))
+    images = images.repeat(factor, axis=1).repeat(factor, axis=2)
+    h = images.shape[1]
+    grid = explain.tile(images, per_class, SAMPLE_PAD)
+    image = np.nan_to_num(grid, nan=SAMPLE_BACKGROUND).astype(np.uint8)
+    fig = px.imshow(image, binary_string=True, zmin=0, zmax=255)  # as stored
+    centres = [r * (h + SAMPLE_PAD) + h / 2 for r in range(len(class_names))]
+    fig.update_yaxes(tickvals=centres, ticktext=list(class_names), title=None)
+    fig.update_xaxes(visible=False)
+    fig.update_layout(
+        margin=dict(l=0, r=0, t=0, b=0), height=12 + 36 * len(class_names)
+    )
+    return fig
+
+
+# -- Train --------------------------------------------------------------------------
+
+
+def training_curves(snap) -> go.Figure:
+    """Loss and accuracy of a training job's snapshot (``TrainingJob.snapshot``):
+    training (running mean within each epoch) and validation, by epoch."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
+    validated = [e for e in snap.epochs if "val_loss" in e]
+    for col, (index, name) in enumerate(((1, "loss"), (2, "accuracy")), start=1):
+        fig.add_scatter(
+            x=[p[0] for p in snap.points],
+            y=[p[index] for p in snap.points],
+            name="training",
+            legendgroup="training",
+            showlegend=col == 1,
+            mode="lines",
+            line=dict(color=BLUE),
+            row=1,
+            col=col,
+        )
+        # A stopped epoch is validated where it stopped, not at its end.
+        val_x = [min(e["epoch"], snap.points[-1][0]) for e in validated]
+        fig.add_scatter(
+            x=val_x,
+            y=[e[f"val_{name}"] for e in validated],
+            name="validation",
+            legendgroup="validation",
+            showlegend=col == 1,
+            mode="lines+markers",
+            line=dict(color=ORANGE),
+            row=1,
+            col=col,
+        )
+    # One tick per epoch, unless that many ticks would run into each other.
+    dtick = 1 if snap.max_epochs <= 20 else None
+    fig.update_xaxes(title="epoch", range=[0, snap.max_epochs], dtick=dtick)
+    fig.update_layout(
+        height=340,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", y=-0.25),
+    )
+    return fig
+
+
+HEALTH = {  # explain.TrainingHealth's columns: (title, y axis type)
+    "grad_norm": ("Gradient norm", "log"),
+    "update_ratio": ("Update / weight", "log"),
+    "dead_fraction": ("Dead ReLUs", "linear"),
+}
+
+
+def training_health(snap) -> go.Figure:
+    """Per-layer gradient norm, update-to-weight ratio and dead-ReLU fraction of a
+    training job's snapshot, by epoch: one chart each, one line per layer."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for t, _ in HEALTH.values()])
+    layers = list(dict.fromkeys(r["layer"] for r in snap.health))
+    colours = px.colors.qualitative.D3
+    for col, (key, (_, axis)) in enumerate(HEALTH.items(), start=1):
+        for i, layer in enumerate(layers):
+            rows = [r for r in snap.health if r["layer"] == layer]
+            fig.add_scatter(
+                x=[r["epoch"] for r in rows],
+                y=[r[key] for r in rows],
+                name=layer,
+                legendgroup=layer,
+                showlegend=col == 1,
+                mode="lines",
+                line=dict(color=colours[i % len(colours)]),
+                row=1,
+                col=col,
+            )
+        fig.update_yaxes(type=axis, row=1, col=col)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=3)
+    fig.update_xaxes(title="epoch", range=[0, snap.max_epochs])
+    fig.update_layout(
+        height=300,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", y=-0.3),
+    )
+    return fig
+
+
+# -- Evaluate -----------------------------------------------------------------------
+
+
+def confusion(matrix: np.ndarray, names: Sequence[str], height: int = 520) -> go.Figure:
+    """Heatmap of counts (k, k) (row = true, column = predicted), each labelled.
+
+    The colour scale tops out above the largest mistake count, so the mistakes
+    show instead of being washed out by the diagonal. Plotly heatmaps cannot be
+    selected, so a scatter of invisible square outlines, one per cell, takes the
+    clicks; the clicked cell's outline shows.
+    """
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    labels = [str(n) for n in names]
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=labels,
+            y=labels,
+            text=matrix,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=max(1, int(off.max()) * 1.5),
+            showscale=False,
+            hoverinfo="skip",
+        )
+    )
+    true, pred = np.indices(matrix.shape).reshape(2, -1)
+    fig.add_scatter(
+        x=[labels[j] for j in pred],
+        y=[labels[i] for i in true],
+        customdata=matrix.ravel(),
+        mode="markers",
+        marker=dict(
+            symbol="square-open", size=34, opacity=0, color=RED, line=dict(width=3)
+        ),
+        selected=dict(marker=dict(opacity=1)),
+        unselected=dict(marker=dict(opacity=0)),
+        hovertemplate="true %{y}, predicted %{x}: %{customdata} images<extra></extra>",
+        showlegend=False,
+    )
+    k = len(labels)
+    fig.update_xaxes(
+        title="predicted", type="category", side="top", range=[-0.5, k - 0.5]
+    )
+    fig.update_yaxes(title="true", type="category", range=[k - 0.5, -0.5])
+    fig.update_layout(
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=10),
+        hoverdistance=-1,  # a click anywhere in a cell picks that cell
+        clickmode="event+select",
+    )
+    return fig
+
+
+def clicked_cell(event, names: Sequence[str]) -> tuple[int, int] | None:
+    """(true, predicted) class indices of the cell clicked on ``confusion``'s
+    chart, from the selection event ``st.plotly_chart`` returns; None if none."""
+    points = (event or {}).get("selection", {}).get("points", [])
+    if not points:
+        return None
+    lookup = {str(name): i for i, name in enumerate(names)}
+    x, y = str(points[0].get("x")), str(points[0].get("y"))
+    if x in lookup and y in lookup:
+        return lookup[y], lookup[x]
+    return None
+
+
+def reliability(rel: Mapping) -> go.Figure:
+    """``metrics.reliability``: the share right per confidence bin (bars) against
+    the diagonal of perfect calibration, and the images per bin below (log)."""
+    edges = np.asarray(rel["edges"])
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        row_heights=[0.72, 0.28],
+        vertical_spacing=0.04,
+    )
+    fig.add_bar(
+        x=centres,
+        y=[a if a is not None else 0 for a in rel["accuracy"]],
+        width=width * 0.95,
+        marker_color=BLUE,
+        customdata=np.stack(
+            [rel["count"], [c if c is not None else np.nan for c in rel["confidence"]]],
+            axis=1,
+        ),
+        hovertemplate="accuracy %{y:.1%}<br>mean confidence %{customdata[1]:.1%}"
+        "<br>%{customdata[0]} images<extra></extra>",
+        name="accuracy",
+        row=1,
+        col=1,
+    )
+    fig.add_scatter(
+        x=[0, 1],
+        y=[0, 1],
+        mode="lines",
+        line=dict(dash="dash", color="#888"),
+        name="perfect calibration",
+        hoverinfo="skip",
+        row=1,
+        col=1,
+    )
+    fig.add_bar(
+        x=centres,
+        y=rel["count"],
+        width=width * 0.95,
+        marker_color=GREY,
+        text=rel["count"],
+        textposition="outside",
+        hovertemplate="%{y} images<extra></extra>",
+        name="images",
+        row=2,
+        col=1,
+    )
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
+    fig.update_xaxes(
+        range=[0, 1], tickformat=".0%", title="confidence (top probability)", row=2
+    )
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", title="accuracy", row=1)
+    fig.update_yaxes(type="log", title="images", row=2)
+    fig.update_layout(height=480, margin=TIGHT, showlegend=False, bargap=0)
+    return fig
+
+
+def coverage(curve: Mapping, chosen: Mapping, threshold: float) -> go.Figure:
+    """``metrics.coverage_curve``: accuracy against coverage over every threshold,
+    with ``metrics.selective``'s point at ``threshold`` in red."""
+    fig = go.Figure(
+        go.Scatter(
+            x=curve["coverage"],
+            y=curve["accuracy"],
+            customdata=curve["threshold"],
+            mode="lines",
+            line=dict(color=BLUE),
+            hovertemplate="answers %{x:.1%} at accuracy %{y:.2%}"
+            "<br>when at least %{customdata:.3f} sure<extra></extra>",
+            name="curve",
+        )
+    )
+    if chosen["kept"]:
+        fig.add_scatter(
+            x=[chosen["coverage"]],
+            y=[chosen["accuracy"]],
+            mode="markers",
+            marker=dict(color=RED, size=12),
+            hovertemplate=f"threshold {threshold:.2f}<extra></extra>",
+            name="threshold",
+        )
+    fig.update_xaxes(title="coverage (share of test images answered)", tickformat=".0%")
+    fig.update_yaxes(title="accuracy on those", tickformat=".1%")
+    fig.update_layout(height=360, margin=TIGHT, showlegend=False)
+    return fig
+
+
+# -- Draw and Inspect -----------------------------------------------------------------
+
+
+def probability_bars(p: np.ndarray, names: Sequence[str]) -> go.Figure:
+    """One model's class probabilities (k,), the top one in red."""
+    top = int(p.argmax())
+    fig = go.Figure(
+        go.Bar(
+            x=list(names),
+            y=p,
+            marker_color=[RED if i == top else GREY for i in range(len(p))],
+            hovertemplate="%{x}: %{y:.1%}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    fig.update_layout(height=220, margin=TIGHT)
+    return fig
+
+
+def heatmap(
+    z: np.ndarray, *, signed: bool, height: int = PIXEL_FIGURE, **kw
+) -> go.Figure:
+    """An image-like heat map of ``z`` (h, w): square pixels, row 0 at the top, no
+    axes. ``signed``: red positive, blue negative, white at zero; else grey from
+    black at 0. NaN (between tiled maps) shows blank. ``kw`` go to the trace."""
+    z = np.asarray(z, dtype=np.float64)
+    if signed:
+        top = float(np.nanmax(np.abs(z))) or 1.0
+        colours = dict(colorscale=SIGNED, zmin=-top, zmax=top)
+    else:
+        colours = dict(colorscale="gray", zmin=0, zmax=max(1.0, float(np.nanmax(z))))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            **colours,
+            hovertemplate="row %{y}, col %{x}: %{z:.3g}<extra></extra>",
+            colorbar=dict(thickness=10),
+            **kw,
+        )
+    )
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", visible=False)
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=0, b=0))
+    return fig
+
+
+def _grid_height(grid: np.ndarray, width: int, low: int, high: int) -> int:
+    """The height, in CSS pixels, that shows ``grid`` about ``width`` wide."""
+    return int(np.clip(width * grid.shape[0] / grid.shape[1], low, high))
+
+
+def layer_output(
+    values: np.ndarray, names: Sequence[str], columns: int = 16
+) -> go.Figure:
+    """One layer's output for one image (``explain.LayerOutput.values``): maps
+    (h, w, channels) tiled ``columns`` to a row, or a vector (n,) as bars, named
+    by class if there is one value per class."""
+    if values.ndim == 3:
+        grid = explain.tile(values.transpose(2, 0, 1), columns)  # (channels, h, w)
+        height = _grid_height(grid, 700, 120, 700)
+        return heatmap(grid, signed=bool(values.min() < 0), height=height)
+    per_class = len(values) == len(names)
+    x = list(names) if per_class else list(range(len(values)))
+    fig = go.Figure(go.Bar(x=x, y=values, hovertemplate="%{x}: %{y:.3g}"))
+    fig.update_xaxes(type="category" if per_class else "linear")
+    fig.update_layout(height=200, margin=TIGHT)
+    return fig
+
+
+def conv_filters(w: np.ndarray, columns: int = 16) -> go.Figure:
+    """A conv layer's weights (c_out, c_in, k, k), red excites and blue inhibits:
+    with one input channel, its kernels ``columns`` to a row; else one row per
+    input channel and one column per output channel."""
+    c_out, c_in, k, _ = w.shape
+    if c_in == 1:
+        grid = explain.tile(w[:, 0], columns)
+    else:
+        grid = explain.tile(w.transpose(1, 0, 2, 3).reshape(-1, k, k), c_out)
+    return heatmap(grid, signed=True, height=_grid_height(grid, 900, 120, 600))
+
+
+PROBE_FIGURE = 200  # height of the probe's charts, beside its five sliders
+PROBE_LAYOUT = dict(
+    height=PROBE_FIGURE,
+    margin=dict(l=10, r=10, t=30, b=10),
+    legend=dict(orientation="h", y=1.02, yanchor="bottom"),
+)
+
+
+def probe_bars(probabilities: Mapping[str, np.ndarray], names) -> go.Figure:
+    """``explain.probe``'s class probabilities, one group of bars per class and
+    one bar per model."""
+    fig = go.Figure(
+        [
+            go.Bar(name=model, x=list(names), y=p, hovertemplate="%{x}: %{y:.1%}")
+            for model, p in probabilities.items()
+        ]
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    fig.update_layout(barmode="group", **PROBE_LAYOUT)
+    return fig
+
+
+def shift_sweep(
+    curves: Mapping[str, Sequence[float]],
+    shifts: Sequence[int],
+    target_name: str,
+    now: int,
+) -> go.Figure:
+    """``explain.sweep``: P(target) of each model for each shift to the right,
+    with a dotted line at the slider's shift ``now``."""
+    fig = go.Figure(
+        [
+            go.Scatter(x=list(shifts), y=p, name=model, mode="lines+markers")
+            for model, p in curves.items()
+        ]
+    )
+    fig.add_vline(x=now, line=dict(color=GREY, dash="dot"))
+    fig.update_xaxes(title="shift right (px)", dtick=2)
+    fig.update_yaxes(title=f"P({target_name})", range=[0, 1.02], tickformat=".0%")
+    fig.update_layout(**PROBE_LAYOUT)
+    return fig
+
+
+# -- Experiments ------------------------------------------------------------------
+
+SWEEP_LAYOUT = dict(
+    height=330,
+    margin=dict(l=10, r=10, t=40, b=10),
+    legend=dict(orientation="h", y=-0.3),
+)
+
+
+def accuracy_against(
+    summary: Sequence[Mapping], x: str, group: str, title: str
+) -> go.Figure:
+    """``experiments.summarise``'s mean test accuracy against ``x`` (depth or
+    width), ± one standard deviation across seeds, one line per ``group`` value."""
+    groups: dict = {}
+    for row in summary:
+        groups.setdefault(row[group], []).append(row)
+    fig = go.Figure()
+    for i, (value, rows) in enumerate(sorted(groups.items())):
+        rows = sorted(rows, key=lambda r: r[x])
+        fig.add_scatter(
+            x=[r[x] for r in rows],
+            y=[r["accuracy_mean"] for r in rows],
+            error_y=dict(type="data", array=[r["accuracy_std"] for r in rows]),
+            text=[r["label"] for r in rows],
+            hovertemplate="%{text}<br>accuracy %{y:.2%}<extra></extra>",
+            mode="lines+markers",
+            name=f"{group} {value}",
+            line=dict(color=COLORS[i % len(COLORS)]),
+        )
+    fig.update_layout(title=title, **SWEEP_LAYOUT)
+    # Categories: only the values tried, evenly spaced, even if there is one.
+    values = sorted({r[x] for r in summary})
+    fig.update_xaxes(
+        title=x, type="category", categoryorder="array", categoryarray=values
+    )
+    fig.update_yaxes(title="test accuracy", tickformat=".1%")
+    return fig
+
+
+def pareto(
+    summary: Sequence[Mapping],
+    x: str,
+    front: Sequence[bool],
+    title: str,
+    log_x: bool,
+) -> go.Figure:
+    """Mean accuracy against a cost ``x`` of each configuration of ``summary``,
+    the Pareto ``front`` (``experiments.pareto_front``) starred and joined."""
+    cost = [r[x] for r in summary]
+    acc = [r["accuracy_mean"] for r in summary]
+    fig = go.Figure()
+    best = sorted((c, a) for c, a, f in zip(cost, acc, front, strict=True) if f)
+    fig.add_scatter(
+        x=[c for c, _ in best],
+        y=[a for _, a in best],
+        mode="lines",
+        name="Pareto front",
+        line=dict(color="#d62728", dash="dot"),
+        hoverinfo="skip",
+    )
+    fig.add_scatter(
+        x=cost,
+        y=acc,
+        error_y=dict(type="data", array=[r["accuracy_std"] for r in summary]),
+        mode="markers",
+        marker=dict(
+            size=11,
+            color=["#d62728" if f else BLUE for f in front],
+            symbol=["star" if f else "circle" for f in front],
+        ),
+        text=[r["label"] for r in summary],
+        hovertemplate="%{text}<br>%{x:,.3g}<br>accuracy %{y:.2%}<extra></extra>",
+        name="configuration (★ on the front)",
+    )
+    fig.update_layout(title=title, **SWEEP_LAYOUT)
+    fig.update_xaxes(title=x.replace("_", " "), type="log" if log_x else None)
+    fig.update_yaxes(title="test accuracy", tickformat=".1%")
+    return fig
+
+
+def loss_curves(rows: Sequence[Mapping]) -> go.Figure:
+    """Training loss of every trial of a sweep (running mean within each epoch),
+    one colour per configuration, its seeds under one legend entry."""
+    fig = go.Figure()
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    for row in rows:
+        curve = row.get("curve") or []
+        i = labels.index(row["label"])
+        fig.add_scatter(
+            x=[p[0] for p in curve],
+            y=[p[1] for p in curve],
+            mode="lines",
+            name=row["label"],
+            legendgroup=row["label"],
+            showlegend=row["seed"]
+            == min(r["seed"] for r in rows if r["label"] == row["label"]),
+            line=dict(color=COLORS[i % len(COLORS)], width=1.5),
+            hovertemplate=f"{row['label']} seed {row['seed']}<br>"
+            "epoch %{x:.2f}<br>loss %{y:.3f}<extra></extra>",
+        )
+    fig.update_layout(title="Training loss, every trial", **SWEEP_LAYOUT)
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(title="loss", type="log")
+    return fig
