@@ -37,6 +37,9 @@ from digits.store import (
 )
 
 VALIDATION_SEED = 0  # train_run's validation subset is the same for every run
+# How many test images the dashboard's training and the sweeps score after each
+# epoch for the curves (a whole test set would cost a CNN a fifth of an epoch).
+VALIDATION_SIZE = 2000
 # What a run's "stopped" field says when training failed partway and the last
 # good weights were saved anyway.
 _STOPPED_BY = {

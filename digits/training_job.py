@@ -7,7 +7,7 @@ interrupt it. The page polls ``snapshot()`` to draw curves, a progress bar,
 images/s and the ETA, and ``stop()`` sets a ``threading.Event`` that
 ``StopOnEvent`` checks between batches (between 4096-image chunks for the MLP).
 
-The thread runs ``digits.store.train_run`` with ``validation_size`` set: the
+The thread runs ``digits.training.train_run`` with ``validation_size`` set: the
 per-epoch validation curves use a fixed random subset of the test set
 (``VALIDATION_SIZE`` images) instead of all of it, so that validating a CNN takes
 a fraction of a second and a Stop is never held up by it. The saved run is still
@@ -25,8 +25,8 @@ from typing import Any
 from digits import explain, registry, store
 from digits.jobs import FINAL, BackgroundJob, JobProgress
 from digits.nn.callbacks import Callback, StopOnEvent
+from digits.training import VALIDATION_SIZE, train_run
 
-VALIDATION_SIZE = 2000  # test images scored after each epoch for the curves
 POINT_SECONDS = 0.25  # record a point of the live training curve this often
 # Training runs at a lower CPU priority than the server's other threads, so that
 # the pages (a drawing's prediction) stay quick while a model trains.
@@ -207,7 +207,7 @@ class TrainingJob(BackgroundJob):
         return "stopped" if self._stop.is_set() else "done"
 
     def _train_and_save(self) -> store.Run:
-        return store.train_run(
+        return train_run(
             self.kind,
             self.dataset,
             params=self.params,

@@ -7,7 +7,7 @@
     summarise(outcome.rows)            # one row per configuration, over seeds
 
 A sweep is the product of the grid's values, times the seeds. Each trial is one
-``digits.store.train_run`` (a run in the store) and one row of the sweep's table,
+``digits.training.train_run`` (a run in the store) and one row of the sweep's table,
 ``$DIGITS_RUNS_DIR/.sweeps/<name>/results.csv``. A sweep's default name is a hash
 of all its trials' keys: the same command resumes, any other grid gets a table
 of its own.

@@ -22,8 +22,8 @@ import numpy as np
 from digits import calibrate
 from digits.engine.system import blas_threads
 from digits.experiments.planning import Sweep
+from digits.training import VALIDATION_SIZE
 
-VALIDATION_SIZE = 2000  # test images scored after each epoch, as on Train
 # Costs the per-batch probe does not see, as seen on the 2-core machine (see
 # benchmarks/README.md, "Sweeps"): starting the loky workers (spawn, imports, the
 # dataset's memory map), and per trial the test-set report and saving the run.

@@ -1,7 +1,7 @@
 """One trial of a sweep: trained under its claim, saved as a run, returned as a row.
 
 ``run_trial`` runs in a worker process (loky or a Dask worker) or in the sweep's
-own process. It trains one configuration and seed with ``digits.store.train_run``
+own process. It trains one configuration and seed with ``digits.training.train_run``
 (a run in the store, named after the sweep, its configuration and seed) and
 returns the trial's row of the results table; a trial that fails gives a
 ``failed`` row instead of raising, so that the sweep goes on.
@@ -30,8 +30,9 @@ from digits import store
 from digits.errors import DigitsError
 from digits.experiments.planning import Trial
 from digits.experiments.results import append_result, read_results
-from digits.experiments.timing import VALIDATION_SIZE, with_threads
+from digits.experiments.timing import with_threads
 from digits.nn.callbacks import Callback
+from digits.training import VALIDATION_SIZE, train_run
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def _train_trial(
     start = time.perf_counter()
     try:
         with threadpool_limits(limits=threads):
-            run = store.train_run(
+            run = train_run(
                 kind,
                 ds,
                 params=with_threads(kind, trial.params, threads),

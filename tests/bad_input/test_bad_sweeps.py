@@ -501,7 +501,8 @@ def test_two_processes_running_one_sweep_lose_and_repeat_no_trial(runs):
     assert sum(o["ran"] for o in outs) == 8
     assert all(o["ran"] + o["skipped"] == 6 and not o["interrupted"] for o in outs)
     assert sorted(r["run"] for r in table) == saved_runs(runs)
-    assert not list(table_path(runs, "shared").parent.glob(".tmp-*"))
+    folder = table_path(runs, "shared").parent
+    assert [p.name for p in folder.glob(".results.csv.*")] == [".results.csv.lock"]
 
 
 APPENDER = """
