@@ -25,9 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
-from PIL import Image
 
-from digits import dashboard, data, handwriting, preprocess, registry, store
+from digits import (
+    dashboard,
+    data,
+    figures,
+    handwriting,
+    preprocess,
+    registry,
+    slots,
+    store,
+)
 from digits.errors import (
     DataError,
     DigitsError,
@@ -63,7 +71,6 @@ PHOTO_LIMIT_MB = preprocess.MAX_BYTES // 2**20
 # content's hash (as it once was), so runs trained on it match it again. Nothing
 # is written there.
 UPLOAD_NAME_DIR = Path(tempfile.gettempdir()) / "digits-uploads"
-GALLERY_PIXELS = 112  # side of a gallery image, before the browser fits it
 GALLERY_COLUMNS = 10
 
 
@@ -163,9 +170,44 @@ def chart(fig, caption: str | None = None, **kwargs):
     return event
 
 
+def queue_notice(position: int | None, unit: str, what: str) -> None:
+    """Where a job waiting for a training slot (``digits.slots``) stands in line:
+    ``position`` 1 is next. Nothing if the job is not waiting."""
+    if position is None:
+        return
+    st.info(
+        "Waiting for a training slot: this machine trains "
+        f"{slots.shared().capacity} {unit} at a time, and {position - 1 or 'no'} "
+        f"other job(s) wait ahead of this {what}. It starts by itself when a slot "
+        "frees up.",
+        icon=":material/hourglass_top:",
+    )
+
+
 def show_error(err: BaseException) -> None:
     """A user error as a red box with its message (never a traceback)."""
     st.error(str(err), icon=":material/error:")
+
+
+def metric_row(*metrics: tuple) -> None:
+    """One ``st.metric`` per column: each a (label, value) or (label, value, help)."""
+    for col, (label, value, *help_) in zip(
+        st.columns(len(metrics)), metrics, strict=True
+    ):
+        col.metric(label, value, help=help_[0] if help_ else None)
+
+
+def keep_notice(key: str, kind: str, text: str) -> None:
+    """Keep a message (``kind`` "success", "warning" or "error") for the page's
+    next run: a button's callback runs before the page, so it cannot show one."""
+    st.session_state[key] = (kind, text)
+
+
+def show_notice(key: str) -> None:
+    """The message kept under ``key`` by ``keep_notice``, shown once."""
+    kind, text = st.session_state.pop(key, (None, None))
+    if kind is not None:
+        getattr(st, kind)(text)
 
 
 # -- datasets ----------------------------------------------------------------------
@@ -406,6 +448,53 @@ def test_report(run: store.Run, ds: data.Dataset, proba: np.ndarray) -> dict:
     return _report(str(run.path), _version(run), ds.checksum, ds, proba)
 
 
+def test_scores(run: store.Run, ds: data.Dataset) -> tuple[np.ndarray, dict]:
+    """``test_predictions`` and ``test_report`` of ``run``; stops the page with the
+    message if the run cannot be scored."""
+    try:
+        proba = test_predictions(run, ds)
+        return proba, test_report(run, ds, proba)
+    except DigitsError as err:
+        show_error(err)
+        st.stop()
+
+
+def pick_run(label: str, runs: Sequence[store.Run], key: str, default: int = 0):
+    """A select box of ``runs`` labelled by ``run_label``; returns the chosen run.
+
+    The choice persists across pages; one that no longer exists (a run deleted,
+    another dataset chosen) becomes ``runs[default]``.
+    """
+    by_name = {run.name: run for run in runs}
+    if st.session_state.get(key) not in by_name:
+        st.session_state[key] = runs[min(default, len(runs) - 1)].name
+    name = st.selectbox(
+        label,
+        list(by_name),
+        format_func=lambda n: run_label(by_name[n]),
+        key=key,
+        persist_state="session",
+    )
+    return by_name[name]
+
+
+def pick_runs(
+    label: str, runs: Sequence[store.Run], default: Sequence[str], key: str, **kw
+) -> list[store.Run]:
+    """A multiselect of ``runs`` labelled by ``run_label``, the names ``default``
+    chosen at first; returns the chosen runs. ``kw`` go to ``st.multiselect``."""
+    by_name = {run.name: run for run in runs}
+    names = st.multiselect(
+        label,
+        list(by_name),
+        default=list(default),
+        format_func=lambda n: run_label(by_name[n]),
+        key=key,
+        **kw,
+    )
+    return [by_name[name] for name in names]
+
+
 def run_label(run: store.Run) -> str:
     """ "default-cnn · CNN (NumPy) · 99.10%": name, kind and test accuracy."""
     acc = run.test_accuracy
@@ -419,6 +508,26 @@ def predict_one(model, image: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 # -- hyperparameter widgets ---------------------------------------------------------
+
+TRAIN_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000, 30_000, 60_000)
+
+
+def train_size_input(ds: data.Dataset, default: int, key: str) -> int:
+    """A slider of training-set sizes (a random subset, for quick runs): those of
+    ``TRAIN_SIZES`` below the size of ``ds``'s training set, then all of it.
+    ``default`` if offered, else all. ``key`` is suffixed with the dataset."""
+    n_all = len(ds.x_train)
+    sizes = [n for n in TRAIN_SIZES if n < n_all] + [n_all]
+    return st.select_slider(
+        "Training images",
+        sizes,
+        value=default if default in sizes else n_all,
+        format_func=lambda n: f"{n:,}",
+        key=f"{key}-{ds.name}",
+        persist_state="session",
+        help="A random subset of the training set, for quick runs.",
+    )
+
 
 # Labels for the two widgets of a "layers" hyperparameter: how many, and each width.
 LAYER_LABELS = {
@@ -520,25 +629,6 @@ def _layers_input(hp, default: tuple, key: str, common: dict) -> tuple[int, ...]
 # -- images ------------------------------------------------------------------------
 
 
-def enlarge(image: np.ndarray, pixels: int = GALLERY_PIXELS) -> np.ndarray:
-    """``image`` (h, w) scaled up by a whole factor to about ``pixels`` wide, with
-    sharp pixels (browsers blur small images they scale themselves)."""
-    factor = max(1, round(pixels / max(image.shape[:2])))
-    return image.repeat(factor, axis=0).repeat(factor, axis=1)
-
-
-def thumbnail(image: np.ndarray, pixels: int) -> np.ndarray:
-    """``image`` (h, w) padded with black to a square and resized to ``pixels``,
-    so that steps of any shape (a thin "1" is tall and narrow) show alike."""
-    h, w = image.shape[:2]
-    side = max(h, w)
-    square = np.zeros((side, side), dtype=np.uint8)
-    top, left = (side - h) // 2, (side - w) // 2
-    square[top : top + h, left : left + w] = image
-    resample = Image.Resampling.NEAREST if side < pixels else Image.Resampling.BOX
-    return np.asarray(Image.fromarray(square).resize((pixels, pixels), resample))
-
-
 def gallery(
     images: Sequence[np.ndarray],
     captions: Sequence[str],
@@ -560,7 +650,7 @@ def gallery(
             captions[start : start + n_cols],
             strict=False,
         ):
-            col.image(enlarge(image), width="stretch")
+            col.image(figures.enlarge(image), width="stretch")
             col.caption(caption)
 
 
@@ -578,16 +668,3 @@ def saved_drawings(hw_store: handwriting.HandwritingStore) -> handwriting.Drawin
     except HandwritingError as err:
         show_error(err)
         st.stop()
-
-
-MISREAD_RGB = (255, 75, 75)  # the frame of a misread drawing, Streamlit's red
-
-
-def framed(images: np.ndarray, marked: np.ndarray) -> np.ndarray:
-    """Grey images (n, h, w) as RGB (n, h, w, 3), a one-pixel red frame around
-    those where ``marked`` (n,) is True (a gallery's misreads)."""
-    rgb = np.repeat(np.asarray(images, dtype=np.uint8)[..., None], 3, axis=-1)
-    edge = np.zeros(rgb.shape[1:3], dtype=bool)
-    edge[[0, -1], :] = edge[:, [0, -1]] = True
-    rgb[np.asarray(marked, dtype=bool)[:, None, None] & edge] = MISREAD_RGB
-    return rgb

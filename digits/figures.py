@@ -1,13 +1,13 @@
-"""The dashboard's charts: Plotly figures drawn from what the rest of ``digits``
-computes.
+"""The dashboard's charts and images, as shown: Plotly figures drawn from what the
+rest of ``digits`` computes, and images enlarged, squared or framed for display.
 
-Each function takes arrays, dicts or a job's progress snapshot and returns a
-``plotly.graph_objects.Figure``; a page only places it (``st.plotly_chart``). No
-function here computes a result of its own (a score, a front, a grid of maps):
-that is the job of ``metrics``, ``explain`` and ``experiments``, and the figures
-only draw it. Like the rest of ``digits``, this module never imports streamlit,
-so every figure can be built and checked without a server (or shown in a
-notebook).
+Each figure function takes arrays, dicts or a job's progress snapshot and
+returns a ``plotly.graph_objects.Figure``; a page only places it
+(``st.plotly_chart``). Nothing here computes a result of its own (a score, a
+front, the maps of a layer): ``metrics``, ``explain`` and ``experiments`` do,
+and this module only draws it. Like the rest of ``digits``, it never imports
+streamlit, so every figure can be built and checked without a server (or shown
+in a notebook).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
+from PIL import Image
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
@@ -27,6 +28,43 @@ COLORS = qualitative.Plotly  # one per line, in order, for sweeps' charts
 SIGNED = "RdBu_r"  # red positive, blue negative, white at zero
 PIXEL_FIGURE = 260  # height of a 28x28 heat map, in CSS pixels
 TIGHT = dict(l=10, r=10, t=10, b=10)  # margins of a chart without a title
+
+
+# -- images, as shown -----------------------------------------------------------------
+
+GALLERY_PIXELS = 112  # side of a gallery image, before the browser fits it
+
+
+def enlarge(image: np.ndarray, pixels: int = GALLERY_PIXELS) -> np.ndarray:
+    """``image`` (h, w) scaled up by a whole factor to about ``pixels`` wide, with
+    sharp pixels (browsers blur small images they scale themselves)."""
+    factor = max(1, round(pixels / max(image.shape[:2])))
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def thumbnail(image: np.ndarray, pixels: int) -> np.ndarray:
+    """``image`` (h, w) padded with black to a square and resized to ``pixels``,
+    so that steps of any shape (a thin "1" is tall and narrow) show alike."""
+    h, w = image.shape[:2]
+    side = max(h, w)
+    square = np.zeros((side, side), dtype=np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    square[top : top + h, left : left + w] = image
+    resample = Image.Resampling.NEAREST if side < pixels else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(square).resize((pixels, pixels), resample))
+
+
+MISREAD_RGB = (255, 75, 75)  # the frame of a misread drawing, Streamlit's red
+
+
+def framed(images: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """Grey images (n, h, w) as RGB (n, h, w, 3), a one-pixel red frame around
+    those where ``marked`` (n,) is True (a gallery's misreads)."""
+    rgb = np.repeat(np.asarray(images, dtype=np.uint8)[..., None], 3, axis=-1)
+    edge = np.zeros(rgb.shape[1:3], dtype=bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    rgb[np.asarray(marked, dtype=bool)[:, None, None] & edge] = MISREAD_RGB
+    return rgb
 
 
 # -- Home ---------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def digit_input() -> tuple[object, str | None]:
 def show_steps(pre: preprocess.Preprocessed) -> None:
     st.caption("How the image becomes a model input, MNIST-style")
     st.image(
-        [ui.thumbnail(getattr(pre, step), STEP_PIXELS) for step in STEPS],
+        [figures.thumbnail(getattr(pre, step), STEP_PIXELS) for step in STEPS],
         caption=list(STEPS.values()),
         width=STEP_PIXELS,
     )
@@ -100,9 +100,8 @@ def save_drawing(centred: np.ndarray, raw: np.ndarray, source: str) -> None:
     the outcome waits in the session for the next run, and the canvas clears."""
     label = st.session_state.get(SAVE_LABEL_KEY)
     if label is None:
-        st.session_state[SAVE_NOTICE_KEY] = (
-            "warning",
-            "Pick the digit you meant before saving.",
+        ui.keep_notice(
+            SAVE_NOTICE_KEY, "warning", "Pick the digit you meant before saving."
         )
         return
     try:
@@ -110,22 +109,16 @@ def save_drawing(centred: np.ndarray, raw: np.ndarray, source: str) -> None:
         drawing_id = hw.add(centred, int(label), source=source, raw=raw)
         total = hw.count()
     except DigitsError as err:
-        st.session_state[SAVE_NOTICE_KEY] = ("error", str(err))
+        ui.keep_notice(SAVE_NOTICE_KEY, "error", str(err))
         return
-    st.session_state[SAVE_NOTICE_KEY] = (
+    ui.keep_notice(
+        SAVE_NOTICE_KEY,
         "success",
         f"Saved #{drawing_id} as a {label} ({total} in your handwriting set). "
         "Evaluate → My handwriting tests the models on them.",
     )
     st.session_state[SAVE_LABEL_KEY] = None
     clear()
-
-
-def save_notice() -> None:
-    """The outcome of the last Save, shown once."""
-    kind, text = st.session_state.pop(SAVE_NOTICE_KEY, (None, None))
-    if kind is not None:
-        getattr(st, kind)(text)
 
 
 def save_form(image, inputs: dict, filename: str | None) -> None:
@@ -160,21 +153,14 @@ runs = ui.digit_runs()
 if not runs:
     st.info("No digit model is saved yet. Train one on the Train page.")
     st.stop()
-by_name = {run.name: run for run in runs}
-names = st.multiselect(
-    "Models",
-    list(by_name),
-    default=default_models(runs),
-    format_func=lambda n: ui.run_label(by_name[n]),
-    key="draw-models",
-    persist_state="session",
+chosen = ui.pick_runs(
+    "Models", runs, default_models(runs), "draw-models", persist_state="session"
 )
-chosen = [by_name[n] for n in names]
 
 left, right = st.columns([1, 2], gap="large")
 with left:
     image, filename = digit_input()
-    save_notice()
+    ui.show_notice(SAVE_NOTICE_KEY)
 with right:
     if image is None:
         st.info(HINT, icon=":material/draw:")

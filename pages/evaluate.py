@@ -22,32 +22,6 @@ ORDERS = {
 }
 
 
-def pick_run(label: str, runs, key: str, default: int = 0):
-    """A select box of runs; a remembered choice that no longer exists is dropped."""
-    names = [run.name for run in runs]
-    if st.session_state.get(key) not in names:
-        st.session_state[key] = names[min(default, len(names) - 1)]
-    by_name = {run.name: run for run in runs}
-    name = st.selectbox(
-        label,
-        names,
-        format_func=lambda n: ui.run_label(by_name[n]),
-        key=key,
-        persist_state="session",
-    )
-    return by_name[name]
-
-
-def scores(run, ds):
-    """Test-set probabilities and report of ``run``; stops the page on error."""
-    try:
-        proba = ui.test_predictions(run, ds)
-        return proba, ui.test_report(run, ds, proba)
-    except DigitsError as err:
-        ui.show_error(err)
-        st.stop()
-
-
 def top3(p: np.ndarray, names) -> str:
     best = np.argsort(-p)[:3]
     return "  \n".join(f"{names[c]}: {p[c]:.1%}" for c in best)
@@ -124,27 +98,28 @@ def mistakes_tab(ds, proba) -> None:
     )
 
 
-def compare_tab(ds, run, proba, runs) -> None:
+def compare_tab(ds, run, proba, report, runs) -> None:
     others = [r for r in runs if r.name != run.name]
     if not others:
         st.info("Train a second model on this dataset to compare the two.")
         return
     # By default compare with a model of another kind (e.g. the CNN with the MLP).
     default = next((i for i, r in enumerate(others) if r.kind != run.kind), 0)
-    other = pick_run("Compare with", others, "evaluate-other", default)
-    proba_b, report_b = scores(other, ds)
+    other = ui.pick_run("Compare with", others, "evaluate-other", default)
+    proba_b, report_b = ui.test_scores(other, ds)
     d = metrics.disagreement(proba, proba_b, ds.y_test)
     st.caption(f"A = **{run.name}**, B = **{other.name}**")
-    cols = st.columns(5)
-    cols[0].metric("Accuracy of A", f"{ui.test_report(run, ds, proba)['accuracy']:.2%}")
-    cols[1].metric("Accuracy of B", f"{report_b['accuracy']:.2%}")
-    cols[2].metric(
-        "They disagree on",
-        f"{len(d['indices']):,}",
-        help=f"{d['rate']:.2%} of the test set",
+    ui.metric_row(
+        ("Accuracy of A", f"{report['accuracy']:.2%}"),
+        ("Accuracy of B", f"{report_b['accuracy']:.2%}"),
+        (
+            "They disagree on",
+            f"{len(d['indices']):,}",
+            f"{d['rate']:.2%} of the test set",
+        ),
+        ("Only A right", f"{d['only_a_right']:,}"),
+        ("Only B right", f"{d['only_b_right']:,}"),
     )
-    cols[3].metric("Only A right", f"{d['only_a_right']:,}")
-    cols[4].metric("Only B right", f"{d['only_b_right']:,}")
     names = ds.class_names
     shown = np.asarray(d["indices"][:60], dtype=np.int64)
     st.caption(
@@ -190,13 +165,12 @@ def calibration_tab(ds, proba) -> None:
             key="evaluate-threshold",
         )
         chosen = metrics.selective(ds.y_test, proba, threshold)
-        cols = st.columns(3)
-        cols[0].metric("Coverage", f"{chosen['coverage']:.1%}")
         accuracy = chosen["accuracy"]
-        cols[1].metric(
-            "Accuracy on those", "-" if accuracy is None else f"{accuracy:.2%}"
+        ui.metric_row(
+            ("Coverage", f"{chosen['coverage']:.1%}"),
+            ("Accuracy on those", "-" if accuracy is None else f"{accuracy:.2%}"),
+            ("Mistakes left", f"{chosen['errors']:,}"),
         )
-        cols[2].metric("Mistakes left", f"{chosen['errors']:,}")
         st.caption(
             f"At {threshold:.0%} the model answers {chosen['kept']:,} of "
             f"{chosen['n']:,} test images and passes on the rest "
@@ -230,27 +204,25 @@ def handwriting_scores(ds, run, report, saved) -> None:
         ui.show_error(err)
         return
     mine = metrics.report(saved.labels, proba, names)
-    n = mine["n"]
-    cols = st.columns(3)
-    cols[0].metric(
-        "Accuracy on my handwriting",
-        f"{mine['accuracy']:.1%}",
-        help=f"{round(mine['accuracy'] * n)} of {n} drawings read right",
-    )
-    cols[1].metric(
-        f"Accuracy on {ui.dataset_label(ds.name)} test", f"{report['accuracy']:.2%}"
-    )
-    cols[2].metric("Misread drawings", f"{n - round(mine['accuracy'] * n)} of {n}")
-    left, right = st.columns(2, gap="large")
-    for col, title, matrix, key in (
-        (left, f"Your {n} drawings", mine["confusion_matrix"], "hw-confusion-mine"),
+    n, read = mine["n"], round(mine["accuracy"] * mine["n"])
+    ui.metric_row(
         (
-            right,
+            "Accuracy on my handwriting",
+            f"{mine['accuracy']:.1%}",
+            f"{read} of {n} drawings read right",
+        ),
+        (f"Accuracy on {ui.dataset_label(ds.name)} test", f"{report['accuracy']:.2%}"),
+        ("Misread drawings", f"{n - read} of {n}"),
+    )
+    sets = (
+        (f"Your {n} drawings", mine["confusion_matrix"], "hw-confusion-mine"),
+        (
             f"{ui.dataset_label(ds.name)} test set",
             report["confusion_matrix"],
             "hw-confusion-test",
         ),
-    ):
+    )
+    for col, (title, matrix, key) in zip(st.columns(2, gap="large"), sets, strict=True):
         with col:
             st.caption(
                 f"**{title}**: row = true digit, column = the model's reading "
@@ -266,7 +238,7 @@ def handwriting_scores(ds, run, report, saved) -> None:
         "(`digits.handwriting.predict`)."
     )
     ui.gallery(
-        ui.framed(saved.images[shown], predicted[shown] != saved.labels[shown]),
+        figures.framed(saved.images[shown], predicted[shown] != saved.labels[shown]),
         [
             misread_caption(
                 int(saved.ids[i]),
@@ -286,18 +258,16 @@ def delete_drawings(delete, widget: str, reset, message: str) -> None:
     try:
         deleted = delete()
     except DigitsError as err:
-        st.session_state[HW_NOTICE_KEY] = ("error", str(err))
+        ui.keep_notice(HW_NOTICE_KEY, "error", str(err))
         return
     st.session_state[widget] = reset
-    st.session_state[HW_NOTICE_KEY] = ("success", message.format(deleted))
+    ui.keep_notice(HW_NOTICE_KEY, "success", message.format(deleted))
 
 
 def manage_drawings(hw, saved) -> None:
     """Download the drawings, or delete some or all of them."""
     st.subheader("Export or delete")
-    kind, text = st.session_state.pop(HW_NOTICE_KEY, (None, None))
-    if kind is not None:
-        getattr(st, kind)(text)
+    ui.show_notice(HW_NOTICE_KEY)
     if not len(saved.ids):
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -399,38 +369,25 @@ if not runs:
         icon=":material/info:",
     )
     st.stop()
-run = pick_run("Model", runs, "evaluate-model")
-proba, report = scores(run, ds)
-cols = st.columns(4)
-cols[0].metric("Test accuracy", f"{report['accuracy']:.2%}")
-cols[1].metric("Mistakes", f"{round((1 - report['accuracy']) * report['n']):,}")
-cols[2].metric("Macro F1", f"{report['macro']['f1']:.3f}")
-cols[3].metric("Mean loss", f"{report['loss']:.3f}", help="Cross-entropy per image.")
+run = ui.pick_run("Model", runs, "evaluate-model")
+proba, report = ui.test_scores(run, ds)
+ui.metric_row(
+    ("Test accuracy", f"{report['accuracy']:.2%}"),
+    ("Mistakes", f"{round((1 - report['accuracy']) * report['n']):,}"),
+    ("Macro F1", f"{report['macro']['f1']:.3f}"),
+    ("Mean loss", f"{report['loss']:.3f}", "Cross-entropy per image."),
+)
 
 # Only the open tab is drawn: the galleries are most of the page's work.
-confusion, mistakes, compare, calibration, mine = st.tabs(
-    [
-        "Confusion matrix",
-        "Misclassified images",
-        "Compare two models",
-        "Calibration",
-        "My handwriting",
-    ],
-    key="evaluate-tab",
-    on_change="rerun",
-)
-if confusion.open:
-    with confusion:
-        confusion_tab(ds, proba, report)
-if mistakes.open:
-    with mistakes:
-        mistakes_tab(ds, proba)
-if compare.open:
-    with compare:
-        compare_tab(ds, run, proba, runs)
-if calibration.open:
-    with calibration:
-        calibration_tab(ds, proba)
-if mine.open:
-    with mine:
-        handwriting_tab(ds, run, report)
+TABS = {
+    "Confusion matrix": lambda: confusion_tab(ds, proba, report),
+    "Misclassified images": lambda: mistakes_tab(ds, proba),
+    "Compare two models": lambda: compare_tab(ds, run, proba, report, runs),
+    "Calibration": lambda: calibration_tab(ds, proba),
+    "My handwriting": lambda: handwriting_tab(ds, run, report),
+}
+tabs = st.tabs(list(TABS), key="evaluate-tab", on_change="rerun")
+for tab, draw in zip(tabs, TABS.values(), strict=True):
+    if tab.open:
+        with tab:
+            draw()

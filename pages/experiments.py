@@ -3,7 +3,7 @@
 import streamlit as st
 
 import ui
-from digits import experiments, figures, humanize, registry, slots
+from digits import experiments, figures, humanize, registry
 from digits.errors import DigitsError
 
 JOB_KEY = "sweep-job"  # this session's digits.experiments.SweepJob
@@ -13,7 +13,7 @@ CONV_OPTIONS = [(), (16,), (32,), (32, 64), (32, 64, 128)]
 HIDDEN_OPTIONS = [(30,), (100,), (128, 64)]
 # 'same' padding, so that three 5x5 conv blocks fit 28x28 images (28, 14, 7, 3).
 FIXED = {"cnn": {"padding": "same"}}
-TRAIN_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000, 60_000)
+DEFAULT_TRAIN_SIZE = 2000
 STATE_LABELS = {
     "waiting": "waiting",
     "running": "training",
@@ -106,14 +106,7 @@ def live(job: experiments.SweepJob, refreshing: bool) -> None:
         text=f"Sweep {job.sweep.name}: {done} of {len(snap.trials)} trials · "
         f"{status} · {humanize.duration(snap.elapsed)}{estimate}",
     )
-    if snap.queue_position is not None:
-        st.info(
-            f"Waiting for a training slot: this machine trains "
-            f"{slots.shared().capacity} job(s) at a time, and "
-            f"{(snap.queue_position - 1) or 'no'} other job(s) wait ahead of this "
-            "sweep. It starts by itself when a slot frees up.",
-            icon=":material/hourglass_top:",
-        )
+    ui.queue_notice(snap.queue_position, "job(s)", "sweep")
     if snap.status == "failed":
         st.error(snap.error, icon=":material/error:")
     elif snap.status == "stopped":
@@ -216,15 +209,7 @@ with controls:
     epochs = right.number_input(
         "Epochs", 1, 10, 1, key="sweep-epochs", persist_state="session"
     )
-    sizes = [n for n in TRAIN_SIZES if n < len(ds.x_train)] + [len(ds.x_train)]
-    n_train = st.select_slider(
-        "Training images",
-        sizes,
-        value=2000 if 2000 in sizes else sizes[-1],
-        format_func=lambda n: f"{n:,}",
-        key=f"sweep-size-{ds.name}",
-        persist_state="session",
-    )
+    n_train = ui.train_size_input(ds, DEFAULT_TRAIN_SIZE, "sweep-size")
 
 with view:
     sweep = estimate = None
@@ -258,24 +243,25 @@ with view:
         except DigitsError as err:
             ui.show_error(err)
         if estimate is not None:
-            cols = st.columns(3)
-            cols[0].metric("Trials to run", f"{len(sweep.trials) - len(done)}")
-            cols[1].metric(
-                "Estimated time",
-                f"≈ {humanize.duration(estimate.seconds)}",
-                help="Measured on this machine by timing a few batches of each "
-                "configuration, with the trials spread over the parallel workers.",
+            ui.metric_row(
+                ("Trials to run", f"{estimate.n_todo}"),
+                (
+                    "Estimated time",
+                    f"≈ {humanize.duration(estimate.seconds)}",
+                    "Measured on this machine by timing a few batches of each "
+                    "configuration, with the trials spread over the parallel workers.",
+                ),
+                (
+                    "Threads per trial",
+                    estimate.threads,
+                    "Each trial's threads (CNN trainer and BLAS), so that the "
+                    "trials at once never want more cores than the machine has.",
+                ),
             )
-            cols[2].metric(
-                "Threads per trial",
-                estimate.threads,
-                help="Each trial's threads (CNN trainer and BLAS), so that the "
-                "trials at once never want more cores than the machine has.",
-            )
-            if done:
+            if estimate.n_todo < len(sweep.trials):
                 st.caption(
-                    f"{len(done & {t.key for t in sweep.trials})} trial(s) of this "
-                    "grid are already done and will be skipped."
+                    f"{len(sweep.trials) - estimate.n_todo} trial(s) of this grid are "
+                    "already done and will be skipped."
                 )
     if st.button(
         "Start sweep",

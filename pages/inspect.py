@@ -78,13 +78,8 @@ def probe_partners(run, runs) -> list[str]:
 @st.fragment  # moving a slider reruns only this section
 def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
     """Sliders that move the digit, and the probabilities of the chosen models."""
-    by_name = {r.name: r for r in runs}
-    chosen = st.multiselect(
-        "Models to compare",
-        list(by_name),
-        default=probe_partners(run, runs),
-        format_func=lambda n: ui.run_label(by_name[n]),
-        key="inspect-probe-models",
+    chosen = ui.pick_runs(
+        "Models to compare", runs, probe_partners(run, runs), "inspect-probe-models"
     )
     sliders, shown = st.columns([1, 2], gap="large")
     with sliders:
@@ -98,7 +93,7 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
     if not chosen:
         shown.info("Choose at least one model to compare.")
         return
-    models = {n: ui.load_model(by_name[n]) for n in chosen}
+    models = {r.name: ui.load_model(r) for r in chosen}
     try:
         start = time.perf_counter()
         settings = dict(shift=(dx, dy), rotate=rotate, scale=scale, thicken=thicken)
@@ -200,17 +195,9 @@ runs = ui.runs_for(ds)
 if not runs:
     st.info("No model is saved for this dataset yet. Train one on the Train page.")
     st.stop()
-by_name = {run.name: run for run in runs}
 top = st.columns([2, 3], gap="large")
 with top[0]:
-    name = st.selectbox(
-        "Model",
-        list(by_name),
-        format_func=lambda n: ui.run_label(by_name[n]),
-        key="inspect-model",
-        persist_state="session",
-    )
-    run = by_name[name]
+    run = ui.pick_run("Model", runs, "inspect-model")
     picked = choose_image(ds, run)
 if picked is None:
     st.stop()

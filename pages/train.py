@@ -3,13 +3,12 @@
 import streamlit as st
 
 import ui
-from digits import calibrate, explain, figures, humanize, registry, slots
+from digits import calibrate, explain, figures, humanize, registry
 from digits.errors import DigitsError
 from digits.training_job import VALIDATION_SIZE, TrainingJob
 
 REFRESH_SECONDS = 1.0  # how often the live view redraws while a job runs (each
 # redraw of the curves and health charts costs the server ~60-100 ms)
-TRAIN_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000, 30_000, 60_000)
 DEFAULT_TRAIN_SIZE = 5000
 GROUPS = {
     "Architecture": (
@@ -124,14 +123,7 @@ def live(job: TrainingJob, refreshing: bool) -> None:
     text = f"{job.spec.label} · epoch {snap.epoch} of {snap.max_epochs}"
     text += STATUS_TEXT.get(snap.status, "")
     st.progress(snap.fraction, text=text)
-    if snap.queue_position is not None:
-        ahead, capacity = snap.queue_position - 1, slots.shared().capacity
-        st.info(
-            f"Waiting for a training slot: this machine trains {capacity}"
-            f" model(s) at a time, and {ahead or 'no'} other job(s) wait ahead of this"
-            " one. Training starts by itself when a slot frees up.",
-            icon=":material/hourglass_top:",
-        )
+    ui.queue_notice(snap.queue_position, "model(s)", "one")
     cols = st.columns([1, 1, 1.2, 1.2, 1], vertical_alignment="center")
     cols[0].metric("Images/s", f"{snap.images_per_second:,.0f}")
     cols[1].metric("Elapsed", humanize.duration(snap.elapsed))
@@ -210,17 +202,8 @@ with controls:
         key=f"train-preset-{kind}",
         persist_state="session",
     )
-    n_all = len(ds.x_train)
-    sizes = [n for n in TRAIN_SIZES if n < n_all] + [n_all]
-    n_train = right.select_slider(
-        "Training images",
-        sizes,
-        value=min(DEFAULT_TRAIN_SIZE, n_all) if DEFAULT_TRAIN_SIZE in sizes else n_all,
-        format_func=lambda n: f"{n:,}",
-        key=f"train-size-{ds.name}",
-        persist_state="session",
-        help="A random subset of the training set, for quick runs.",
-    )
+    with right:
+        n_train = ui.train_size_input(ds, DEFAULT_TRAIN_SIZE, "train-size")
     params = hyperparameters(spec, preset)
 
 with view:

@@ -13,9 +13,9 @@ from sklearn.metrics import confusion_matrix
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from digits import data, handwriting, metrics, preprocess, store
+from digits import data, handwriting, metrics, preprocess, store, training
 from tests import test_app
-from tests.test_app import canvas_drawing, figure, page, texts, ui
+from tests.test_app import canvas_drawing, figure, page, texts
 
 # The same fixtures as the other page tests: tiny MNIST models, a fresh AppTest.
 runs_dir = test_app.runs_dir
@@ -205,7 +205,7 @@ def test_my_handwriting_does_not_apply_to_8x8_models(at, hw, mnist):
     save_mnist(hw, mnist, 3)
     at.selectbox(key="dataset").select("sklearn-digits").run()
     # No 8x8 model is saved in the test runs dir: train a tiny one.
-    store.train_run(
+    training.train_run(
         "mlp",
         data.load_dataset("sklearn-digits"),
         params={"hidden_layer_sizes": (16,), "max_iter": 2},
@@ -257,14 +257,3 @@ def test_my_handwriting_tab_reports_a_damaged_store(at, hw):
     assert "No drawings saved yet" in texts(at.info)
     (aside,) = hw.path.parent.glob("handwriting.sqlite.corrupt-*")
     assert aside.read_bytes() == b"\x00garbage" * 512
-
-
-def test_misreads_are_framed_in_red():
-    images = np.full((3, 28, 28), 7, np.uint8)
-    rgb = ui.framed(images, np.array([False, True, False]))
-    assert rgb.shape == (3, 28, 28, 3)
-    assert (rgb[[0, 2]] == 7).all()  # right readings: unchanged grey
-    frame = np.ones((28, 28), bool)
-    frame[1:-1, 1:-1] = False
-    assert (rgb[1][frame] == ui.MISREAD_RGB).all()
-    assert (rgb[1][~frame] == 7).all()

@@ -139,3 +139,14 @@ def test_training_curves_put_a_stopped_epochs_validation_where_it_stopped():
     assert list(val_loss.x) == [1, 1.4]  # the second epoch stopped at 1.4
     assert list(val_acc.y) == [0.65, 0.75]
     assert fig.layout.xaxis.range == (0, 3)
+
+
+def test_misreads_are_framed_in_red():
+    images = np.full((3, 28, 28), 7, np.uint8)
+    rgb = figures.framed(images, np.array([False, True, False]))
+    assert rgb.shape == (3, 28, 28, 3)
+    assert (rgb[[0, 2]] == 7).all()  # right readings: unchanged grey
+    frame = np.ones((28, 28), bool)
+    frame[1:-1, 1:-1] = False
+    assert (rgb[1][frame] == figures.MISREAD_RGB).all()
+    assert (rgb[1][~frame] == 7).all()

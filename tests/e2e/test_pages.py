@@ -42,7 +42,7 @@ from digits import store
 pytestmark = pytest.mark.e2e
 
 UPLOAD_INDEX = 1  # MNIST test image #1, a "2", becomes the photographed digit
-GALLERY_FACTOR = 4  # ui.enlarge shows a 28x28 test image at 112x112
+GALLERY_FACTOR = 4  # figures.enlarge shows a 28x28 test image at 112x112
 
 
 def test_every_sidebar_page_opens_without_exception(server, page):
