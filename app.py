@@ -131,7 +131,7 @@ cols[1].metric("Training images", f"{len(ds.x_train):,}")
 cols[2].metric("Test images", f"{len(ds.x_test):,}")
 cols[3].metric("Image size", f"{h}x{w}")
 
-head, button = st.columns([5, 1], vertical_alignment="bottom")
+head, button = st.columns([3, 1], vertical_alignment="bottom")
 head.subheader("Random samples of each class")
 if button.button("Shuffle", icon=":material/shuffle:", width="stretch"):
     st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
