@@ -1,10 +1,14 @@
 """Streamlit helpers shared by the dashboard's pages (``app.py``, ``pages/``).
 
 What lives here is what every page needs around its one call into ``digits``:
-the active dataset (chosen on Home, downloaded with a progress bar, falling back
-to scikit-learn's digits when offline), cached datasets, models and test-set
-predictions, the list of saved runs, error display, labels and image grids.
-``digits`` itself never imports streamlit; this module is the only bridge.
+``page_header`` (which every page calls first: it refuses browsers on other
+machines and draws the sidebar's links), the active dataset (chosen on Home,
+downloaded with a progress bar, falling back to scikit-learn's digits when
+offline), cached datasets, models and test-set predictions, the list of saved
+runs, the widgets several pages share (a run picker, hyperparameter inputs, the
+training-set size, a row of metrics, one-shot notices), error display and image
+galleries. The figures are ``digits.figures``. ``digits`` itself never imports
+streamlit; this module is the only bridge.
 
 Caching: datasets and models are ``st.cache_resource`` (one shared, read-only
 object per process); a model's cache key is its run folder plus the modification

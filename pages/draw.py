@@ -19,7 +19,6 @@ STEPS = {
     "scaled": "Scaled to fit 20x20",
     "centred": "Centred by mass, 28x28",
 }
-DEFAULT_MODELS = ("default-cnn", "default-mlp")
 SAVE_LABEL_KEY = "draw-save-label"
 SAVE_NOTICE_KEY = "draw-save-notice"
 SAVE_LABELS = list(range(10))
@@ -27,15 +26,15 @@ HINT = "Draw a digit on the canvas (or upload a photo) to see what the models re
 
 
 def default_models(runs) -> list[str]:
-    """The shipped CNN and MLP, else the newest CNN and MLP, else the newest two."""
-    names = [run.name for run in runs]
-    chosen = [name for name in DEFAULT_MODELS if name in names]
+    """For the CNN and the MLP each, the shipped model, else the newest (``runs``
+    are newest first); with neither, the newest two."""
+    chosen = []
     for kind in ("cnn", "mlp"):
-        if not any(r.kind == kind for r in runs if r.name in chosen):
-            newest = next((r.name for r in runs if r.kind == kind), None)
-            if newest is not None:
-                chosen.append(newest)
-    return chosen or names[:2]
+        of_kind = sorted(
+            (r for r in runs if r.kind == kind), key=lambda r: not r.pretrained
+        )
+        chosen += [r.name for r in of_kind[:1]]
+    return chosen or [r.name for r in runs[:2]]
 
 
 def clear() -> None:

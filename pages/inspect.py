@@ -70,7 +70,7 @@ def probe_partners(run, runs) -> list[str]:
     other = "mlp" if run.kind != "mlp" else "cnn"
     partners = sorted(
         (r for r in runs if r.kind == other),
-        key=lambda r: not r.name.startswith("default"),
+        key=lambda r: not r.pretrained,
     )
     return [run.name] + [r.name for r in partners[:1]]
 
