@@ -851,13 +851,3 @@ def _read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     if cached.shape != shape or cached.dtype != np.float32:
         return None
     return cached if np.isfinite(cached).all() else None
-
-
-def __getattr__(name: str):
-    # train_run moved to digits.training; the sweeps still call it from here
-    # until they move too. Imported lazily: digits.training imports this module.
-    if name == "train_run":
-        from digits.training import train_run
-
-        return train_run
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
