@@ -9,10 +9,11 @@ otherwise, whatever a user's ``~/.streamlit/config.toml`` or environment holds.
 ``app.py``, which also says 127.0.0.1.)
 
 Serving other machines is an explicit choice: a ``host`` that is not a loopback
-address also sets ``DIGITS_ALLOW_NETWORK=1`` for the app. ``app.py`` refuses
-sessions from other machines unless the server was started that way, or with an
-explicit ``--server.address`` flag; ``network_allowed`` and ``refuse_client`` are
-the rules it applies, kept here without Streamlit so that they are tested alone.
+address also sets ``DIGITS_ALLOW_NETWORK=1`` for the app. Every page (through
+``ui.page_header``, its first call) refuses sessions from other machines unless
+the server was started that way, or with an explicit ``--server.address`` flag;
+``network_allowed`` and ``refuse_client`` are the rules it applies, kept here
+without Streamlit so that they are tested alone.
 
 This module never imports streamlit: the ``digits`` package doesn't.
 """

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,19 @@ _STOPPED_BY = {
     TrainingDiverged: "diverged",
     TrainingInterrupted: "second process died",
 }
+
+
+def validation_images(
+    params: Mapping[str, Any],
+    n_test: int,
+    validation_size: int | None = VALIDATION_SIZE,
+) -> int:
+    """How many test images ``train_run`` scores after each epoch for the curves:
+    none with early stopping (the estimator holds out part of the training set
+    instead), else ``validation_size`` of them (all ``n_test`` if None)."""
+    if params.get("early_stopping"):
+        return 0
+    return n_test if validation_size is None else min(validation_size, n_test)
 
 
 def _subset(n: int, size: int | None, seed: int | None) -> slice | np.ndarray:

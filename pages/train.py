@@ -3,9 +3,9 @@
 import streamlit as st
 
 import ui
-from digits import calibrate, explain, figures, humanize, registry
+from digits import calibrate, explain, figures, humanize, registry, training
 from digits.errors import DigitsError
-from digits.training_job import VALIDATION_SIZE, TrainingJob
+from digits.training_job import TrainingJob
 
 REFRESH_SECONDS = 1.0  # how often the live view redraws while a job runs (each
 # redraw of the curves and health charts costs the server ~60-100 ms)
@@ -61,7 +61,7 @@ def hyperparameters(spec: registry.ModelKind, preset: str | None) -> dict:
 def estimate(spec, params: dict, ds, n_train: int) -> bool:
     """Parameter count and time per epoch, measured here; False if params are bad."""
     shape, k = ds.x_train.shape[1:], len(ds.class_names)
-    n_val = 0 if params.get("early_stopping") else min(VALIDATION_SIZE, len(ds.x_test))
+    n_val = training.validation_images(params, len(ds.x_test))
     try:
         with st.spinner("Timing a few batches of this network on this machine..."):
             n_params = calibrate.count_params(spec.name, params, shape, k)

@@ -60,7 +60,6 @@ from digits.experiments.running import (
     trial_progress,
 )
 from digits.experiments.timing import (
-    VALIDATION_SIZE,
     WORKER_START_SECONDS,
     Estimate,
     default_n_jobs,
@@ -68,6 +67,7 @@ from digits.experiments.timing import (
     threads_per_trial,
 )
 from digits.experiments.trial import CLAIMS_DIR
+from digits.training import VALIDATION_SIZE
 
 __all__ = [
     "CLAIMS_DIR",

@@ -22,7 +22,7 @@ import numpy as np
 from digits import calibrate
 from digits.engine.system import blas_threads
 from digits.experiments.planning import Sweep
-from digits.training import VALIDATION_SIZE
+from digits.training import validation_images
 
 # Costs the per-batch probe does not see, as seen on the 2-core machine (see
 # benchmarks/README.md, "Sweeps"): starting the loky workers (spawn, imports, the
@@ -88,7 +88,6 @@ def estimate(
     threads = threads_per_trial(n_jobs)
     shape, k = tuple(ds.x_train.shape[1:]), len(ds.class_names)
     n_train = min(sweep.train_size or len(ds.x_train), len(ds.x_train))
-    n_val = min(VALIDATION_SIZE, len(ds.x_test))
     seconds: dict[str, float] = {}
     n_params: dict[str, int] = {}
     for trial in sweep.trials:
@@ -99,7 +98,7 @@ def estimate(
                 sweep.kind,
                 params,
                 n_train,
-                n_validation=n_val,
+                n_validation=validation_images(trial.params, len(ds.x_test)),
                 image_shape=shape,
                 n_classes=k,
             )
