@@ -229,15 +229,6 @@ def _load_dataset(name: str) -> data.Dataset:
     return _read_only(data.load_dataset(name))
 
 
-def _missing_files(name: str) -> bool:
-    """True if dataset ``name`` must be downloaded before it can be loaded."""
-    source = data.IDX_SOURCES.get(name)
-    if source is None:
-        return False
-    folder = data.data_dir() / source.folder
-    return any(not (folder / f).is_file() for f in source.sha256)
-
-
 def _download(name: str) -> None:
     """Download dataset ``name`` with a progress bar; DownloadError if offline."""
     label = DATASET_LABELS.get(name, name)
@@ -285,7 +276,7 @@ def active_dataset() -> data.Dataset:
     if name in fallbacks:
         st.warning(fallbacks[name], icon=":material/wifi_off:")
         name = FALLBACK_DATASET
-    elif _missing_files(name):
+    elif data.needs_download(name):
         try:
             _download(name)
         except DownloadError as err:

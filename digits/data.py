@@ -401,6 +401,16 @@ def fetch(
     return folder
 
 
+def needs_download(name: str, data_dir: str | os.PathLike[str] | None = None) -> bool:
+    """True if dataset ``name`` is downloaded and some of its files are missing
+    here (so loading it would download them first); False for the others."""
+    source = IDX_SOURCES.get(name)
+    if source is None:
+        return False
+    folder = _root(data_dir) / source.folder
+    return any(not (folder / f).is_file() for f in source.sha256)
+
+
 def _idx_source(name: str) -> IdxSource:
     try:
         return IDX_SOURCES[name]

@@ -289,7 +289,6 @@ def test_offline_says_where_to_put_the_files_and_app_can_fall_back(
         assert name in message
 
 
-
 def _copy_mnist(src: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
     for name in MNIST_FILES:
@@ -538,3 +537,13 @@ def test_csv_pixels_out_of_range_are_named(tmp_path):
     path = _tiny_csv(tmp_path, rows)
     with pytest.raises(DataError, match="pixel value 300 in row 1"):
         data.load_dataset(str(path))
+
+
+def test_needs_download_says_which_datasets_lack_files(tmp_path):
+    assert data.needs_download("mnist", data_dir=tmp_path)
+    assert not data.needs_download("sklearn-digits", data_dir=tmp_path)
+    assert not data.needs_download("mnist")  # $DIGITS_DATA_DIR holds them all
+    _copy_mnist(data.data_dir() / "mnist", tmp_path / "mnist")
+    assert not data.needs_download("mnist", data_dir=tmp_path)
+    (tmp_path / "mnist" / MNIST_FILES[0]).unlink()
+    assert data.needs_download("mnist", data_dir=tmp_path)
