@@ -114,6 +114,19 @@ def misclassified(
     return wrong[np.argsort(-badness, kind="stable")]
 
 
+def confusion_cell(
+    y_true: np.ndarray, proba: np.ndarray, true: int, predicted: int
+) -> np.ndarray:
+    """Indices of the examples of class ``true`` predicted as ``predicted`` (one
+    cell of the confusion matrix), most confident first (ties in dataset order).
+
+    y_true : (n,) labels; proba : (n, k) probabilities.
+    """
+    y_true, proba = _check(y_true, proba)
+    chosen = np.flatnonzero((y_true == true) & (proba.argmax(axis=1) == predicted))
+    return chosen[np.argsort(-proba[chosen, predicted], kind="stable")]
+
+
 def disagreement(
     proba_a: np.ndarray, proba_b: np.ndarray, y_true: np.ndarray | None = None
 ) -> dict:

@@ -62,8 +62,7 @@ def confusion_tab(ds, proba, report) -> None:
     if cell is None:
         return
     true, pred = cell
-    chosen = np.flatnonzero((ds.y_test == true) & (proba.argmax(axis=1) == pred))
-    chosen = chosen[np.argsort(-proba[chosen, pred], kind="stable")]
+    chosen = metrics.confusion_cell(ds.y_test, proba, true, pred)
     st.subheader(f"True {names[true]}, predicted {names[pred]}: {len(chosen)} images")
     st.caption("Most confident first; the caption is the model's probability.")
     shown = chosen[:MAX_CELL_IMAGES]

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import classification_report, log_loss
+from sklearn.metrics import classification_report, confusion_matrix, log_loss
 
 from digits import metrics
 
@@ -95,3 +95,16 @@ def test_disagreement():
 def test_shape_errors():
     with pytest.raises(ValueError, match=r"shape \(n, k\)"):
         metrics.report(Y, PROBA[:2], NAMES)
+
+
+def test_confusion_cell_lists_its_examples_most_confident_first():
+    y = np.array([3, 3, 3, 5, 3])
+    proba = np.zeros((5, 6))
+    proba[:, 3] = [0.9, 0.2, 0.4, 0.1, 0.3]  # examples 1, 2 and 4 read as 5
+    proba[:, 5] = 1 - proba[:, 3]
+    assert metrics.confusion_cell(y, proba, 3, 5).tolist() == [1, 4, 2]
+    assert metrics.confusion_cell(y, proba, 3, 3).tolist() == [0]
+    assert metrics.confusion_cell(y, proba, 5, 3).tolist() == []
+    # As many as the confusion matrix counts in that cell.
+    matrix = confusion_matrix(y, proba.argmax(axis=1), labels=range(6))
+    assert matrix[3, 5] == len(metrics.confusion_cell(y, proba, 3, 5))
