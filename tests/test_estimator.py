@@ -12,6 +12,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import check_estimator
 
+from digits.engine.flat import pack
 from digits.errors import ConfigError, TrainingDiverged
 from digits.estimator import CNNClassifier
 from digits.nn.callbacks import Callback, EarlyStopping, History, StopOnEvent
@@ -134,7 +135,7 @@ def test_divergence_keeps_the_last_weights_that_gave_a_sane_loss(mnist):
     for key, w in stopped.model_.state_dict().items():
         np.testing.assert_array_equal(est.model_.state_dict()[key], w, err_msg=key)
     # Training goes on from the kept weights, with a fresh optimizer state.
-    assert est.optimizer_.params[0] is est.model_.packed[0]
+    assert est.optimizer_.params[0] is pack(est.model_).params
     assert not est.optimizer_.velocity[0].any()
 
 

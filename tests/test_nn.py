@@ -1,16 +1,25 @@
-"""The NumPy engine: gradients, the forward pass against naive loops, training."""
+"""The lesson (digits.nn): gradients, fast forms against plain ones, the plain loop."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from digits.nn.gradcheck import TOLERANCE, check_layer, check_loss, standard_checks
+from digits.errors import TrainingDiverged
+from digits.nn.callbacks import Callback, History
+from digits.nn.gradcheck import (
+    TOLERANCE,
+    check_layer,
+    check_loss,
+    standard_checks,
+    to_float64,
+)
 from digits.nn.layers import (
     Conv2D,
     Dense,
     Dropout,
     Flatten,
+    Layer,
     MaxPool2D,
     ReLU,
     Sigmoid,
@@ -19,6 +28,7 @@ from digits.nn.layers import (
 from digits.nn.losses import softmax_cross_entropy
 from digits.nn.model import Sequential
 from digits.nn.optimizers import SGD, Adam
+from digits.nn.training import Trainer, predict_logits
 
 
 def naive_conv(x, w, b, padding):
@@ -180,113 +190,208 @@ def test_model_state_round_trip_and_strict_load():
         twin.load_state_dict({"0.W": model.state_dict()["0.W"]})
 
 
-def small_model(rng):
-    return Sequential(
-        [Conv2D(1, 3, 3, rng=rng), MaxPool2D(), ReLU(), Flatten(), Dense(27, 4, rng)]
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize(
+    ("k", "c_in", "n", "hw"),
+    [(5, 1, 3, (12, 12)), (3, 4, 2, (7, 9)), (4, 2, 2, (6, 5)), (5, 32, 13, (12, 12))],
+    ids=["one channel", "4 channels", "even kernel", "chunked"],
+)
+def test_conv_fast_form_gives_the_reference_forms_numbers(padding, k, c_in, n, hw):
+    """forward and backward (im2col with a ones column for one channel, chunked
+    im2col rebuilt in backward, one GEMM per kernel offset for dx) against
+    forward_reference and backward_reference (one im2col, one GEMM, col2im), in
+    float64 so that only the order of the sums differs. 13 images of 12x12x32 make
+    three chunks, the last one short."""
+    rng = np.random.default_rng(4)
+    layer = to_float64(Conv2D(c_in, 6, k, padding, rng))
+    layer.needs_input_grad = True
+    layer.params["b"][:] = rng.standard_normal(6)
+    x = rng.standard_normal((n, *hw, c_in))
+    expected = layer.forward_reference(x)
+    g = rng.standard_normal(expected.shape)
+    dx_expected = layer.backward_reference(g)
+    grads_expected = {name: grad.copy() for name, grad in layer.grads.items()}
+    close = {"rtol": 1e-10, "atol": 1e-10}
+    np.testing.assert_allclose(layer.forward(x, training=True), expected, **close)
+    dx = layer.backward(g)
+    assert dx.shape == x.shape
+    np.testing.assert_allclose(dx, dx_expected, **close)
+    for name, grad in layer.grads.items():
+        np.testing.assert_allclose(grad, grads_expected[name], **close, err_msg=name)
+
+
+def test_conv_reference_form_matches_naive_loops():
+    rng = np.random.default_rng(5)
+    layer = Conv2D(3, 4, 3, "same", rng)
+    layer.params["b"][:] = rng.standard_normal(4)
+    x = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
+    expected = naive_conv(x, layer.params["W"], layer.params["b"], "same")
+    np.testing.assert_allclose(
+        layer.forward_reference(x), expected, rtol=1e-4, atol=1e-4
     )
 
 
-def test_pack_moves_parameters_into_one_array_weights_first():
+class Scale(Layer):
+    """y = x * gain: a layer whose weight is not called "W"."""
+
+    weights = ("gain",)
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.params = {"gain": np.linspace(0.5, 2.0, n, dtype=np.float32)}
+        self.grads = {"gain": np.zeros(n, np.float32)}
+
+    def forward(self, x, training=False):
+        self._x = x
+        return x * self.params["gain"]
+
+    def backward(self, grad_out):
+        self.grads["gain"][...] = (grad_out * self._x).sum(axis=0)
+        return grad_out * self.params["gain"]
+
+
+def tiny_model(rng) -> Sequential:
+    return Sequential([Dense(6, 5, rng), ReLU(), Scale(5), Dense(5, 3, rng)])
+
+
+def test_l2_shrinks_exactly_the_parameters_layers_declare_as_weights():
+    """One SGD step at lr 1 with alpha and one without, from the same weights on
+    the same batch: they differ by alpha * W / n in every declared weight (Dense's
+    "W", Scale's "gain") and not at all in the biases."""
+    alpha, n = 0.5, 8
     rng = np.random.default_rng(0)
-    model = small_model(rng)
-    before = {k: p.copy() for k, p in model.state_dict().items()}
-    flat, grads, n_weights = model.pack()
-    assert model.pack()[0] is flat  # packing twice changes nothing
-    assert flat.shape == grads.shape == (model.n_params(),)
-    assert n_weights == 3 * 3 * 3 + 27 * 4
-    for key, p in model.state_dict().items():
-        np.testing.assert_array_equal(p, before[key])
-        assert np.shares_memory(p, flat)
-        assert key.endswith(".W") == np.shares_memory(p, flat[:n_weights])
-    # Writing through the flat array is writing the layers' parameters, and
-    # backward writes its gradients into the flat gradient array.
-    flat[:] = 0.5
-    assert (model.layers[4].params["W"] == 0.5).all()
-    x = rng.standard_normal((2, 8, 8, 1)).astype(np.float32)
-    model.backward(model.forward(x, training=True))
-    assert np.count_nonzero(grads) > 0
-    # A replica shares the parameters but gets its own flat gradients.
-    twin = model.replica(1)
-    assert twin.packed[0] is flat and not np.shares_memory(twin.packed[1], grads)
-    twin.backward(twin.forward(x, training=True))
-    np.testing.assert_array_equal(twin.packed[1], grads)
-
-
-def test_update_blocks_cover_every_parameter_once_last_layers_first():
-    """The twin path's optimizer step goes in these blocks; each is ready once both
-    halves' backward passes have finished its layer, so the order must follow
-    backward's, and the blocks must cover the flat array exactly once."""
-    from digits.nn.training import update_blocks
-
-    model = small_model(np.random.default_rng(0))
-    flat, _, n_weights = model.pack()
-    blocks = update_blocks(model, block=50)
-    covered = np.zeros(len(flat), int)
-    for _, start, stop in blocks:
-        assert 0 < stop - start <= 50 or start >= n_weights
-        covered[start:stop] += 1
-    assert (covered == 1).all()
-    layers = [layer for layer, _, _ in blocks]
-    assert layers == sorted(layers, reverse=True)
-    # A block's layer owns its weights, or (the biases' block) comes first.
-    owner = {}
-    for layer, start, stop in model.flat_ranges():
-        owner.update(dict.fromkeys(range(start, stop), layer))
-    for layer, start, stop in blocks:
-        assert min(owner[i] for i in range(start, stop)) == layer
-    # Backward reports each layer as done, last layer first.
-    done = []
-    x = np.random.default_rng(1).standard_normal((2, 8, 8, 1)).astype(np.float32)
-    model.backward(model.forward(x, training=True), done.append)
-    assert done == list(reversed(range(len(model.layers))))
-
-
-@pytest.mark.parametrize("alpha", [0.0, 1e-2])
-def test_update_split_across_two_threads_equals_one_thread(alpha):
-    """Each thread updates half of the flat array: together, every element once."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from digits.nn.training import Trainer
-
-    results = []
-    for threads in (1, 2):
-        rng = np.random.default_rng(0)
-        model = small_model(rng)
-        flat, grads, _ = model.pack()
-        opt = Adam([flat], [grads], lr=0.01)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    y = rng.integers(3, size=n)
+    after = {}
+    for a in (0.0, alpha):
+        model = tiny_model(np.random.default_rng(1))
+        before = {k: p.copy() for k, p in model.state_dict().items()}
+        params = [p for _, p, _ in model.parameters()]
+        grads = [g for _, _, g in model.parameters()]
         trainer = Trainer(
             model,
-            opt,
-            batch_size=8,
-            alpha=alpha,
+            SGD(params, grads, lr=1.0),
+            batch_size=n,
+            alpha=a,
             prepare=lambda xb, _: xb,
             rng=np.random.default_rng(0),
         )
-        other = trainer.replicas[1].packed[1]
-        for step in range(3):
-            grads[:] = np.random.default_rng(step).standard_normal(grads.shape)
-            other[:] = np.random.default_rng(step + 10).standard_normal(grads.shape)
-            with ThreadPoolExecutor(1) as pool:
-                chosen = pool if threads == 2 else None
-                assert trainer._update(8, chosen, [other])
-        results.append(flat.copy())
-    np.testing.assert_array_equal(results[0], results[1])
-    initial = small_model(np.random.default_rng(0)).pack()[0]
-    assert not np.array_equal(results[0], initial)
+        trainer.train_batch(x, y, 0, 0)
+        after[a] = model.state_dict()
+    assert [w.shape for w, _ in model.weights()] == [(6, 5), (5,), (5, 3)]
+    for key, p in after[alpha].items():
+        shrink = alpha * before[key] / n if key in ("0.W", "2.gain", "3.W") else 0
+        np.testing.assert_allclose(after[0.0][key] - p, shrink, atol=1e-6, err_msg=key)
 
 
-def test_trainer_refuses_an_optimizer_on_other_arrays():
-    from digits.nn.training import Trainer
+def test_the_plain_loop_learns_64_images():
+    """The loss falls tenfold and every image is learnt, in 40 epochs."""
+    from digits.augment import network_input
+    from digits.data import load_dataset
 
-    model = small_model(np.random.default_rng(0))
+    mnist = load_dataset("sklearn-digits")
+    x, y = mnist.x_train[:64].reshape(64, -1), mnist.y_train[:64]
+    rng = np.random.default_rng(0)
+    model = Sequential(
+        [
+            Conv2D(1, 8, 3, "same", rng),
+            MaxPool2D(),
+            ReLU(),
+            Flatten(),
+            Dense(128, 32, rng),
+            ReLU(),
+            Dropout(0.1, seed=1),
+            Dense(32, 10, rng),
+        ]
+    )
     params = [p for _, p, _ in model.parameters()]
     grads = [g for _, _, g in model.parameters()]
-    with pytest.raises(ValueError, match="pack"):
-        Trainer(
+    trainer = Trainer(
+        model,
+        Adam(params, grads, lr=1e-2),
+        batch_size=16,
+        alpha=1e-4,
+        prepare=lambda xb, _: network_input(
+            xb / 16, None, input_shape=(8, 8), images=True
+        ),
+        rng=np.random.default_rng(0),
+    )
+    history = History()
+    history.on_train_begin()
+    for epoch in range(40):
+        history.on_epoch_end(epoch, trainer.run_epoch(x, y, epoch))
+    losses = [h["loss"] for h in history.epochs]
+    assert losses[-1] < losses[0] / 10
+    logits = predict_logits(model, x, trainer.prepare)
+    assert (logits.argmax(axis=1) == y).all()
+
+
+class StopAfter(Callback):
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+
+    def on_batch_end(self, step, logs):
+        self.stop_training = step + 1 >= self.batches
+
+
+def test_the_plain_loop_puts_back_the_last_sane_weights_when_it_diverges():
+    """SGD at lr 3: the loss explodes at batch 8, computed with the weights of
+    batch 7's update; the trainer puts back those from before it, exactly the
+    weights of the same run stopped after 6 batches."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 6)).astype(np.float32)
+    y = rng.integers(3, size=256)
+    weights = []
+    for callbacks in ([], [StopAfter(6)]):
+        model = tiny_model(np.random.default_rng(1))
+        params = [p for _, p, _ in model.parameters()]
+        grads = [g for _, _, g in model.parameters()]
+        trainer = Trainer(
             model,
-            Adam(params, grads),
+            SGD(params, grads, lr=3.0, momentum=0.9),
             batch_size=8,
-            alpha=0.0,
+            alpha=1e-3,
             prepare=lambda xb, _: xb,
             rng=np.random.default_rng(0),
+            max_loss=100.0,
         )
+        if not callbacks:
+            with pytest.raises(TrainingDiverged) as caught:
+                trainer.run_epoch(x, y, 0)
+            assert str(caught.value).startswith(
+                "Training diverged at epoch 1, batch 8: the loss exploded to "
+            )
+            assert "from before batch 7 of epoch 1 were put back" in str(caught.value)
+            assert caught.value.steps_kept == 6 and caught.value.usable
+        else:
+            assert trainer.run_epoch(x, y, 0, callbacks)["batches_done"] == 6
+        weights.append(model.state_dict())
+    for key, w in weights[0].items():
+        np.testing.assert_array_equal(w, weights[1][key], err_msg=key)
+
+
+def test_the_lesson_imports_nothing_of_the_engine():
+    """Every module of digits.nn imports, each in a fresh interpreter, with the
+    engine made unimportable."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    modules = sorted(p.stem for p in (root / "digits" / "nn").glob("*.py"))
+    assert {"layers", "training", "optimizers", "model"} <= set(modules)
+    code = (
+        "import sys, importlib; sys.modules['digits.engine'] = None; "
+        "importlib.import_module(sys.argv[1]); "
+        "assert not [m for m in sys.modules if m.startswith('digits.engine.')]"
+    )
+    for name in modules:
+        module = "digits.nn" if name == "__init__" else f"digits.nn.{name}"
+        out = subprocess.run(
+            [sys.executable, "-c", code, module],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, (module, out.stderr)

@@ -1,4 +1,4 @@
-"""The second half of each batch in a second process (digits/nn/twin.py)."""
+"""The second half of each batch in a second process (digits/engine/twin.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import time
 import numpy as np
 import pytest
 
+from digits.engine.flat import pack
+from digits.engine.trainer import Trainer
+from digits.engine.twin import TwinFailed, remove_orphans
 from digits.estimator import CNNClassifier
 from digits.nn.callbacks import Callback
-from digits.nn.training import Trainer
-from digits.nn.twin import TwinFailed, remove_orphans
 
 
 def _twin_files() -> set[str]:
@@ -42,7 +43,7 @@ def test_process_and_thread_give_the_same_weights(mnist, monkeypatch, settings):
         weights[mode] = est.model_.state_dict()
         states[mode] = est.optimizer_.state()
         assert all(type(a) is np.ndarray for a in states[mode].values())
-        assert est.optimizer_.params[0] is est.model_.packed[0]
+        assert est.optimizer_.params[0] is pack(est.model_).params
     for key, w in weights["thread"].items():
         np.testing.assert_array_equal(w, weights["process"][key], err_msg=key)
     assert states["thread"].keys() == states["process"].keys()
@@ -90,7 +91,7 @@ def test_a_twin_killed_during_the_update_is_a_clear_error(mnist, monkeypatch):
     """Kill the twin as the parent reaches the optimizer step of the third batch:
     the twin may be in its half, taking blocks, or done. Whatever it had not
     finished is never done, and the parent must say so rather than wait for it."""
-    from digits.nn import twin as twin_module
+    from digits.engine import twin as twin_module
 
     trainer, x, y = small_trainer(mnist)
     killed = []
@@ -171,7 +172,7 @@ def test_unknown_twin_mode_is_refused(mnist):
 
 def test_a_twin_that_cannot_start_falls_back_to_the_thread(mnist, monkeypatch):
     """Same weights either way, so training goes on, with a warning that says why."""
-    import digits.nn.training as training
+    import digits.engine.trainer as training
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -249,7 +250,7 @@ def test_a_new_twin_removes_the_files_a_killed_parent_left(tmp_path, mnist):
 
 
 def test_divergence_and_a_stop_keep_the_same_weights_on_both_paths(mnist, monkeypatch):
-    """A diverging run (its loss explodes at batch 4, which both processes see and
+    """A diverging run (its loss explodes at batch 5, which both processes see and
     skip the update for) restores the weights from the backup that both processes
     wrote; a callback's stop leaves the last batch's weights. Either way the model
     ends on its own arrays again, with what the thread path gives."""
@@ -262,10 +263,10 @@ def test_divergence_and_a_stop_keep_the_same_weights_on_both_paths(mnist, monkey
         monkeypatch.setenv("DIGITS_TWIN", mode)
         est = CNNClassifier(max_iter=3, random_state=0, **diverging)
         with pytest.raises(
-            TrainingDiverged, match=r"epoch 1, batch 4: the loss exploded"
+            TrainingDiverged, match=r"epoch 1, batch 5: the loss exploded"
         ) as caught:
             est.fit(x, y)
-        assert caught.value.usable and "from before batch 3 of epoch 1" in str(
+        assert caught.value.usable and "from before batch 4 of epoch 1" in str(
             caught.value
         )
         stopped = CNNClassifier(max_iter=3, random_state=0)
@@ -273,8 +274,8 @@ def test_divergence_and_a_stop_keep_the_same_weights_on_both_paths(mnist, monkey
         assert stopped.n_iter_ == 1
         results[mode] = [est.model_.state_dict(), stopped.model_.state_dict()]
         for model in (est.model_, stopped.model_):
-            assert type(model.packed[0]) is np.ndarray
-            assert not isinstance(model.packed[0].base, np.memmap)
+            assert type(pack(model).params) is np.ndarray
+            assert not isinstance(pack(model).params.base, np.memmap)
     for kept_thread, kept_process in zip(*results.values(), strict=True):
         for key, w in kept_thread.items():
             assert np.isfinite(w).all()

@@ -1,7 +1,13 @@
 """A small neural-network library in NumPy: layers, loss, optimizers, training loop.
 
 Read it in this order: ``layers.py`` (each forward beside its backward),
-``losses.py``, ``optimizers.py``, ``model.py``, ``training.py``, ``callbacks.py``.
+``losses.py``, ``optimizers.py``, ``model.py``, ``training.py`` (the loop),
+``callbacks.py``; then ``gradcheck.py``, which checks every backward against finite
+differences, and ``checks.py``, the settings the estimators refuse.
+
+It is the lesson: plain NumPy, one batch at a time. ``digits.engine`` trains the same
+networks faster (two halves of each batch at once, flat buffers, a second process);
+it imports this package, never the other way round.
 """
 
 from digits.nn.callbacks import Callback, EarlyStopping, History, StopOnEvent

@@ -109,18 +109,3 @@ class StopOnEvent(Callback):
     @property
     def stop_training(self) -> bool:  # type: ignore[override]
         return self.event.is_set()
-
-
-class LambdaCallback(Callback):
-    """Calls the given functions from the hooks; handy for progress bars."""
-
-    def __init__(self, on_batch_end=None, on_epoch_end=None) -> None:
-        self._batch, self._epoch = on_batch_end, on_epoch_end
-
-    def on_batch_end(self, step, logs):
-        if self._batch:
-            self._batch(step, logs)
-
-    def on_epoch_end(self, epoch, logs):
-        if self._epoch:
-            self._epoch(epoch, logs)

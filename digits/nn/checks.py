@@ -23,8 +23,8 @@ from digits.errors import ConfigError, TrainingDataError
 
 # The most weights a network may have. Training keeps about nine float32 arrays of
 # this size (the weights, both halves' gradients, the backup, Adam's two moments
-# and its scratch), so 50 million weights take about 1.8 GB: more than a laptop
-# spares, and 300 times the default CNN.
+# and the temporary arrays of its update), so 50 million weights take about 1.8 GB:
+# more than a laptop spares, and 300 times the default CNN.
 MAX_PARAMS = 50_000_000
 
 

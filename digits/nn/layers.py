@@ -13,8 +13,6 @@ strided slices; both are many times faster than the channels-first equivalents h
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -28,6 +26,10 @@ _CHUNK_BYTES = 2**20
 
 class Layer:
     """Base class: a layer with no parameters that passes gradients through."""
+
+    # The parameters that are weights (multiplied with the input), which L2
+    # regularisation shrinks; biases are not penalised.
+    weights: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.params: dict[str, Array] = {}
@@ -50,27 +52,39 @@ class Layer:
         """JSON-able constructor arguments, enough to rebuild the layer."""
         return {}
 
-    def replica(self, seed: int) -> Layer:
-        """A copy sharing ``params`` but with its own grads, cache and randomness.
-
-        Used to run two halves of a batch in two threads at once.
-        """
-        twin = copy.copy(self)
-        twin.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        return twin
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
 
 
 class Conv2D(Layer):
-    """2-D convolution, stride 1, "valid" or "same" padding, as im2col + one GEMM.
+    """2-D convolution, stride 1, "valid" or "same" padding.
 
-    Parameters ``W`` of shape (kh, kw, C_in, C_out) and ``b`` of shape (C_out,).
-    Input ``x`` (N, H, W, C_in); output (N, H_out, W_out, C_out), where
-    H_out = H - kh + 1 for "valid" and H for "same".
+    Parameters ``W`` (kh, kw, C_in, C_out) and ``b`` (C_out,). Input ``x``
+    (N, H, W, C_in); output (N, H_out, W_out, C_out), where H_out = H - kh + 1 for
+    "valid" and H for "same"::
+
+        out[n, i, j, o] = b[o] + sum_(di,dj,c) x[n, i+di, j+dj, c] W[di, dj, c, o]
+
+    As a matrix product: every kh x kw window of x flattened to a row ("im2col",
+    rows (N*H_out*W_out, kh*kw*C_in)), times W reshaped to (kh*kw*C_in, C_out). Its
+    backward: dW = cols^T g, db = the sum of g's rows, and dx = g W^T added back
+    into the windows the rows came from ("col2im").
+
+    :meth:`forward_reference` and :meth:`backward_reference` do exactly that, and
+    nothing more. :meth:`forward` and :meth:`backward` compute the same numbers
+    faster, and the tests check one against the other:
+
+    - with one input channel, im2col is 25 contiguous copies, and a column of ones
+      carries the bias through the GEMM;
+    - with more, im2col and the GEMM go a few images at a time through one buffer
+      small enough to stay in cache, and backward rebuilds the columns the same way
+      instead of keeping them (13 MB for 64 images of 12x12x32);
+    - dx is one small GEMM per kernel offset, added into a window of dx, instead
+      of one big GEMM scattered back by col2im.
     """
+
+    weights = ("W",)
 
     def __init__(
         self,
@@ -116,70 +130,84 @@ class Conv2D(Layer):
         k = self.kernel_size
         return (h + lo + hi - k + 1, w + lo + hi - k + 1, self.out_channels)
 
-    def forward(self, x: Array, training: bool = False) -> Array:
+    def _padded(self, x: Array) -> tuple[Array, int, int]:
+        """x (N, H, W, C) zero-padded for "same", and the output's (H_out, W_out)."""
         lo, hi = self._pads()
         if lo or hi:
             x = np.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
-        n, hp, wp, c = x.shape
-        k = self.kernel_size
-        ho, wo = hp - k + 1, wp - k + 1
-        if ho < 1 or wo < 1:
+        k, (hp, wp) = self.kernel_size, x.shape[1:3]
+        if hp < k or wp < k:
             raise ValueError(f"Conv2D: a {k}x{k} kernel does not fit a {hp}x{wp} input")
+        return x, hp - k + 1, wp - k + 1
+
+    def _crop(self, dx: Array) -> Array:
+        """dL/d(padded input) -> dL/dx: the padding's gradient is dropped."""
+        lo, hi = self._pads()
+        return dx[:, lo : dx.shape[1] - hi, lo : dx.shape[2] - hi]
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        x, ho, wo = self._padded(x)
+        n, c, k = len(x), x.shape[3], self.kernel_size
         w2 = self.params["W"].reshape(k * k * c, self.out_channels)
+        self._x, self._cols = x, None
         if c == 1:
-            cols = _im2col(x, k, ho, wo)  # (N*Ho*Wo, kh*kw + 1)
-            # _im2col appended a column of ones, so the bias rides in the GEMM
+            cols = _im2col_one_channel(x, k, ho, wo)  # (N*Ho*Wo, kh*kw + 1)
+            # The last column of cols is ones, so the bias rides in the GEMM
             # instead of costing a pass over the (large) output.
             out = cols @ np.vstack([w2, self.params["b"]])
+            self._cols = cols
         else:
-            # im2col and GEMM a few images at a time, so that each chunk of columns
-            # is still in cache when the GEMM reads it. Only the input is kept:
-            # backward rebuilds the columns the same way, which measured faster
-            # than keeping all of them (13 MB for 64 images of 12x12x32).
             out = np.empty((n * ho * wo, self.out_channels), dtype=x.dtype)
             for s, e, chunk in _im2col_chunks(x, k, ho, wo):
-                o = out[s * ho * wo : e * ho * wo]
+                o = out[s * ho * wo : e * ho * wo]  # images s..e-1
                 np.matmul(chunk, w2, out=o)
                 o += self.params["b"]
-            cols = x
-        self._cache = (cols, x.shape)
         return out.reshape(n, ho, wo, self.out_channels)
 
     def backward(self, grad_out: Array) -> Array | None:
-        cols, (n, hp, wp, c) = self._cache
-        k, (lo, hi) = self.kernel_size, self._pads()
-        ho, wo = hp - k + 1, wp - k + 1
+        x, cols, k = self._x, self._cols, self.kernel_size
+        ho, wo = grad_out.shape[1:3]
         g = grad_out.reshape(-1, self.out_channels)  # (N*Ho*Wo, C_out)
-        if cols.ndim == 4:  # the (padded) input: rebuild its columns chunk by chunk
-            dw = np.zeros((k * k * c, self.out_channels), dtype=g.dtype)
-            for s, e, chunk in _im2col_chunks(cols, k, ho, wo):
+        w_shape = self.params["W"].shape
+        if cols is not None:  # one channel: the ones column's row of dW is db
+            dw = cols.T @ g  # (kh*kw + 1, C_out)
+            self.grads["W"][...] = dw[:-1].reshape(w_shape)
+            self.grads["b"][...] = dw[-1]
+        else:  # rebuild the columns chunk by chunk, as forward did
+            dw = np.zeros((np.prod(w_shape[:3]), self.out_channels), dtype=g.dtype)
+            for s, e, chunk in _im2col_chunks(x, k, ho, wo):
                 dw += chunk.T @ g[s * ho * wo : e * ho * wo]
-        else:
-            dw = cols.T @ g  # (kh*kw*C_in + 1, C_out)
-        n_w = self.params["W"][..., 0].size
-        self.grads["W"][...] = dw[:n_w].reshape(self.params["W"].shape)
-        # With the ones column, its row of dw is the bias gradient.
-        self.grads["b"][...] = dw[n_w] if len(dw) > n_w else _column_sums(g)
+            self.grads["W"][...] = dw.reshape(w_shape)
+            self.grads["b"][...] = _column_sums(g)
         if not self.needs_input_grad:
             return None
-        # dL/dx: every kernel offset (i, j) sends g @ W[i, j]^T back to the input
-        # window it read. One small GEMM per offset writes a contiguous block, which
-        # adds into dx far faster than scattering a big col2im matrix. The sum runs
-        # in (H, W, N, C) order, where a window dx[i:i+Ho, j:j+Wo] is Ho long
-        # contiguous runs instead of N*Ho short ones: NumPy adds it 3x faster.
-        w_t = self.params["W"].transpose(0, 1, 3, 2).copy()  # (kh, kw, C_out, C_in)
-        g_hwn = np.ascontiguousarray(grad_out.transpose(1, 2, 0, 3))
-        g_hwn = g_hwn.reshape(-1, self.out_channels)  # rows in (Ho, Wo, N) order
-        dx_hwn = np.zeros((hp, wp, n, c), dtype=grad_out.dtype)
-        part = np.empty((len(g), c), dtype=grad_out.dtype)
+        return self._crop(_input_gradient(grad_out, self.params["W"], x.shape))
+
+    def forward_reference(self, x: Array) -> Array:
+        """What :meth:`forward` computes, plainly: im2col, then one GEMM."""
+        x, ho, wo = self._padded(x)
+        cols = _windows(x, self.kernel_size).reshape(len(x) * ho * wo, -1)
+        out = cols @ self.params["W"].reshape(len(cols[0]), -1) + self.params["b"]
+        self._x, self._cols = x, None
+        return out.reshape(len(x), ho, wo, self.out_channels)
+
+    def backward_reference(self, grad_out: Array) -> Array:
+        """What :meth:`backward` computes, plainly: dW = cols^T g, db = the sum of
+        g's rows, and dx = g W^T added back into each window (col2im)."""
+        x, k = self._x, self.kernel_size
+        n, ho, wo, _ = grad_out.shape
+        windows = _windows(x, k)  # (N, Ho, Wo, kh, kw, C_in)
+        cols = windows.reshape(n * ho * wo, -1)
+        g = grad_out.reshape(-1, self.out_channels)
+        w2 = self.params["W"].reshape(len(cols[0]), -1)
+        self.grads["W"][...] = (cols.T @ g).reshape(self.params["W"].shape)
+        self.grads["b"][...] = g.sum(axis=0)
+        dcols = (g @ w2.T).reshape(windows.shape)
+        dx = np.zeros_like(x)
         for i in range(k):
             for j in range(k):
-                np.matmul(g_hwn, w_t[i, j], out=part)
-                dx_hwn[i : i + ho, j : j + wo] += part.reshape(ho, wo, n, c)
-        dx = dx_hwn[lo : hp - hi, lo : wp - hi] if lo or hi else dx_hwn
-        # A transposed view: the layer below reads it once anyway, and a copy
-        # here would cost a pass of its own.
-        return dx.transpose(2, 0, 1, 3)
+                dx[:, i : i + ho, j : j + wo] += dcols[:, :, :, i, j]
+        return self._crop(dx)
 
 
 class MaxPool2D(Layer):
@@ -234,8 +262,11 @@ class MaxPool2D(Layer):
 class Dense(Layer):
     """Fully connected layer: ``y = x @ W + b``.
 
-    ``W`` (in_features, out_features), ``b`` (out_features,); x (N, in_features).
+    ``W`` (in_features, out_features), ``b`` (out_features,); x (N, in_features),
+    y (N, out_features).
     """
+
+    weights = ("W",)
 
     def __init__(
         self,
@@ -343,17 +374,17 @@ class Dropout(Layer):
     def config(self) -> dict:
         return {"rate": self.rate, "seed": self.seed}
 
-    def replica(self, seed: int) -> Layer:
-        twin = super().replica(seed)
-        twin.rng = np.random.default_rng([self.seed, seed])
-        return twin
+    def mask(self, shape: tuple[int, ...]) -> Array:
+        """A fresh random mask of ``shape``: 0 for a dropped unit, 1 / (1 - rate)
+        for a kept one."""
+        keep = self.rng.random(shape, dtype=np.float32) >= self.rate
+        return keep * np.float32(1 / (1 - self.rate))
 
     def forward(self, x: Array, training: bool = False) -> Array:
         if not training or self.rate == 0:
             self._mask = None
             return x
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
-        self._mask = keep * np.float32(1 / (1 - self.rate))
+        self._mask = self.mask(x.shape)
         return x * self._mask
 
     def backward(self, grad_out: Array) -> Array:
@@ -374,29 +405,27 @@ class Flatten(Layer):
         return grad_out.reshape(self._shape)
 
 
-def _im2col(x: Array, k: int, ho: int, wo: int) -> Array:
-    """Every k x k window of x (N, H, W, C) as a row: (N*Ho*Wo, k*k*C), (i, j, c) order.
-
-    With one input channel, the matrix is built transposed, one contiguous copy per
-    kernel offset, and returned as a transposed view: 4x faster than gathering rows
-    of 5 floats, and BLAS takes the transposed operand at no cost. It then also gets
-    a last column of ones, for the bias (shape (N*Ho*Wo, k*k + 1)).
-    """
-    n, _, _, c = x.shape
-    if c == 1:
-        cols_t = np.empty((k * k + 1, n, ho, wo), dtype=x.dtype)
-        for i in range(k):
-            for j in range(k):
-                cols_t[i * k + j] = x[:, i : i + ho, j : j + wo, 0]
-        cols_t[k * k] = 1
-        return cols_t.reshape(k * k + 1, n * ho * wo).T
-    return _windows(x, k).reshape(n * ho * wo, k * k * c)
-
-
 def _windows(x: Array, k: int) -> Array:
     """Every k x k window of x (N, H, W, C) as a view (N, Ho, Wo, kh, kw, C)."""
     windows = sliding_window_view(x, (k, k), axis=(1, 2))  # (N, Ho, Wo, C, kh, kw)
     return windows.transpose(0, 1, 2, 4, 5, 3)
+
+
+def _im2col_one_channel(x: Array, k: int, ho: int, wo: int) -> Array:
+    """im2col of a one-channel x (N, H, W, 1), plus a last column of ones:
+    (N*Ho*Wo, k*k + 1).
+
+    Built transposed, one contiguous copy per kernel offset, and returned as a
+    transposed view: 4x faster than gathering rows of 25 floats, and BLAS takes
+    the transposed operand at no cost.
+    """
+    n = len(x)
+    cols_t = np.empty((k * k + 1, n, ho, wo), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            cols_t[i * k + j] = x[:, i : i + ho, j : j + wo, 0]
+    cols_t[k * k] = 1
+    return cols_t.reshape(k * k + 1, n * ho * wo).T
 
 
 def _im2col_chunks(x: Array, k: int, ho: int, wo: int):
@@ -415,6 +444,32 @@ def _im2col_chunks(x: Array, k: int, ho: int, wo: int):
         cols = buffer[: (e - s) * rows]
         cols.reshape(e - s, ho, wo, k, k, c)[...] = windows[s:e]
         yield s, e, cols
+
+
+def _input_gradient(grad_out: Array, w: Array, x_shape: tuple[int, ...]) -> Array:
+    """dL/dx (N, H, W, C_in) of a stride-1 convolution of x, from grad_out
+    (N, Ho, Wo, C_out) and w (kh, kw, C_in, C_out).
+
+    Every kernel offset (i, j) sends grad_out @ W[i, j]^T back to the window of x
+    it read: one small GEMM per offset, added into a block of dx, is far faster
+    than scattering a big col2im matrix. The sum runs in (H, W, N, C) order, where
+    such a window is Ho long contiguous runs instead of N*Ho short ones: NumPy adds
+    it 3x faster. Returns a transposed view: the layer below reads it once anyway,
+    and a copy here would cost a pass of its own.
+    """
+    n, h, wd, c = x_shape
+    k, c_out = w.shape[0], w.shape[3]
+    ho, wo = grad_out.shape[1:3]
+    w_t = w.transpose(0, 1, 3, 2).copy()  # (kh, kw, C_out, C_in)
+    g_hwn = np.ascontiguousarray(grad_out.transpose(1, 2, 0, 3))
+    g_hwn = g_hwn.reshape(-1, c_out)  # rows in (Ho, Wo, N) order
+    dx_hwn = np.zeros((h, wd, n, c), dtype=grad_out.dtype)
+    part = np.empty((len(g_hwn), c), dtype=grad_out.dtype)
+    for i in range(k):
+        for j in range(k):
+            np.matmul(g_hwn, w_t[i, j], out=part)
+            dx_hwn[i : i + ho, j : j + wo] += part.reshape(ho, wo, n, c)
+    return dx_hwn.transpose(2, 0, 1, 3)
 
 
 def _column_sums(g: Array) -> Array:

@@ -1,4 +1,4 @@
-"""The loss: softmax and cross-entropy fused into one step, plus L2 regularisation."""
+"""The loss: softmax and cross-entropy fused into one step, and when it has exploded."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def softmax_cross_entropy(
-    logits: np.ndarray, y: np.ndarray, n_total: int | None = None
+    logits: np.ndarray, y: np.ndarray
 ) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
 
@@ -28,33 +28,22 @@ def softmax_cross_entropy(
     ----------
     logits : ndarray of shape (N, K)
     y : ndarray of shape (N,), integer class indices in [0, K)
-    n_total : the batch size to average over; defaults to N. When a batch is split
-        across threads, each part passes the whole batch's size so that the parts'
-        losses and gradients simply add up.
 
     Returns
     -------
-    loss : float, ``-sum(log p[i, y_i]) / n_total``
-    dlogits : ndarray (N, K), ``(p - onehot(y)) / n_total``. Softmax's Jacobian and
-        the log's derivative cancel to this simple form, which is why they are fused.
+    loss : float, ``-sum(log p[i, y_i]) / N`` where ``p = softmax(logits)``
+    dlogits : ndarray (N, K), ``(p - onehot(y)) / N``. Softmax's Jacobian and the
+        log's derivative cancel to this simple form, which is why they are fused.
     """
-    n = len(y) if n_total is None else n_total
+    n = len(y)
     p = softmax(logits)
-    rows = np.arange(len(y))
+    rows = np.arange(n)
+    # The smallest positive float instead of 0 keeps the log finite.
     picked = np.maximum(p[rows, y], np.finfo(p.dtype).tiny)
     loss = float(-np.log(picked, dtype=np.float64).sum() / n)
     p[rows, y] -= 1
     p /= n
     return loss, p
-
-
-def l2_penalty(weights: list[np.ndarray], alpha: float, n: int) -> float:
-    """``alpha / 2 * sum(||W||^2) / n``, scaled by the batch as scikit-learn's MLP does.
-
-    Its gradient, ``alpha * W / n``, is added to each weight's gradient by the trainer.
-    Biases are not penalised.
-    """
-    return 0.5 * alpha * sum(float(np.vdot(w, w)) for w in weights) / n
 
 
 def exploding_loss(n_classes: int) -> float:

@@ -1,24 +1,23 @@
 """Optimizers: one object updates every parameter of a model in place.
 
 An optimizer holds aligned lists of parameter and gradient arrays; ``step()`` applies
-one update and ``zero_grad()`` clears the gradients. Its state (velocities, moments)
-is a list aligned with the parameters, never keyed by layer names.
+one update to each parameter from its gradient. Its state (velocities, moments) is a
+list aligned with the parameters, never keyed by layer names.
 
-``step()`` is ``start_step()`` then ``update()`` of everything. The trainer instead
-calls ``update(part)`` on slices of one flat parameter array, a cache-sized block at
-a time and from two threads at once; the update is element-wise, so that gives the
-same numbers.
+There is no ``zero_grad()``: every layer's ``backward`` overwrites its gradients
+rather than adding to them.
+
+Each subclass writes its update rule once, in ``apply(param, grad, **state)``, for
+one parameter array and its state arrays; ``step()`` applies it to each parameter.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_STORAGE_PREFIX = "optimizer."
-
 
 class Optimizer:
-    """Base class: subclasses implement ``_step(i, param, grad, part)``."""
+    """Base class: subclasses implement ``apply`` and list their state arrays."""
 
     def __init__(self, params: list[np.ndarray], grads: list[np.ndarray], lr: float):
         if lr <= 0 or not np.isfinite(lr):
@@ -26,67 +25,42 @@ class Optimizer:
         self.params, self.grads, self.lr = params, grads, lr
         self.t = 0  # steps taken
 
-    def zero_grad(self) -> None:
-        for g in self.grads:
-            g.fill(0)
-
     def step(self) -> None:
-        """One update of every parameter."""
-        self.start_step()
-        self.update()
-
-    def start_step(self) -> None:
-        """Count the step about to be taken; call once before its ``update`` calls."""
+        """One update of every parameter from its gradient."""
         self.t += 1
-
-    def update(self, part: slice = slice(None)) -> None:
-        """Update ``part`` (a slice of the first axis) of every parameter array."""
+        states = self.state_arrays()
         for i, (p, g) in enumerate(zip(self.params, self.grads, strict=True)):
-            self._step(i, p[part], g[part], part)
+            self.apply(p, g, **{name: arrays[i] for name, arrays in states.items()})
 
-    def _step(self, i: int, param: np.ndarray, grad: np.ndarray, part: slice) -> None:
-        """Update ``param`` (= ``self.params[i][part]``) from ``grad``; state arrays
-        are sliced with the same ``part``."""
+    def apply(self, param: np.ndarray, grad: np.ndarray, **state: np.ndarray) -> None:
+        """Update ``param`` in place from ``grad``, for step ``self.t``; ``state``
+        holds this parameter's arrays from :meth:`state_arrays`, updated in place."""
         raise NotImplementedError
 
+    def state_arrays(self) -> dict[str, list[np.ndarray]]:
+        """The state arrays, by name: lists aligned with ``params``."""
+        return {}
+
     def state(self) -> dict[str, np.ndarray]:
-        """The optimizer's arrays, ``"<name>.<i>"``, for saving beside the weights."""
-        return {
+        """The state as ``"<name>.<i>"`` arrays (the live ones) plus the step
+        count ``"t"``: what :meth:`load_state` puts back."""
+        arrays = {
             f"{name}.{i}": a
             for name, states in self.state_arrays().items()
             for i, a in enumerate(states)
         }
+        return arrays | {"t": np.array(self.t)}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        """Copy ``state`` (keyed as ``state()``) into the optimizer's arrays."""
-        for key, a in Optimizer.state(self).items():
-            a[...] = state[key]
+        """Copy ``state`` (keyed as :meth:`state`) into the optimizer's arrays."""
+        for key, a in self.state().items():
+            if key != "t":
+                a[...] = state[key]
+        self.t = int(state["t"])
 
     def config(self) -> dict:
         """Constructor arguments besides the arrays: enough to build an equal one."""
         return {"lr": self.lr}
-
-    def state_arrays(self) -> dict[str, list[np.ndarray]]:
-        """The state arrays that follow the parameters element by element, by name:
-        lists aligned with ``params``."""
-        return {}
-
-    def state_storage(self) -> dict[str, np.ndarray]:
-        """The state arrays keyed ``"optimizer.<name>.<i>"``, beside other arrays."""
-        return {_STORAGE_PREFIX + k: a for k, a in Optimizer.state(self).items()}
-
-    def share_state(self, arrays: dict[str, np.ndarray], copy: bool = True) -> None:
-        """Keep the state in ``arrays`` (keyed as in ``state_storage()``; other keys
-        are ignored) from now on, after copying the current state into them unless
-        ``copy`` is False: how a twin process and its parent update one optimizer
-        state in shared memory."""
-        for name, states in self.state_arrays().items():
-            for i, old in enumerate(states):
-                new = arrays[f"{_STORAGE_PREFIX}{name}.{i}"]
-                if new is not old:
-                    if copy:
-                        np.copyto(new, old)
-                    states[i] = new
 
 
 class SGD(Optimizer):
@@ -109,17 +83,16 @@ class SGD(Optimizer):
     def state_arrays(self):
         return {"velocity": self.velocity}
 
-    def _step(self, i, param, grad, part):
+    def apply(self, param, grad, velocity):
         if self.momentum == 0:
             param -= self.lr * grad
             return
-        v = self.velocity[i][part]
-        v *= self.momentum
-        v -= self.lr * grad
+        velocity *= self.momentum
+        velocity -= self.lr * grad
         if self.nesterov:
-            param += self.momentum * v - self.lr * grad
+            param += self.momentum * velocity - self.lr * grad
         else:
-            param += v
+            param += velocity
 
 
 class Adam(Optimizer):
@@ -134,7 +107,6 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
-        self._scratch = tuple([np.empty_like(p) for p in params] for _ in range(2))
 
     def config(self):
         return {
@@ -147,41 +119,17 @@ class Adam(Optimizer):
     def state_arrays(self):
         return {"m": self.m, "v": self.v}
 
-    def start_step(self):
-        super().start_step()
-        t = self.t
+    def apply(self, param, grad, m, v):
+        b1, b2, t = self.beta1, self.beta2, self.t
         # A rate too large for float32 becomes inf, and the weights non-finite,
         # which the trainer reports as divergence: no warning needed.
         with np.errstate(over="ignore"):
-            self._lr_t = np.float32(
-                self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
-            )
-
-    def _step(self, i, param, grad, part):
-        m, v = self.m[i][part], self.v[i][part]
-        # The formulas above, computed in two scratch arrays instead of temporaries;
-        # the scratch is sliced like the parameter, so parts updated in two threads
-        # at once don't share it.
-        t, d = (s[i][part] for s in self._scratch)
-        m *= self.beta1
-        np.multiply(grad, 1 - self.beta1, out=t)
-        m += t
-        v *= self.beta2
-        np.multiply(grad, 1 - self.beta2, out=t)
-        t *= grad
-        v += t
-        np.sqrt(v, out=d)
-        d += self.eps
-        np.multiply(m, self._lr_t, out=t)
-        t /= d
-        param -= t
-
-    def state(self):
-        return super().state() | {"t": np.array(self.t)}
-
-    def load_state(self, state):
-        super().load_state(state)
-        self.t = int(state["t"])
+            lr_t = np.float32(self.lr * np.sqrt(1 - b2**t) / (1 - b1**t))
+        m *= b1
+        m += (1 - b1) * grad
+        v *= b2
+        v += (1 - b2) * grad * grad
+        param -= lr_t * m / (np.sqrt(v) + self.eps)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {cls.__name__: cls for cls in (SGD, Adam)}

@@ -24,6 +24,9 @@ from sklearn.exceptions import NotFittedError
 from digits import registry
 from digits.baseline import MLPBaseline
 from digits.data import load_dataset
+from digits.engine import trainer as training
+from digits.engine import twin as twin_module
+from digits.engine.twin import TwinFailed
 from digits.errors import (
     ConfigError,
     DigitsError,
@@ -32,12 +35,9 @@ from digits.errors import (
     TrainingInterrupted,
 )
 from digits.estimator import CNNClassifier
-from digits.nn import training
-from digits.nn import twin as twin_module
 from digits.nn.callbacks import Callback
 from digits.nn.checks import MAX_PARAMS
 from digits.nn.losses import exploding_loss
-from digits.nn.twin import TwinFailed
 
 SMALL_CNN = dict(
     conv_channels=(4,), hidden_layer_sizes=(16,), kernel_size=3, random_state=0

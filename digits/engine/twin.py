@@ -18,16 +18,18 @@ Shared memory (files in /dev/shm, mapped by both processes and unlinked as soon 
 the twin has mapped them; files whose creator died before that are removed by the
 next twin's start, since their names carry the creator's process id) holds the
 trainer's flat arrays while the twin lives (parameters, both halves' gradients, the
-weights' backup and the optimizer's state), the training images and labels, the
-half-batch's indices, both halves' losses and a few control words. Per step:
+weights' backup and the optimizer's state), the twin's half of the batch (its
+network input, labels and dropout masks), both halves' losses and a few control
+words. The twin draws no random numbers: the parent augments the whole batch and
+draws its dropout masks, as the plain loop does. Per step:
 
-1. the parent writes the indices, the learning rate and the L2 term of the loss,
-   and bumps ``go``;
+1. the parent writes the twin's half of the batch, the learning rate and the L2
+   term of the loss, and bumps ``go``;
 2. each side runs forward on its half and publishes its loss, then runs backward,
    publishing how far it has got after each layer;
 3. each side adds the two losses and the L2 term; if the sum is sane (finite,
    and at most the trainer's ``max_loss``), each takes blocks of the optimizer
-   step (``training.update_blocks``), whichever block comes next, as soon as both
+   step (``flat.update_blocks``), whichever block comes next, as soon as both
    sides' gradients for it are final. The side that finished its half first
    thus updates the last layers' weights while the other is still working back
    through the first ones. A block is taken under a file lock, so each is updated
@@ -35,7 +37,7 @@ half-batch's indices, both halves' losses and a few control words. Per step:
    numbers;
 4. the twin bumps ``updated`` when no block is left.
 
-The twin is a fresh ``python -m digits.nn.twin``, so nothing of the parent (its
+The twin is a fresh ``python -m digits.engine.twin``, so nothing of the parent (its
 threads, its locks) is inherited, and, unlike multiprocessing's "spawn", it never
 re-runs the parent's main script (a learner's script without a ``__main__`` guard
 would otherwise train again inside it). Its arguments arrive pickled on its stdin
@@ -190,7 +192,7 @@ class _Side:
     optimizer step.
 
     ``blocks`` are ``(layer, start, stop)`` slices of the flat arrays, as from
-    ``training.update_blocks``; ``lock`` is a file descriptor to ``flock``; ``alive()``
+    ``flat.update_blocks``; ``lock`` is a file descriptor to ``flock``; ``alive()``
     says whether the other process still runs, ``spin()`` whether to spin while
     waiting; ``gone()`` makes the exception to raise when the other side failed.
     """
@@ -275,26 +277,24 @@ class TwinProcess:
     """A process running ``forward_backward`` on the second half of each batch, and
     its share of the optimizer step's blocks.
 
-    ``config`` and ``seed`` rebuild the same replica a thread would use (the same
-    dropout streams), ``aug_seed`` its augmentation stream (None: no augmentation),
-    and ``prepare`` (picklable) turns raw rows into network input, as in the trainer.
+    ``config`` rebuilds the model, as its second half (``halves.second_half``).
     ``storage`` names the trainer's flat arrays (params, grads, backup and the
     optimizer's state, see ``Trainer._storage``); ``self.shared`` holds shared ones
-    shaped like them, for the trainer to move into. ``optimizer`` is the optimizer's
-    class name and ``config()``; ``n_weights`` and ``alpha`` as in ``FlatUpdate``;
-    ``blocks`` as from ``training.update_blocks``.
+    shaped like them, for the trainer to move into. ``sample`` is one image's
+    network input (its shape and dtype), ``mask_shapes`` one image's dropout masks
+    (as from
+    ``halves.dropout_shapes``). ``optimizer`` is the optimizer's class name and
+    ``config()``; ``n_weights`` and ``alpha`` as in ``FlatUpdate``; ``blocks`` as
+    from ``flat.update_blocks``.
     """
 
     def __init__(
         self,
         config: list[dict],
         storage: dict[str, np.ndarray],
-        x: np.ndarray,
-        y: np.ndarray,
+        sample: np.ndarray,
+        mask_shapes: list[tuple[int, ...]],
         batch_size: int,
-        prepare: Callable,
-        seed: int,
-        aug_seed: int | None,
         optimizer: tuple[str, dict],
         n_weights: int,
         alpha: float,
@@ -303,7 +303,6 @@ class TwinProcess:
     ) -> None:
         self._paths: list[str] = []
         self._lock: int | None = None
-        self.x_source, self.y_source = x, y
         try:
             if fcntl is None:
                 raise OSError("a second process needs fcntl, which Windows lacks")
@@ -312,14 +311,15 @@ class TwinProcess:
             specs.update(
                 {
                     "twin_grads": (params.shape, params.dtype),
-                    "x": (x.shape, x.dtype),
-                    "y": (y.shape, y.dtype),
-                    "idx": ((batch_size,), np.int64),
+                    "x": ((batch_size, *sample.shape), sample.dtype),
+                    "y": ((batch_size,), np.int64),
                     "ctl": ((_N_CONTROL,), np.int64),
                     "result": ((_N_RESULT,), np.float64),
                     "message": ((_MESSAGE_BYTES,), np.uint8),
                 }
             )
+            for k, shape in enumerate(mask_shapes):
+                specs[f"mask.{k}"] = ((batch_size, *shape), np.float32)
             arrays, names = {}, {}
             folder = _shm_dir(
                 sum(np.dtype(d).itemsize * int(np.prod(s)) for s, d in specs.values())
@@ -336,7 +336,9 @@ class TwinProcess:
                 names[key] = (path, tuple(shape), np.dtype(dtype).str)
             self.shared = {key: arrays[key] for key in storage}
             self.grads = arrays["twin_grads"]
-            self._idx, self._ctl = arrays["idx"], arrays["ctl"]
+            self._x, self._y = arrays["x"], arrays["y"]
+            self._masks = [arrays[f"mask.{k}"] for k in range(len(mask_shapes))]
+            self._ctl = arrays["ctl"]
             self._result, self._message = arrays["result"], arrays["message"]
             self._lock = os.open(names["ctl"][0], os.O_RDWR)
             self.side = _Side(
@@ -353,9 +355,6 @@ class TwinProcess:
             args = (
                 names,
                 config,
-                prepare,
-                seed,
-                aug_seed,
                 optimizer,
                 n_weights,
                 alpha,
@@ -368,15 +367,12 @@ class TwinProcess:
             paths = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "digits.nn.twin"],
+                [sys.executable, "-m", "digits.engine.twin"],
                 stdin=subprocess.PIPE,
                 env=env,
             )
             self._process.stdin.write(pickle.dumps(args))
             self._process.stdin.close()
-            # Filled while the twin starts (it reads them only at the first step).
-            arrays["x"][...] = x
-            arrays["y"][...] = y
             self._step = 0
             started = time.perf_counter()
             alive = self._alive
@@ -394,15 +390,26 @@ class TwinProcess:
             self._unlink()  # both sides have mapped the files, or never will
 
     def start(
-        self, idx: np.ndarray, n_total: int, lr: float, t: int, l2: float
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        masks: list[np.ndarray],
+        n_total: int,
+        lr: float,
+        t: int,
+        l2: float,
     ) -> _Side:
-        """Start the twin on rows ``idx`` of x (a half of ``n_total``), for the
+        """Start the twin on its half of a batch of ``n_total`` images: network
+        input x (n, ...), labels y (n,) and its rows of the dropout masks, for the
         optimizer's step ``t`` at learning rate ``lr``; ``l2`` is the loss's L2
         term. Returns the parent's side of the step (see ``_Side``): run the other
         half with its hooks, then ``losses()``, then ``update()``, then
         :meth:`finish`."""
-        self._idx[: len(idx)] = idx
-        self._ctl[_N], self._ctl[_N_TOTAL], self._ctl[_T] = len(idx), n_total, t
+        n = len(y)
+        self._x[:n], self._y[:n] = x, y
+        for shared, mask in zip(self._masks, masks, strict=True):
+            shared[:n] = mask
+        self._ctl[_N], self._ctl[_N_TOTAL], self._ctl[_T] = n, n_total, t
         self._result[_LR], self._result[_L2] = lr, l2
         self._ctl[_CLAIM] = 0  # the twin is between steps: nobody claims now
         self._step += 1
@@ -455,17 +462,7 @@ class TwinProcess:
 
 
 def _twin_main(
-    names,
-    config,
-    prepare,
-    seed,
-    aug_seed,
-    optimizer,
-    n_weights,
-    alpha,
-    blocks,
-    max_loss,
-    parent_pid,
+    names, config, optimizer, n_weights, alpha, blocks, max_loss, parent_pid
 ) -> None:
     """The twin's loop: wait for ``go``, run the half-batch, publishing its loss
     and progress; take blocks of the optimizer step; report; repeat."""
@@ -483,29 +480,25 @@ def _twin_main(
         except FileNotFoundError:
             pass
     try:
+        from digits.engine.flat import FlatUpdate, share
+        from digits.engine.halves import forward_backward, give_masks, second_half
+        from digits.engine.system import blas_threads, keep_freed_memory
         from digits.nn.model import Sequential
         from digits.nn.optimizers import OPTIMIZERS
-        from digits.nn.training import (
-            FlatUpdate,
-            _forward_backward,
-            blas_threads,
-            keep_freed_memory,
-        )
 
         keep_freed_memory()
-        params, grads, own_grads = (
-            arrays["params"],
-            arrays["grads"],
-            arrays["twin_grads"],
-        )
-        model = Sequential.from_config(config).replica(seed)
-        model.share(params, own_grads)
+        params, grads = arrays["params"], arrays["grads"]
+        own_grads = arrays["twin_grads"]
+        half = second_half(Sequential.from_config(config))
+        share(half, params, own_grads)
         name, settings = optimizer
         opt = OPTIMIZERS[name]([params], [grads], **settings)
-        opt.share_state(arrays, copy=False)  # the parent fills them
-        flat = FlatUpdate(opt, params, grads, arrays["backup"], n_weights, alpha)
-        aug = None if aug_seed is None else np.random.default_rng(aug_seed)
-        x, y, idx, result = arrays["x"], arrays["y"], arrays["idx"], arrays["result"]
+        for key, states in opt.state_arrays().items():
+            states[0] = arrays[f"optimizer.{key}"]  # the parent fills them
+        flat = FlatUpdate(opt, arrays["backup"], n_weights, alpha)
+        x, y, result = arrays["x"], arrays["y"], arrays["result"]
+        n_masks = sum(key.startswith("mask.") for key in names)
+        masks = [arrays[f"mask.{k}"] for k in range(n_masks)]
         parent_alive = lambda: os.getppid() == parent_pid  # noqa: E731
         side = _Side(
             ctl,
@@ -529,18 +522,12 @@ def _twin_main(
                 if ctl[_EXIT] or not parent_alive():
                     break
                 side.step = step = int(ctl[_GO])
-                rows = idx[: ctl[_N]]
-                n_total = int(ctl[_N_TOTAL])
-                opt.lr, opt.t = float(result[_LR]), int(ctl[_T]) - 1
-                opt.start_step()
+                n, n_total = int(ctl[_N]), int(ctl[_N_TOTAL])
+                opt.lr, opt.t = float(result[_LR]), int(ctl[_T])
+                give_masks(half, masks, slice(0, n))
                 try:
-                    _forward_backward(
-                        model,
-                        prepare(x[rows], aug),
-                        y[rows],
-                        n_total,
-                        side.loss_ready,
-                        side.layer_done,
+                    forward_backward(
+                        half, x[:n], y[:n], n_total, side.loss_ready, side.layer_done
                     )
                     # Both sides skip the update if the batch's loss (the same
                     # sum the parent makes) is not finite or exploded; the parent
