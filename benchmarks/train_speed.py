@@ -10,7 +10,10 @@ and the median.
     pip install torch==2.13.0          # benchmark-only; digits never imports torch
     DIGITS_DATA_DIR=../shared/data python benchmarks/train_speed.py --pairs 5
 
-One process: ``--side numpy|torch`` prints a JSON line with its throughputs.
+One process: ``--side numpy|torch|plain`` prints a JSON line with its throughputs.
+``--plain`` adds a third side to every pair: the same NumPy network trained by the
+lesson's plain loop (``CNNClassifier(trainer="plain")``, ``digits.nn.training``)
+instead of the engine, with BLAS at its default threads.
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ def batches(n_batches: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return data.x_train[order], data.y_train[order], np.asarray(data.x_test)
 
 
-def run_numpy(x, y, x_test, n_batches: int) -> dict:
+def run_numpy(x, y, x_test, n_batches: int, trainer: str = "engine") -> dict:
     from digits.estimator import CNNClassifier
 
     est = CNNClassifier(
+        trainer=trainer,
         batch_size=BATCH,
         learning_rate="constant",
         learning_rate_init=1e-3,
@@ -118,15 +122,19 @@ def run_torch(x, y, x_test, n_batches: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--side", choices=["numpy", "torch"])
+    parser.add_argument("--side", choices=["numpy", "torch", "plain"])
+    parser.add_argument("--plain", action="store_true", help="measure the plain loop")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--batches", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.side:
         data = batches(args.batches, args.seed)
-        run = run_numpy if args.side == "numpy" else run_torch
-        print(json.dumps(run(*data, args.batches)))
+        if args.side == "torch":
+            print(json.dumps(run_torch(*data, args.batches)))
+        else:
+            trainer = "plain" if args.side == "plain" else "engine"
+            print(json.dumps(run_numpy(*data, args.batches, trainer)))
         return
 
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -135,6 +143,7 @@ def main() -> None:
         result = {}
         # Alternate who goes first, so drift in machine load hits both sides.
         sides = ["numpy", "torch"] if pair % 2 == 0 else ["torch", "numpy"]
+        sides += ["plain"] if args.plain else []
         for side in sides:
             out = subprocess.run(
                 [
@@ -153,10 +162,13 @@ def main() -> None:
             result[side] = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(result)
         n, t = result["numpy"], result["torch"]
-        print(
-            f"pair {pair + 1}: " + " | ".join(_compare(n, t, w) for w in WHAT),
-            flush=True,
-        )
+        line = " | ".join(_compare(n, t, w) for w in WHAT)
+        if args.plain:
+            p = result["plain"]
+            line += " | plain loop " + ", ".join(
+                f"{w} {p[f'{w}_images_per_second']:.0f}" for w in WHAT
+            )
+        print(f"pair {pair + 1}: {line}", flush=True)
     for what in WHAT:
         key = f"{what}_images_per_second"
         ratios = [r["numpy"][key] / r["torch"][key] for r in rows]
@@ -167,6 +179,12 @@ def main() -> None:
             f"{torch_median:.0f} img/s, median ratio {statistics.median(ratios):.2f} "
             f"(pairs: {', '.join(f'{x:.2f}' for x in ratios)})"
         )
+        if args.plain:
+            plain = statistics.median(r["plain"][key] for r in rows)
+            print(
+                f"{what}: median plain loop {plain:.0f} img/s, "
+                f"{numpy_median / plain:.2f}x slower than the engine"
+            )
 
 
 def _compare(numpy_side: dict, torch_side: dict, what: str) -> str:
