@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from digits.engine.halves import replica
 from digits.engine.system import blas_threads
 from digits.errors import ConfigError, PreprocessError
 from digits.nn import gradcheck
@@ -156,7 +157,7 @@ def activations(model, image: np.ndarray) -> list[LayerOutput]:
     the identity). The shapes follow ``Layer.output_shape`` along the network."""
     net = _our_network(model)
     x = network_input(model, image)
-    twin = net.replica(0)  # own caches: the cached model may serve other sessions
+    twin = replica(net)  # own caches: the cached model may serve other sessions
     outputs = []
     with blas_threads(1):  # one image: BLAS's thread hand-offs cost more than maths
         for name, layer in zip(layer_names(net), twin.layers, strict=True):
@@ -206,7 +207,7 @@ def saliency(model, image: np.ndarray, target: int | None = None) -> Saliency:
     """
     net = _our_network(model)
     x = network_input(model, image)
-    twin = net.replica(0)
+    twin = replica(net)
     twin.layers[0].needs_input_grad = True  # the one gradient training never needs
     with blas_threads(1):
         logits = twin.forward(x, training=False)  # (1, K)

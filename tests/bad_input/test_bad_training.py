@@ -373,7 +373,7 @@ def test_the_cli_refuses_a_bad_setting_before_training(cli, runs, args, fragment
 def test_the_cnn_diverging_in_epoch_2_keeps_epoch_1_and_more(digits):
     settings = dict(
         conv_channels=(), hidden_layer_sizes=(32,), solver="sgd", momentum=0.9,
-        learning_rate_init=10.0, max_iter=3, random_state=0,
+        learning_rate_init=13.0, max_iter=3, random_state=0,
     )  # fmt: skip
     model = CNNClassifier(**settings)
     with pytest.raises(TrainingDiverged) as caught:
