@@ -19,8 +19,7 @@ def shift_rotate(
     images : ndarray (N, H, W), float. Returns a new float32 array of the same shape.
     One ``map_coordinates`` call resamples the whole batch.
     """
-    # Imported here: SciPy takes 0.4 s to import, and the twin training process
-    # (digits/nn/twin.py) imports this module at start-up whether it augments or not.
+    # Imported here: SciPy takes 0.4 s to import, and most callers never augment.
     from scipy import ndimage
 
     n, h, w = images.shape
