@@ -96,8 +96,8 @@ def train_run(
     is saved, with ``stopped: "interrupted"``. If training diverges or its second
     process dies, the last good weights the estimator kept are scored and saved
     (``stopped: "diverged"`` or ``"second process died"``) and the error is raised
-    again with the saved run's name added; when no weights are worth keeping it
-    says "Nothing was saved".
+    again with the saved run's name added; when no weights are worth keeping, the
+    error (whose message says so) is raised as it is and nothing is saved.
     """
     spec = registry.get(kind)
     hyper = spec.params(preset, **(params or {}))
@@ -141,7 +141,7 @@ def train_run(
         )
     except TrainingStopped as err:
         if not err.usable:
-            raise type(err)(f"{err} Nothing was saved.", usable=False) from err
+            raise  # its message already says there is no model to save
         failure = err  # the estimator kept its last good weights: save those
     seconds = time.perf_counter() - start
     if failure is None and not model.n_iter_:
