@@ -63,7 +63,6 @@ DOWNLOAD_TIMEOUT_S = 30  # per connection attempt and per blocking read
 # The largest pinned file is 26 MB: a server sending more is not sending it.
 DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024
 CHUNK_BYTES = 1 << 16
-FILE_MODE = 0o644  # downloaded and cached files: readable by everyone
 SPLIT_SEED = 0  # fixed seed of every train/test split made here
 SKLEARN_TEST_FRACTION = 0.2
 CSV_TEST_FRACTION = 1 / 6  # MNIST's own ratio: 10,000 of 60,000

@@ -8,6 +8,7 @@
   disk and renames it into place, so readers see the old file or the new one,
   never half of one, even after a crash or a power cut.
 - ``move_aside`` renames a damaged file so that nothing is lost.
+- ``read_json`` reads strict JSON (no NaN) from a bounded regular file.
 - ``sha256_file`` hashes a file in blocks.
 
 The errors are OSErrors (``NotAFile``, ``TooLarge``, and Python's own), so each
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import stat
 import tempfile
@@ -100,6 +102,22 @@ def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
     if len(data) > limit:
         raise TooLarge(path, limit)
     return data
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json(path: str | os.PathLike[str], limit: int):
+    """The JSON value in the regular file ``path`` of at most ``limit`` bytes.
+
+    Strict: NaN and Infinity (which Python's json writes but JSON lacks) are
+    refused, as digits never writes them. Raises as ``read_bounded`` does, and
+    ValueError (UnicodeDecodeError, JSONDecodeError) or RecursionError (nesting
+    too deep) for text that is not JSON.
+    """
+    text = read_bounded(path, limit).decode("utf-8")
+    return json.loads(text, parse_constant=_no_constants)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from digits import files
 from digits.errors import ConfigError, ModelFileError
 
 # -- hyperparameters --------------------------------------------------------------
@@ -224,6 +225,9 @@ def _load_numpy(folder: Path):
 # in MLP_FILE (JSON), its arrays in WEIGHTS_FILE: coef_0..coef_{L-1},
 # intercept_0..intercept_{L-1} and classes. Nothing is pickled.
 MLP_FILE = "mlp.json"
+# The largest settings file digits reads (the default MLP's, with its history,
+# is 20 kB): a planted one cannot exhaust memory.
+MAX_SETTINGS_BYTES = 4 << 20
 MLP_FORMAT = 1
 # What runs saved by digits 0.1 hold instead: a joblib pickle. Never loaded; only
 # `digits convert --trust-pickle` reads one (``convert_legacy_mlp``).
@@ -260,9 +264,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_json(path: Path) -> dict:
+    """A model's settings file, read as the store reads metadata: bounded, strict."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        config = files.read_json(path, MAX_SETTINGS_BYTES)
+    except (OSError, ValueError, RecursionError) as err:
         raise ModelFileError(
             f"Model file {path} cannot be read ({err}). Retrain the model."
         ) from err

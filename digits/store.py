@@ -15,9 +15,11 @@ sanitised and made unique (``20261122-101500-mlp-mnist``, then ``-2``, ``-3``...
 
 Reading: a run whose metadata is missing, unreadable, of another format version
 or whose files are missing or truncated raises ``ModelFileError`` naming the
-file; ``list_runs`` reports such runs instead of failing. Before any model file
-is loaded its SHA-256 is checked against the metadata, so a joblib pickle that
-the store did not write is never unpickled.
+file; ``list_runs`` reports such runs instead of failing. No model file is ever
+unpickled: weights are ``.npz`` loaded with ``allow_pickle=False`` and settings
+are JSON. Before any model file is used, its SHA-256 is checked against the
+metadata, which catches a file damaged or changed since it was saved (the hash
+does not prove who wrote it; that is why nothing is unpickled).
 
 Training a model, scoring it and saving it as a run is ``digits.training``.
 
@@ -105,7 +107,7 @@ METADATA_SCHEMA = {
         "image_shape": {
             "type": "array",
             "minItems": 2,
-            "maxItems": 3,
+            "maxItems": 2,  # (height, width): digits saves greyscale images
             "items": {"type": "integer", "minimum": 1, "maximum": 4096},
         },
         "class_names": {
@@ -290,11 +292,6 @@ def _check_schema(meta: Any, path: Path) -> None:
     )
 
 
-def _no_constants(name: str):
-    """digits writes strict JSON; NaN and Infinity mean someone else wrote it."""
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -321,17 +318,24 @@ def _read_meta(folder: Path, *, legacy_ok: bool = False) -> dict:
     if not folder.is_dir():
         raise ModelFileError(f"Run folder {folder} does not exist.")
     try:
-        data = _read_bounded(path, MAX_METADATA_BYTES, "Run metadata")
+        meta = files.read_json(path, MAX_METADATA_BYTES)
     except FileNotFoundError:
         raise ModelFileError(
             f"{path} is missing: {folder} is not a complete run. Delete the folder "
             f"or train again."
         ) from None
+    except files.NotAFile as err:
+        raise ModelFileError(
+            f"Run metadata {path} is {err.kind}, not a file."
+        ) from None
+    except files.TooLarge:
+        raise ModelFileError(
+            f"Run metadata {path} is over {MAX_METADATA_BYTES:,} bytes, far larger "
+            f"than digits writes."
+        ) from None
     except OSError as err:
         raise ModelFileError(f"{path} cannot be read ({err}).") from err
-    try:
-        meta = json.loads(data.decode("utf-8"), parse_constant=_no_constants)
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:
         reason = "nested too deeply" if isinstance(err, RecursionError) else err
         raise ModelFileError(f"{path} is corrupt ({reason}). Delete the run.") from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
@@ -345,11 +349,6 @@ def _read_meta(folder: Path, *, legacy_ok: bool = False) -> dict:
         raise ModelFileError(
             f"{path} names an unknown model kind {meta['kind']!r}; known kinds: "
             f"{', '.join(registry.MODELS)}."
-        )
-    if len(meta["image_shape"]) == 3 and meta["image_shape"][2] != 1:
-        raise ModelFileError(
-            f"{path} is malformed at image_shape: {meta['image_shape']} is not "
-            f"(height, width) or (height, width, 1). Delete the run."
         )
     legacy = registry.LEGACY_PICKLE_FILE in meta["files"]
     if legacy and not legacy_ok:
@@ -532,7 +531,8 @@ def _verify_files(run: Run) -> None:
             raise ModelFileError(
                 f"Model file {file} has changed since digits saved it: its SHA-256 "
                 f"does not match {run.path / METADATA_FILE}. It was not loaded, "
-                f"because only files digits wrote itself are trusted. Delete the run."
+                f"because a file changed since it was saved may be damaged. Delete "
+                f"the run or train it again."
             )
 
 
@@ -592,10 +592,8 @@ def _is_run_folder(folder: Path) -> bool:
     if not any(folder.iterdir()):
         return True
     try:
-        meta = json.loads(
-            _read_bounded(folder / METADATA_FILE, MAX_METADATA_BYTES, "Run metadata")
-        )
-    except (OSError, ValueError, RecursionError, ModelFileError):
+        meta = files.read_json(folder / METADATA_FILE, MAX_METADATA_BYTES)
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(meta, dict) and "format_version" in meta and "kind" in meta
 

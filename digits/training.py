@@ -116,16 +116,15 @@ def train_run(
     check_can_save(Path(out).parent if out is not None else None)
     keep = _subset(len(dataset.x_train), train_size, hyper.get("random_state"))
     x, y = dataset.x_train[keep], dataset.y_train[keep]
-    val = _subset(len(dataset.x_test), validation_size, VALIDATION_SEED)
-    x_val, y_val = dataset.x_test[val], dataset.y_test[val]
-    early = bool(hyper.get("early_stopping"))
-    validation_data = None if early else (x_val, y_val)
-    if early:
+    n_val = validation_images(hyper, len(dataset.x_test), validation_size)
+    validation_data = None
+    if not n_val:  # early stopping: the estimator holds out training images
         validation = "validation_fraction of train"
-    elif len(x_val) < len(dataset.x_test):
-        validation = f"{len(x_val)} test images"
     else:
-        validation = "test"
+        val = _subset(len(dataset.x_test), n_val, VALIDATION_SEED)
+        validation_data = (dataset.x_test[val], dataset.y_test[val])
+        n_test = len(dataset.x_test)
+        validation = "test" if n_val == n_test else f"{n_val} test images"
     callbacks = list(callbacks)
     start = time.perf_counter()
     failure = None
@@ -154,7 +153,7 @@ def train_run(
     elif any(cb.stop_training for cb in callbacks):
         stopped = "interrupted"
     elif model.n_iter_ < hyper.get("max_iter", model.n_iter_):
-        stopped = "early stopping" if early else "converged"
+        stopped = "early stopping" if hyper.get("early_stopping") else "converged"
     else:
         stopped = None
     # Imported here: sklearn.metrics takes a second to import, and listing or

@@ -80,6 +80,7 @@ METADATA_CASES = [
     ),
     pytest.param(_set("image_shape", [784]), "image_shape", id="image-shape-flat"),
     pytest.param(_set("image_shape", [8, 8, 3]), "image_shape", id="image-shape-rgb"),
+    pytest.param(_set("image_shape", [8, 8, 1]), "image_shape", id="image-shape-hw1"),
     pytest.param(_set("image_shape", [8, -8]), "image_shape", id="image-shape-neg"),
     pytest.param(_set("image_shape", [8.5, 8]), "image_shape", id="image-shape-float"),
     pytest.param(_set("class_names", "0123"), "class_names", id="classes-string"),
