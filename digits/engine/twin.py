@@ -67,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
+from digits.engine.system import pid_alive
 from digits.errors import TrainingInterrupted
 
 try:
@@ -142,23 +143,13 @@ def remove_orphans(folder: str | None) -> list[str]:
             old = now - path.stat().st_mtime > START_TIMEOUT
         except OSError:  # already gone
             continue
-        if old and pid.isdigit() and not _pid_alive(int(pid)):
+        if old and pid.isdigit() and not pid_alive(int(pid)):
             try:
                 path.unlink()
                 removed.append(str(path))
             except OSError:  # another process's cleanup got there first
                 pass
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's process
-        return True
-    return True
 
 
 def _map(path: str, shape: tuple[int, ...], dtype, mode: str) -> np.ndarray:

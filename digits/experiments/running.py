@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digits import files, store
+from digits.engine.system import pid_alive
 from digits.errors import ConfigError, DigitsError
 from digits.experiments.planning import Sweep, Trial
 from digits.experiments.results import append_result, read_results, table_lock
@@ -296,7 +297,7 @@ def _start_control(sweep: Sweep) -> Path:
         host = re.sub(r"[^\w.]", "_", os.uname().nodename) or "host"
         for old in root.glob(f"{host}-*") if root.is_dir() else ():
             pid = old.name.removeprefix(f"{host}-").split("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
         control = root / f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         control.mkdir(parents=True)
@@ -307,16 +308,6 @@ def _start_control(sweep: Sweep) -> Path:
             f"DIGITS_RUNS_DIR to a writable folder. Nothing was trained."
         ) from err
     return control
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's process
-    return True
 
 
 def trial_progress(sweep: Sweep) -> dict[str, tuple[float, str]]:
