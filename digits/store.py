@@ -465,6 +465,15 @@ def convert_legacy_run(
     return open_run(folder, allow_paths=True)
 
 
+def preferred(runs: Sequence[Run], kind: str) -> Run | None:
+    """Of ``runs`` (newest first), the shipped run of ``kind``, else the newest
+    of that kind; None if there is none."""
+    of_kind = [run for run in runs if run.kind == kind]
+    return next((run for run in of_kind if run.pretrained), None) or next(
+        iter(of_kind), None
+    )
+
+
 def list_runs(
     root: str | os.PathLike[str] | None = None, *, include_pretrained: bool = True
 ) -> tuple[list[Run], list[BrokenRun]]:

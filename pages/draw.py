@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from digits import figures, handwriting, preprocess
+from digits import figures, handwriting, preprocess, store
 from digits.errors import DigitsError, NoDigitFound
 
 CANVAS_PIXELS = 280
@@ -28,13 +28,8 @@ HINT = "Draw a digit on the canvas (or upload a photo) to see what the models re
 def default_models(runs) -> list[str]:
     """For the CNN and the MLP each, the shipped model, else the newest (``runs``
     are newest first); with neither, the newest two."""
-    chosen = []
-    for kind in ("cnn", "mlp"):
-        of_kind = sorted(
-            (r for r in runs if r.kind == kind), key=lambda r: not r.pretrained
-        )
-        chosen += [r.name for r in of_kind[:1]]
-    return chosen or [r.name for r in runs[:2]]
+    chosen = [store.preferred(runs, kind) for kind in ("cnn", "mlp")]
+    return [r.name for r in chosen if r is not None] or [r.name for r in runs[:2]]
 
 
 def clear() -> None:
@@ -198,7 +193,7 @@ with right:
                     )
                     st.caption(f"**{run.name}** · {p.max():.1%} sure")
                     ui.chart(figures.probability_bars(p, run.class_names))
-            shown = inputs.get(28) or next(iter(inputs.values()))
+            shown = inputs.get(handwriting.SIDE) or next(iter(inputs.values()))
             show_steps(shown)
             st.session_state[ui.DRAWING_KEY] = shown.image  # for the Inspect page
             st.page_link(

@@ -10,7 +10,7 @@ import ui
 from digits import data, figures, handwriting, metrics
 from digits.errors import DigitsError
 
-MAX_CELL_IMAGES = 60  # images shown for a clicked cell of the confusion matrix
+MAX_GALLERY = 60  # images in one gallery (a confusion cell, a disagreement)
 HW_NOTICE_KEY = "hw-notice"  # the outcome of the last Delete, shown once
 EXPORTS = {  # file suffix -> (MIME type, the HandwritingStore method making it)
     "npz": ("application/octet-stream", "export_npz"),
@@ -65,7 +65,7 @@ def confusion_tab(ds, proba, report) -> None:
     chosen = metrics.confusion_cell(ds.y_test, proba, true, pred)
     st.subheader(f"True {names[true]}, predicted {names[pred]}: {len(chosen)} images")
     st.caption("Most confident first; the caption is the model's probability.")
-    shown = chosen[:MAX_CELL_IMAGES]
+    shown = chosen[:MAX_GALLERY]
     ui.gallery(
         ds.x_test[shown],
         [f"{proba[i, pred]:.1%}" for i in shown],
@@ -120,7 +120,7 @@ def compare_tab(ds, run, proba, report, runs) -> None:
         ("Only B right", f"{d['only_b_right']:,}"),
     )
     names = ds.class_names
-    shown = np.asarray(d["indices"][:60], dtype=np.int64)
+    shown = np.asarray(d["indices"][:MAX_GALLERY], dtype=np.int64)
     st.caption(
         f"Test images on which they disagree (first {len(shown)}). Caption: the "
         "true class, then the predictions of A and B."

@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from digits import explain, figures
+from digits import explain, figures, store
 from digits.errors import DigitsError
 
 TILE_COLUMNS = 16  # channels per row in the activation grids
@@ -68,11 +68,8 @@ def probe_partners(run, runs) -> list[str]:
     """The inspected model plus one of the other family (the MLP for a NumPy
     model, else the CNN), the shipped one first."""
     other = "mlp" if run.kind != "mlp" else "cnn"
-    partners = sorted(
-        (r for r in runs if r.kind == other),
-        key=lambda r: not r.pretrained,
-    )
-    return [run.name] + [r.name for r in partners[:1]]
+    partner = store.preferred(runs, other)
+    return [run.name] + ([partner.name] if partner is not None else [])
 
 
 @st.fragment  # moving a slider reruns only this section

@@ -30,12 +30,12 @@ GROUPS = {
     # ...and everything not named above.
     "Training": ("max_iter", "augment", "early_stopping", "n_iter_no_change"),
 }
-ANNOUNCED_KEY = "train-announced"
+ANNOUNCED_KEY = "train-announced"  # the job whose result was last announced
 START_ERROR_KEY = "train-start-error"  # why the last Start was refused
 STATUS_TEXT = {
     "stopping": " · stopping after this batch...",
     "saving": " · scoring the test set and saving the model...",
-}  # the job whose result was last announced
+}
 
 
 def hyperparameters(spec: registry.ModelKind, preset: str | None) -> dict:

@@ -548,3 +548,13 @@ def test_shipped_default_models(name, mnist):
 
 def test_default_means_the_shipped_cnn():
     assert store.open_run("default").name == "default-cnn"
+
+
+def test_preferred_is_the_shipped_run_of_a_kind_else_the_newest(mlp, small):
+    older = save(mlp, small, name="older")
+    newer = save(mlp, small, name="newer")
+    shipped = store.open_run("default-mlp")
+    runs = [newer, older]  # newest first, as list_runs gives them
+    assert store.preferred(runs, "mlp") == newer
+    assert store.preferred([*runs, shipped], "mlp") == shipped
+    assert store.preferred(runs, "cnn") is None
