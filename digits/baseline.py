@@ -39,6 +39,7 @@ from digits.errors import (
     TrainingDataError,
     TrainingDiverged,
 )
+from digits.humanize import plural
 from digits.nn.callbacks import EarlyStopping, batch_logs
 from digits.nn.checks import (
     check_bool,
@@ -601,7 +602,7 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
             f"{exc.start + 1:,}-{exc.stop:,}, chunk {exc.chunk + 1} of "
             f"{exc.chunks}): {exc.what}."
         )
-        done = f"{self.n_iter_} epoch{'' if self.n_iter_ == 1 else 's'} finished"
+        done = f"{plural(self.n_iter_, 'epoch')} finished"
         if best[1] is not None:
             self._set_weights(best[1])
             holds = (

@@ -57,6 +57,7 @@ import numpy as np
 
 from digits import files
 from digits.errors import ConfigError, DataError, DownloadError
+from digits.humanize import plural
 
 DATA_DIR_ENV = "DIGITS_DATA_DIR"
 DOWNLOAD_TIMEOUT_S = 30  # per connection attempt and per blocking read
@@ -813,7 +814,7 @@ def _locate_bad_cell(
         cells = _cells(text)
         if len(cells) != n_cols:
             return (
-                f"{where} has {_plural(len(cells), 'column')}, not {n_cols} as on "
+                f"{where} has {plural(len(cells), 'column')}, not {n_cols} as on "
                 f"line {first_line}"
             )
         for col, cell in enumerate(cells, start=1):
@@ -855,10 +856,6 @@ def _label_column(
             return c
     # Integer classes out of range: return the column so the caller reports them.
     return labelish[0] if labelish else -1
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def load_csv(
@@ -909,7 +906,7 @@ def load_csv(
             else "and no pixels"
         )
         raise DataError(
-            f"{path}: line {filled[0] + 1} has {_plural(n_cols, 'column')} {why}: "
+            f"{path}: line {filled[0] + 1} has {plural(n_cols, 'column')} {why}: "
             "a row is 1 label + the pixels of a square image, e.g. 785 columns "
             "(28x28) or 401 (20x20)"
         )
@@ -920,7 +917,7 @@ def load_csv(
         )
     data_lines = filled[1:] if header else filled
     if len(data_lines) < CSV_MIN_ROWS:
-        rows_text = _plural(len(data_lines), "row")
+        rows_text = plural(len(data_lines), "row")
         has = f"has a header but {rows_text}" if header else f"has {rows_text}"
         raise DataError(f"{path} {has} of data: {need}")
     line_numbers = np.array(data_lines) + 1
@@ -972,7 +969,7 @@ def load_csv(
         raise DataError(
             f"{path}: label {labels[r]:g} in {where(r)}, column {col + 1} is not "
             f"an integer class in 0..{n_classes - 1} "
-            f"({_plural(bad_rows.size, 'row')} with bad labels)"
+            f"({plural(bad_rows.size, 'row')} with bad labels)"
         )
     y = labels.astype(np.int64)
     pixels = np.delete(table, col, axis=1)

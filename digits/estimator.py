@@ -28,6 +28,7 @@ from digits.errors import (
     TrainingDiverged,
     TrainingInterrupted,
 )
+from digits.humanize import plural
 from digits.nn.callbacks import Callback, EarlyStopping
 from digits.nn.checks import (
     check_bool,
@@ -676,7 +677,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         else:
             self.optimizer_ = self._make_optimizer()
             self._trained = True
-            done = f"{self.n_iter_} epoch{'' if self.n_iter_ == 1 else 's'} finished"
+            done = f"{plural(self.n_iter_, 'epoch')} finished"
             if exc.steps_kept > 0:
                 e, b = exc.kept_before
                 which = f"from before batch {b + 1} of epoch {e + 1} ({done})"

@@ -1,4 +1,4 @@
-"""Numbers for people: the one duration formatter the CLI and the pages share."""
+"""Numbers for people: the duration and plural formatters everything shares."""
 
 from __future__ import annotations
 
@@ -15,3 +15,8 @@ def duration(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 row"``, ``"2 rows"``, ``"1,437 images"``: ``n`` and ``word`` + "s"."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"

@@ -101,7 +101,7 @@ def announce(job: TrainingJob, snap) -> None:
     stopped = " after you pressed Stop" if snap.status == "stopped" else ""
     st.success(
         f"Saved as **{run.name}**{stopped}: test accuracy "
-        f"**{run.test_accuracy:.2%}** after {epochs} epoch{'s' * (epochs != 1)}.",
+        f"**{run.test_accuracy:.2%}** after {humanize.plural(epochs, 'epoch')}.",
         icon=":material/check_circle:",
     )
     if snap.stop_latency is not None:

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.utils.multiclass import unique_labels
 
 from digits.errors import ConfigError, TrainingDataError
+from digits.humanize import plural
 
 # The most weights a network may have. Training keeps about nine float32 arrays of
 # this size (the weights, both halves' gradients, the backup, Adam's two moments
@@ -137,10 +138,6 @@ def few(values, limit: int = 10) -> str:
     return f"{values[:limit]} and {len(values) - limit} more"
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
 def check_not_empty(n_images: int) -> None:
     """TrainingDataError for a training set of no images."""
     if n_images == 0:
@@ -174,7 +171,7 @@ def training_classes(y: np.ndarray, classes=None, *, fit: bool) -> np.ndarray:
         start = (
             f"The training set has 1 image, so only one class ({label(present[0])})"
             if n == 1
-            else f"The training set's {_plural(n, 'image')} are all of one class "
+            else f"The training set's {plural(n, 'image')} are all of one class "
             f"({label(present[0])})"
         )
         raise TrainingDataError(

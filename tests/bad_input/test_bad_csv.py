@@ -161,7 +161,7 @@ BAD = [
     ),
     pytest.param(
         text(HEADER, *rows(), "1" + ",0" * 3_000_000),
-        ["row 6 (line 7) has 3000001 columns"],
+        ["row 6 (line 7) has 3,000,001 columns"],
         id="a-huge-line",
     ),
     pytest.param(
