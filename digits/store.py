@@ -31,7 +31,9 @@ format; ``RUN`` arguments may be ``default`` (the CNN if shipped, else the MLP),
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -309,20 +311,20 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
         ) from None
 
 
-def _read_meta(folder: Path, *, legacy_ok: bool = False) -> dict:
-    """The run's metadata, checked; ModelFileError naming the file if unusable.
+@functools.lru_cache(maxsize=4096)
+def _parse_meta(path: Path, key: tuple[int, int, int] | None) -> dict:
+    """The metadata.json at ``path``, read and checked against the schema.
 
-    ``legacy_ok`` accepts a run in the old pickled format (for its conversion).
+    Cached by the file's inode, modification time and size (``key``), because
+    every page rerun lists the runs, and a sweep leaves hundreds: a rewritten
+    file (saves replace it whole) is read again. Errors are not cached.
     """
-    path = folder / METADATA_FILE
-    if not folder.is_dir():
-        raise ModelFileError(f"Run folder {folder} does not exist.")
     try:
         meta = files.read_json(path, MAX_METADATA_BYTES)
     except FileNotFoundError:
         raise ModelFileError(
-            f"{path} is missing: {folder} is not a complete run. Delete the folder "
-            f"or train again."
+            f"{path} is missing: {path.parent} is not a complete run. Delete the "
+            f"folder or train again."
         ) from None
     except files.NotAFile as err:
         raise ModelFileError(
@@ -345,6 +347,24 @@ def _read_meta(folder: Path, *, legacy_ok: bool = False) -> dict:
             f"version {FORMAT_VERSION}. Retrain the model or use a matching digits."
         )
     _check_schema(meta, path)
+    return meta
+
+
+def _read_meta(folder: Path, *, legacy_ok: bool = False) -> dict:
+    """The run's metadata, checked; ModelFileError naming the file if unusable.
+
+    ``legacy_ok`` accepts a run in the old pickled format (for its conversion).
+    """
+    path = folder / METADATA_FILE
+    if not folder.is_dir():
+        raise ModelFileError(f"Run folder {folder} does not exist.")
+    try:
+        info = os.stat(path)
+    except OSError:  # uncached: _parse_meta says why, in the user's words
+        meta = _parse_meta.__wrapped__(path, None)
+    else:
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        meta = copy.deepcopy(_parse_meta(path, key))  # callers may change theirs
     if meta["kind"] not in registry.MODELS:
         raise ModelFileError(
             f"{path} names an unknown model kind {meta['kind']!r}; known kinds: "

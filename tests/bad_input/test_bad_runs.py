@@ -346,3 +346,17 @@ def test_a_cache_that_does_not_match_is_recomputed(genuine, runs, digits8, damag
     np.save(cache, damage(truth))
     np.testing.assert_array_equal(store.predictions(run, digits8), truth)
     assert len(list(run.path.glob("predictions-*.npy"))) == 1
+
+
+def test_a_run_edited_after_it_was_listed_is_checked_again(cli, two_runs):
+    """Listing remembers checked metadata by the file's inode, time and size; a
+    later edit (in place, same inode) is seen at the next listing."""
+    _, bad = two_runs
+    assert {r.name for r in store.list_runs(include_pretrained=False)[0]} == {
+        "bad",
+        "good",
+    }
+    edit_meta(bad, _set("history", 5))
+    found, broken = store.list_runs(include_pretrained=False)
+    assert [r.name for r in found] == ["good"]
+    assert [b.path for b in broken] == [bad]
