@@ -318,28 +318,11 @@ def upload_name(content: bytes, filename: str) -> str:
 
 
 def load_uploaded_csv(content: bytes, filename: str) -> data.Dataset:
-    """Load an uploaded CSV and keep nothing of it on disk; DataError names the file.
-
-    The CSV reader reads files, so the bytes go to a private temporary folder that
-    is removed as soon as they are parsed, whatever happens. The dataset is named
-    by ``upload_name``.
-    """
-    name = upload_name(content, filename)
-    with tempfile.TemporaryDirectory(prefix="digits-upload-") as folder:
-        path = str(Path(folder) / Path(name).name)
-        try:
-            with open(path, "wb") as f:
-                f.write(content)
-        except OSError as err:
-            raise DataError(
-                f"Cannot read {filename}: writing it to the temporary folder "
-                f"failed ({err.strerror}). Free some disk space and try again."
-            ) from err
-        try:
-            ds = data.load_dataset(path)
-        except DataError as err:
-            raise DataError(str(err).replace(path, filename)) from err
-    return _read_only(ds._replace(name=name))
+    """Load an uploaded CSV from memory (nothing of it is written to disk); a
+    DataError names the file as the user knows it. The dataset is named by
+    ``upload_name``."""
+    ds = data.parse_csv(content, filename)
+    return _read_only(ds._replace(name=upload_name(content, filename)))
 
 
 def take_csv_upload(upload) -> None:

@@ -778,7 +778,7 @@ def _lines(text: str) -> list[str]:
     return text.split("\n")
 
 
-def _decode_csv(raw: bytes, path: Path) -> str:
+def _decode_csv(raw: bytes, path: str | Path) -> str:
     """UTF-8 text, a leading byte-order mark dropped; DataError naming the line
     of the first byte that is not UTF-8."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -879,12 +879,35 @@ def load_csv(
     `seed`; every label keeps at least one training row.
     Messages name a row by its data row number and its line in the file.
     """
+    path = Path(path).expanduser()
+    raw = _read_bounded(path, CSV_MAX_BYTES, "CSV file")
+    return parse_csv(
+        raw, str(path), n_classes=n_classes, label=label,
+        test_fraction=test_fraction, seed=seed,
+    )  # fmt: skip
+
+
+def parse_csv(
+    raw: bytes,
+    name: str,
+    *,
+    n_classes: int = 10,
+    label: str = "auto",
+    test_fraction: float = CSV_TEST_FRACTION,
+    seed: int = SPLIT_SEED,
+) -> Dataset:
+    """``load_csv`` on bytes already read (an upload): ``name`` names the source
+    in messages and is the dataset's name."""
     if label not in LABEL_POSITIONS:
         raise ConfigError(f"label={label!r}; use one of {', '.join(LABEL_POSITIONS)}")
     if n_classes < 2:
         raise ConfigError(f"n_classes={n_classes}; a classifier needs at least 2")
-    path = Path(path).expanduser()
-    raw = _read_bounded(path, CSV_MAX_BYTES, "CSV file")
+    if len(raw) > CSV_MAX_BYTES:
+        raise DataError(
+            f"{name} is larger than {CSV_MAX_BYTES / 2**20:.0f} MB, the most a CSV "
+            "file may hold here: keep fewer rows or split it"
+        )
+    path = name  # what the messages below call the source
     checksum = hashlib.sha256(raw).hexdigest()  # of exactly the bytes parsed
     lines = _lines(_decode_csv(raw, path))
     del raw  # the rows below are all that is needed: keep the peak memory down
@@ -990,13 +1013,13 @@ def load_csv(
     return Dataset(
         *_split(x, y, test_fraction, seed),
         class_names=tuple(str(c) for c in range(n_classes)),
-        name=str(path),
+        name=name,
         checksum=checksum,
     )
 
 
 def _pixels_to_uint8(
-    pixels: np.ndarray, path: Path, where: Callable[[int], str]
+    pixels: np.ndarray, path: str | Path, where: Callable[[int], str]
 ) -> np.ndarray:
     """Floats in 0..1 (or any non-integer data) scale by 255; else ints 0..255."""
     integral = bool(np.all(pixels == np.rint(pixels)))

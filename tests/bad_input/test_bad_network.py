@@ -498,39 +498,29 @@ def metrics(app: AppTest) -> dict:
 
 
 @pytest.fixture
-def csv_reads(monkeypatch) -> list[dict]:
-    """Each CSV parse: where its file was, and that folder's mode, during it."""
-    seen: list[dict] = []
-    real = data.load_dataset
+def csv_reads(monkeypatch) -> list[tuple[str, int]]:
+    """Each CSV parse: the name it was given and how many bytes."""
+    seen: list[tuple[str, int]] = []
+    real = data.parse_csv
 
-    def spy(name, *args, **kwargs):
-        path = Path(name)
-        seen.append(
-            {
-                "path": path,
-                "existed": path.is_file(),
-                "mode": path.parent.stat().st_mode & 0o777,
-            }
-        )
-        return real(name, *args, **kwargs)
+    def spy(raw, name, *args, **kwargs):
+        seen.append((name, len(raw)))
+        return real(raw, name, *args, **kwargs)
 
-    monkeypatch.setattr(data, "load_dataset", spy)
+    monkeypatch.setattr(data, "parse_csv", spy)
     return seen
 
 
-def test_csv_upload_is_on_disk_only_while_parsed_and_read_once(
-    home, private_tmp, csv_reads
-):
-    home.file_uploader[0].upload("tiny.csv", csv_bytes(), "text/csv").run()
+def test_csv_upload_is_parsed_from_memory_once(home, private_tmp, csv_reads):
+    """The upload's bytes are parsed as they are: no file is written for it,
+    and reruns reuse the dataset instead of parsing again."""
+    content = csv_bytes()
+    home.file_uploader[0].upload("tiny.csv", content, "text/csv").run()
     assert not home.exception and not home.error
     assert metrics(home)["Image size"] == "4x4"
     for _ in range(2):  # reruns (any widget) reuse what was read
         home.run()
-    assert len(csv_reads) == 1, csv_reads
-    read = csv_reads[0]
-    assert read["existed"] and read["mode"] == 0o700  # a private folder
-    assert private_tmp in read["path"].parents
-    assert not read["path"].exists() and not read["path"].parent.exists()
+    assert csv_reads == [("tiny.csv", len(content))]
     assert list(private_tmp.iterdir()) == []
     assert not Path(home.session_state[ui.CSV_KEY]).exists()  # a name, not a file
 
