@@ -14,7 +14,6 @@ import copy
 import json
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import joblib
@@ -182,9 +181,9 @@ def test_a_pickled_predictions_cache_is_never_loaded(genuine, runs, tmp_path):
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_no_dashboard_page_unpickles_a_planted_run(planted, page):
+def test_no_dashboard_page_unpickles_a_planted_run(planted, page, monkeypatch):
     folder, marker = planted
-    sys.path.insert(0, str(ROOT))
+    monkeypatch.syspath_prepend(str(ROOT))  # the pages import ui.py from there
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
     if page != "home":
