@@ -166,22 +166,6 @@ def activations(model, image: np.ndarray) -> list[LayerOutput]:
     return outputs
 
 
-def tile(maps: np.ndarray, n_cols: int, pad: int = 1) -> np.ndarray:
-    """Maps (n, h, w) tiled in rows of ``n_cols``, NaN between them (shown blank).
-
-    Returns (rows * (h + pad) - pad, n_cols * (w + pad) - pad), float.
-    """
-    maps = np.asarray(maps, dtype=np.float64)
-    n, h, w = maps.shape
-    n_cols = max(1, min(n_cols, n))
-    n_rows = math.ceil(n / n_cols)
-    out = np.full((n_rows * (h + pad) - pad, n_cols * (w + pad) - pad), np.nan)
-    for i, m in enumerate(maps):
-        r, c = divmod(i, n_cols)
-        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = m
-    return out
-
-
 # -- saliency and occlusion --------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ in a notebook).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,8 +21,6 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
-
-from digits import explain
 
 BLUE, ORANGE, RED, GREY = "#1f77b4", "#ff7f0e", "#ff4b4b", "#9aa5b1"
 COLORS = qualitative.Plotly  # one per line, in order, for sweeps' charts
@@ -33,6 +32,22 @@ TIGHT = dict(l=10, r=10, t=10, b=10)  # margins of a chart without a title
 # -- images, as shown -----------------------------------------------------------------
 
 GALLERY_PIXELS = 112  # side of a gallery image, before the browser fits it
+
+
+def tile(maps: np.ndarray, n_cols: int, pad: int = 1) -> np.ndarray:
+    """Maps (n, h, w) tiled in rows of ``n_cols``, NaN between them (shown blank).
+
+    Returns (rows * (h + pad) - pad, n_cols * (w + pad) - pad), float.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    n, h, w = maps.shape
+    n_cols = max(1, min(n_cols, n))
+    n_rows = math.ceil(n / n_cols)
+    out = np.full((n_rows * (h + pad) - pad, n_cols * (w + pad) - pad), np.nan)
+    for i, m in enumerate(maps):
+        r, c = divmod(i, n_cols)
+        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = m
+    return out
 
 
 def enlarge(image: np.ndarray, pixels: int = GALLERY_PIXELS) -> np.ndarray:
@@ -93,7 +108,7 @@ def class_samples(
     factor = max(1, round(MIN_SAMPLE / max(h, w)))
     images = images.repeat(factor, axis=1).repeat(factor, axis=2)
     h = images.shape[1]
-    grid = explain.tile(images, per_class, SAMPLE_PAD)
+    grid = tile(images, per_class, SAMPLE_PAD)
     image = np.nan_to_num(grid, nan=SAMPLE_BACKGROUND).astype(np.uint8)
     fig = px.imshow(image, binary_string=True, zmin=0, zmax=255)  # as stored
     centres = [r * (h + SAMPLE_PAD) + h / 2 for r in range(len(class_names))]
@@ -404,7 +419,7 @@ def layer_output(
     (h, w, channels) tiled ``columns`` to a row, or a vector (n,) as bars, named
     by class if there is one value per class."""
     if values.ndim == 3:
-        grid = explain.tile(values.transpose(2, 0, 1), columns)  # (channels, h, w)
+        grid = tile(values.transpose(2, 0, 1), columns)  # (channels, h, w)
         height = _grid_height(grid, 700, 120, 700)
         return heatmap(grid, signed=bool(values.min() < 0), height=height)
     per_class = len(values) == len(names)
@@ -421,9 +436,9 @@ def conv_filters(w: np.ndarray, columns: int = 16) -> go.Figure:
     input channel and one column per output channel."""
     c_out, c_in, k, _ = w.shape
     if c_in == 1:
-        grid = explain.tile(w[:, 0], columns)
+        grid = tile(w[:, 0], columns)
     else:
-        grid = explain.tile(w.transpose(1, 0, 2, 3).reshape(-1, k, k), c_out)
+        grid = tile(w.transpose(1, 0, 2, 3).reshape(-1, k, k), c_out)
     return heatmap(grid, signed=True, height=_grid_height(grid, 900, 120, 600))
 
 

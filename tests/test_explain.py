@@ -206,15 +206,6 @@ def test_layer_names_are_numbered_per_type():
     ]
 
 
-def test_tile_lays_maps_out_in_rows_with_blank_gaps():
-    maps = np.arange(5 * 2 * 3).reshape(5, 2, 3)
-    out = explain.tile(maps, n_cols=3)
-    assert out.shape == (2 * 2 + 1, 3 * 3 + 2)
-    np.testing.assert_array_equal(out[0:2, 4:7], maps[1])
-    np.testing.assert_array_equal(out[3:5, 4:7], maps[4])
-    assert np.isnan(out[2]).all() and np.isnan(out[3:5, 8:]).all()
-
-
 # -- occlusion -----------------------------------------------------------------------
 
 

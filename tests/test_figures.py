@@ -150,3 +150,12 @@ def test_misreads_are_framed_in_red():
     frame[1:-1, 1:-1] = False
     assert (rgb[1][frame] == figures.MISREAD_RGB).all()
     assert (rgb[1][~frame] == 7).all()
+
+
+def test_tile_lays_maps_out_in_rows_with_blank_gaps():
+    maps = np.arange(5 * 2 * 3).reshape(5, 2, 3)
+    out = figures.tile(maps, n_cols=3)
+    assert out.shape == (2 * 2 + 1, 3 * 3 + 2)
+    np.testing.assert_array_equal(out[0:2, 4:7], maps[1])
+    np.testing.assert_array_equal(out[3:5, 4:7], maps[4])
+    assert np.isnan(out[2]).all() and np.isnan(out[3:5, 8:]).all()
