@@ -21,6 +21,10 @@ class ModelFileError(DigitsError):
     """A saved model is missing, corrupt, tampered with or incompatible."""
 
 
+class StorageError(DigitsError):
+    """The runs folder cannot hold a run: it is a file, read-only or full."""
+
+
 class PreprocessError(DigitsError):
     """A user image could not be read or is too large."""
 

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from digits import __version__, files, registry
-from digits.errors import ConfigError, ModelFileError
+from digits.errors import ConfigError, ModelFileError, StorageError
 
 FORMAT_VERSION = 1
 RUNS_DIR_ENV = "DIGITS_RUNS_DIR"
@@ -751,7 +751,7 @@ def _write_model(spec: registry.ModelKind, model, folder: Path) -> None:
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
             raise
-        raise ModelFileError(
+        raise StorageError(
             f"Could not save the run in {folder.parent}: {err.strerror}. Nothing "
             f"was saved and no other run was touched. Free some space (or choose "
             f"another folder with {RUNS_DIR_ENV}) and train again."
@@ -759,7 +759,7 @@ def _write_model(spec: registry.ModelKind, model, folder: Path) -> None:
 
 
 def check_can_save(root: str | os.PathLike[str] | None = None) -> None:
-    """ModelFileError unless runs can be saved in ``root`` (default: the runs
+    """StorageError unless runs can be saved in ``root`` (default: the runs
     dir): it can be created, written to, and its disk has MIN_FREE_BYTES free.
 
     Called before training starts, so a full disk or a read-only folder is found
@@ -772,16 +772,16 @@ def check_can_save(root: str | os.PathLike[str] | None = None) -> None:
         with tempfile.TemporaryFile(dir=root, prefix=TMP_PREFIX):
             pass
     except FileExistsError:
-        raise ModelFileError(
+        raise StorageError(
             f"The runs folder {root} is a file, not a folder. {fix}"
         ) from None
     except OSError as err:
-        raise ModelFileError(
+        raise StorageError(
             f"Cannot write to the runs folder {root} ({err.strerror}). {fix}"
         ) from None
     free = shutil.disk_usage(root).free
     if free < MIN_FREE_BYTES:
-        raise ModelFileError(
+        raise StorageError(
             f"Only {free / 1e6:.0f} MB free on the disk that holds {root}; saving "
             f"a run needs at least {MIN_FREE_BYTES / 1e6:.0f} MB. Free some "
             f"space, or set {RUNS_DIR_ENV} (or --out) to a folder on another disk."
