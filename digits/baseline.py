@@ -32,16 +32,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from digits.engine.system import blas_threads, one_blas_thread_if_small
-from digits.errors import (
-    ConfigError,
-    DataError,
-    TrainingDataError,
-    TrainingDiverged,
-)
-from digits.humanize import plural
-from digits.nn.callbacks import EarlyStopping, batch_logs
-from digits.nn.checks import (
+from digits.checks import (
     check_bool,
     check_choice,
     check_int,
@@ -55,6 +46,15 @@ from digits.nn.checks import (
     raise_problems,
     training_classes,
 )
+from digits.engine.system import blas_threads, one_blas_thread_if_small
+from digits.errors import (
+    ConfigError,
+    DataError,
+    TrainingDataError,
+    TrainingDiverged,
+)
+from digits.humanize import plural
+from digits.nn.callbacks import EarlyStopping, batch_logs
 from digits.nn.losses import EXPLODING_LOSS_FACTOR, exploding_loss
 
 # scikit-learn solvers that train in epochs of minibatches (lbfgs does not).

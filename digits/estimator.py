@@ -19,18 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from digits.augment import network_input
-from digits.engine import trainer as engine
-from digits.engine.flat import pack
-from digits.engine.twin import TwinFailed
-from digits.errors import (
-    ConfigError,
-    TrainingDataError,
-    TrainingDiverged,
-    TrainingInterrupted,
-)
-from digits.humanize import plural
-from digits.nn.callbacks import Callback, EarlyStopping
-from digits.nn.checks import (
+from digits.checks import (
     check_bool,
     check_choice,
     check_int,
@@ -43,6 +32,17 @@ from digits.nn.checks import (
     raise_problems,
     training_classes,
 )
+from digits.engine import trainer as engine
+from digits.engine.flat import pack
+from digits.engine.twin import TwinFailed
+from digits.errors import (
+    ConfigError,
+    TrainingDataError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
+from digits.humanize import plural
+from digits.nn.callbacks import Callback, EarlyStopping
 from digits.nn.layers import ACTIVATIONS, Conv2D, Dense, Dropout, Flatten, MaxPool2D
 from digits.nn.losses import exploding_loss, softmax, softmax_cross_entropy
 from digits.nn.model import Sequential

@@ -3,7 +3,7 @@
 Read it in this order: ``layers.py`` (each forward beside its backward),
 ``losses.py``, ``optimizers.py``, ``model.py``, ``training.py`` (the loop),
 ``callbacks.py``; then ``gradcheck.py``, which checks every backward against finite
-differences, and ``checks.py``, the settings the estimators refuse.
+differences.
 
 It is the lesson: plain NumPy, one batch at a time. ``digits.engine`` trains the same
 networks faster (two halves of each batch at once, flat buffers, a second process);

@@ -23,6 +23,7 @@ from sklearn.exceptions import NotFittedError
 
 from digits import registry
 from digits.baseline import MLPBaseline
+from digits.checks import MAX_PARAMS
 from digits.data import load_dataset
 from digits.engine import trainer as training
 from digits.engine import twin as twin_module
@@ -36,7 +37,6 @@ from digits.errors import (
 )
 from digits.estimator import CNNClassifier
 from digits.nn.callbacks import Callback
-from digits.nn.checks import MAX_PARAMS
 from digits.nn.losses import exploding_loss
 
 SMALL_CNN = dict(
