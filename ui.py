@@ -56,6 +56,10 @@ CSV_UPLOAD_KEY = "csv-upload"  # (file id, error message or None) of the last re
 FALLBACK_KEY = "dataset-fallbacks"  # {dataset: notice} for failed downloads
 JOB_KEY = "training-job"  # the Train page's digits.training_job.TrainingJob
 DRAWING_KEY = "drawing"  # the Draw page's last digit, preprocessed (h, w) float
+# Inspect's input and model choices, which Draw's "Inspect this digit" sets.
+INSPECT_SOURCE_KEY = "inspect-source"  # "Test image" or INSPECT_DRAWING
+INSPECT_DRAWING = "Drawing"
+INSPECT_MODEL_KEY = "inspect-model"  # a run's name
 
 CSV_CHOICE = "csv"
 DATASET_LABELS = {

@@ -9,9 +9,22 @@ import ui
 from digits import figures, handwriting, preprocess, store
 from digits.errors import DigitsError, NoDigitFound
 
-CANVAS_PIXELS = 280
+# 9 canvas pixels per pixel of a 28x28 MNIST image. The canvas has a fixed size:
+# at 1024x768 with the sidebar open the page has 564 px for its two columns, and
+# this leaves the predictions beside it about 300 px.
+CANVAS_PIXELS = 252
+BRUSH_DEFAULT = 18
 CANVAS_KEY = "draw-canvas"  # plus the number of clears: a new key empties it
 CLEARS_KEY = "draw-clears"
+# The canvas's last drawing, {"json": fabric.js JSON, "image": RGBA array}, kept
+# for the session: coming back to Draw puts it back on the canvas.
+DRAWN_KEY = "draw-drawing"
+# The drawing the canvas on screen was opened with. It must not change while the
+# canvas stays on screen: the canvas redraws itself (and sends its drawing back,
+# rerunning the page) whenever its initial drawing changes.
+OPENED_KEY = "draw-opened"
+UPLOAD_KEY = "draw-upload"
+PHOTO_KEY = "draw-photo"  # the last uploaded photo (bytes, file name), in memory
 STEP_PIXELS = 112  # displayed side of each preprocessing step
 STEPS = {
     "raw": "Raw",
@@ -33,11 +46,79 @@ def default_models(runs) -> list[str]:
 
 
 def clear() -> None:
+    """Empty the canvas (a new one) and forget the drawing kept for the session."""
     st.session_state[CLEARS_KEY] = st.session_state.get(CLEARS_KEY, 0) + 1
+    st.session_state.pop(DRAWN_KEY, None)
+
+
+def forget_photo() -> None:
+    """Forget the kept photo: the uploader's file was removed (or Remove pressed)."""
+    if st.session_state.get(UPLOAD_KEY) is None:
+        st.session_state.pop(PHOTO_KEY, None)
+
+
+def photo_input() -> tuple[bytes | None, str | None]:
+    """The uploaded photo (bytes, file name), or the one uploaded before leaving
+    the page: the uploader comes back empty, the photo is kept in memory."""
+    upload = st.file_uploader(
+        "A photo or scan of one digit (PNG or JPEG)",
+        type=["png", "jpg", "jpeg"],
+        max_upload_size=ui.PHOTO_LIMIT_MB,
+        key=UPLOAD_KEY,
+        on_change=forget_photo,
+    )
+    if upload is not None:
+        try:  # read from memory: an uploaded photo is never written to disk
+            st.session_state[PHOTO_KEY] = (
+                ui.upload_bytes(upload, ui.PHOTO_LIMIT_MB),
+                upload.name,
+            )
+        except DigitsError as err:
+            ui.show_error(err)
+            return None, None
+    elif PHOTO_KEY in st.session_state:
+        st.caption(f"Showing **{st.session_state[PHOTO_KEY][1]}**, uploaded before.")
+        st.button("Remove it", icon=":material/close:", on_click=forget_photo)
+    return st.session_state.get(PHOTO_KEY, (None, None))
+
+
+def canvas_input() -> np.ndarray | None:
+    """The drawing canvas, with the session's last drawing back on it; returns the
+    drawing as an RGBA array (h, w, 4), or None before anything is drawn."""
+    # Importable only inside a running Streamlit app: it registers its component.
+    from streamlit_drawable_canvas import st_canvas
+
+    key = f"{CANVAS_KEY}-{st.session_state.get(CLEARS_KEY, 0)}"
+    if key not in st.session_state:  # a new canvas: this visit's first, or cleared
+        kept = st.session_state.get(DRAWN_KEY)
+        st.session_state[OPENED_KEY] = kept["json"] if kept else None
+    result = st_canvas(
+        stroke_width=st.session_state.get("draw-brush", BRUSH_DEFAULT),
+        stroke_color="#FFFFFF",
+        background_color="#000000",
+        height=CANVAS_PIXELS,
+        width=CANVAS_PIXELS,
+        drawing_mode="freedraw",
+        initial_drawing=st.session_state[OPENED_KEY],
+        update_streamlit=True,
+        return_image_data=True,
+        key=key,
+    )
+    # Until the canvas sends a drawing, it shows the one it was opened with.
+    if result.image_data is not None:
+        st.session_state[DRAWN_KEY] = {
+            "json": result.json_data,
+            "image": result.image_data,
+        }
+    kept = st.session_state.get(DRAWN_KEY)
+    return kept["image"] if kept else None
 
 
 def digit_input() -> tuple[object, str | None]:
-    """The canvas or the uploader: (RGBA array or file bytes or None, file name)."""
+    """The canvas or the uploader: (RGBA array or file bytes or None, file name).
+
+    The brush slider and Clear sit below the canvas, so that the canvas lies
+    high enough on the page to show whole in a 768-pixel-high window."""
     source = st.segmented_control(
         "Input",
         ["Draw", "Upload"],
@@ -47,37 +128,18 @@ def digit_input() -> tuple[object, str | None]:
         persist_state="session",
     )
     if source == "Upload":
-        upload = st.file_uploader(
-            "A photo or scan of one digit (PNG or JPEG)",
-            type=["png", "jpg", "jpeg"],
-            max_upload_size=ui.PHOTO_LIMIT_MB,
-        )
-        if upload is None:
-            return None, None
-        try:  # read from memory: an uploaded photo is never written to disk
-            return ui.upload_bytes(upload, ui.PHOTO_LIMIT_MB), upload.name
-        except DigitsError as err:
-            ui.show_error(err)
-            return None, None
-    # Importable only inside a running Streamlit app: it registers its component.
-    from streamlit_drawable_canvas import st_canvas
-
-    brush = st.slider(
-        "Brush width", 6, 40, 20, key="draw-brush", persist_state="session"
-    )
-    result = st_canvas(
-        stroke_width=brush,
-        stroke_color="#FFFFFF",
-        background_color="#000000",
-        height=CANVAS_PIXELS,
-        width=CANVAS_PIXELS,
-        drawing_mode="freedraw",
-        update_streamlit=True,
-        return_image_data=True,
-        key=f"{CANVAS_KEY}-{st.session_state.get(CLEARS_KEY, 0)}",
+        return photo_input()
+    image = canvas_input()
+    st.slider(
+        "Brush width",
+        6,
+        40,
+        BRUSH_DEFAULT,
+        key="draw-brush",
+        persist_state="session",
     )
     st.button("Clear", icon=":material/delete:", on_click=clear)
-    return result.image_data, None
+    return image, None
 
 
 def show_steps(pre: preprocess.Preprocessed) -> None:
@@ -138,6 +200,64 @@ def save_form(image, inputs: dict, filename: str | None) -> None:
         )
 
 
+def open_inspect(run_name: str) -> None:
+    """Make Inspect show the drawing with ``run_name`` (a button callback)."""
+    st.session_state[ui.INSPECT_SOURCE_KEY] = ui.INSPECT_DRAWING
+    st.session_state[ui.INSPECT_MODEL_KEY] = run_name
+
+
+def show_predictions(image, filename: str | None, chosen: list) -> None:
+    """Each chosen model's reading of ``image`` (an RGBA drawing or photo bytes),
+    the preprocessing steps, the way to Inspect and the form that saves it."""
+    try:
+        models = [ui.load_model(run) for run in chosen]
+        start = time.perf_counter()
+        # One preprocessing per input size (28 for MNIST, 8 for sklearn digits).
+        inputs = {
+            size: preprocess.preprocess(image, size, name=filename)
+            for size in {run.image_shape[0] for run in chosen}
+        }
+        prepared = time.perf_counter()
+        probas = [
+            ui.predict_one(
+                model, inputs[run.image_shape[0]].image, len(run.class_names)
+            )
+            for run, model in zip(chosen, models, strict=True)
+        ]
+        done = time.perf_counter()
+    except NoDigitFound:
+        st.info(HINT, icon=":material/draw:")
+        return
+    except DigitsError as err:
+        ui.show_error(err)
+        return
+    for col, run, p in zip(st.columns(len(chosen)), chosen, probas, strict=True):
+        with col:
+            st.metric(
+                "Prediction",
+                run.class_names[int(p.argmax())],
+                help=ui.run_label(run),
+            )
+            st.caption(f"**{run.name}** · {p.max():.1%} sure")
+            ui.chart(figures.probability_bars(p, run.class_names))
+    shown = inputs.get(handwriting.SIDE) or next(iter(inputs.values()))
+    show_steps(shown)
+    st.session_state[ui.DRAWING_KEY] = shown.image  # for the Inspect page
+    if st.button(
+        "Inspect this digit",
+        icon=":material/biotech:",
+        help=f"Look inside {chosen[0].name} as it reads this digit.",
+        on_click=open_inspect,
+        args=(chosen[0].name,),
+    ):
+        st.switch_page("pages/inspect.py")
+    st.caption(
+        f"Server time: preprocessing {1e3 * (prepared - start):.0f} ms, "
+        f"{len(chosen)} models {1e3 * (done - prepared):.0f} ms."
+    )
+    save_form(image, inputs, filename)
+
+
 ui.page_header(
     "Draw",
     "Draw a digit and see what each model reads, with every step of the "
@@ -147,62 +267,22 @@ runs = ui.digit_runs()
 if not runs:
     st.info("No digit model is saved yet. Train one on the Train page.")
     st.stop()
-chosen = ui.pick_runs(
-    "Models", runs, default_models(runs), "draw-models", persist_state="session"
-)
 
-left, right = st.columns([1, 2], gap="large")
+# The drawing column is exactly as wide as the canvas, and the results take the
+# rest: the canvas then fits its column at every window width from 1024 px up.
+with st.container(horizontal=True, gap="medium", wrap=False):
+    left = st.container(width=CANVAS_PIXELS)
+    right = st.container()
 with left:
     image, filename = digit_input()
     ui.show_notice(SAVE_NOTICE_KEY)
 with right:
+    chosen = ui.pick_runs(
+        "Models", runs, default_models(runs), "draw-models", persist_state="session"
+    )
     if image is None:
         st.info(HINT, icon=":material/draw:")
     elif not chosen:
         st.info("Choose at least one model above.")
     else:
-        try:
-            models = [ui.load_model(run) for run in chosen]
-            start = time.perf_counter()
-            # One preprocessing per input size (28 for MNIST, 8 for sklearn digits).
-            inputs = {
-                size: preprocess.preprocess(image, size, name=filename)
-                for size in {run.image_shape[0] for run in chosen}
-            }
-            prepared = time.perf_counter()
-            probas = [
-                ui.predict_one(
-                    model, inputs[run.image_shape[0]].image, len(run.class_names)
-                )
-                for run, model in zip(chosen, models, strict=True)
-            ]
-            done = time.perf_counter()
-        except NoDigitFound:
-            st.info(HINT, icon=":material/draw:")
-        except DigitsError as err:
-            ui.show_error(err)
-        else:
-            for col, run, p in zip(
-                st.columns(len(chosen)), chosen, probas, strict=True
-            ):
-                with col:
-                    st.metric(
-                        "Prediction",
-                        run.class_names[int(p.argmax())],
-                        help=ui.run_label(run),
-                    )
-                    st.caption(f"**{run.name}** · {p.max():.1%} sure")
-                    ui.chart(figures.probability_bars(p, run.class_names))
-            shown = inputs.get(handwriting.SIDE) or next(iter(inputs.values()))
-            show_steps(shown)
-            st.session_state[ui.DRAWING_KEY] = shown.image  # for the Inspect page
-            st.page_link(
-                "pages/inspect.py",
-                label="Inspect this digit",
-                icon=":material/biotech:",
-            )
-            st.caption(
-                f"Server time: preprocessing {1e3 * (prepared - start):.0f} ms, "
-                f"{len(chosen)} models {1e3 * (done - prepared):.0f} ms."
-            )
-            save_form(image, inputs, filename)
+        show_predictions(image, filename, chosen)

@@ -13,6 +13,8 @@ from digits.errors import DigitsError
 
 TILE_COLUMNS = 16  # channels per row in the activation grids
 SWEEP_SHIFTS = list(range(-8, 9))
+TEST_IMAGE = "Test image"
+PROBE_MODELS_KEY = "inspect-probe-models"  # plus the inspected model's name
 MISSING = {
     "filters": "This model has no conv layers, so there are no filters to show.",
     "activations": "The scikit-learn MLP runs inside scikit-learn: its layer "
@@ -25,15 +27,17 @@ MISSING = {
 
 def choose_image(ds, run) -> tuple[np.ndarray, str] | None:
     """A test image (by index, or at random) or the Draw page's drawing."""
+    # No default: Draw's "Inspect this digit" sets the choice before this page
+    # opens, and a widget takes a default or a value set in the session, not both.
+    st.session_state.setdefault(ui.INSPECT_SOURCE_KEY, TEST_IMAGE)
     source = st.segmented_control(
         "Input",
-        ["Test image", "Drawing"],
-        default="Test image",
+        [TEST_IMAGE, ui.INSPECT_DRAWING],
         required=True,
-        key="inspect-source",
+        key=ui.INSPECT_SOURCE_KEY,
         persist_state="session",
     )
-    if source == "Drawing":
+    if source == ui.INSPECT_DRAWING:
         drawing = st.session_state.get(ui.DRAWING_KEY)
         if drawing is None:
             st.info("Nothing drawn yet: draw a digit on the Draw page first.")
@@ -75,8 +79,14 @@ def probe_partners(run, runs) -> list[str]:
 @st.fragment  # moving a slider reruns only this section
 def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
     """Sliders that move the digit, and the probabilities of the chosen models."""
+    # One picker per inspected model: a picker keeps its choice while its key
+    # stays the same, whatever its default, so with one key for all models the
+    # probe went on comparing the models picked for the previous one.
     chosen = ui.pick_runs(
-        "Models to compare", runs, probe_partners(run, runs), "inspect-probe-models"
+        "Models to compare",
+        runs,
+        probe_partners(run, runs),
+        f"{PROBE_MODELS_KEY}-{run.name}",
     )
     sliders, shown = st.columns([1, 2], gap="large")
     with sliders:
@@ -192,9 +202,9 @@ runs = ui.runs_for(ds)
 if not runs:
     st.info("No model is saved for this dataset yet. Train one on the Train page.")
     st.stop()
-top = st.columns([2, 3], gap="large")
+top = st.columns(2, gap="large")
 with top[0]:
-    run = ui.pick_run("Model", runs, "inspect-model")
+    run = ui.pick_run("Model", runs, ui.INSPECT_MODEL_KEY)
     picked = choose_image(ds, run)
 if picked is None:
     st.stop()

@@ -422,7 +422,9 @@ def test_inspect_a_test_image_with_the_cnn(at, mnist):
 def test_inspect_probe_sliders_move_the_digit(at, mnist):
     page(at, "inspect")
     at.selectbox(key="inspect-model").set_value("tiny-cnn").run()
-    at.multiselect(key="inspect-probe-models").set_value(["tiny-cnn", "tiny-mlp"])
+    at.multiselect(key="inspect-probe-models-tiny-cnn").set_value(
+        ["tiny-cnn", "tiny-mlp"]
+    )
     at.slider(key="probe-dx").set_value(10).run()
     assert not at.exception
     image = mnist.x_test[0].astype(np.float32) / 255
