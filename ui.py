@@ -496,9 +496,10 @@ TRAIN_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000, 30_000, 60_000)
 
 def train_size_input(ds: data.Dataset, default: int, key: str) -> int:
     """A slider of training-set sizes (a random subset, for quick runs): those of
-    ``TRAIN_SIZES`` below the size of ``ds``'s training set, then all of it.
-    ``default`` if offered, else all. ``key`` is suffixed with the dataset."""
-    n_all = len(ds.x_train)
+    ``TRAIN_SIZES`` below the number of ``ds``'s training images left once its
+    validation images are held out, then all of them. ``default`` if offered,
+    else all. ``key`` is suffixed with the dataset."""
+    n_all = len(data.validation_split(ds).train)
     sizes = [n for n in TRAIN_SIZES if n < n_all] + [n_all]
     return st.select_slider(
         "Training images",
@@ -507,7 +508,8 @@ def train_size_input(ds: data.Dataset, default: int, key: str) -> int:
         format_func=lambda n: f"{n:,}",
         key=f"{key}-{ds.name}",
         persist_state="session",
-        help="A random subset of the training set, for quick runs.",
+        help="How many images the model learns from: fewer train faster. The "
+        "dataset's validation images are always kept apart from these.",
     )
 
 

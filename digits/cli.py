@@ -32,7 +32,7 @@ import numpy as np
 
 from digits import registry, store, training
 from digits.errors import ConfigError, DigitsError
-from digits.humanize import duration
+from digits.humanize import duration, plural
 from digits.nn.callbacks import Callback, StopOnEvent
 
 EXIT_FAILURE = 1  # an unexpected error
@@ -204,11 +204,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     params = _hyperparameters(args, kind)
     epochs = kind.params(args.preset, **params).get("max_iter", 1)
     dataset = _load_dataset(args.dataset)
-    n_train = min(args.train_size or len(dataset.x_train), len(dataset.x_train))
+    images = training.plan(dataset, args.train_size)
     progress = ProgressBar(
         epochs,
-        header=f"Training {kind.label} on {n_train} {dataset.name} images for up to "
-        f"{epochs} epochs; Ctrl-C stops early and saves.",
+        header=f"Training {kind.label} on {len(images.train):,} {dataset.name} images "
+        f"for up to {epochs} epochs; validating on {images.described} (val_*); "
+        "Ctrl-C stops early and saves.",
     )
     with _CtrlC() as ctrl_c:
         run = training.train_run(
@@ -224,22 +225,32 @@ def cmd_train(args: argparse.Namespace) -> int:
             command=args.command_line,
         )
     summary = run.summary()
+    last = (run.meta.get("history") or [{}])[-1]
     if args.json:
         _emit_json(
             summary
             | {
                 "run": str(run.path),
                 "test_loss": run.meta["test"]["loss"],
+                "val_accuracy": last.get("val_accuracy"),
+                "validation": run.meta.get("validation"),
                 "params": run.meta["params"],
                 "n_train": run.meta["dataset"]["n_train"],
             }
         )
     else:
         stopped = f", stopped: {summary['stopped']}" if summary["stopped"] else ""
+        if "val_accuracy" in last:
+            print(
+                f"Validation accuracy {last['val_accuracy']:.2%} on "
+                f"{run.meta['validation']}"
+            )
         print(
             f"Saved run {run.name} in {run.path}\n"
-            f"Test accuracy {summary['test_accuracy']:.2%} after {summary['epochs']} "
-            f"epochs ({duration(summary['train_seconds'])}{stopped})"
+            f"Test accuracy {summary['test_accuracy']:.2%} on the "
+            f"{len(dataset.x_test):,} test images, scored once after "
+            f"{plural(summary['epochs'], 'epoch')} "
+            f"({duration(summary['train_seconds'])}{stopped})"
         )
     return 0
 

@@ -687,17 +687,8 @@ def _split(
     When they do not (a class with one sample, or fewer test rows than classes),
     a seeded random split that leaves every class at least one training row.
     """
-    from sklearn.model_selection import train_test_split  # slow import: lazy
-
-    try:
-        parts = train_test_split(
-            x, y, test_size=test_fraction, random_state=seed, stratify=y
-        )
-    except ValueError:
-        train, test = _split_keeping_classes(y, test_fraction, seed)
-        return x[train], y[train], x[test], y[test]
-    x_train, x_test, y_train, y_test = parts
-    return x_train, y_train, x_test, y_test
+    train, test = _split_indices(y, test_fraction, seed)
+    return x[train], y[train], x[test], y[test]
 
 
 def _split_keeping_classes(
@@ -720,6 +711,72 @@ def _split_keeping_classes(
             is_test[i] = True
             taken += 1
     return order[~is_test[order]], order[is_test[order]]
+
+
+# ------------------------------------------------------------ validation split
+
+# The one rule for holding out validation images, used by every path that trains
+# (the CLI, the dashboard, sweeps, early stopping): the test set is touched only
+# for the final score. MNIST and Fashion-MNIST hold out the last 5,000 of their
+# 60,000 training images, as is customary for them; any other dataset holds out a
+# stratified 10% of its training images, the same ones every time.
+VALIDATION_LAST = {"mnist": 5000, "fashion-mnist": 5000}
+VALIDATION_FRACTION = 0.1
+VALIDATION_SPLIT_SEED = 0
+
+
+class ValidationSplit(NamedTuple):
+    """Indices into a dataset's training set: what trains and what validates.
+
+    train, validation : int64 arrays, sorted and disjoint; together all of
+        ``range(len(x_train))``. ``validation`` may be empty for a training set
+        too small to spare an image from any class.
+    rule : in words, which images validate ("the last 5,000 training images").
+    """
+
+    train: np.ndarray
+    validation: np.ndarray
+    rule: str
+
+
+def validation_split(ds: Dataset) -> ValidationSplit:
+    """The training images of ``ds`` held out for validation, by the one rule
+    (``VALIDATION_LAST`` for MNIST and Fashion-MNIST, else a stratified
+    ``VALIDATION_FRACTION``); never any of the test images."""
+    n = len(ds.x_train)
+    last = VALIDATION_LAST.get(ds.name)
+    if last is not None and n > last:
+        cut = n - last
+        return ValidationSplit(
+            np.arange(cut, dtype=np.int64),
+            np.arange(cut, n, dtype=np.int64),
+            f"the last {last:,} training images",
+        )
+    y = np.asarray(ds.y_train)
+    train, val = _split_indices(y, VALIDATION_FRACTION, VALIDATION_SPLIT_SEED)
+    percent = f"{VALIDATION_FRACTION:.0%}"
+    return ValidationSplit(
+        np.sort(train).astype(np.int64),
+        np.sort(val).astype(np.int64),
+        f"{len(val):,} training images ({percent}, stratified by class)",
+    )
+
+
+def _split_indices(
+    y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (kept, held out) of a deterministic split of labels ``y``,
+    stratified whenever the classes allow (see ``_split``)."""
+    from sklearn.model_selection import train_test_split  # slow import: lazy
+
+    rows = np.arange(len(y))
+    try:
+        kept, held = train_test_split(
+            rows, test_size=fraction, random_state=seed, stratify=y
+        )
+    except ValueError:
+        return _split_keeping_classes(y, fraction, seed)
+    return kept, held
 
 
 def load_sklearn_digits(

@@ -145,7 +145,7 @@ def training_curves(snap) -> go.Figure:
         fig.add_scatter(
             x=val_x,
             y=[e[f"val_{name}"] for e in validated],
-            name="validation",
+            name="validation (held-out training images)",
             legendgroup="validation",
             showlegend=col == 1,
             mode="lines+markers",

@@ -4,7 +4,10 @@ This is the one path from hyperparameters to a saved run that the CLI, the
 dashboard's Train page and the sweeps share: refuse what can be refused before
 training (bad sizes, a folder that cannot hold the run), train on a subset if
 asked, watch a validation set after each epoch, score the whole test set, save
-the run (``digits.store``) and fill its prediction cache. If training fails
+the run (``digits.store``) and fill its prediction cache. The validation images
+are held out of the training set by one rule (``digits.data.validation_split``):
+the test set is scored once, for the final figures, and never shapes a curve or
+a decision. If training fails
 partway (divergence, or the second training process dying), the last good
 weights are still saved, and the error says which run holds them.
 """
@@ -13,13 +16,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
-from digits import registry
+from digits import data, registry
 from digits.errors import (
     ConfigError,
     DigitsError,
@@ -38,8 +41,9 @@ from digits.store import (
 )
 
 VALIDATION_SEED = 0  # train_run's validation subset is the same for every run
-# How many test images the dashboard's training and the sweeps score after each
-# epoch for the curves (a whole test set would cost a CNN a fifth of an epoch).
+# How many of the held-out validation images the dashboard's training and the
+# sweeps score after each epoch for the curves (all 5,000 of MNIST's would cost a
+# CNN on a small training subset a large share of each epoch).
 VALIDATION_SIZE = 2000
 # What a run's "stopped" field says when training failed partway and the last
 # good weights were saved anyway.
@@ -49,17 +53,51 @@ _STOPPED_BY = {
 }
 
 
+class TrainingPlan(NamedTuple):
+    """Which training images train and which validate (indices into x_train).
+
+    train : the ``train_size`` random subset of the images left for training.
+    validation : the validation images scored after each epoch (``validation_size``
+        of the held-out ones at most); empty if the training set is too small.
+    described : where the validation figures come from, in words (the run's
+        ``validation`` field, and the captions of its curves).
+    """
+
+    train: np.ndarray
+    validation: np.ndarray
+    described: str
+
+
+def plan(
+    dataset: data.Dataset,
+    train_size: int | None = None,
+    validation_size: int | None = None,
+    seed: int | None = None,
+) -> TrainingPlan:
+    """The images ``train_run`` trains and validates on: the dataset's validation
+    split (``data.validation_split``), a random ``train_size`` of the rest (all if
+    None) drawn with ``seed``, and at most ``validation_size`` of the held-out
+    images (a fixed random subset; all if None). No test image is ever in it."""
+    split = data.validation_split(dataset)
+    train = split.train[_subset(len(split.train), train_size, seed)]
+    held = _subset(len(split.validation), validation_size, VALIDATION_SEED)
+    val = split.validation[held]
+    if not len(val):
+        described = "none (too few training images to hold any out)"
+    elif len(val) == len(split.validation):
+        described = f"{split.rule} (held out, never trained on)"
+    else:
+        described = f"{len(val):,} of {split.rule} (held out, never trained on)"
+    return TrainingPlan(train, val, described)
+
+
 def validation_images(
-    params: Mapping[str, Any],
-    n_test: int,
-    validation_size: int | None = VALIDATION_SIZE,
+    dataset: data.Dataset, validation_size: int | None = VALIDATION_SIZE
 ) -> int:
-    """How many test images ``train_run`` scores after each epoch for the curves:
-    none with early stopping (the estimator holds out part of the training set
-    instead), else ``validation_size`` of them (all ``n_test`` if None)."""
-    if params.get("early_stopping"):
-        return 0
-    return n_test if validation_size is None else min(validation_size, n_test)
+    """How many held-out training images ``train_run`` scores after each epoch
+    (for the curves and early stopping) with this ``validation_size``."""
+    n = len(data.validation_split(dataset).validation)
+    return n if validation_size is None else min(validation_size, n)
 
 
 def _subset(n: int, size: int | None, seed: int | None) -> slice | np.ndarray:
@@ -86,18 +124,19 @@ def train_run(
     """Train a ``kind`` model on ``dataset``, score it on the test set, save a run.
 
     The hyperparameters are the kind's defaults, then ``preset``, then
-    ``params``. ``train_size`` trains on a random subset of that many images.
-    Without early stopping the test set (or a fixed random subset of
-    ``validation_size`` test images, quicker for a CNN) is scored after every
-    epoch for the curves (``val_*`` logs; the run records which in
-    ``validation``); it never steers training. With early stopping the estimator
-    holds out part of the training set instead. The saved run is always scored
-    on the whole test set. If a callback stops training, the model as it is then
-    is saved, with ``stopped: "interrupted"``. If training diverges or its second
-    process dies, the last good weights the estimator kept are scored and saved
-    (``stopped: "diverged"`` or ``"second process died"``) and the error is raised
-    again with the saved run's name added; when no weights are worth keeping, the
-    error (whose message says so) is raised as it is and nothing is saved.
+    ``params``. The images are ``plan``'s: the dataset's validation images are
+    held out of training (``data.validation_split``), ``train_size`` trains on a
+    random subset of the rest, and ``validation_size`` scores only that many of
+    the held-out images after each epoch (quicker for a CNN). The validation
+    figures (``val_*`` logs) draw the curves and, with early stopping, decide
+    when to stop; the run records where they come from in ``validation``. The
+    test set is scored once, on the trained model. If a callback stops training,
+    the model as it is then is saved, with ``stopped: "interrupted"``. If
+    training diverges or its second process dies, the last good weights the
+    estimator kept are scored and saved (``stopped: "diverged"`` or ``"second
+    process died"``) and the error is raised again with the saved run's name
+    added; when no weights are worth keeping, the error (whose message says so)
+    is raised as it is and nothing is saved.
     """
     spec = registry.get(kind)
     hyper = spec.params(preset, **(params or {}))
@@ -114,17 +153,18 @@ def train_run(
     if out is not None:
         check_out(out, overwrite)
     check_can_save(Path(out).parent if out is not None else None)
-    keep = _subset(len(dataset.x_train), train_size, hyper.get("random_state"))
-    x, y = dataset.x_train[keep], dataset.y_train[keep]
-    n_val = validation_images(hyper, len(dataset.x_test), validation_size)
+    images = plan(dataset, train_size, validation_size, hyper.get("random_state"))
+    x, y = dataset.x_train[images.train], dataset.y_train[images.train]
     validation_data = None
-    if not n_val:  # early stopping: the estimator holds out training images
-        validation = "validation_fraction of train"
-    else:
-        val = _subset(len(dataset.x_test), n_val, VALIDATION_SEED)
-        validation_data = (dataset.x_test[val], dataset.y_test[val])
-        n_test = len(dataset.x_test)
-        validation = "test" if n_val == n_test else f"{n_val} test images"
+    if len(images.validation):
+        val = images.validation
+        validation_data = (dataset.x_train[val], dataset.y_train[val])
+    elif hyper.get("early_stopping"):
+        raise ConfigError(
+            f"Early stopping needs validation images, but these {len(x)} training "
+            "images are too few to hold any out. Use more images, or turn early "
+            "stopping off."
+        )
     callbacks = list(callbacks)
     start = time.perf_counter()
     failure = None
@@ -172,7 +212,7 @@ def train_run(
         train_seconds=seconds,
         n_train=len(x),
         stopped=stopped,
-        validation=validation,
+        validation=images.described,
         command=command,
         name=name,
         out=out,

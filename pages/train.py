@@ -61,7 +61,7 @@ def hyperparameters(spec: registry.ModelKind, preset: str | None) -> dict:
 def estimate(spec, params: dict, ds, n_train: int) -> bool:
     """Parameter count and time per epoch, measured here; False if params are bad."""
     shape, k = ds.x_train.shape[1:], len(ds.class_names)
-    n_val = training.validation_images(params, len(ds.x_test))
+    n_val = training.validation_images(ds)
     try:
         with st.spinner("Timing a few batches of this network on this machine..."):
             n_params = calibrate.count_params(spec.name, params, shape, k)

@@ -124,15 +124,21 @@ def test_train_run_records_everything(small):
     assert meta["dataset"] == {
         "name": "sklearn-digits",
         "checksum": small.checksum,
-        "n_train": len(small.x_train),
+        # the training images left once the validation images are held out
+        "n_train": len(data.validation_split(small).train),
         "n_test": len(small.x_test),
     }
     assert meta["image_shape"] == [8, 8]
     assert meta["class_names"] == list(small.class_names)
     assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
-    assert meta["validation"] == "test"
+    assert meta["validation"] == (
+        "144 training images (10%, stratified by class) (held out, never trained on)"
+    )
+    # The last validation figure is the model's accuracy on the held-out images.
+    held = data.validation_split(small).validation
+    model = store.load_model(run)
     assert meta["history"][-1]["val_accuracy"] == pytest.approx(
-        meta["test"]["accuracy"]
+        np.mean(model.predict(small.x_train[held]) == small.y_train[held])
     )
     assert meta["test"]["accuracy"] > 0.5
     assert len(meta["test"]["confusion_matrix"]) == 10
@@ -170,7 +176,10 @@ def test_train_run_validation_subset(small, monkeypatch):
     monkeypatch.setattr(MLPBaseline, "fit", spy)
     run = training.train_run("mlp", small, params={"max_iter": 2}, validation_size=100)
     assert seen == [100]
-    assert run.meta["validation"] == "100 test images"
+    assert run.meta["validation"] == (
+        "100 of 144 training images (10%, stratified by class) "
+        "(held out, never trained on)"
+    )
     assert run.meta["test"]["n"] == len(small.x_test)  # scored on the whole set
 
 

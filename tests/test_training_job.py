@@ -58,7 +58,10 @@ def test_job_trains_saves_and_reports_progress(mnist):
     assert xs == sorted(xs) and xs[-1] == 2.0
     run = store.open_run(snap.run.name)
     assert run.meta["dataset"]["n_train"] == 600
-    assert run.meta["validation"] == f"{VALIDATION_SIZE} test images"
+    assert run.meta["validation"] == (
+        f"{VALIDATION_SIZE:,} of the last 5,000 training images "
+        "(held out, never trained on)"
+    )
     assert run.meta["stopped"] is None
     # Scored on the whole test set, and the Evaluate page's cache is filled.
     proba = store.predictions(run, mnist)

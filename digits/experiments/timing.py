@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from digits import calibrate
+from digits import calibrate, data
 from digits.engine.system import blas_threads
 from digits.experiments.planning import Sweep
 from digits.training import validation_images
@@ -87,7 +87,9 @@ def estimate(
     n_jobs = n_jobs or default_n_jobs(len(todo))
     threads = threads_per_trial(n_jobs)
     shape, k = tuple(ds.x_train.shape[1:]), len(ds.class_names)
-    n_train = min(sweep.train_size or len(ds.x_train), len(ds.x_train))
+    pool = len(data.validation_split(ds).train)  # the rest validate
+    n_train = min(sweep.train_size or pool, pool)
+    n_validation = validation_images(ds)
     seconds: dict[str, float] = {}
     n_params: dict[str, int] = {}
     for trial in sweep.trials:
@@ -98,7 +100,7 @@ def estimate(
                 sweep.kind,
                 params,
                 n_train,
-                n_validation=validation_images(trial.params, len(ds.x_test)),
+                n_validation=n_validation,
                 image_shape=shape,
                 n_classes=k,
             )

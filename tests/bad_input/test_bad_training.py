@@ -348,10 +348,6 @@ BAD_COMMANDS = [
     (_train("mlp", "--epochs", "0"), ("max_iter (epochs)",)),
     (_train("mlp", "--hidden-layer-sizes", "0"), ("hidden_layer_sizes",)),
     (_train("mlp", "--train-size", "1"), ("1 image", "at least 2 classes")),
-    (
-        _train("mlp", "--early-stopping", "true", "--train-size", "30"),
-        ("early stopping", "at least 2 images of every class"),
-    ),
 ]
 
 
