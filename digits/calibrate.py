@@ -9,6 +9,12 @@ image. An epoch of ``n`` images then takes about ``n`` times the first, plus the
 validation images times the second. The probe is cached per architecture, so it
 runs once per process for each setting of the parameters that affect speed.
 
+Once training starts, ``EpochClock`` (a training callback) corrects the estimate
+from the real batches: after the first few batches of the first epoch it goes by
+their rate (the first batch, which pays for start-up, left out), and after each
+epoch by the measured epochs. ``benchmarks/epoch_estimate.py`` measures both
+against the epochs that follow.
+
 Left out: the estimate does not know about other processes that may compete for
 the cores later; it reflects the load at the time of the probe.
 """
@@ -26,6 +32,7 @@ import numpy as np
 
 from digits import registry
 from digits.errors import ConfigError
+from digits.nn.callbacks import Callback
 
 PROBE_BATCHES = 2  # batches per probe epoch (NumPy kinds)
 MIN_PROBE_IMAGES = 2000  # scikit-learn's per-epoch overhead needs a larger probe
@@ -138,3 +145,76 @@ def estimate_epoch_seconds(
     return n_images * cal.train_seconds_per_image + (
         predicted * cal.predict_seconds_per_image
     )
+
+
+# Batches of the first epoch to time before their rate replaces the probe's
+# estimate (after the first batch, which pays for start-up: a second process,
+# first-call allocations).
+CLOCK_BATCHES = 4
+
+
+class EpochClock(Callback):
+    """The time per epoch of a training run, corrected as it goes.
+
+    ``seconds`` starts as the probe's ``estimate`` (training plus scoring the
+    ``n_validation`` images). After ``CLOCK_BATCHES`` batches past the first, it
+    is the rate of those batches times the epoch's batches, plus the probe's time
+    for the validation images; once an epoch has finished, the mean wall time of
+    the finished epochs (validation included). ``corrected`` says whether real
+    batches went into it. Read it from another thread: it is one float, written
+    whole.
+    """
+
+    def __init__(self, estimate: float, validation_seconds: float = 0.0) -> None:
+        super().__init__()
+        self.seconds = float(estimate)
+        self.corrected = False
+        self._validation = float(validation_seconds)
+        self._epoch_edges: list[float] = []  # when training began, each epoch ended
+        self._first_batch: tuple[int, float] | None = None  # (epoch, its end)
+
+    def on_train_begin(self, logs=None):
+        self._epoch_edges = [time.perf_counter()]
+
+    def on_batch_end(self, step, logs):
+        if len(self._epoch_edges) > 1:
+            return  # whole epochs are the better measure now
+        now = time.perf_counter()
+        epoch, batch, batches = int(logs["epoch"]), logs["batch"], logs["batches"]
+        if batch <= 1 or self._first_batch is None or self._first_batch[0] != epoch:
+            self._first_batch = (epoch, now)
+            return
+        timed = batch - 1
+        if timed >= min(CLOCK_BATCHES, batches - 1):
+            per_batch = (now - self._first_batch[1]) / timed
+            self.seconds = per_batch * batches + self._validation
+            self.corrected = True
+
+    def on_epoch_end(self, epoch, logs):
+        self._epoch_edges.append(time.perf_counter())
+        edges = self._epoch_edges
+        self.seconds = (edges[-1] - edges[0]) / (len(edges) - 1)
+        self.corrected = True
+
+
+def epoch_clock(
+    kind: str,
+    params: Mapping[str, Any],
+    n_images: int,
+    *,
+    n_validation: int = 0,
+    image_shape: tuple[int, ...] = (28, 28),
+    n_classes: int = 10,
+) -> EpochClock:
+    """An ``EpochClock`` that starts from the probe's estimate for these settings
+    (``estimate_epoch_seconds``)."""
+    estimate = estimate_epoch_seconds(
+        kind,
+        params,
+        n_images,
+        n_validation=n_validation,
+        image_shape=image_shape,
+        n_classes=n_classes,
+    )
+    cal = calibrate(kind, params, image_shape, n_classes)
+    return EpochClock(estimate, n_validation * cal.predict_seconds_per_image)

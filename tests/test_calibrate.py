@@ -77,3 +77,79 @@ def test_invalid_settings_are_config_errors():
         calibrate.calibrate("cnn", {"activation": "swish"})
     with pytest.raises(ConfigError):
         calibrate.calibrate("gpt", {})
+
+
+# -- the clock that corrects the estimate from real batches ------------------------
+
+
+class _Ticks:
+    """A stand-in for time.perf_counter that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _batch(clock, ticks, seconds, epoch, batch, batches):
+    ticks.now += seconds
+    clock.on_batch_end(0, {"epoch": epoch, "batch": batch, "batches": batches})
+
+
+def test_the_clock_replaces_the_probe_by_the_rate_of_real_batches(monkeypatch):
+    ticks = _Ticks()
+    monkeypatch.setattr(calibrate.time, "perf_counter", ticks)
+    clock = calibrate.EpochClock(estimate=50.0, validation_seconds=2.0)
+    clock.on_train_begin()
+    _batch(clock, ticks, 5.0, 0, 1, 100)  # start-up costs: left out
+    for b in range(2, calibrate.CLOCK_BATCHES + 1):
+        _batch(clock, ticks, 0.3, 0, b, 100)
+        assert clock.seconds == 50.0 and not clock.corrected  # too few batches yet
+    _batch(clock, ticks, 0.3, 0, calibrate.CLOCK_BATCHES + 1, 100)
+    assert clock.corrected
+    assert clock.seconds == pytest.approx(0.3 * 100 + 2.0)
+
+
+def test_after_an_epoch_the_clock_is_the_mean_measured_epoch(monkeypatch):
+    ticks = _Ticks()
+    monkeypatch.setattr(calibrate.time, "perf_counter", ticks)
+    clock = calibrate.EpochClock(estimate=50.0)
+    clock.on_train_begin()
+    for seconds in (12.0, 8.0):
+        ticks.now += seconds
+        clock.on_epoch_end(0, {})
+    assert clock.seconds == pytest.approx(10.0)
+    _batch(clock, ticks, 30.0, 2, 5, 10)  # later batches no longer move it
+    assert clock.seconds == pytest.approx(10.0)
+
+
+def test_the_clock_follows_a_real_training_run():
+    """As a training callback: corrected in the first epoch once enough batches
+    ran, then the mean of the measured epochs. (How close it comes is measured in
+    benchmarks/epoch_estimate.py, not here: these machines are noisy.)"""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64 * 12, 28, 28), dtype=np.uint8)
+    y = np.arange(len(x)) % 10
+    clock = calibrate.epoch_clock("cnn", TINY_CNN, len(x))
+    first_epoch = []
+
+    class Watch(calibrate.Callback):
+        def on_batch_end(self, step, logs):
+            if logs["epoch"] == 0:
+                first_epoch.append((logs["batch"], clock.corrected))
+
+    walls = []
+
+    class Walls(calibrate.Callback):
+        def on_train_begin(self, logs=None):
+            walls.append(calibrate.time.perf_counter())
+
+        def on_epoch_end(self, epoch, logs):
+            walls.append(calibrate.time.perf_counter())
+
+    model = registry.get("cnn").build(**TINY_CNN, max_iter=3)
+    model.fit(x, y, callbacks=[Walls(), clock, Watch()])
+    corrected_from = min(batch for batch, corrected in first_epoch if corrected)
+    assert corrected_from == calibrate.CLOCK_BATCHES + 1
+    assert clock.seconds == pytest.approx((walls[-1] - walls[0]) / 3, rel=0.01)
