@@ -1,0 +1,210 @@
+"""Draw and Inspect in a live demo, in Chromium: a drawing goes to Inspect and is
+still on the canvas when Draw opens again; the robustness probe compares the model
+chosen on Inspect; at projector sizes the canvas shows whole and no metric is cut.
+
+One ``streamlit run`` server serves every test here (see conftest.py); each test
+opens its own browser session.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from appdriver import (
+    IDLE,
+    INK_LAYER,
+    INK_SECONDS,
+    PAGE_MS,
+    PREDICTION,
+    SEVEN,
+    canvas,
+    choose,
+    nav_link,
+    no_exception,
+    open_page,
+    prediction_of,
+    stroke,
+    title,
+)
+from playwright.sync_api import Page, expect
+
+pytestmark = pytest.mark.e2e
+
+WINDOWS = [(1024, 768), (1280, 720), (1920, 1080)]
+UNDERLINE = [(0.3, 0.92), (0.7, 0.92)]  # a second stroke, below the seven
+SEVEN_BAR = (0.5, 0.2)  # a point on the seven's top bar
+STEP_IMAGE = "[data-testid=stMain] [data-testid=stImage] img"
+
+# The bounding boxes of the canvas and of its column: the element, on the way up
+# from the canvas (out of the component's shadow root too), whose parent is the
+# row of columns.
+CANVAS_AND_COLUMN = """c => {
+  const box = e => { const r = e.getBoundingClientRect();
+    return {left: r.left, top: r.top, right: r.right, bottom: r.bottom}; };
+  let x = c, child = null;
+  while (x && x.getAttribute?.("data-testid") !== "stHorizontalBlock") {
+    child = x;
+    x = x.parentElement || x.getRootNode().host || null;
+  }
+  return {canvas: box(c), column: child && x ? box(child) : null,
+          viewport: {left: 0, top: 0, right: innerWidth, bottom: innerHeight}};
+}"""
+
+# The texts of the metrics' labels and values that do not show whole: an element
+# whose text is wider than its box (cut, or ended with an ellipsis by CSS).
+CUT_METRIC_TEXTS = """() => {
+  const cut = [];
+  for (const m of document.querySelectorAll(
+      "[data-testid=stMetricLabel], [data-testid=stMetricValue]")) {
+    for (const e of [m, ...m.querySelectorAll("*")]) {
+      if (e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1) {
+        cut.push(m.innerText); break;
+      }
+    }
+    if (m.innerText.trim().endsWith("…")) cut.push(m.innerText);
+  }
+  return cut;
+}"""
+
+# Plotly's trace names of the chart with Streamlit key ``key``.
+TRACE_NAMES = """key => {
+  const gd = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+  return gd && gd.data ? gd.data.map(t => t.name) : null;
+}"""
+
+
+def ink_at(page: Page, fx: float, fy: float) -> bool:
+    """True if the canvas shows ink near (fx, fy), in fractions of its size."""
+    return page.locator(INK_LAYER).evaluate(
+        """(c, [fx, fy]) => {
+          const x = Math.round(fx * c.width), y = Math.round(fy * c.height);
+          const d = c.getContext("2d").getImageData(x - 3, y - 3, 7, 7).data;
+          for (let i = 0; i < d.length; i += 4) if (d[i] > 128) return true;
+          return false;
+        }""",
+        [fx, fy],
+    )
+
+
+def wait_ink_at(page: Page, fx: float, fy: float) -> None:
+    """Wait until the canvas shows ink near (fx, fy)."""
+    page.locator(INK_LAYER).wait_for(timeout=PAGE_MS)
+    deadline = time.monotonic() + INK_SECONDS
+    while not ink_at(page, fx, fy):
+        assert time.monotonic() < deadline, f"no ink near {fx, fy} on the canvas"
+        page.wait_for_timeout(50)  # polling the canvas, not waiting blindly
+
+
+def selected_input(page: Page) -> str:
+    """The option chosen in the page's "Input" control."""
+    group = page.get_by_role("radiogroup", name="Input")
+    return group.get_by_role("radio", checked=True).inner_text().strip()
+
+
+def draw_a_seven(page: Page) -> str:
+    """Draw a seven on Draw's canvas; returns default-cnn's prediction of it."""
+    canvas(page).wait_for()
+    stroke(page, SEVEN)
+    prediction = prediction_of(page, "default-cnn")
+    expect(prediction).to_have_text("7", timeout=PAGE_MS)
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+    return prediction.inner_text()
+
+
+def test_inspect_this_digit_shows_the_drawing_and_draw_keeps_it(server, page):
+    open_page(page, f"{server.url}/draw", "Draw")
+    drawn = draw_a_seven(page)
+
+    page.get_by_role("button", name="Inspect this digit").click()
+    title(page, "Inspect")
+    assert selected_input(page) == "Drawing"
+    expect(page.get_by_role("combobox", name="Model", exact=True)).to_have_value(
+        re.compile("^default-cnn")
+    )
+    metric = page.locator("[data-testid=stMain] [data-testid=stMetric]").first
+    expect(metric.locator("[data-testid=stMetricLabel]")).to_have_text(
+        "Prediction for your drawing"
+    )
+    expect(metric.locator("[data-testid=stMetricValue]")).to_have_text(drawn)
+    no_exception(page)
+
+    # Back on Draw, the seven is on the canvas again, and read again.
+    nav_link(page, "Draw").click()
+    title(page, "Draw")
+    wait_ink_at(page, *SEVEN_BAR)
+    expect(prediction_of(page, "default-cnn")).to_have_text(drawn, timeout=PAGE_MS)
+
+    # The restored canvas takes more strokes (it is not redrawn from the kept
+    # drawing after each one), and the kept drawing follows them.
+    before = page.locator(STEP_IMAGE).first.get_attribute("src")
+    stroke(page, UNDERLINE)
+    expect(page.locator(STEP_IMAGE).first).not_to_have_attribute(
+        "src", before, timeout=PAGE_MS
+    )
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+    assert ink_at(page, *SEVEN_BAR) and ink_at(page, 0.5, 0.92)
+    nav_link(page, "Inspect").click()
+    title(page, "Inspect")
+    nav_link(page, "Draw").click()
+    title(page, "Draw")
+    wait_ink_at(page, 0.5, 0.92)
+    assert ink_at(page, *SEVEN_BAR)
+    expect(page.locator(PREDICTION).first).to_be_visible(timeout=PAGE_MS)
+    no_exception(page)
+
+
+def test_the_probe_compares_the_model_chosen_on_inspect(server, page):
+    open_page(page, f"{server.url}/inspect", "Inspect")
+    choose(page, "Model", "default-cnn")
+    expect_traces(page, "probe-bars", ["default-cnn", "default-mlp"])
+    # Compare default-cnn alone: remove default-mlp, the last of the chosen.
+    picker = page.get_by_role("combobox", name="Models to compare", exact=True)
+    picker.click()
+    page.keyboard.press("Backspace")
+    page.keyboard.press("Escape")
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+    expect_traces(page, "probe-bars", ["default-cnn"])
+
+    # The model picker is a screen up: scrolled to first, it opens on the click.
+    page.get_by_role("combobox", name="Model", exact=True).scroll_into_view_if_needed()
+    choose(page, "Model", "default-mlp")
+    # The probe compares the newly chosen model (then the other family's).
+    expect_traces(page, "probe-bars", ["default-mlp", "default-cnn"])
+    expect_traces(page, "probe-sweep", ["default-mlp", "default-cnn"])
+    no_exception(page)
+
+
+def expect_traces(page: Page, key: str, names: list[str]) -> None:
+    """Wait until the chart with key ``key`` names exactly ``names``, in order."""
+    expected = json.dumps(json.dumps(names, separators=(",", ":")))
+    page.wait_for_function(
+        f"key => JSON.stringify(({TRACE_NAMES})(key)) === {expected}",
+        arg=key,
+        timeout=PAGE_MS,
+    )
+
+
+@pytest.mark.parametrize(("width", "height"), WINDOWS)
+def test_the_canvas_shows_whole_and_no_metric_is_cut(server, page, width, height):
+    page.set_viewport_size({"width": width, "height": height})
+    open_page(page, f"{server.url}/draw", "Draw")
+    draw_a_seven(page)
+    boxes = canvas(page).evaluate(CANVAS_AND_COLUMN)
+    print(f"{width}x{height}: {boxes}")  # the measured boxes, with -s
+    assert boxes["column"] is not None, "the canvas is not in a column"
+    for outer in ("column", "viewport"):
+        for side in ("left", "top"):
+            assert boxes["canvas"][side] >= boxes[outer][side] - 0.5, (outer, boxes)
+        for side in ("right", "bottom"):
+            assert boxes["canvas"][side] <= boxes[outer][side] + 0.5, (outer, boxes)
+    assert page.locator(PREDICTION).count() >= 2  # the two default models
+    assert page.evaluate(CUT_METRIC_TEXTS) == []
+
+    page.get_by_role("button", name="Inspect this digit").click()
+    title(page, "Inspect")
+    expect(page.locator(PREDICTION)).to_have_count(1)
+    assert page.evaluate(CUT_METRIC_TEXTS) == []
+    no_exception(page)
