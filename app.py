@@ -1,6 +1,6 @@
 """Home, and the dashboard's entry point: ``streamlit run app.py`` (or ``digits
 dashboard``). Choose the dataset, look at samples of each class, see the saved
-models.
+models, and rename, tag or delete them.
 
 The other pages are the files in ``pages/``, which Streamlit finds by itself and
 serves at ``/train``, ``/evaluate``, ``/draw``, ``/inspect`` and ``/experiments``.
@@ -10,6 +10,8 @@ links. Shared Streamlit helpers are in ``ui.py``; all model logic is in the
 ``digits`` package.
 """
 
+from collections.abc import Callable
+
 import streamlit as st
 
 import ui
@@ -18,6 +20,8 @@ from digits.errors import DigitsError
 
 SAMPLES_PER_CLASS = 24
 SEED_KEY = "home-sample-seed"
+MANAGE_KEY = "home-manage-run"  # the run chosen under "Manage runs"
+MANAGE_NOTICE_KEY = "home-manage-notice"  # the outcome of the last change, once
 
 
 def choose_dataset() -> None:
@@ -45,7 +49,8 @@ def choose_dataset() -> None:
             except DigitsError as err:
                 ui.show_error(err)
         if not st.session_state.get(ui.CSV_KEY):
-            right.info("No CSV uploaded yet: showing MNIST.", icon=":material/info:")
+            shown = ui.dataset_label(ui.shown_dataset_name())
+            right.info(f"No CSV uploaded yet: showing {shown}.", icon=":material/info:")
     fallbacks = st.session_state.get(ui.FALLBACK_KEY, {})
     if ui.dataset_name() in fallbacks:
         right.button(
@@ -56,7 +61,8 @@ def choose_dataset() -> None:
 
 
 def models_table(ds) -> None:
-    """The saved models with their test accuracy; notices for missing defaults."""
+    """The saved models with their test accuracy (sweep trials only if asked
+    for); notices for missing defaults and broken runs."""
     runs, broken = ui.all_runs()
     names = {run.name for run in runs}
     if "default-cnn" not in names:
@@ -69,6 +75,7 @@ def models_table(ds) -> None:
     if not runs:
         st.info("No saved models yet. Train one on the Train page.")
     else:
+        listed = ui.offered_runs(runs, [], "home-models")
         rows = [
             {
                 "Model": run.name,
@@ -78,11 +85,13 @@ def models_table(ds) -> None:
                 "Epochs": len(run.meta.get("history") or []),
                 "Training images": run.meta["dataset"].get("n_train"),
                 "Trained": (run.meta.get("created") or "")[:16].replace("T", " "),
+                "Tags": ", ".join(run.tags),
+                "Sweep": run.sweep or "",
                 "Note": "shipped"
                 if run.pretrained
                 else (run.meta.get("stopped") or ""),
             }
-            for run in runs
+            for run in listed
         ]
         st.dataframe(
             rows,
@@ -115,11 +124,111 @@ def models_table(ds) -> None:
                 st.code(bad.error, language=None, wrap_lines=True)
 
 
+def _change(action: Callable[[], str]) -> None:
+    """A Manage-runs button's callback: ``action()`` makes the change and returns
+    what to say; the outcome (or the error) waits for the page's next run."""
+    try:
+        message = action()
+    except DigitsError as err:
+        ui.keep_notice(MANAGE_NOTICE_KEY, "error", str(err))
+        return
+    ui.keep_notice(MANAGE_NOTICE_KEY, "success", message)
+
+
+def _rename(run: store.Run, key: str) -> str:
+    renamed = store.rename_run(run, st.session_state[key])
+    st.session_state[MANAGE_KEY] = renamed.name  # keep it chosen
+    return f"Renamed {run.name} to {renamed.name}."
+
+
+def _tag(run: store.Run, key: str) -> str:
+    tagged = store.set_tags(run, st.session_state[key])
+    listed = ", ".join(tagged.tags) or "no tags"
+    return f"{run.name} now has {'tags: ' if tagged.tags else ''}{listed}."
+
+
+def _delete(run: store.Run) -> str:
+    store.delete_run(run)
+    return f"Deleted {run.name}."
+
+
+def _text_and_button(
+    field: tuple[str, str, str],
+    help_text: str,
+    button: tuple[str, str, str],
+    action: Callable[[], str],
+    disabled: bool,
+) -> None:
+    """A text box (label, value, key) and the button (label, icon, key) that
+    applies it with ``action`` (see ``_change``)."""
+    label, value, key = field
+    st.text_input(label, value=value, key=key, disabled=disabled, help=help_text)
+    label, icon, key = button
+    st.button(
+        label,
+        icon=icon,
+        disabled=disabled,
+        on_click=_change,
+        args=(action,),
+        key=key,
+    )
+
+
+def manage_runs() -> None:
+    """Rename, tag or delete one saved run; the shipped ones stay as they are."""
+    st.subheader("Manage runs")
+    ui.show_notice(MANAGE_NOTICE_KEY)
+    runs = ui.all_runs()[0]
+    if not runs:
+        return
+    run = ui.pick_run("Run to change", runs, MANAGE_KEY)
+    if run.pretrained:
+        st.caption(
+            "This model ships with the app, and the pages fall back to it: it "
+            "cannot be renamed, tagged or deleted. Choose one of your own runs."
+        )
+    name_key, tags_key = f"home-new-name-{run.name}", f"home-tags-{run.name}"
+    sure_key = f"home-delete-sure-{run.name}"
+    rename, tag, delete = st.columns(3, gap="large")
+    with rename:
+        _text_and_button(
+            ("New name", run.name, name_key),
+            "Letters, digits, '.', '_' and '-'; other characters become '-'.",
+            ("Rename", ":material/edit:", "home-rename"),
+            lambda: _rename(run, name_key),
+            run.pretrained,
+        )
+    with tag:
+        _text_and_button(
+            ("Tags", ", ".join(run.tags), tags_key),
+            "Short labels to find the run again, separated by commas.",
+            ("Save tags", ":material/sell:", "home-tag"),
+            lambda: _tag(run, tags_key),
+            run.pretrained,
+        )
+    with delete:
+        sure = st.checkbox(
+            f"Yes, delete {run.name}",
+            key=sure_key,
+            disabled=run.pretrained,
+            help="Deleting removes the model and its files for good.",
+        )
+        st.button(
+            "Delete",
+            icon=":material/delete:",
+            type="primary",
+            disabled=run.pretrained or not sure,
+            on_click=_change,
+            args=(lambda: _delete(run),),
+            key="home-delete",
+        )
+
+
 ui.page_header(
     "Home",
     "Explore a dataset, train classifiers on it, evaluate them, and draw your own "
     "digits for them to read.",
-    title="Handwritten digits",
+    title=ui.dataset_title(),
 )
 choose_dataset()
 ds = ui.active_dataset()
@@ -146,3 +255,4 @@ ui.chart(
 )
 st.subheader("Models")
 models_table(ds)
+manage_runs()

@@ -53,7 +53,7 @@ DATASET_KEY = "dataset"  # the Home page's dataset choice (a widget that persist
 CSV_KEY = "csv-path"  # the uploaded CSV's dataset name (see upload_name)
 CSV_DATA_KEY = "csv-dataset"  # the uploaded CSV, loaded: held by this session only
 CSV_UPLOAD_KEY = "csv-upload"  # (file id, error message or None) of the last read
-FALLBACK_KEY = "dataset-fallbacks"  # {dataset: notice} for failed downloads
+FALLBACK_KEY = "dataset-fallbacks"  # {dataset: download error} for failed ones
 JOB_KEY = "training-job"  # the Train page's digits.training_job.TrainingJob
 DRAWING_KEY = "drawing"  # the Draw page's last digit, preprocessed (h, w) float
 # Inspect's input and model choices, which Draw's "Inspect this digit" sets.
@@ -70,6 +70,13 @@ DATASET_LABELS = {
 }
 DEFAULT_DATASET = "mnist"
 FALLBACK_DATASET = "sklearn-digits"  # bundled with scikit-learn: always offline
+# What the images are, for Home's heading: it follows the dataset in use.
+DATASET_TITLES = {
+    "mnist": "Handwritten digits",
+    "fashion-mnist": "Clothing images",
+    "sklearn-digits": "Handwritten digits, 8x8 pixels",
+}
+CSV_TITLE = "Your own images"
 # Uploads are read from memory (a CSV passes through a private temporary folder
 # while it is parsed). Each file is limited; Streamlit's server.maxUploadSize is
 # the same limit for the CSV, and holds each session's files in memory only.
@@ -266,33 +273,67 @@ def dataset_label(name: str) -> str:
     return f"CSV {Path(name).name.split('-', 1)[-1]}"
 
 
-def active_dataset() -> data.Dataset:
-    """The dataset chosen on Home, loaded (and downloaded if need be).
+def shown_dataset_name() -> str:
+    """The dataset the pages show: this session's choice, or scikit-learn's digits
+    if the choice could not be downloaded."""
+    name = dataset_name()
+    if name in st.session_state.get(FALLBACK_KEY, {}):
+        return FALLBACK_DATASET
+    return name
 
-    If the download fails, the session falls back to scikit-learn's digits and a
+
+def dataset_title() -> str:
+    """Home's heading for the dataset shown: "Handwritten digits", "Clothing
+    images"..."""
+    name = shown_dataset_name()
+    return DATASET_TITLES.get(name, CSV_TITLE)
+
+
+def _dataset_line(name: str, wanted: str) -> None:
+    """One line under the title saying which dataset the page uses; if it is the
+    offline stand-in, why, with the download's error in a "Details" expander."""
+    if name == wanted:
+        st.caption(f"Dataset: **{dataset_label(name)}** (choose another on Home)")
+        return
+    with st.container():
+        st.warning(
+            f"{dataset_label(wanted)} could not be downloaded, so the app uses "
+            f"{dataset_label(name)} instead.",
+            icon=":material/wifi_off:",
+        )
+        with st.expander("Details"):
+            st.code(
+                st.session_state.get(FALLBACK_KEY, {}).get(wanted, ""),
+                language=None,
+                wrap_lines=True,
+            )
+
+
+def active_dataset() -> data.Dataset:
+    """The dataset chosen on Home, loaded (and downloaded if need be), with a
+    line saying which one it is.
+
+    If the download fails, the session falls back to scikit-learn's digits (the
+    page runs again at once, so that its title says so too) and a one-line
     warning says why; other data errors stop the page with the message.
     """
-    name = dataset_name()
+    wanted = dataset_name()
     uploaded = st.session_state.get(CSV_DATA_KEY)
-    if uploaded is not None and uploaded.name == name:
+    if uploaded is not None and uploaded.name == wanted:
+        _dataset_line(wanted, wanted)
         return uploaded
     fallbacks = st.session_state.setdefault(FALLBACK_KEY, {})
-    if name in fallbacks:
-        st.warning(fallbacks[name], icon=":material/wifi_off:")
-        name = FALLBACK_DATASET
-    elif data.needs_download(name):
+    if wanted not in fallbacks and data.needs_download(wanted):
         try:
-            _download(name)
+            _download(wanted)
         except DownloadError as err:
-            fallbacks[name] = (
-                f"{dataset_label(name)} could not be downloaded, so the app uses "
-                f"{dataset_label(FALLBACK_DATASET)} instead. {err}"
-            )
-            st.warning(fallbacks[name], icon=":material/wifi_off:")
-            name = FALLBACK_DATASET
+            fallbacks[wanted] = str(err)
+            st.rerun()  # from the top: the title and every line follow the stand-in
         except DataError as err:
             show_error(err)
             st.stop()
+    name = shown_dataset_name()
+    _dataset_line(name, wanted)
     try:
         return _load_dataset(name)
     except DigitsError as err:
@@ -441,12 +482,43 @@ def test_scores(run: store.Run, ds: data.Dataset) -> tuple[np.ndarray, dict]:
         st.stop()
 
 
+def group_sweeps(runs: Sequence[store.Run]) -> list[store.Run]:
+    """``runs`` with each sweep's trials together, after the other runs: the
+    others in their order (newest first, shipped last), then one sweep at a time
+    (by name), its trials in their order."""
+    own = [run for run in runs if run.sweep is None]
+    trials = [run for run in runs if run.sweep is not None]
+    return own + sorted(trials, key=lambda run: run.sweep)  # a stable sort
+
+
+def offered_runs(
+    runs: Sequence[store.Run], keep: Sequence[str], key: str
+) -> list[store.Run]:
+    """The runs a picker offers: without sweep trials unless its "Show sweep
+    trials" toggle is on (or a trial is already chosen, named in ``keep``), the
+    trials grouped by sweep. The toggle shows only when there are trials."""
+    trials = [run for run in runs if run.sweep is not None]
+    if not trials:
+        return list(runs)
+    show = st.toggle(
+        f"Show sweep trials ({len(trials):,})",
+        key=f"{key}-sweeps",
+        help="Runs trained by a sweep on the Experiments page, grouped by sweep. "
+        "They are hidden here unless you ask for them.",
+    )
+    if show or len(trials) == len(runs):
+        return group_sweeps(runs)
+    return [run for run in runs if run.sweep is None or run.name in keep]
+
+
 def pick_run(label: str, runs: Sequence[store.Run], key: str, default: int = 0):
     """A select box of ``runs`` labelled by ``run_label``; returns the chosen run.
 
-    The choice persists across pages; one that no longer exists (a run deleted,
-    another dataset chosen) becomes ``runs[default]``.
+    Sweep trials are hidden unless asked for (``offered_runs``). The choice persists
+    across pages; one that no longer exists (a run deleted, another dataset
+    chosen) becomes ``runs[default]``.
     """
+    runs = offered_runs(runs, [st.session_state.get(key)], key)
     by_name = {run.name: run for run in runs}
     if st.session_state.get(key) not in by_name:
         st.session_state[key] = runs[min(default, len(runs) - 1)].name
@@ -464,12 +536,14 @@ def pick_runs(
     label: str, runs: Sequence[store.Run], default: Sequence[str], key: str, **kw
 ) -> list[store.Run]:
     """A multiselect of ``runs`` labelled by ``run_label``, the names ``default``
-    chosen at first; returns the chosen runs. ``kw`` go to ``st.multiselect``."""
-    by_name = {run.name: run for run in runs}
+    chosen at first; returns the chosen runs. ``kw`` go to ``st.multiselect``.
+    Sweep trials are hidden unless asked for, as in ``pick_run``."""
+    keep = [*default, *st.session_state.get(key, ())]
+    by_name = {run.name: run for run in offered_runs(runs, keep, key)}
     names = st.multiselect(
         label,
         list(by_name),
-        default=list(default),
+        default=[name for name in default if name in by_name],
         format_func=lambda n: run_label(by_name[n]),
         key=key,
         **kw,
@@ -478,10 +552,16 @@ def pick_runs(
 
 
 def run_label(run: store.Run) -> str:
-    """ "default-cnn · CNN (NumPy) · 99.10%": name, kind and test accuracy."""
+    """ "default-cnn · CNN (NumPy) · 99.10%": name, kind and test accuracy; a
+    sweep's trial starts with its sweep ("sweep-x ▸ s16-s0 · ..."), and the
+    run's tags, if any, end it."""
     acc = run.test_accuracy
     score = f" · {acc:.2%}" if acc is not None else ""
-    return f"{run.name} · {registry.MODELS[run.kind].label}{score}"
+    name = run.name
+    if run.sweep:  # a trial's name starts with its sweep's: say it once
+        name = f"{run.sweep} ▸ {name.removeprefix(run.sweep + '-')}"
+    tags = f" · {', '.join(run.tags)}" if run.tags else ""
+    return f"{name} · {registry.MODELS[run.kind].label}{score}{tags}"
 
 
 def predict_one(model, image: np.ndarray, n_classes: int) -> np.ndarray:

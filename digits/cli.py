@@ -4,6 +4,7 @@
     digits evaluate default
     digits predict default my-seven.png
     digits runs
+    digits runs --rename OLD NEW | --tag RUN "a, b" | --delete RUN [--yes]
 
 Progress goes to stderr and results to stdout; with ``--json`` stdout holds exactly
 one JSON object. Errors a user can cause (bad arguments, an unknown dataset, an
@@ -308,7 +309,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _confirm_delete(name: str, yes: bool) -> None:
+    """Ask before deleting run ``name`` on a terminal; ConfigError if the answer
+    is not yes, or if there is no terminal to ask and ``--yes`` was not given."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"Deleting {name} cannot be undone; add --yes to confirm it when no "
+            f"one is at a terminal to answer."
+        )
+    answer = input(f"Delete run {name} and its files for good? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise ConfigError(f"Nothing deleted: {name} is kept.")
+
+
+def _change_run(args: argparse.Namespace) -> int:
+    """``digits runs --rename/--tag/--delete``: change one run, say what was done."""
+    if args.rename:
+        old, new = args.rename
+        run = store.rename_run(old, new)
+        done = {"action": "rename", "from": old, "name": run.name}
+        text = f"Renamed {old} to {run.name}."
+    elif args.tag:
+        name, tags = args.tag
+        run = store.set_tags(name, tags)
+        done = {"action": "tag", "name": run.name, "tags": list(run.tags)}
+        text = f"{run.name} tags: {', '.join(run.tags) or '(none)'}."
+    else:
+        run = store.own_run(args.delete, "deleted")  # a shipped one: refused first
+        _confirm_delete(run.name, args.yes)
+        store.delete_run(run)
+        done = {"action": "delete", "name": run.name}
+        text = f"Deleted {run.name}."
+    if args.json:
+        _emit_json(done)
+    else:
+        print(text)
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
+    if args.rename or args.tag or args.delete:
+        return _change_run(args)
     runs, broken = store.list_runs()
     for b in broken:
         print(
@@ -328,12 +371,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"No runs in {store.runs_dir()}. Train one: digits train --model mlp")
         return 0
     header = f"{'name':<42} {'kind':<6} {'dataset':<15} {'test acc':>8} {'epochs':>6}"
-    print(header + "  created")
+    print(header + "  created                    tags")
     for s in summaries:
         acc = f"{s['test_accuracy']:.2%}" if s["test_accuracy"] is not None else "-"
         print(
             f"{s['name']:<42} {s['kind']:<6} {s['dataset'] or '-':<15} {acc:>8} "
-            f"{s['epochs']:>6}  {s['created'] or '-'}"
+            f"{s['epochs']:>6}  {s['created'] or '-':<25}  {', '.join(s['tags'])}"
         )
     return 0
 
@@ -568,7 +611,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print one JSON object")
     predict.set_defaults(func=cmd_predict)
 
-    runs = sub.add_parser("runs", help="list the saved runs")
+    runs = sub.add_parser(
+        "runs",
+        help="list the saved runs, or rename, tag or delete one",
+        description="Without options: list the saved runs. The shipped models "
+        "(default-cnn, default-mlp) cannot be renamed, tagged or deleted.",
+    )
+    change = runs.add_mutually_exclusive_group()
+    change.add_argument(
+        "--rename", nargs=2, metavar=("RUN", "NEW_NAME"), help="rename a run"
+    )
+    change.add_argument(
+        "--tag",
+        nargs=2,
+        metavar=("RUN", "TAGS"),
+        help='set a run\'s tags, separated by commas ("" removes them)',
+    )
+    change.add_argument("--delete", metavar="RUN", help="delete a run for good")
+    runs.add_argument(
+        "--yes", action="store_true", help="with --delete: do not ask to confirm"
+    )
     runs.add_argument("--json", action="store_true", help="print one JSON object")
     runs.set_defaults(func=cmd_runs)
 

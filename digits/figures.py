@@ -591,3 +591,59 @@ def loss_curves(rows: Sequence[Mapping]) -> go.Figure:
     fig.update_xaxes(title="epoch")
     fig.update_yaxes(title="loss", type="log")
     return fig
+
+
+# -- Evaluate: saved training curves of several runs -----------------------------------
+
+RUN_CURVE_METRICS = (("loss", "Loss"), ("accuracy", "Accuracy"))
+
+
+def run_curves(curves: Sequence[Mapping]) -> go.Figure:
+    """Per-epoch loss and accuracy of several saved runs on one chart, as
+    TensorBoard overlays runs: one colour per run, a solid line for its training
+    images and a dashed one for its validation images.
+
+    curves : one dict per run: ``name``, ``history`` (the run's per-epoch dicts,
+        ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``epoch``) and
+        ``validation``, the images its validation figures come from, in words.
+    """
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=[title for _, title in RUN_CURVE_METRICS]
+    )
+    for i, curve in enumerate(curves):
+        color = COLORS[i % len(COLORS)]
+        history = list(curve["history"])
+        sets = (
+            ("", "training images", "solid"),
+            ("val_", f"validation: {curve['validation']}", "dash"),
+        )
+        for prefix, source, dash in sets:
+            for col, (metric, title) in enumerate(RUN_CURVE_METRICS, start=1):
+                points = [
+                    (e.get("epoch", n), e[prefix + metric])
+                    for n, e in enumerate(history, start=1)
+                    if e.get(prefix + metric) is not None
+                ]
+                if not points:
+                    continue
+                fig.add_scatter(
+                    x=[p[0] for p in points],
+                    y=[p[1] for p in points],
+                    mode="lines+markers",
+                    name=f"{curve['name']} · {source}",
+                    legendgroup=f"{curve['name']}{prefix}",
+                    showlegend=col == 1,
+                    line=dict(color=color, dash=dash),
+                    hovertemplate=f"{curve['name']}<br>{source}<br>epoch %{{x}}<br>"
+                    f"{title.lower()} %{{y:.4f}}<extra></extra>",
+                    row=1,
+                    col=col,
+                )
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(tickformat=".1%", row=1, col=2)
+    fig.update_layout(
+        height=420,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return fig

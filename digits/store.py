@@ -21,6 +21,10 @@ are JSON. Before any model file is used, its SHA-256 is checked against the
 metadata, which catches a file damaged or changed since it was saved (the hash
 does not prove who wrote it; that is why nothing is unpickled).
 
+Managing: ``rename_run``, ``set_tags`` and ``delete_run`` change a run in one
+atomic step each and refuse the shipped models. A sweep's trials are runs like
+any other; ``Run.sweep`` names the sweep a run belongs to.
+
 Training a model, scoring it and saving it as a run is ``digits.training``.
 
 The default models ship with the package under ``digits/pretrained/`` in the same
@@ -72,6 +76,14 @@ CACHE_DIR = ".cache"  # predictions of the shipped models, under the runs dir
 MAX_NAME = 100
 MAX_SUFFIX = 10_000
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Tags are short labels a person gives a run ("baseline", "for class"), kept in
+# its metadata.json; the limits keep a list of them readable in one table cell.
+MAX_TAGS = 20
+MAX_TAG = 40
+_TAG = re.compile(r"[\w .+-]+")  # letters (any alphabet), digits, space, . + _ -
+# A sweep's trials are saved with the command "sweep <sweep name> trial <key>"
+# (digits.experiments.trial); that is how a run is known to belong to a sweep.
+_SWEEP_COMMAND = re.compile(r"sweep (\S+) trial \S")
 # A metadata.json larger than this is not one digits wrote (the shipped MLP's is
 # 10 kB); it is refused before it is read, so a planted file cannot exhaust memory.
 MAX_METADATA_BYTES = 4 << 20
@@ -127,6 +139,11 @@ METADATA_SCHEMA = {
         },
         "validation": _TEXT_OR_NULL,
         "command": _TEXT_OR_NULL,
+        "tags": {
+            "type": "array",
+            "maxItems": MAX_TAGS,
+            "items": {"type": "string", "maxLength": MAX_TAG},
+        },
         "test": {
             "type": ["object", "null"],
             "required": ["accuracy", "loss"],
@@ -245,8 +262,30 @@ class Run:
     def test_accuracy(self) -> float | None:
         return (self.meta.get("test") or {}).get("accuracy")
 
+    @property
+    def validated_on(self) -> str:
+        """Which images the run's validation figures (``val_*``) come from, in a
+        few plain words: older runs were validated on test images."""
+        source = self.meta.get("validation") or ""
+        if source == "test" or source.endswith("test images"):
+            return "test images"
+        if not source or source.startswith("none"):
+            return "none"
+        return "held-out training images"
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The labels given with ``set_tags`` (none for most runs)."""
+        return tuple(self.meta.get("tags") or ())
+
+    @property
+    def sweep(self) -> str | None:
+        """The name of the sweep this run is a trial of, or None."""
+        match = _SWEEP_COMMAND.match(self.meta.get("command") or "")
+        return match[1] if match else None
+
     def summary(self) -> dict:
-        """The key facts, JSON-ready: what ``digits runs`` and the Runs page show."""
+        """The key facts, JSON-ready: what ``digits runs`` shows."""
         meta = self.meta
         return {
             "name": self.name,
@@ -257,6 +296,8 @@ class Run:
             "train_seconds": meta.get("train_seconds"),
             "created": meta.get("created"),
             "stopped": meta.get("stopped"),
+            "tags": list(self.tags),
+            "sweep": self.sweep,
             "pretrained": self.pretrained,
             "path": str(self.path),
         }
@@ -799,14 +840,136 @@ def _remove_abandoned(root: Path) -> None:
             continue  # another process removed it first
 
 
-def delete_run(ref: str | Run) -> None:
-    """Delete a run from the runs dir (never a shipped model)."""
+# -- managing runs ----------------------------------------------------------------
+#
+# Rename, tag and delete act on runs in the runs dir only: the shipped models are
+# part of the package (often a read-only install) and the app's defaults, so they
+# are refused with a message. A run appears in the runs dir only once it is fully
+# saved (``save_run`` renames a complete folder into place), so a run still being
+# trained or saved can be neither renamed nor deleted half-way; and each change
+# below is one atomic step, so other sessions listing runs see the old state or the
+# new one, never a mix.
+
+
+def own_run(ref: str | Run, verb: str) -> Run:
+    """The run ``ref`` names, if it may be ``verb`` ("renamed", "deleted"...):
+    ConfigError if it is a shipped model, ModelFileError if there is none."""
     run = open_run(ref) if not isinstance(ref, Run) else ref
     if run.pretrained:
-        raise ConfigError(f"{run.name} is a shipped model and cannot be deleted.")
-    # Rename first so the run disappears at once, even if removal is slow.
+        raise ConfigError(
+            f"{run.name} is a shipped model: it cannot be {verb}, because the "
+            f"pages fall back to it. Only your own runs can be."
+        )
+    return run
+
+
+def _gone(run: Run) -> ModelFileError:
+    """The error for a run that vanished between being listed and being changed."""
+    return ModelFileError(
+        f"Run {run.name} is gone from {run.path.parent}: another session renamed "
+        f"or deleted it."
+    )
+
+
+def rename_run(ref: str | Run, new_name: str) -> Run:
+    """Rename run ``ref`` to ``new_name`` (sanitised, as ``sanitize_name`` does);
+    returns the renamed run.
+
+    ConfigError if the run is shipped, the name has no usable characters or is
+    reserved, or a run of that name exists. The folder is renamed in one step.
+    """
+    run = own_run(ref, "renamed")
+    name = sanitize_name(new_name)
+    if name == run.name:
+        return run
+    target = run.path.parent / name
+    # os.rename would silently replace an empty folder of that name, so check
+    # first; what could slip in between is only an empty folder, never a run.
+    if target.exists() or target.is_symlink():
+        raise ConfigError(
+            f"A run called {name!r} already exists in {run.path.parent}; choose "
+            f"another name."
+        )
+    try:
+        os.rename(run.path, target)
+    except FileNotFoundError:
+        raise _gone(run) from None
+    except OSError as err:
+        raise StorageError(
+            f"Could not rename {run.path} to {name} ({err.strerror})."
+        ) from err
+    return open_run(target, allow_paths=True)
+
+
+def clean_tags(tags: str | Sequence[str]) -> list[str]:
+    """``tags`` (a list, or one string separated by commas) as stored: trimmed,
+    inner spaces collapsed, duplicates and empty ones dropped, in the order given.
+
+    ConfigError naming the first tag that is too long or has other characters
+    than letters, digits, spaces and ``. + _ -``, or if there are too many.
+    """
+    items = tags.split(",") if isinstance(tags, str) else list(tags)
+    cleaned: list[str] = []
+    for item in items:
+        tag = " ".join(str(item).split())
+        if not tag or tag in cleaned:
+            continue
+        if len(tag) > MAX_TAG:
+            raise ConfigError(
+                f"Tag {tag!r} is {len(tag)} characters long; keep each tag to "
+                f"{MAX_TAG}."
+            )
+        if not _TAG.fullmatch(tag):
+            raise ConfigError(
+                f"Tag {tag!r} has characters a tag cannot hold; use letters, "
+                f"digits, spaces and . + _ - only (commas separate tags)."
+            )
+        cleaned.append(tag)
+    if len(cleaned) > MAX_TAGS:
+        raise ConfigError(f"{len(cleaned)} tags given; a run holds at most {MAX_TAGS}.")
+    return cleaned
+
+
+def set_tags(ref: str | Run, tags: str | Sequence[str]) -> Run:
+    """Replace the tags of run ``ref`` with ``tags`` (see ``clean_tags``); an
+    empty list removes them. Returns the updated run.
+
+    The metadata is rewritten atomically (a new file renamed over the old one);
+    the model files, and so their recorded hashes, are untouched.
+    """
+    run = own_run(ref, "tagged")
+    cleaned = clean_tags(tags)
+    meta = _read_meta(run.path)  # fresh: another session may have changed it
+    meta["tags"] = cleaned
+    try:
+        files.atomic_write(run.path / METADATA_FILE, _metadata_text(meta))
+    except FileNotFoundError:
+        raise _gone(run) from None
+    except OSError as err:
+        raise StorageError(
+            f"Could not save the tags of {run.name} in {run.path} ({err.strerror})."
+        ) from err
+    return open_run(run.path, allow_paths=True)
+
+
+def delete_run(ref: str | Run) -> None:
+    """Delete run ``ref`` from the runs dir, whole (never a shipped model).
+
+    The folder is first renamed to a hidden temporary name in one step, so the
+    run disappears from every listing at once; only then are its files removed.
+    If that removal is cut short, what is left stays hidden and the next save
+    clears it away (``_remove_abandoned``).
+    """
+    run = own_run(ref, "deleted")
     trash = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=run.path.parent))
-    os.rename(run.path, trash / "deleted")
+    try:
+        os.rename(run.path, trash / "deleted")
+    except FileNotFoundError:
+        shutil.rmtree(trash, ignore_errors=True)
+        raise _gone(run) from None
+    except OSError as err:
+        shutil.rmtree(trash, ignore_errors=True)
+        raise StorageError(f"Could not delete {run.path} ({err.strerror}).") from err
     shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -1,4 +1,5 @@
-"""Evaluate: a model's scores on the test set, its mistakes, and a second opinion."""
+"""Evaluate: a model's scores on the test set, its mistakes, a second opinion,
+and the saved training curves of several runs side by side."""
 
 import time
 from functools import partial
@@ -325,6 +326,40 @@ def manage_drawings(hw, saved) -> None:
         )
 
 
+def curves_tab(chosen: list[str]) -> None:
+    """The per-epoch curves saved with each chosen run, on one chart. They are
+    read from the runs' files, so runs of any dataset can be compared, even one
+    that cannot be loaded here (MNIST's, offline)."""
+    runs = ui.all_runs()[0]
+    picked = ui.pick_runs(
+        "Runs to compare",
+        runs,
+        default=[name for name in chosen if any(r.name == name for r in runs)],
+        key="evaluate-curves",
+        placeholder="Choose one or more runs",
+    )
+    if not picked:
+        st.info("Choose one or more runs to see how their training went.")
+        return
+    ui.chart(
+        figures.run_curves(
+            [
+                {
+                    "name": run.name,
+                    "history": run.meta.get("history") or [],
+                    "validation": run.validated_on,
+                }
+                for run in picked
+            ]
+        ),
+        "Loss and accuracy after each epoch, as saved when each run was trained: "
+        "solid lines on the images the model learned from, dashed lines on the "
+        "validation images it was checked on (the legend says which). A gap "
+        "that opens between the two means the model memorises its training "
+        "images instead of learning what generalises.",
+    )
+
+
 def handwriting_tab(ds, run, report) -> None:
     hw = handwriting.HandwritingStore()
     saved = ui.saved_drawings(hw)
@@ -364,9 +399,11 @@ runs = ui.runs_for(ds)
 if not runs:
     st.info(
         f"No model has been trained on {ui.dataset_label(ds.name)} yet. Train one on "
-        "the Train page.",
+        "the Train page. The saved training curves of the other models are below.",
         icon=":material/info:",
     )
+    st.subheader("Training curves")
+    curves_tab([run.name for run in ui.all_runs()[0] if run.pretrained])
     st.stop()
 run = ui.pick_run("Model", runs, "evaluate-model")
 proba, report = ui.test_scores(run, ds)
@@ -384,6 +421,7 @@ TABS = {
     "Compare two models": lambda: compare_tab(ds, run, proba, report, runs),
     "Calibration": lambda: calibration_tab(ds, proba),
     "My handwriting": lambda: handwriting_tab(ds, run, report),
+    "Training curves": lambda: curves_tab([run.name]),
 }
 tabs = st.tabs(list(TABS), key="evaluate-tab", on_change="rerun")
 for tab, draw in zip(tabs, TABS.values(), strict=True):

@@ -159,8 +159,176 @@ def test_failed_download_falls_back_to_sklearn_digits(at, tmp_path, monkeypatch)
     fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
     fresh.run()
     assert not fresh.exception
-    assert "could not be downloaded" in texts(fresh.warning)
+    # One line says what happened; the download's errors wait in "Details".
+    [notice] = fresh.warning
+    assert notice.value == (
+        "MNIST could not be downloaded, so the app uses sklearn digits (8x8) instead."
+    )
+    details = next(e for e in fresh.expander if e.label == "Details")
+    assert "127.0.0.1:9" in details.code[0].value
     assert {m.label: m.value for m in fresh.metric}["Image size"] == "8x8"
+    # The heading names what is shown, and the shipped MNIST models stay listed.
+    assert fresh.title[0].value == ui.DATASET_TITLES["sklearn-digits"]
+    models = set(fresh.dataframe[0].value["Model"])
+    assert {"default-cnn", "default-mlp"} <= models
+    # Every page says so in one line, and Train's defaults fit 8x8 images.
+    for name in ("train", "evaluate", "inspect", "experiments"):
+        page(fresh, name)
+        assert [w.value for w in fresh.warning] == [notice.value], name
+    page(fresh, "train")
+    assert not fresh.error
+    assert not next(b for b in fresh.button if b.label == "Start training").disabled
+    # Evaluate still shows the shipped models' saved training curves.
+    page(fresh, "evaluate")
+    chosen = fresh.multiselect(key="evaluate-curves").value
+    assert set(chosen) == {"default-cnn", "default-mlp"}
+    names = {trace["name"] for trace in figure(fresh.get("plotly_chart")[0])["data"]}
+    assert "default-cnn · training images" in names
+
+
+@pytest.mark.parametrize("choice", ["mnist", "fashion-mnist", "sklearn-digits"])
+def test_home_heading_follows_the_dataset(at, choice):
+    at.selectbox(key=ui.DATASET_KEY).select(choice).run()
+    assert at.title[0].value == ui.DATASET_TITLES[choice]
+    assert f"Dataset: **{ui.DATASET_LABELS[choice]}**" in texts(at.caption)
+
+
+def test_the_first_cnn_preset_of_train_fits_8x8_and_28x28_images():
+    """The Train page's first preset builds for the offline 8x8 digits as well
+    as for MNIST (the others are for 28x28 images only)."""
+    spec = registry.get("cnn")
+    for side in (8, 28):
+        model = spec.build("quick", max_iter=1)
+        x = np.zeros((4, side, side), np.uint8)
+        model.partial_fit(x, [0, 1, 2, 3], classes=np.arange(10))
+        assert model.predict_proba(x).shape == (4, 10)
+
+
+# -- Home: managing runs -------------------------------------------------------------
+
+
+@pytest.fixture
+def manage(tmp_path, monkeypatch) -> AppTest:
+    """Home over a runs dir of its own: run "mine" (a small MLP on the 8x8
+    digits) and two trials of a sweep "sw", beside the shipped models."""
+    monkeypatch.setenv(store.RUNS_DIR_ENV, str(tmp_path / "runs"))
+    small = data.load_dataset("sklearn-digits")
+    model = registry.get("mlp").build(hidden_layer_sizes=(8,), max_iter=2)
+    model.fit(small.x_train, small.y_train)
+    store.save_run(model, kind="mlp", dataset=small, name="mine")
+    for seed in (0, 1):
+        store.save_run(
+            model,
+            kind="mlp",
+            dataset=small,
+            name=f"sw-h8-s{seed}",
+            command=f"sweep sw trial k{seed}",
+        )
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    assert not app.exception
+    return app
+
+
+def choose_run(at: AppTest, name: str) -> None:
+    at.selectbox(key="home-manage-run").select(name).run()
+    assert not at.exception
+
+
+def test_manage_rename_a_run(manage):
+    choose_run(manage, "mine")
+    manage.text_input(key="home-new-name-mine").input("my first model").run()
+    manage.button(key="home-rename").click().run()
+    assert not manage.exception
+    assert texts(manage.success) == "Renamed mine to my-first-model."
+    assert store.open_run("my-first-model")
+    assert not (store.runs_dir() / "mine").exists()
+    assert "my-first-model" in set(manage.dataframe[0].value["Model"])
+    assert manage.selectbox(key="home-manage-run").value == "my-first-model"
+
+
+def test_manage_a_bad_name_is_explained_and_nothing_changes(manage):
+    choose_run(manage, "mine")
+    manage.text_input(key="home-new-name-mine").input("sw-h8-s0").run()
+    manage.button(key="home-rename").click().run()
+    assert "'sw-h8-s0' already exists" in texts(manage.error)
+    assert store.open_run("mine") and store.open_run("sw-h8-s0").sweep == "sw"
+
+
+def test_manage_tag_a_run(manage):
+    choose_run(manage, "mine")
+    manage.text_input(key="home-tags-mine").input("baseline, for class").run()
+    manage.button(key="home-tag").click().run()
+    assert texts(manage.success) == "mine now has tags: baseline, for class."
+    assert store.open_run("mine").tags == ("baseline", "for class")
+    table = manage.dataframe[0].value
+    tags = dict(zip(table["Model"], table["Tags"], strict=True))
+    assert tags["mine"] == "baseline, for class"
+    # The picker's label shows them too.
+    assert "baseline, for class" in ui.run_label(store.open_run("mine"))
+
+
+def test_manage_delete_needs_the_confirmation(manage):
+    choose_run(manage, "mine")
+    delete = manage.button(key="home-delete")
+    assert delete.disabled  # nothing happens without saying yes first
+    manage.checkbox(key="home-delete-sure-mine").check().run()
+    assert not manage.button(key="home-delete").disabled
+    assert store.open_run("mine")  # ticking the box alone deletes nothing
+    manage.button(key="home-delete").click().run()
+    assert not manage.exception
+    assert texts(manage.success) == "Deleted mine."
+    assert not (store.runs_dir() / "mine").exists()
+    assert "mine" not in set(manage.dataframe[0].value["Model"])
+    assert manage.selectbox(key="home-manage-run").value != "mine"
+
+
+@pytest.mark.parametrize("name", ["default-cnn", "default-mlp"])
+def test_manage_shipped_models_cannot_be_changed(manage, name):
+    choose_run(manage, name)
+    for key in ("home-rename", "home-tag", "home-delete"):
+        assert manage.button(key=key).disabled, key
+    assert manage.checkbox(key=f"home-delete-sure-{name}").disabled
+    assert "cannot be renamed, tagged or deleted" in texts(manage.caption)
+
+
+def test_sweep_trials_are_hidden_from_pickers_until_asked_for(manage):
+    def label(name):
+        return ui.run_label(store.open_run(name))
+
+    picker = manage.selectbox(key="home-manage-run")
+    assert picker.options == [label(n) for n in ("mine", "default-cnn", "default-mlp")]
+    assert set(manage.dataframe[0].value["Model"]) == {
+        "mine", "default-cnn", "default-mlp"
+    }  # fmt: skip
+    manage.toggle(key="home-manage-run-sweeps").set_value(True).run()
+    options = manage.selectbox(key="home-manage-run").options
+    # The sweep's trials come after the other runs, together, under its name.
+    assert options[:3] == picker.options
+    assert sorted(options[3:]) == [label("sw-h8-s0"), label("sw-h8-s1")]
+    assert all(option.startswith("sw ▸ h8-s") for option in options[3:])
+    manage.toggle(key="home-models-sweeps").set_value(True).run()
+    table = manage.dataframe[0].value
+    sweeps = dict(zip(table["Model"], table["Sweep"], strict=True))
+    assert sweeps["sw-h8-s0"] == sweeps["sw-h8-s1"] == "sw"
+    assert sweeps["mine"] == ""
+
+
+def test_group_sweeps_keeps_own_runs_first_and_each_sweep_together(tmp_path):
+    def run(name, command=None):
+        meta = {"command": command, "kind": "mlp"}
+        return store.Run(tmp_path / name, meta)
+
+    runs = [
+        run("b1", "sweep b trial 1"),
+        run("mine"),
+        run("a1", "sweep a trial 1"),
+        run("b2", "sweep b trial 2"),
+        run("other", "python -m digits train"),
+        run("a2", "sweep a trial 2"),
+    ]
+    grouped = [r.name for r in ui.group_sweeps(runs)]
+    assert grouped == ["mine", "other", "a1", "a2", "b1", "b2"]
 
 
 # -- Train ---------------------------------------------------------------------------
@@ -332,6 +500,35 @@ def test_evaluate_mistakes_and_comparison(at, mnist):
     metric = {m.label: m.value for m in at.metric}
     disagree = int(np.sum(a.argmax(axis=1) != b.argmax(axis=1)))
     assert metric["They disagree on"] == f"{disagree:,}"
+
+
+def test_evaluate_overlays_the_training_curves_of_several_runs(at):
+    page(at, "evaluate")
+    at.selectbox(key="evaluate-model").select("tiny-mlp").run()
+    at.session_state["evaluate-tab"] = "Training curves"
+    at.run()
+    assert at.multiselect(key="evaluate-curves").value == ["tiny-mlp"]
+    # The tiny runs were fitted without a validation set; the shipped CNN has one.
+    at.multiselect(key="evaluate-curves").select("tiny-cnn").run()
+    at.multiselect(key="evaluate-curves").select("default-cnn").run()
+    assert not at.exception
+    traces = figure(at.get("plotly_chart")[0])["data"]
+    shown = {(t["name"], t["xaxis"]): list(t["y"]) for t in traces}
+    for name in ("tiny-mlp", "tiny-cnn", "default-cnn"):
+        run = store.open_run(name)
+        history = run.meta["history"]
+        training = f"{name} · training images"
+        validation = f"{name} · validation: {run.validated_on}"
+        # Loss on the left (x), accuracy on the right (x2), as saved per epoch.
+        assert shown[(training, "x")] == [e["loss"] for e in history]
+        assert shown[(training, "x2")] == [e["accuracy"] for e in history]
+        if "val_accuracy" in history[0]:
+            assert shown[(validation, "x2")] == [e["val_accuracy"] for e in history]
+        else:
+            assert (validation, "x2") not in shown
+    assert len(shown) == 3 * 2 + 2  # training: 3 runs x 2 charts; validation: 1 x 2
+    at.multiselect(key="evaluate-curves").set_value([]).run()
+    assert "Choose one or more runs" in texts(at.info)
 
 
 # -- Draw ----------------------------------------------------------------------------

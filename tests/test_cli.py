@@ -323,3 +323,72 @@ def test_second_ctrl_c_aborts_without_saving(tmp_path):
     assert proc.returncode == 130, err
     assert "Aborted: nothing was saved." in err and "Traceback" not in err
     assert not runs.exists() or list(runs.iterdir()) == []
+
+
+# -- runs: rename, tag, delete ----------------------------------------------------
+
+
+@pytest.fixture
+def own_run(runs) -> str:
+    """A small MLP saved as run "mine" in a fresh runs dir."""
+    from digits import data, registry
+
+    small = data.load_dataset("sklearn-digits")
+    model = registry.get("mlp").build(hidden_layer_sizes=(8,), max_iter=2)
+    store.save_run(model.fit(small.x_train, small.y_train), kind="mlp",
+                   dataset=small, name="mine")  # fmt: skip
+    return "mine"
+
+
+def test_runs_rename_tag_and_delete(own_run, runs, capsys):
+    assert main(["runs", "--rename", "mine", "my best run"]) == 0
+    assert capsys.readouterr().out.strip() == "Renamed mine to my-best-run."
+    assert main(["runs", "--tag", "my-best-run", "baseline, demo", "--json"]) == 0
+    out = one_json_object(capsys.readouterr().out)
+    assert out == {"action": "tag", "name": "my-best-run", "tags": ["baseline", "demo"]}
+    assert main(["runs"]) == 0
+    row = next(
+        line for line in capsys.readouterr().out.splitlines() if "my-best-run" in line
+    )
+    assert row.endswith("baseline, demo")
+    assert main(["runs", "--delete", "my-best-run", "--yes"]) == 0
+    assert capsys.readouterr().out.strip() == "Deleted my-best-run."
+    assert list(runs.iterdir()) == []
+
+
+def test_runs_delete_asks_first(own_run, runs, monkeypatch, capsys):
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert main(["runs", "--delete", "mine"]) == 2
+    assert "Nothing deleted: mine is kept." in capsys.readouterr().err
+    assert store.open_run("mine")
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    assert main(["runs", "--delete", "mine"]) == 0
+    assert not (runs / "mine").exists()
+
+
+def test_runs_delete_without_a_terminal_needs_yes(own_run, monkeypatch, capsys):
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    assert main(["runs", "--delete", "mine"]) == 2
+    assert "add --yes" in capsys.readouterr().err
+    assert store.open_run("mine")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--delete", "default-cnn", "--yes"], "default-cnn is a shipped model"),
+        (["--rename", "default-mlp", "x"], "default-mlp is a shipped model"),
+        (["--tag", "default", "x"], "default-cnn is a shipped model"),
+        (["--rename", "mine", "default"], "reserved for the shipped models"),
+        (["--rename", "ghost", "x"], "No run called 'ghost'"),
+        (["--tag", "mine", "a/b"], "Tag 'a/b' has characters"),
+    ],
+)
+def test_runs_changes_that_are_refused(own_run, runs, args, message, capsys):
+    assert main(["runs", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("digits: error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert [p.name for p in runs.iterdir()] == ["mine"]
+    assert store.open_run("mine").tags == ()

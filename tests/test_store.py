@@ -17,7 +17,7 @@ import pytest
 
 from digits import data, files, registry, store, training
 from digits.baseline import MLPBaseline
-from digits.errors import ConfigError, ModelFileError
+from digits.errors import ConfigError, ModelFileError, StorageError
 from digits.nn.callbacks import Callback
 
 
@@ -467,6 +467,168 @@ def test_delete_run(mlp, small, runs):
     assert not run.path.exists()
 
 
+# -- managing runs: rename, tag, delete -------------------------------------------
+
+SHIPPED = ["default-cnn", "default-mlp"]
+
+
+def test_rename_run_moves_the_whole_run(mlp, small, runs):
+    run = save(mlp, small, name="before")
+    x = small.x_test[:50]
+    renamed = store.rename_run("before", "after")
+    assert renamed.name == "after" and renamed.path == runs / "after"
+    assert not run.path.exists()
+    assert [r.name for r in store.list_runs(include_pretrained=False)[0]] == ["after"]
+    # Everything comes along: the metadata and the model, which still loads.
+    assert renamed.meta["files"] == run.meta["files"]
+    np.testing.assert_array_equal(store.load_model("after").predict(x), mlp.predict(x))
+
+
+def test_rename_run_sanitises_the_new_name(mlp, small, runs):
+    save(mlp, small, name="plain")
+    renamed = store.rename_run("plain", "  my best/run?  ")
+    assert renamed.name == "my-best-run"
+    assert (runs / "my-best-run").is_dir()
+
+
+@pytest.mark.parametrize(
+    "new_name, message",
+    [
+        ("???", "no usable characters"),
+        ("default-cnn", "reserved for the shipped models"),
+        ("default", "reserved for the shipped models"),
+        ("taken", "already exists"),
+    ],
+)
+def test_rename_run_refuses_bad_or_taken_names(mlp, small, runs, new_name, message):
+    save(mlp, small, name="mine")
+    save(mlp, small, name="taken")
+    with pytest.raises(ConfigError, match=message):
+        store.rename_run("mine", new_name)
+    # Nothing moved.
+    assert sorted(p.name for p in runs.iterdir()) == ["mine", "taken"]
+
+
+def test_rename_to_an_existing_empty_folder_is_refused(mlp, small, runs):
+    save(mlp, small, name="mine")
+    (runs / "empty").mkdir()
+    with pytest.raises(ConfigError, match="'empty' already exists"):
+        store.rename_run("mine", "empty")
+    assert (runs / "mine" / store.METADATA_FILE).is_file()
+
+
+def test_rename_of_a_missing_run_names_it(runs):
+    with pytest.raises(ModelFileError, match="No run called 'ghost'"):
+        store.rename_run("ghost", "x")
+
+
+def test_a_run_gone_meanwhile_is_reported_not_recreated(mlp, small, runs):
+    run = save(mlp, small, name="mine")
+    store.delete_run("mine")  # another session, between listing and clicking
+    for change in (
+        lambda: store.rename_run(run, "other"),
+        lambda: store.set_tags(run, "a"),
+        lambda: store.delete_run(run),
+    ):
+        with pytest.raises(ModelFileError):
+            change()
+    assert list(runs.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_runs_cannot_be_renamed_tagged_or_deleted(name):
+    before = (store.open_run(name).path / store.METADATA_FILE).read_bytes()
+    for change in (
+        lambda: store.rename_run(name, "mine"),
+        lambda: store.set_tags(name, "mine"),
+        lambda: store.delete_run(name),
+    ):
+        with pytest.raises(ConfigError, match=f"{name} is a shipped model"):
+            change()
+    assert store.open_run(name).path.is_dir()
+    assert (store.open_run(name).path / store.METADATA_FILE).read_bytes() == before
+
+
+def test_set_tags_rewrites_only_the_metadata(mlp, small, runs):
+    run = save(mlp, small, name="mine")
+    weights = (run.path / registry.WEIGHTS_FILE).read_bytes()
+    tagged = store.set_tags("mine", " baseline,  for   class , baseline,, ")
+    assert tagged.tags == ("baseline", "for class")
+    assert store.open_run("mine").tags == ("baseline", "for class")
+    assert store.open_run("mine").summary()["tags"] == ["baseline", "for class"]
+    assert (run.path / registry.WEIGHTS_FILE).read_bytes() == weights
+    store.load_model("mine")  # its files still match their recorded hashes
+    assert store.set_tags("mine", []).tags == ()
+    # No temporary file is left beside the metadata.
+    assert sorted(p.name for p in run.path.iterdir()) == sorted(
+        [store.METADATA_FILE, *registry.MODELS["mlp"].files]
+    )
+
+
+@pytest.mark.parametrize(
+    "tags, message",
+    [
+        ("ok, bad/slash", "Tag 'bad/slash' has characters"),
+        ("x" * (store.MAX_TAG + 1), f"keep each tag to {store.MAX_TAG}"),
+        ([f"t{i}" for i in range(store.MAX_TAGS + 1)], f"at most {store.MAX_TAGS}"),
+    ],
+)
+def test_bad_tags_are_refused_and_nothing_changes(mlp, small, tags, message):
+    save(mlp, small, name="mine")
+    store.set_tags("mine", "kept")
+    with pytest.raises(ConfigError, match=message):
+        store.set_tags("mine", tags)
+    assert store.open_run("mine").tags == ("kept",)
+
+
+def test_a_failed_tag_write_leaves_the_old_metadata(mlp, small, monkeypatch):
+    run = save(mlp, small, name="mine")
+    before = (run.path / store.METADATA_FILE).read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "replace", full_disk)
+    with pytest.raises(StorageError, match="Could not save the tags of mine"):
+        store.set_tags("mine", "a")
+    assert (run.path / store.METADATA_FILE).read_bytes() == before
+    assert sorted(p.name for p in run.path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_delete_hides_the_run_at_once_even_if_removal_is_cut_short(
+    mlp, small, runs, monkeypatch
+):
+    save(mlp, small, name="mine")
+    monkeypatch.setattr(store.shutil, "rmtree", lambda *a, **k: None)  # cut short
+    store.delete_run("mine")
+    assert store.list_runs(include_pretrained=False) == ([], [])
+    left = [p for p in runs.iterdir()]
+    assert len(left) == 1 and left[0].name.startswith(store.TMP_PREFIX)
+
+
+def test_sweep_trials_know_their_sweep(mlp, small):
+    trial = save(mlp, small, name="sweep-a-s0", command="sweep sweep-a trial k1")
+    own = save(mlp, small, name="mine", command="python -m digits train")
+    assert trial.sweep == "sweep-a" and trial.summary()["sweep"] == "sweep-a"
+    assert own.sweep is None
+    # The sweep is read from what trained it, so a renamed trial stays in it.
+    assert store.rename_run(trial, "renamed").sweep == "sweep-a"
+
+
+@pytest.mark.parametrize(
+    "validation, words",
+    [
+        ("test", "test images"),
+        ("2000 test images", "test images"),
+        ("the last 5,000 training images (held out, never trained on)",
+         "held-out training images"),
+        (None, "none"),
+    ],
+)  # fmt: skip
+def test_validated_on_says_which_images(mlp, small, validation, words):
+    assert save(mlp, small, validation=validation).validated_on == words
+
+
 # -- predictions cache ------------------------------------------------------------
 
 
@@ -538,9 +700,6 @@ def test_hyperparameter_parsing():
 
 
 # -- the shipped models -----------------------------------------------------------
-
-
-SHIPPED = ["default-cnn", "default-mlp"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
