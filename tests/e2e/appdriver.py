@@ -95,9 +95,10 @@ def free_port() -> int:
 class Server:
     """``streamlit run app.py`` on 127.0.0.1 with its own runs dir and log file."""
 
-    def __init__(self, runs_dir: Path, log: Path) -> None:
+    def __init__(self, runs_dir: Path, log: Path, env: dict | None = None) -> None:
         self.runs_dir = Path(runs_dir)
         self.log = Path(log)
+        self.env = dict(env or {})  # more environment for the server only
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -108,6 +109,7 @@ class Server:
             "DIGITS_RUNS_DIR": str(self.runs_dir),
             # One slot whatever the cores, so the queue is the same everywhere.
             "DIGITS_TRAINING_SLOTS": "1",
+            **self.env,
         }
         command = [
             sys.executable,

@@ -52,13 +52,14 @@ def offline(tmp_path_factory):
     (root / "runs").mkdir()
     (root / "data").mkdir()
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    with pytest.MonkeyPatch.context() as env:  # Server.start copies os.environ
-        env.setenv("DIGITS_DATA_DIR", str(root / "data"))
-        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-            env.setenv(name, closed)
-        for name in ("no_proxy", "NO_PROXY"):  # but not the health check's
-            env.setenv(name, "127.0.0.1,localhost")
-        app = Server(root / "runs", root / "streamlit.log").start()
+    proxies = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
+    env = {
+        "DIGITS_DATA_DIR": str(root / "data"),
+        **dict.fromkeys(proxies, closed),
+        # The server's own address is reached directly, never through the proxy.
+        **dict.fromkeys(("no_proxy", "NO_PROXY"), "127.0.0.1,localhost"),
+    }
+    app = Server(root / "runs", root / "streamlit.log", env=env).start()
     yield app
     app.kill()
 
