@@ -207,16 +207,12 @@ def manage_runs() -> None:
             run.pretrained,
         )
     with delete:
-        sure = st.checkbox(
-            f"Yes, delete {run.name}",
-            key=sure_key,
-            disabled=run.pretrained,
-            help="Deleting removes the model and its files for good.",
-        )
+        sure = st.checkbox("Yes, delete it", key=sure_key, disabled=run.pretrained)
         st.button(
             "Delete",
             icon=":material/delete:",
             type="primary",
+            help="Removes the model and its files for good.",
             disabled=run.pretrained or not sure,
             on_click=_change,
             args=(lambda: _delete(run),),

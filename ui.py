@@ -296,9 +296,10 @@ def _dataset_line(name: str, wanted: str) -> None:
         st.caption(f"Dataset: **{dataset_label(name)}** (choose another on Home)")
         return
     with st.container():
+        # Short enough for one line at 1024x768 beside the sidebar.
         st.warning(
-            f"{dataset_label(wanted)} could not be downloaded, so the app uses "
-            f"{dataset_label(name)} instead.",
+            f"{dataset_label(wanted)} could not be downloaded: using "
+            f"{dataset_label(name)}.",
             icon=":material/wifi_off:",
         )
         with st.expander("Details"):

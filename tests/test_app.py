@@ -161,9 +161,7 @@ def test_failed_download_falls_back_to_sklearn_digits(at, tmp_path, monkeypatch)
     assert not fresh.exception
     # One line says what happened; the download's errors wait in "Details".
     [notice] = fresh.warning
-    assert notice.value == (
-        "MNIST could not be downloaded, so the app uses sklearn digits (8x8) instead."
-    )
+    assert notice.value == "MNIST could not be downloaded: using sklearn digits (8x8)."
     details = next(e for e in fresh.expander if e.label == "Details")
     assert "127.0.0.1:9" in details.code[0].value
     assert {m.label: m.value for m in fresh.metric}["Image size"] == "8x8"

@@ -29,7 +29,8 @@ from playwright.sync_api import expect
 
 pytestmark = pytest.mark.e2e
 
-NOTICE = "MNIST could not be downloaded, so the app uses sklearn digits (8x8) instead."
+NOTICE = "MNIST could not be downloaded: using sklearn digits (8x8)."
+SMALLEST = {"width": 1024, "height": 768}  # the smallest projector the app must fit
 HEADING = "Handwritten digits, 8x8 pixels"  # ui.DATASET_TITLES["sklearn-digits"]
 WARNING = "[data-testid=stMain] [data-testid=stAlertContentWarning]"
 # How many lines a paragraph takes on screen: its height over its line height.
@@ -82,6 +83,7 @@ def check_notice(page) -> None:
 
 
 def test_home_offline_names_the_8x8_digits_in_one_line(offline, page):
+    page.set_viewport_size(SMALLEST)  # one line even on the narrowest screen
     open_page(page, offline.url, HEADING)
     check_notice(page)
     main = page.locator("[data-testid=stMain]")
@@ -101,6 +103,7 @@ def test_home_offline_names_the_8x8_digits_in_one_line(offline, page):
 
 
 def test_train_offline_can_start_with_its_default_settings(offline, page):
+    page.set_viewport_size(SMALLEST)
     open_page(page, f"{offline.url}/train", "Train")
     check_notice(page)
     start = page.get_by_role("button", name="Start training")
