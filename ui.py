@@ -86,7 +86,6 @@ PHOTO_LIMIT_MB = preprocess.MAX_BYTES // 2**20
 # content's hash (as it once was), so runs trained on it match it again. Nothing
 # is written there.
 UPLOAD_NAME_DIR = Path(tempfile.gettempdir()) / "digits-uploads"
-GALLERY_COLUMNS = 10
 
 
 # -- pages -------------------------------------------------------------------------
@@ -698,25 +697,21 @@ def gallery(
     images: Sequence[np.ndarray],
     captions: Sequence[str],
     empty: str,
-    n_cols: int = GALLERY_COLUMNS,
 ) -> None:
-    """Images in rows of ``n_cols``, each with its (markdown) caption below.
+    """Images of ``figures.GALLERY_PIXELS`` each, as many to a row as the window
+    holds (4 at 1024 px wide with the sidebar open, 11 at 1920 px), each with its
+    (markdown) caption below: large enough to read from the back of a room.
 
     ``empty`` is shown instead when there are no images.
     """
     if len(images) == 0:
         st.info(empty)
         return
-    for start in range(0, len(images), n_cols):
-        cols = st.columns(n_cols)
-        for col, image, caption in zip(
-            cols,
-            images[start : start + n_cols],
-            captions[start : start + n_cols],
-            strict=False,
-        ):
-            col.image(figures.enlarge(image), width="stretch")
-            col.caption(caption)
+    with st.container(horizontal=True, wrap=True, gap="small"):
+        for image, caption in zip(images, captions, strict=True):
+            with st.container(width=figures.GALLERY_PIXELS, gap=None):
+                st.image(figures.enlarge(image), width=figures.GALLERY_PIXELS)
+                st.caption(caption)
 
 
 # -- my handwriting ----------------------------------------------------------------

@@ -152,6 +152,48 @@ def conv_filters(model) -> dict[str, np.ndarray]:
     }
 
 
+@dataclass(frozen=True)
+class Kernels:
+    """Some kernels of one conv layer, chosen to be shown (``strongest_kernels``).
+
+    kernels : (n, k, k), one per filter shown, strongest filter first.
+    filters : (n,) the output channel (filter) each kernel belongs to.
+    channels : (n,) the input channel each kernel reads.
+    norms : (n,) each filter's norm, over all its input channels.
+    """
+
+    kernels: np.ndarray
+    filters: np.ndarray
+    channels: np.ndarray
+    norms: np.ndarray
+
+
+def strongest_kernels(
+    w: np.ndarray, top: int | None = None, channel: int | None = None
+) -> Kernels:
+    """A readable view of a conv layer's weights ``w`` (C_out, C_in, k, k), as
+    ``conv_filters`` returns them: its filters ordered by their L2 norm (all
+    their weights, on every input channel), strongest first, the first ``top``
+    of them (all if None); of each, one k x k kernel: the one on input channel
+    ``channel``, or, if None, on the input channel where the filter's weights
+    are largest (by norm).
+
+    A filter with C_in > 1 is C_in kernels; a whole layer, C_out * C_in of them
+    (2,048 for 64 filters on 32 channels), too many small squares to read.
+    """
+    c_in = w.shape[1]
+    if channel is not None and not 0 <= channel < c_in:
+        raise ValueError(f"input channel {channel} is not in 0..{c_in - 1}")
+    per_kernel = np.sqrt((w.astype(np.float64) ** 2).sum(axis=(2, 3)))  # (C_out, C_in)
+    norms = np.sqrt((per_kernel**2).sum(axis=1))  # (C_out,)
+    order = np.argsort(-norms, kind="stable")[:top]
+    if channel is None:
+        channels = per_kernel[order].argmax(axis=1)
+    else:
+        channels = np.full(len(order), channel)
+    return Kernels(w[order, channels], order, channels, norms[order])
+
+
 def activations(model, image: np.ndarray) -> list[LayerOutput]:
     """The output of every layer for ``image`` (h, w), in inference mode (dropout is
     the identity). The shapes follow ``Layer.output_shape`` along the network."""

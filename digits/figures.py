@@ -430,16 +430,69 @@ def layer_output(
     return fig
 
 
-def conv_filters(w: np.ndarray, columns: int = 16) -> go.Figure:
-    """A conv layer's weights (c_out, c_in, k, k), red excites and blue inhibits:
-    with one input channel, its kernels ``columns`` to a row; else one row per
-    input channel and one column per output channel."""
-    c_out, c_in, k, _ = w.shape
-    if c_in == 1:
-        grid = tile(w[:, 0], columns)
+KERNEL_PIXELS = 110  # the largest side of a kernel shown, in CSS pixels
+KERNEL_TITLE = 24  # room above each kernel for its title
+KERNEL_FONT = 13  # the titles' size; smaller with more than 4 kernels to a row,
+KERNEL_FONT_SMALL = 10  # so that "#57 in 29" fits above a kernel at 1024 px
+# The width a figure is drawn for: the main column at 1024-1280 px wide windows
+# with the sidebar open. Rows are as high as a kernel is wide at that width, so
+# that kernels (square) fill their rows; wider windows show them as large.
+KERNEL_FIGURE_WIDTH = 600
+
+
+def conv_kernels(
+    kernels: np.ndarray,
+    filters: Sequence[int],
+    channels: Sequence[int] | None = None,
+    columns: int = 8,
+) -> go.Figure:
+    """Conv kernels (n, k, k), large, ``columns`` to a row, in the order given, on
+    one colour scale: red weights excite, blue inhibit, white is 0.
+
+    Each is titled with its filter's number ("#17"), and its input channel
+    ("#17 in 3") when ``channels`` (n,) is given (``explain.strongest_kernels``
+    picks them)."""
+    kernels = np.asarray(kernels, dtype=np.float64)
+    n = len(kernels)
+    columns = max(1, min(columns, n))
+    rows = math.ceil(n / columns)
+    if channels is None:
+        titles = [f"#{f}" for f in filters]
     else:
-        grid = tile(w.transpose(1, 0, 2, 3).reshape(-1, k, k), c_out)
-    return heatmap(grid, signed=True, height=_grid_height(grid, 900, 120, 600))
+        titles = [f"#{f} in {c}" for f, c in zip(filters, channels, strict=True)]
+    side = min(KERNEL_PIXELS, KERNEL_FIGURE_WIDTH // columns)
+    height = rows * (side + KERNEL_TITLE) + KERNEL_TITLE
+    fig = make_subplots(
+        rows=rows,
+        cols=columns,
+        subplot_titles=titles,
+        horizontal_spacing=0.02,
+        vertical_spacing=KERNEL_TITLE / height,
+    )
+    for i, kernel in enumerate(kernels):
+        r, c = divmod(i, columns)
+        fig.add_heatmap(
+            z=kernel,
+            coloraxis="coloraxis",
+            hovertemplate=f"{titles[i]}<br>row %{{y}}, col %{{x}}: %{{z:.3g}}"
+            "<extra></extra>",
+            row=r + 1,
+            col=c + 1,
+        )
+        axis = "" if i == 0 else str(i + 1)
+        fig.layout[f"yaxis{axis}"].scaleanchor = f"x{axis}"  # square pixels
+    top = float(np.abs(kernels).max()) if n else 1.0
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", constrain="domain")
+    fig.update_annotations(font_size=KERNEL_FONT if columns <= 4 else KERNEL_FONT_SMALL)
+    fig.update_layout(
+        coloraxis=dict(
+            colorscale=SIGNED, cmin=-top, cmax=top, colorbar=dict(thickness=10)
+        ),
+        height=height,
+        margin=dict(l=0, r=0, t=KERNEL_TITLE, b=0),
+    )
+    return fig
 
 
 PROBE_FIGURE = 200  # height of the probe's charts, beside its five sliders

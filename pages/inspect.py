@@ -14,6 +14,7 @@ from digits.errors import DigitsError
 TILE_COLUMNS = 16  # channels per row in the activation grids
 SWEEP_SHIFTS = list(range(-8, 9))
 TEST_IMAGE = "Test image"
+STRONGEST = 8  # filters of a later conv layer shown at first, the strongest
 PROBE_MODELS_KEY = "inspect-probe-models"  # plus the inspected model's name
 MISSING = {
     "filters": "This model has no conv layers, so there are no filters to show.",
@@ -143,19 +144,61 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
         )
 
 
+@st.fragment  # the filters' own choices rerun only this section
 def filters_section(model) -> None:
+    """Each conv layer's filters, large and strongest first: all of a first
+    layer's; of a later layer, the strongest few (or all), one kernel each."""
     for name, w in explain.conv_filters(model).items():
         c_out, c_in, k, _ = w.shape
+        st.markdown(f"**{name}**")
         if c_in == 1:
-            how = f"{c_out} kernels of {k}x{k}"
+            view = explain.strongest_kernels(w)
+            fig = figures.conv_kernels(view.kernels, view.filters, columns=8)
+            what = (
+                f"Its {c_out} filters, each a {k}x{k} pattern it looks "
+                "for in the image, strongest first (largest weights)."
+            )
         else:
-            how = f"{c_out} filters (columns) of {c_in} kernels (rows), {k}x{k} each"
-        ui.chart(
-            figures.conv_filters(w, TILE_COLUMNS),
-            f"**{name}**: {how}; red weights excite, blue inhibit: "
-            "`explain.conv_filters`.",
-            key=f"filters-{name}",
+            show_all, channel = kernel_choice(name, c_out, c_in)
+            view = explain.strongest_kernels(
+                w, top=None if show_all else STRONGEST, channel=channel
+            )
+            fig = figures.conv_kernels(
+                view.kernels, view.filters, view.channels, 8 if show_all else 4
+            )
+            what = (
+                f"Each of its {c_out} filters looks at all {c_in} maps "
+                f"of the layer before, with one {k}x{k} pattern per map. Shown: "
+                + ("every filter" if show_all else f"the {STRONGEST} strongest")
+                + ", strongest first (largest weights), each on "
+                + (
+                    "the map it weighs most"
+                    if channel is None
+                    else f"map {channel} of the layer before"
+                )
+                + ' ("#17 in 3": filter 17, map 3).'
+            )
+        ui.chart(fig, what + " Red weights excite, blue inhibit.", key=f"f-{name}")
+    with st.expander("How this is computed"):
+        st.caption(
+            "`explain.conv_filters` reads each conv layer's weights (filters x "
+            "input maps x k x k); `explain.strongest_kernels` orders the filters by "
+            "the L2 norm of all their weights and picks one kernel of each."
         )
+
+
+def kernel_choice(name: str, c_out: int, c_in: int) -> tuple[bool, int | None]:
+    """Whether to show every filter of layer ``name``, and which input map (None:
+    each filter's strongest)."""
+    left, right = st.columns(2, vertical_alignment="bottom")
+    channel = right.selectbox(
+        "Map of the layer before",
+        [None, *range(c_in)],
+        format_func=lambda c: "Each filter's strongest" if c is None else f"Map {c}",
+        key=f"filters-{name}-channel",
+    )
+    show_all = left.toggle(f"Show all {c_out} filters", key=f"filters-{name}-all")
+    return show_all, channel
 
 
 @st.fragment

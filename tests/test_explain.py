@@ -474,3 +474,25 @@ def test_training_job_reports_health_for_numpy_models_only(mnist):
     ).start()
     assert mlp.join(60)
     assert mlp.snapshot().status == "done" and mlp.snapshot().health == []
+
+
+def test_strongest_kernels_orders_filters_by_norm_and_picks_one_kernel_each():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 3, 2, 2)) * 0.1  # (c_out, c_in, k, k)
+    w[3] *= 50  # filter 3 the strongest, then 1
+    w[1] *= 20
+    w[3, 2] *= 4  # filter 3's weights are largest on input channel 2
+    w[1, 0] *= 4  # filter 1's on channel 0
+    view = explain.strongest_kernels(w, top=2)
+    assert view.filters.tolist() == [3, 1]
+    assert view.channels.tolist() == [2, 0]
+    np.testing.assert_array_equal(view.kernels, w[[3, 1], [2, 0]])
+    norms = np.linalg.norm(w[[3, 1]].reshape(2, -1), axis=1)
+    np.testing.assert_allclose(view.norms, norms)
+    every = explain.strongest_kernels(w, channel=1)
+    assert sorted(every.filters.tolist()) == list(range(5))
+    assert (np.diff(every.norms) <= 0).all()  # strongest first
+    assert every.channels.tolist() == [1] * 5
+    np.testing.assert_array_equal(every.kernels, w[every.filters, 1])
+    with pytest.raises(ValueError, match="input channel 3"):
+        explain.strongest_kernels(w, channel=3)

@@ -101,14 +101,30 @@ def test_layer_output_tiles_maps_and_draws_vectors_as_bars():
     assert list(units.x) == list(range(16))
 
 
-def test_conv_filters_puts_input_channels_in_rows_and_filters_in_columns():
+def test_conv_kernels_shows_each_kernel_square_titled_in_order():
     rng = np.random.default_rng(0)
-    w = rng.normal(size=(4, 2, 3, 3))  # (c_out, c_in, k, k)
-    z = np.asarray(figures.conv_filters(w).data[0].z)
-    assert z.shape == (2 * 4 - 1, 4 * 4 - 1)
-    np.testing.assert_array_equal(z[4:7, 8:11], w[2, 1])
-    single = np.asarray(figures.conv_filters(w[:, :1], columns=2).data[0].z)
-    np.testing.assert_array_equal(single[4:7, 4:7], w[3, 0])
+    kernels = rng.normal(size=(6, 5, 5))
+    fig = figures.conv_kernels(kernels, [4, 0, 2, 1, 5, 3], [7, 7, 1, 0, 2, 2], 4)
+    assert len(fig.data) == 6
+    for trace, kernel in zip(fig.data, kernels, strict=True):
+        np.testing.assert_array_equal(np.asarray(trace.z), kernel)
+        assert trace.coloraxis == "coloraxis"  # one colour scale for all
+    titles = [a.text for a in fig.layout.annotations]
+    expected = ["#4 in 7", "#0 in 7", "#2 in 1", "#1 in 0", "#5 in 2"]
+    assert titles == [*expected, "#3 in 2"]
+    # Four to a row: the fifth kernel starts the second row, under the first.
+    assert fig.data[4].xaxis == "x5" and fig.layout.xaxis5.domain == (
+        fig.layout.xaxis.domain
+    )
+    assert fig.layout.yaxis5.domain[1] < fig.layout.yaxis.domain[0]
+    for i in ("", "2", "6"):  # square pixels in every kernel
+        assert fig.layout[f"yaxis{i}"].scaleanchor == f"x{i}"
+    top = np.abs(kernels).max()
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-top, top)
+    # Two rows of large kernels: four to a row are shown at the largest size.
+    assert fig.layout.height >= 2 * figures.KERNEL_PIXELS
+    single = figures.conv_kernels(kernels[:2], [9, 3])
+    assert [a.text for a in single.layout.annotations] == ["#9", "#3"]
 
 
 def test_pareto_stars_and_joins_the_front_only():
