@@ -292,7 +292,7 @@ def _dataset_line(name: str, wanted: str) -> None:
     """One line under the title saying which dataset the page uses; if it is the
     offline stand-in, why, with the download's error in a "Details" expander."""
     if name == wanted:
-        st.caption(f"Dataset: **{dataset_label(name)}** (choose another on Home)")
+        st.caption(f"Dataset: **{dataset_label(name)}**, chosen on Home")
         return
     with st.container():
         # Short enough for one line at 1024x768 beside the sidebar.

@@ -188,7 +188,8 @@ def test_failed_download_falls_back_to_sklearn_digits(at, tmp_path, monkeypatch)
 def test_home_heading_follows_the_dataset(at, choice):
     at.selectbox(key=ui.DATASET_KEY).select(choice).run()
     assert at.title[0].value == ui.DATASET_TITLES[choice]
-    assert f"Dataset: **{ui.DATASET_LABELS[choice]}**" in texts(at.caption)
+    line = f"Dataset: **{ui.DATASET_LABELS[choice]}**, chosen on Home"
+    assert line in texts(at.caption)
 
 
 def test_the_first_cnn_preset_of_train_fits_8x8_and_28x28_images():
