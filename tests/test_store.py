@@ -606,6 +606,22 @@ def test_delete_hides_the_run_at_once_even_if_removal_is_cut_short(
     assert len(left) == 1 and left[0].name.startswith(store.TMP_PREFIX)
 
 
+def test_a_run_still_being_saved_cannot_be_renamed_or_deleted(mlp, small, runs):
+    """A run is written in a hidden temporary folder and appears only once it is
+    complete, so there is nothing half-saved that a rename or delete could reach."""
+    save(mlp, small, name="done")
+    half = runs / f"{store.TMP_PREFIX}abc123"
+    (runs / "done").rename(half)  # as save_run's folder looks before its rename
+    for change in (
+        lambda: store.rename_run(half.name, "x"),
+        lambda: store.delete_run(half.name),
+        lambda: store.set_tags(half.name, "x"),
+    ):
+        with pytest.raises(ModelFileError, match="No run called"):
+            change()
+    assert (half / store.METADATA_FILE).is_file()
+
+
 def test_sweep_trials_know_their_sweep(mlp, small):
     trial = save(mlp, small, name="sweep-a-s0", command="sweep sweep-a trial k1")
     own = save(mlp, small, name="mine", command="python -m digits train")
