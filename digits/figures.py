@@ -434,10 +434,11 @@ KERNEL_PIXELS = 110  # the largest side of a kernel shown, in CSS pixels
 KERNEL_TITLE = 24  # room above each kernel for its title
 KERNEL_FONT = 13  # the titles' size; smaller with more than 4 kernels to a row,
 KERNEL_FONT_SMALL = 10  # so that "#57 in 29" fits above a kernel at 1024 px
-# The width a figure is drawn for: the main column at 1024-1280 px wide windows
-# with the sidebar open. Rows are as high as a kernel is wide at that width, so
-# that kernels (square) fill their rows; wider windows show them as large.
-KERNEL_FIGURE_WIDTH = 600
+# The width the kernels are drawn for: the main column at 1024-1280 px wide
+# windows with the sidebar open, less the colour bar. Rows are as high as a kernel
+# is wide at that width, so that kernels (square) fill their rows; wider windows
+# show them as large.
+KERNEL_FIGURE_WIDTH = 540
 
 
 def conv_kernels(

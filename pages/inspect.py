@@ -15,6 +15,9 @@ TILE_COLUMNS = 16  # channels per row in the activation grids
 SWEEP_SHIFTS = list(range(-8, 9))
 TEST_IMAGE = "Test image"
 STRONGEST = 8  # filters of a later conv layer shown at first, the strongest
+# Kernels to a row: at 1024x768 (sidebar open) a first layer's show about 75 px
+# wide, the strongest few about 110 px, all of a later layer's about 50 px.
+KERNEL_COLUMNS = {"first": 6, "strongest": 4, "all": 8}
 PROBE_MODELS_KEY = "inspect-probe-models"  # plus the inspected model's name
 MISSING = {
     "filters": "This model has no conv layers, so there are no filters to show.",
@@ -153,7 +156,9 @@ def filters_section(model) -> None:
         st.markdown(f"**{name}**")
         if c_in == 1:
             view = explain.strongest_kernels(w)
-            fig = figures.conv_kernels(view.kernels, view.filters, columns=8)
+            fig = figures.conv_kernels(
+                view.kernels, view.filters, columns=KERNEL_COLUMNS["first"]
+            )
             what = (
                 f"Its {c_out} filters, each a {k}x{k} pattern it looks "
                 "for in the image, strongest first (largest weights)."
@@ -164,7 +169,10 @@ def filters_section(model) -> None:
                 w, top=None if show_all else STRONGEST, channel=channel
             )
             fig = figures.conv_kernels(
-                view.kernels, view.filters, view.channels, 8 if show_all else 4
+                view.kernels,
+                view.filters,
+                view.channels,
+                KERNEL_COLUMNS["all" if show_all else "strongest"],
             )
             what = (
                 f"Each of its {c_out} filters looks at all {c_in} maps "

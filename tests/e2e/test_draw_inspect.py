@@ -1,6 +1,7 @@
 """Draw and Inspect in a live demo, in Chromium: a drawing goes to Inspect and is
 still on the canvas when Draw opens again; the robustness probe compares the model
-chosen on Inspect; at projector sizes the canvas shows whole and no metric is cut.
+chosen on Inspect; at projector sizes the canvas shows whole and no metric is cut;
+filters and gallery images are large enough to read from the back of a room.
 
 One ``streamlit run`` server serves every test here (see conftest.py); each test
 opens its own browser session.
@@ -34,6 +35,8 @@ from playwright.sync_api import Page, expect
 pytestmark = pytest.mark.e2e
 
 WINDOWS = [(1024, 768), (1280, 720), (1920, 1080)]
+SMALLEST = {"width": 1024, "height": 768}
+READABLE = 64  # CSS pixels, at least, of a digit or a filter shown at 1024 px wide
 UNDERLINE = [(0.3, 0.92), (0.7, 0.92)]  # a second stroke, below the seven
 SEVEN_BAR = (0.5, 0.2)  # a point on the seven's top bar
 STEP_IMAGE = "[data-testid=stMain] [data-testid=stImage] img"
@@ -67,6 +70,18 @@ CUT_METRIC_TEXTS = """() => {
     if (m.innerText.trim().endsWith("…")) cut.push(m.innerText);
   }
   return cut;
+}"""
+
+# The side, in CSS pixels, of each square kernel of the chart with key ``key``:
+# the shorter of its subplot's axes as Plotly laid them out.
+KERNEL_SIDES = """key => {
+  const gd = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+  const layout = gd?._fullLayout;
+  if (!layout?.xaxis?._length) return null;
+  return gd.data.map((t, i) => {
+    const n = i === 0 ? "" : String(i + 1);
+    return Math.min(layout["xaxis" + n]._length, layout["yaxis" + n]._length);
+  });
 }"""
 
 # Plotly's trace names of the chart with Streamlit key ``key``.
@@ -207,4 +222,31 @@ def test_the_canvas_shows_whole_and_no_metric_is_cut(server, page, width, height
     title(page, "Inspect")
     expect(page.locator(PREDICTION)).to_have_count(1)
     assert page.evaluate(CUT_METRIC_TEXTS) == []
+    no_exception(page)
+
+
+def test_filters_and_gallery_images_are_large_at_1024(server, page):
+    page.set_viewport_size(SMALLEST)
+    open_page(page, f"{server.url}/inspect", "Inspect")
+    choose(page, "Model", "default-cnn")
+    page.wait_for_function(KERNEL_SIDES, arg="f-conv2", timeout=PAGE_MS)
+    conv2 = page.evaluate(KERNEL_SIDES, "f-conv2")
+    assert len(conv2) == 8  # the eight strongest filters, not 2,048 kernels
+    assert min(conv2) >= READABLE, conv2
+    conv1 = page.evaluate(KERNEL_SIDES, "f-conv1")
+    print("kernel sides at 1024:", conv1[:1], conv2[:1])  # with -s
+    assert len(conv1) == 32 and min(conv1) >= READABLE, conv1
+    no_exception(page)
+
+    open_page(page, f"{server.url}/evaluate", "Evaluate")
+    choose(page, "Model", "default-cnn")
+    page.get_by_role("tab", name="Misclassified images").click()
+    images = page.locator(STEP_IMAGE)
+    expect(images.first).to_be_visible(timeout=PAGE_MS)
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+    main = page.locator("[data-testid=stMainBlockContainer]").bounding_box()
+    for image in images.all():
+        box = image.bounding_box()
+        assert box["width"] >= READABLE and box["height"] >= READABLE, box
+        assert box["x"] + box["width"] <= main["x"] + main["width"], (box, main)
     no_exception(page)
