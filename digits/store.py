@@ -857,8 +857,8 @@ def own_run(ref: str | Run, verb: str) -> Run:
     run = open_run(ref) if not isinstance(ref, Run) else ref
     if run.pretrained:
         raise ConfigError(
-            f"{run.name} is a shipped model: it cannot be {verb}, because the "
-            f"pages fall back to it. Only your own runs can be."
+            f"{run.name} is a shipped model, kept as it came with the app (the "
+            f"pages fall back to it): it cannot be {verb}. Your own runs can be."
         )
     return run
 
