@@ -1,11 +1,13 @@
 """Background jobs: work that runs in a daemon thread, behind a training slot.
 
 The dashboard's Train page (``digits.training_job.TrainingJob``) and Experiments
-page (``digits.experiments.SweepJob``) each keep one job per browser session. A
-job waits in line for a training slot (``digits.slots``), then works in its own
-thread, so page switches and reruns do not interrupt it. The thread writes to
-the job only under its lock and never touches the user interface; the page
-polls ``snapshot()`` and calls ``stop()``.
+page (``digits.experiments.SweepJob``) each keep one job per browser tab, in the
+process-wide ``JobRegistry`` at the end of this file, so that a tab reloaded
+mid-run finds its job again. A job waits in line for a training slot
+(``digits.slots``), then works in its own thread, so page switches, reruns and
+reloads do not interrupt it. The thread writes to the job only under its lock
+and never touches the user interface; the page polls ``snapshot()`` and calls
+``stop()``.
 
 A job's status moves along::
 
@@ -27,10 +29,12 @@ queued ends ``stopped`` without working. How a job ends:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Self
 
 from digits import slots
@@ -200,3 +204,171 @@ def lower_priority(niceness: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, current + niceness))
     except (AttributeError, OSError):
         pass  # no per-thread priorities here: work at the normal one
+
+
+# -- which browser tab a job belongs to ------------------------------------------
+
+# A tab's session runs at least this often while it has an unfinished job (the
+# sidebar's progress refreshes every second), so this long without a sign of
+# life means the tab was closed or reloaded: four missed refreshes.
+CLIENT_TIMEOUT = 4.0
+# A session that finds its tab's client id owned by another session waits this
+# long before a sign of life of the owner counts: an owner's run that was already
+# under way when its tab reloaded still stamps its heartbeat just after.
+CLIENT_GRACE = 2.0
+POLL_SECONDS = 0.25  # how often a waiting session looks again
+# A tab whose jobs have all finished is forgotten this long after it was last
+# seen, and the number of such tabs is bounded, so the registry stays small.
+KEEP_SECONDS = 30 * 60
+MAX_IDLE_CLIENTS = 500
+
+# What ``JobRegistry.claim`` found (and ``attach``'s outcome): the session
+# already owned the client id, it was unknown (now the session's), the owner was
+# gone so the session took it over, or the owner is alive (not claimed).
+OWN, NEW, TAKEN, LIVE = "own", "new", "taken", "live"
+# attach only: the owner was alive, so the session got a new client id.
+MOVED = "moved"
+
+
+@dataclass
+class _Client:
+    """One browser tab: who owns it, when the owner was last seen, its jobs."""
+
+    owner: str  # the token of the session that owns the tab
+    seen: float  # when the owner last ran a page or a fragment (registry clock)
+    jobs: dict[str, BackgroundJob] = field(default_factory=dict)
+
+    def busy(self) -> bool:
+        """Whether a job of the tab has not finished."""
+        return any(job.status not in FINAL for job in self.jobs.values())
+
+
+class JobRegistry:
+    """The jobs of every browser tab, keyed by the tab's client id, for the whole
+    server process (the dashboard holds one).
+
+    A reload ends a browser tab's session, but not its jobs: the tab's URL keeps
+    its client id, and the session that the reload starts finds the tab's jobs
+    here again. Each session has a random token of its own; the session that
+    owns a client id stamps a heartbeat whenever it runs. A session that arrives
+    with a client id owned by another token (``attach``):
+
+    - takes it over if the owner has not run for ``timeout`` seconds: that was
+      the same tab before a reload (or a tab closed long ago);
+    - otherwise gets a new client id: the owner is another tab alive, or another
+      person who shared the link, whose jobs and Stop are not the newcomer's.
+
+    Tabs whose jobs have all finished are forgotten ``keep`` seconds after their
+    last heartbeat, and at most ``max_idle`` of them are kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = CLIENT_TIMEOUT,
+        grace: float = CLIENT_GRACE,
+        keep: float = KEEP_SECONDS,
+        max_idle: int = MAX_IDLE_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.timeout, self.grace, self.keep = timeout, grace, keep
+        self.max_idle = max_idle
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._clients: dict[str, _Client] = {}
+
+    def __repr__(self) -> str:
+        with self._lock:
+            busy = sum(c.busy() for c in self._clients.values())
+            return f"JobRegistry({len(self._clients)} tabs, {busy} busy)"
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def claim(self, client_id: str, token: str) -> str:
+        """Take ``client_id`` for the session ``token`` if it may, at one look:
+        OWN (and a heartbeat), NEW, TAKEN (the owner had not run for
+        ``timeout`` seconds), or LIVE (the owner is alive; nothing changes)."""
+        with self._lock:
+            now = self._clock()
+            self._prune(now)
+            client = self._clients.get(client_id)
+            if client is None:
+                self._clients[client_id] = _Client(token, now)
+                return NEW
+            if client.owner == token:
+                client.seen = now
+                return OWN
+            if now - client.seen > self.timeout:
+                client.owner, client.seen = token, now
+                return TAKEN
+            return LIVE
+
+    def attach(
+        self,
+        client_id: str,
+        token: str,
+        new_id: Callable[[], str],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> tuple[str, str]:
+        """Claim ``client_id`` for ``token``, waiting to tell a reload from
+        another live tab; returns (the session's client id, outcome).
+
+        While the owner is LIVE, look again every ``POLL_SECONDS``: if the owner
+        stops running for ``timeout`` seconds, its tab was reloaded or closed, and
+        the id is TAKEN; if it runs again more than ``grace`` seconds after this
+        session arrived, it is alive, and this session gets ``new_id()`` (MOVED).
+        Either comes within ``grace + timeout`` seconds.
+        """
+        arrived = self._clock()
+        while (outcome := self.claim(client_id, token)) == LIVE:
+            if self.last_seen(client_id) > arrived + self.grace:
+                fresh = new_id()
+                self.claim(fresh, token)
+                return fresh, MOVED
+            sleep(POLL_SECONDS)
+        return client_id, outcome
+
+    def last_seen(self, client_id: str) -> float:
+        """When the owner of ``client_id`` last ran (-inf for an unknown id)."""
+        with self._lock:
+            client = self._clients.get(client_id)
+            return client.seen if client is not None else -math.inf
+
+    def heartbeat(self, client_id: str, token: str) -> bool:
+        """The owner ``token`` of ``client_id`` is running now; False (and no
+        heartbeat) if ``token`` does not own it."""
+        with self._lock:
+            client = self._clients.get(client_id)
+            if client is None or client.owner != token:
+                return False
+            client.seen = self._clock()
+            return True
+
+    def job(self, client_id: str, name: str) -> BackgroundJob | None:
+        """The tab's job called ``name`` ("training-job", "sweep-job"), if any."""
+        with self._lock:
+            client = self._clients.get(client_id)
+            return client.jobs.get(name) if client is not None else None
+
+    def put(self, client_id: str, token: str, name: str, job: BackgroundJob) -> bool:
+        """Keep ``job`` as the tab's ``name`` (replacing the previous one); only
+        the owner ``token`` may: False, and nothing kept, for another."""
+        with self._lock:
+            client = self._clients.get(client_id)
+            if client is None or client.owner != token:
+                return False
+            client.jobs[name] = job
+            client.seen = self._clock()
+            return True
+
+    def _prune(self, now: float) -> None:
+        """Forget the tabs that are idle (no unfinished job) and unseen for
+        ``keep`` seconds, then the least recently seen idle ones beyond
+        ``max_idle``. Under the lock."""
+        idle = sorted((c.seen, cid) for cid, c in self._clients.items() if not c.busy())
+        stale = [cid for seen, cid in idle if now - seen > self.keep]
+        fresh = [cid for seen, cid in idle if now - seen <= self.keep]
+        for cid in stale + fresh[: max(0, len(fresh) - self.max_idle)]:
+            del self._clients[cid]
