@@ -195,8 +195,8 @@ def save_form(image, inputs: dict, filename: str | None) -> None:
             args=(pre.centred, pre.raw, "uploaded" if filename else "drawn"),
         )
         st.caption(
-            "Keeps the 28x28 image with its true digit (`digits.handwriting`), to "
-            "test any model on your own handwriting under Evaluate."
+            "Keeps the 28x28 image with the digit you meant, to test any model on "
+            "your own handwriting under Evaluate."
         )
 
 

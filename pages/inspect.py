@@ -72,6 +72,12 @@ def choose_image(ds, run) -> tuple[np.ndarray, str] | None:
     return ds.x_test[i].astype(np.float32) / 255, f"test image {i} (a {label})"
 
 
+def how_computed(text: str) -> None:
+    """The function names behind a section, for the curious, folded away."""
+    with st.expander("How this is computed"):
+        st.caption(text)
+
+
 def probe_partners(run, runs) -> list[str]:
     """The inspected model plus one of the other family (the MLP for a NumPy
     model, else the CNN), the shipped one first."""
@@ -126,7 +132,7 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
                     showscale=False,
                     height=figures.PROBE_FIGURE,
                 ),
-                "The moved digit: `explain.transform`.",
+                "The digit, moved as the sliders say.",
                 key="probe-image",
             )
             for note in result.transformed.notes:
@@ -134,17 +140,22 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
         with bars:
             ui.chart(
                 figures.probe_bars(result.probabilities, names),
-                f"Class probabilities of each model on it: `explain.probe` "
+                f"How sure each model is of each digit, for the moved digit "
                 f"({1e3 * elapsed:.0f} ms).",
                 key="probe-bars",
             )
         ui.chart(
             figures.shift_sweep(curves, SWEEP_SHIFTS, names[target], dx),
-            f"P({names[target]}) for every shift to the right, the other sliders as "
-            "set: `explain.sweep`. A flat curve means the model tolerates shifts "
-            "(where the digit has no more room, the shift stops).",
+            f"How sure each model is that this is a {names[target]}, for every "
+            "shift to the right (the other sliders as set). A flat curve means the "
+            "model copes with shifts; where the digit has no more room, the shift "
+            "stops.",
             key="probe-sweep",
         )
+    how_computed(
+        "`explain.transform` moves the digit, `explain.probe` asks each model for "
+        "its class probabilities, and `explain.sweep` repeats that for every shift."
+    )
 
 
 @st.fragment  # the filters' own choices rerun only this section
@@ -187,12 +198,11 @@ def filters_section(model) -> None:
                 + ' ("#17 in 3": filter 17, map 3).'
             )
         ui.chart(fig, what + " Red weights excite, blue inhibit.", key=f"f-{name}")
-    with st.expander("How this is computed"):
-        st.caption(
-            "`explain.conv_filters` reads each conv layer's weights (filters x "
-            "input maps x k x k); `explain.strongest_kernels` orders the filters by "
-            "the L2 norm of all their weights and picks one kernel of each."
-        )
+    how_computed(
+        "`explain.conv_filters` reads each conv layer's weights (filters x input "
+        "maps x k x k); `explain.strongest_kernels` orders the filters by the L2 "
+        "norm of all their weights and picks one kernel of each."
+    )
 
 
 def kernel_choice(name: str, c_out: int, c_in: int) -> tuple[bool, int | None]:
@@ -212,9 +222,14 @@ def kernel_choice(name: str, c_out: int, c_in: int) -> tuple[bool, int | None]:
 @st.fragment
 def gradient_check_section(model) -> None:
     st.caption(
-        "Backprop against finite differences on a small float64 copy of this "
-        "architecture (same layers, at most 3 channels and 8 units each): "
-        "`explain.gradient_check`. Errors below 1e-5 pass."
+        "Checks that the network's own learning rule (backpropagation) computes "
+        "the right slopes: each is compared with the change measured by nudging "
+        "one weight at a time, on a small copy of this network (same layers, at "
+        "most 3 channels and 8 units each). Differences below 1e-5 pass."
+    )
+    how_computed(
+        "`explain.gradient_check`: backprop against central finite differences, "
+        "in float64."
     )
     if not st.button("Run the gradient check", icon=":material/calculate:"):
         return
@@ -246,7 +261,7 @@ ui.page_header(
     "Inspect",
     "Look inside a model for one digit: its learned filters, every layer's "
     "output, which pixels its answer depends on, and how it copes when the digit "
-    "moves. Each view names the `digits.explain` function that computes it.",
+    "moves.",
 )
 ds = ui.active_dataset()
 runs = ui.runs_for(ds)
@@ -301,18 +316,24 @@ with cols[1]:
     else:
         ui.chart(
             figures.heatmap(grads.gradient, signed=True),
-            f"Saliency: d(logit of {run.class_names[grads.target]}) / d(pixel), by "
-            "our backprop; red pixels raise it: `explain.saliency`.",
+            f"Saliency: which pixels would make the model more sure of "
+            f"{run.class_names[grads.target]} if they were brighter (red) or "
+            "darker (blue).",
             key="saliency",
         )
 with cols[2]:
     ui.chart(
         figures.heatmap(hidden.drop, signed=True),
-        f"Occlusion: how much the log-odds of {run.class_names[hidden.target]} "
-        f"fall when a {hidden.patch}x{hidden.patch} patch hides each pixel: "
-        "`explain.occlusion`.",
+        f"Occlusion: how much less sure of {run.class_names[hidden.target]} the "
+        f"model gets when a {hidden.patch}x{hidden.patch} square hides each "
+        "pixel (red: that pixel matters).",
         key="occlusion",
     )
+how_computed(
+    "Saliency is the gradient of the class's logit with respect to each pixel, by "
+    "the network's own backprop (`explain.saliency`). Occlusion is the fall in the "
+    "class's log-odds when a patch is blanked (`explain.occlusion`)."
+)
 
 st.subheader("Robustness probe")
 st.caption(
@@ -330,11 +351,15 @@ else:
         with tab:
             ui.chart(
                 figures.layer_output(out.values, run.class_names, TILE_COLUMNS),
-                f"{out.kind} output {out.shape} for this image"
-                + (", one map per channel" if out.values.ndim == 3 else "")
-                + ": `explain.activations`.",
+                f"What this layer passes on for this image, {out.shape}"
+                + (": one map per channel" if out.values.ndim == 3 else "")
+                + ".",
                 key=f"act-{out.name}",
             )
+    how_computed(
+        "`explain.activations` runs the network layer by layer in inference mode "
+        "and keeps each layer's output."
+    )
 
 st.subheader("Learned filters")
 if can["filters"]:
