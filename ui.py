@@ -14,14 +14,22 @@ Caching: datasets and models are ``st.cache_resource`` (one shared, read-only
 object per process); a model's cache key is its run folder plus the modification
 time of its metadata, so a re-saved run is reloaded. Test-set predictions and
 reports are ``st.cache_data`` on the same key plus the dataset's checksum.
-Everything per user (the chosen dataset, the training job) is in
-``st.session_state``.
+Everything per user (the chosen dataset, the uploaded CSV) is in
+``st.session_state``, except the jobs: each browser tab has a random client id in
+its URL (``?client=...``), and its training and sweep jobs are kept in one
+process-wide ``digits.jobs.JobRegistry`` under it, so that a reload finds them
+again (``attach_tab``). The pages' settings are in the URL too (their widgets
+are bound to query parameters, and the dataset is ``?dataset=...``), so that a
+reload or a shared link opens the same configuration; a shared link carries
+settings only, never another tab's jobs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
+import secrets
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,6 +43,7 @@ from digits import (
     data,
     figures,
     handwriting,
+    jobs,
     preprocess,
     registry,
     slots,
@@ -55,6 +64,10 @@ CSV_DATA_KEY = "csv-dataset"  # the uploaded CSV, loaded: held by this session o
 CSV_UPLOAD_KEY = "csv-upload"  # (file id, error message or None) of the last read
 FALLBACK_KEY = "dataset-fallbacks"  # {dataset: download error} for failed ones
 JOB_KEY = "training-job"  # the Train page's digits.training_job.TrainingJob
+SWEEP_JOB_KEY = "sweep-job"  # the Experiments page's digits.experiments.SweepJob
+TAB_JOBS = (JOB_KEY, SWEEP_JOB_KEY)  # the jobs a tab keeps (see tab_job)
+TOKEN_KEY = "session-token"  # this session's own random token (see attach_tab)
+CLIENT_KEY = "client-id"  # the client id of this session's browser tab
 DRAWING_KEY = "drawing"  # the Draw page's last digit, preprocessed (h, w) float
 # Inspect's input and model choices, which Draw's "Inspect this digit" sets.
 INSPECT_SOURCE_KEY = "inspect-source"  # "Test image" or INSPECT_DRAWING
@@ -136,11 +149,13 @@ def refuse_other_machines() -> None:
 
 
 def sidebar() -> None:
-    """The links to every page, then this session's training job, if any."""
+    """The links to every page (each keeps the tab's client id and dataset in
+    the URL), then the live progress of this tab's jobs, if any."""
+    params = tab_params()
     with st.sidebar:
         for script, label, icon in PAGES:
-            st.page_link(script, label=label, icon=icon)
-    _sidebar_job_status()
+            st.page_link(script, label=label, icon=icon, query_params=params)
+        _sidebar_job_status()
 
 
 def page_header(label: str, caption: str, title: str | None = None) -> None:
@@ -154,24 +169,152 @@ def page_header(label: str, caption: str, title: str | None = None) -> None:
     icon = next(icon for _, name, icon in PAGES if name == label)
     tab = APP_TITLE if label == PAGES[0][1] else f"{label} · {APP_TITLE}"
     st.set_page_config(page_title=tab, page_icon=icon, layout="wide")
+    attach_tab()
+    _sync_dataset_param()
     sidebar()
     st.title(title or label)
     st.caption(caption)
 
 
-def _sidebar_job_status() -> None:
-    """A static note in the sidebar while a training job of this session runs."""
-    job = st.session_state.get(JOB_KEY)
+# -- browser tabs, their jobs and their URL ------------------------------------------
+
+CLIENT_PARAM = "client"  # ?client=...: the browser tab's random id
+DATASET_PARAM = "dataset"  # ?dataset=...: the Home page's choice, on every page
+# What new_client_id makes (token_urlsafe's alphabet); anything else in the URL
+# is replaced by a new id.
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+SIDEBAR_REFRESH = 1.0  # seconds between the sidebar's redraws while a job runs;
+# each is also the tab's heartbeat (see digits.jobs.CLIENT_TIMEOUT)
+QUEUED_TEXT = {"queued": "waiting for a slot", "stopping": "stopping"}
+
+
+@st.cache_resource(show_spinner=False)
+def job_registry() -> jobs.JobRegistry:
+    """The server's one registry of every browser tab's jobs."""
+    return jobs.JobRegistry()
+
+
+def new_client_id() -> str:
+    """A random client id for a browser tab, for its URL."""
+    return secrets.token_urlsafe(12)
+
+
+def attach_tab() -> None:
+    """Find which browser tab this session is, by the client id in its URL, and
+    claim it (``digits.jobs.JobRegistry`` has the rule); keep the id in the URL.
+
+    A session has a random token of its own. The client id read from the URL
+    at the session's first run (a new one if there is none, or a malformed one)
+    is the session's unless another session owns it: if that owner stopped
+    running a few seconds ago, this is its tab after a reload, which takes the
+    tab's jobs over; if the owner is alive (another tab, another person's shared
+    link), this session gets a new client id, with the link's settings but none
+    of its jobs. Telling the two apart may take a few seconds.
+    """
+    token = st.session_state.setdefault(TOKEN_KEY, secrets.token_urlsafe(16))
+    known = st.session_state.get(CLIENT_KEY)
+    wanted = known or st.query_params.get(CLIENT_PARAM, "")
+    if not CLIENT_ID.fullmatch(wanted):
+        wanted = new_client_id()
+    registry = job_registry()
+    client = wanted
+    if registry.claim(wanted, token) == jobs.LIVE:
+        with st.spinner("Reconnecting this browser tab to its jobs..."):
+            client, _ = registry.attach(wanted, token, new_client_id)
+    if known is not None and client != known:
+        # Another session took this one's tab over (its heartbeat had lapsed):
+        # the tab's jobs are that session's now.
+        for key in TAB_JOBS:
+            st.session_state.pop(key, None)
+    st.session_state[CLIENT_KEY] = client
+    if st.query_params.get(CLIENT_PARAM) != client:
+        st.query_params[CLIENT_PARAM] = client
+
+
+def tab_params() -> dict[str, str]:
+    """The query parameters every page's URL keeps: the client id and dataset."""
+    params = {CLIENT_PARAM: st.session_state[CLIENT_KEY]}
+    if DATASET_PARAM in st.query_params:
+        params[DATASET_PARAM] = st.query_params[DATASET_PARAM]
+    return params
+
+
+def _sync_dataset_param() -> None:
+    """The Home page's dataset choice in the URL (``?dataset=...``, nothing for
+    the default), so that a reload or a shared link of any page uses the same
+    dataset. The URL is read at the session's first run; a value that is not a
+    choice is ignored."""
+    if DATASET_KEY not in st.session_state:
+        wanted = st.query_params.get(DATASET_PARAM)
+        if wanted in DATASET_LABELS:
+            st.session_state[DATASET_KEY] = wanted
+    choice = st.session_state.get(DATASET_KEY, DEFAULT_DATASET)
+    if choice == DEFAULT_DATASET:
+        if DATASET_PARAM in st.query_params:
+            del st.query_params[DATASET_PARAM]
+    elif st.query_params.get(DATASET_PARAM) != choice:
+        st.query_params[DATASET_PARAM] = choice
+
+
+def tab_job(key: str):
+    """This tab's job ``key`` (``JOB_KEY`` or ``SWEEP_JOB_KEY``), or None.
+
+    The session holds it; after a reload, the new session finds it in the
+    registry, under the tab's client id.
+    """
+    job = st.session_state.get(key)
     if job is None:
-        return
-    snap = job.snapshot()
-    if not snap.finished:
-        st.sidebar.progress(
-            snap.fraction,
-            text=f"Training {job.spec.label}: {snap.fraction:.0%}",
-        )
-    elif snap.run is not None:
-        st.sidebar.caption(f"Last run: {snap.run.name}")
+        job = job_registry().job(st.session_state[CLIENT_KEY], key)
+        if job is not None:
+            st.session_state[key] = job
+    return job
+
+
+def keep_job(key: str, job: jobs.BackgroundJob) -> None:
+    """Make ``job`` this tab's job ``key``, in the session and the registry."""
+    st.session_state[key] = job
+    job_registry().put(
+        st.session_state[CLIENT_KEY], st.session_state[TOKEN_KEY], key, job
+    )
+
+
+def _job_progress(snap: jobs.JobProgress, what: str) -> bool:
+    """A progress bar "``what``: 42%" if the job of ``snap`` has not finished
+    (then True); nothing otherwise."""
+    if snap.finished:
+        return False
+    state = QUEUED_TEXT.get(snap.status, f"{snap.fraction:.0%}")
+    st.progress(snap.fraction, text=f"{what}: {state}")
+    return True
+
+
+def _sidebar_job_status() -> None:
+    """This tab's jobs in the sidebar, redrawn every ``SIDEBAR_REFRESH`` seconds
+    while one of them has not finished (on every page)."""
+    running = any(
+        job is not None and not job.snapshot().finished
+        for job in map(tab_job, TAB_JOBS)
+    )
+    refresh = SIDEBAR_REFRESH if running else None
+    st.fragment(run_every=refresh)(_job_status)(running)
+
+
+def _job_status(refreshing: bool) -> None:
+    """The progress of this tab's unfinished jobs, as far as they are now, or the
+    last saved run. Each redraw is also the tab's heartbeat, which tells a
+    reload from another live tab (``attach_tab``)."""
+    job_registry().heartbeat(st.session_state[CLIENT_KEY], st.session_state[TOKEN_KEY])
+    unfinished = False
+    train, sweep = tab_job(JOB_KEY), tab_job(SWEEP_JOB_KEY)
+    if train is not None:
+        snap = train.snapshot()
+        unfinished = _job_progress(snap, f"Training {train.spec.label}")
+        if not unfinished and snap.run is not None:
+            st.caption(f"Last run: {snap.run.name}")
+    if sweep is not None:
+        unfinished |= _job_progress(sweep.snapshot(), f"Sweep {sweep.sweep.name}")
+    if refreshing and not unfinished:
+        st.rerun()  # the whole page once more: the timers stop, Start is enabled
 
 
 def chart(fig, caption: str | None = None, **kwargs):
@@ -571,6 +714,9 @@ def predict_one(model, image: np.ndarray, n_classes: int) -> np.ndarray:
 
 # -- hyperparameter widgets ---------------------------------------------------------
 
+# A widget's value in the page's URL, as a query parameter named by its key (only
+# when it is not the default; Streamlit ignores a value that is no option).
+URL_BOUND = {"bind": "query-params"}
 TRAIN_SIZES = (500, 1000, 2000, 5000, 10_000, 20_000, 30_000, 60_000)
 
 
@@ -588,6 +734,7 @@ def train_size_input(ds: data.Dataset, default: int, key: str) -> int:
         format_func=lambda n: f"{n:,}",
         key=f"{key}-{ds.name}",
         persist_state="session",
+        **URL_BOUND,
         help="How many images the model learns from: fewer train faster. The "
         "dataset's validation images are always kept apart from these.",
     )
@@ -628,9 +775,11 @@ def hyperparameter_input(hp: registry.Hyperparameter, default, key: str):
     """The widget for ``hp`` (slider, select box, toggle...); returns its value.
 
     ``key`` prefixes the widget keys; values persist for the session, across page
-    switches. ``default`` is the value before the user touches the widget.
+    switches, and are kept in the URL (a query parameter named by the key, when
+    the value is not ``default``; a bad value there is ignored). ``default`` is
+    the value before the user touches the widget.
     """
-    common = {"help": hp.help or None, "persist_state": "session"}
+    common = {"help": hp.help or None, "persist_state": "session", **URL_BOUND}
     if hp.type == "layers":
         return _layers_input(hp, tuple(default or ()), key, common)
     if hp.type == "bool":
@@ -685,6 +834,7 @@ def _layers_input(hp, default: tuple, key: str, common: dict) -> tuple[int, ...]
             value=default[i] if i < len(default) else fallback,
             key=f"{key}-{i}",
             persist_state="session",
+            **URL_BOUND,
         )
         for i in range(n)
     )

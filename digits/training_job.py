@@ -1,11 +1,12 @@
 """A training run in a background thread, with live progress and a Stop button.
 
-The dashboard's Train page keeps one ``TrainingJob`` per browser session in its
-session state. It is a ``digits.jobs.BackgroundJob``: it waits for a training
-slot, then trains in a daemon thread, so page switches and reruns do not
-interrupt it. The page polls ``snapshot()`` to draw curves, a progress bar,
-images/s and the ETA, and ``stop()`` sets a ``threading.Event`` that
-``StopOnEvent`` checks between batches (between 4096-image chunks for the MLP).
+The dashboard's Train page keeps one ``TrainingJob`` per browser tab, in the
+process-wide ``digits.jobs.JobRegistry``, so a reload finds it again. It is a
+``digits.jobs.BackgroundJob``: it waits for a training slot, then trains in a
+daemon thread, so page switches, reruns and reloads do not interrupt it. The
+page polls ``snapshot()`` to draw curves, a progress bar, images/s and the ETA,
+and ``stop()`` sets a ``threading.Event`` that ``StopOnEvent`` checks between
+batches (between 4096-image chunks for the MLP).
 
 The thread runs ``digits.training.train_run`` with ``validation_size`` set: the
 per-epoch validation curves use a fixed random subset of the test set

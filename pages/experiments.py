@@ -1,4 +1,8 @@
-"""Experiments: sweep depth and width over a few seeds, then compare the results."""
+"""Experiments: sweep depth and width over a few seeds, then compare the results.
+
+The grid is kept in the URL, and the sweep under the browser tab's client id
+(``ui.tab_job``), so a reload shows the same grid and the running sweep.
+"""
 
 import streamlit as st
 
@@ -6,7 +10,7 @@ import ui
 from digits import experiments, figures, humanize, registry
 from digits.errors import DigitsError
 
-JOB_KEY = "sweep-job"  # this session's digits.experiments.SweepJob
+JOB_KEY = ui.SWEEP_JOB_KEY  # this tab's digits.experiments.SweepJob
 SHOWN_KEY = "experiments-shown"  # the sweep whose results are shown
 REFRESH_SECONDS = 1.0
 CONV_OPTIONS = [(), (16,), (32,), (32, 64), (32, 64, 128)]
@@ -150,12 +154,13 @@ def start(sweep, ds, n_jobs: int, estimate) -> None:
     page (not an ``on_click`` callback, whose arguments would be those of the last
     run that drew the button: a grid changed just before the click would be lost).
     """
-    current = st.session_state.get(JOB_KEY)
+    current = ui.tab_job(JOB_KEY)
     if current is not None and not current.snapshot().finished:
         return
-    st.session_state[JOB_KEY] = experiments.SweepJob(
-        sweep, ds, n_jobs=n_jobs, plan_estimate=estimate
-    ).start()
+    ui.keep_job(
+        JOB_KEY,
+        experiments.SweepJob(sweep, ds, n_jobs=n_jobs, plan_estimate=estimate).start(),
+    )
     st.session_state[SHOWN_KEY] = sweep.name
 
 
@@ -167,8 +172,10 @@ ui.page_header(
     "compare accuracy, training time and size. You may switch pages while it runs.",
 )
 ds = ui.active_dataset()
-job = st.session_state.get(JOB_KEY)
+job = ui.tab_job(JOB_KEY)  # this tab's, even after a reload
 running = job is not None and not job.snapshot().finished
+if job is not None:  # after a reload, the session starts without the sweep shown
+    st.session_state.setdefault(SHOWN_KEY, job.sweep.name)
 
 controls, view = st.columns([1, 1.6], gap="large")
 with controls:
@@ -180,6 +187,7 @@ with controls:
         format_func=lambda name: registry.MODELS[name].label,
         key="sweep-kind",
         persist_state="session",
+        **ui.URL_BOUND,
     )
     grid = {}
     if "conv_channels" in {hp.name for hp in registry.get(kind).hyperparameters}:
@@ -190,6 +198,7 @@ with controls:
             format_func=_layers,
             key="sweep-conv",
             persist_state="session",
+            **ui.URL_BOUND,
             help="One entry per conv + 2x2 max-pool block (5x5 kernels, 'same' "
             "padding); none is a dense network.",
         )
@@ -200,14 +209,15 @@ with controls:
         format_func=_layers,
         key="sweep-hidden",
         persist_state="session",
+        **ui.URL_BOUND,
         help="Units of each fully connected hidden layer.",
     )
     left, right = st.columns(2)
     n_seeds = left.number_input(
-        "Seeds", 1, 5, 2, key="sweep-seeds", persist_state="session"
+        "Seeds", 1, 5, 2, key="sweep-seeds", persist_state="session", **ui.URL_BOUND
     )
     epochs = right.number_input(
-        "Epochs", 1, 10, 1, key="sweep-epochs", persist_state="session"
+        "Epochs", 1, 10, 1, key="sweep-epochs", persist_state="session", **ui.URL_BOUND
     )
     n_train = ui.train_size_input(ds, DEFAULT_TRAIN_SIZE, "sweep-size")
 
@@ -230,6 +240,7 @@ with view:
             [1, 2],
             default=experiments.default_n_jobs(len(sweep.trials)),
             key="sweep-jobs",
+            **ui.URL_BOUND,
             help="2: two trials in parallel, one core each. 1: one after another, "
             "two threads each.",
         ) or experiments.default_n_jobs(len(sweep.trials))

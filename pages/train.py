@@ -1,4 +1,8 @@
-"""Train: choose a model and its hyperparameters, train it in the background, watch."""
+"""Train: choose a model and its hyperparameters, train it in the background, watch.
+
+The settings are kept in the URL, and the job under the browser tab's client id
+(``ui.tab_job``), so a reload shows the same settings and the running job.
+"""
 
 import streamlit as st
 
@@ -163,13 +167,13 @@ def start(kind: str, ds, params: dict, n_train: int) -> None:
     cut short by the click) would be ignored. The page reruns after this, to show
     the job as running (Start disabled, live view on).
     """
-    current = st.session_state.get(ui.JOB_KEY)
+    current = ui.tab_job(ui.JOB_KEY)
     if current is not None and not current.snapshot().finished:
-        return  # one job per session at a time
+        return  # one job per browser tab at a time
     try:
-        st.session_state[ui.JOB_KEY] = TrainingJob(
-            kind, ds, params, train_size=n_train
-        ).start()
+        ui.keep_job(
+            ui.JOB_KEY, TrainingJob(kind, ds, params, train_size=n_train).start()
+        )
     except DigitsError as err:
         st.session_state[START_ERROR_KEY] = str(err)
 
@@ -180,7 +184,7 @@ ui.page_header(
     "curves update live, and you may switch pages meanwhile.",
 )
 ds = ui.active_dataset()
-job: TrainingJob | None = st.session_state.get(ui.JOB_KEY)
+job: TrainingJob | None = ui.tab_job(ui.JOB_KEY)  # this tab's, even after a reload
 running = job is not None and not job.snapshot().finished
 
 controls, view = st.columns([1, 1.4], gap="large")
@@ -191,6 +195,7 @@ with controls:
         format_func=lambda name: registry.MODELS[name].label,
         key="train-kind",
         persist_state="session",
+        **ui.URL_BOUND,
     )
     spec = registry.get(kind)
     st.caption(spec.description)
@@ -201,6 +206,7 @@ with controls:
         index=list(spec.presets).index("quick") if "quick" in spec.presets else 0,
         key=f"train-preset-{kind}",
         persist_state="session",
+        **ui.URL_BOUND,
     )
     with right:
         n_train = ui.train_size_input(ds, DEFAULT_TRAIN_SIZE, "train-size")

@@ -1,6 +1,7 @@
 """A sweep in the background, for the dashboard: ``SweepJob`` and its snapshots.
 
-The Experiments page keeps one ``SweepJob`` per browser session. It is a
+The Experiments page keeps one ``SweepJob`` per browser tab, in the
+process-wide ``digits.jobs.JobRegistry``, so a reload finds it again. It is a
 ``digits.jobs.BackgroundJob``: it waits for a training slot, then runs
 ``run_sweep`` in a daemon thread; the page polls ``snapshot()`` for each
 trial's state and progress.
