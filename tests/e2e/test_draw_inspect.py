@@ -31,6 +31,7 @@ from appdriver import (
     title,
 )
 from playwright.sync_api import Page, expect
+from test_pages import UPLOAD_INDEX, photo_of_digit
 
 pytestmark = pytest.mark.e2e
 
@@ -168,6 +169,31 @@ def test_inspect_this_digit_shows_the_drawing_and_draw_keeps_it(server, page):
     wait_ink_at(page, 0.5, 0.92)
     assert ink_at(page, *SEVEN_BAR)
     expect(page.locator(PREDICTION).first).to_be_visible(timeout=PAGE_MS)
+    no_exception(page)
+
+
+def test_an_uploaded_photo_is_still_there_after_inspect(server, page, mnist, tmp_path):
+    path = tmp_path / "digit.png"
+    path.write_bytes(photo_of_digit(mnist.x_test[UPLOAD_INDEX]))
+    expected = str(mnist.y_test[UPLOAD_INDEX])
+    open_page(page, f"{server.url}/draw", "Draw")
+    page.get_by_role("radiogroup", name="Input").get_by_text("Upload").click()
+    page.locator("[data-testid=stFileUploaderDropzoneInput]").set_input_files(path)
+    expect(prediction_of(page, "default-cnn")).to_have_text(expected, timeout=PAGE_MS)
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+
+    page.get_by_role("button", name="Inspect this digit").click()
+    title(page, "Inspect")
+    assert selected_input(page) == "Drawing"
+    expect(page.locator(PREDICTION)).to_have_text(expected)
+    nav_link(page, "Draw").click()
+    title(page, "Draw")
+    assert selected_input(page) == "Upload"
+    expect(page.get_by_text("digit.png", exact=False)).to_be_visible()
+    expect(prediction_of(page, "default-cnn")).to_have_text(expected, timeout=PAGE_MS)
+    # Remove forgets it.
+    page.get_by_role("button", name="Remove it").click()
+    expect(page.locator(PREDICTION)).to_have_count(0, timeout=PAGE_MS)
     no_exception(page)
 
 
