@@ -32,6 +32,9 @@ STEPS = {
     "scaled": "Scaled to fit 20x20",
     "centred": "Centred by mass, 28x28",
 }
+# Models side by side: beside the canvas at 1024 px wide there is room for two
+# (about 140 px each, enough for "Prediction" and its bars); more take a new row.
+MODELS_PER_ROW = 2
 SAVE_LABEL_KEY = "draw-save-label"
 SAVE_NOTICE_KEY = "draw-save-notice"
 SAVE_LABELS = list(range(10))
@@ -231,15 +234,18 @@ def show_predictions(image, filename: str | None, chosen: list) -> None:
     except DigitsError as err:
         ui.show_error(err)
         return
-    for col, run, p in zip(st.columns(len(chosen)), chosen, probas, strict=True):
-        with col:
-            st.metric(
-                "Prediction",
-                run.class_names[int(p.argmax())],
-                help=ui.run_label(run),
-            )
-            st.caption(f"**{run.name}** · {p.max():.1%} sure")
-            ui.chart(figures.probability_bars(p, run.class_names))
+    readings = list(zip(chosen, probas, strict=True))
+    for start in range(0, len(readings), MODELS_PER_ROW):
+        row = readings[start : start + MODELS_PER_ROW]
+        for col, (run, p) in zip(st.columns(MODELS_PER_ROW), row, strict=False):
+            with col:
+                st.metric(
+                    "Prediction",
+                    run.class_names[int(p.argmax())],
+                    help=ui.run_label(run),
+                )
+                st.caption(f"**{run.name}** · {p.max():.1%} sure")
+                ui.chart(figures.probability_bars(p, run.class_names))
     shown = inputs.get(handwriting.SIDE) or next(iter(inputs.values()))
     show_steps(shown)
     st.session_state[ui.DRAWING_KEY] = shown.image  # for the Inspect page
