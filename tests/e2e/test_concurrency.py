@@ -85,7 +85,8 @@ def test_two_sessions_train_while_two_draw(server, new_page):
     for page, heading in zip(pages, ("Train", "Train", "Draw", "Draw"), strict=True):
         title(page, heading)
 
-    # The first session trains on all 60,000 images for 100 epochs (until Stop)...
+    # The first session trains on all 55,000 training images (the other 5,000
+    # validate) for 100 epochs (until Stop)...
     slide(first, "Training images", "End")
     open_expander(first, "Training")
     assert slide(first, "Epochs", "End") == "100"
@@ -168,6 +169,6 @@ def test_two_sessions_train_while_two_draw(server, new_page):
         no_exception(page)
         expect(page.get_by_text("Training failed")).to_have_count(0)
     runs = {run.name: run for run in store.list_runs(server.runs_dir)[0]}
-    assert runs[name_first].meta["dataset"]["n_train"] == 60_000
+    assert runs[name_first].meta["dataset"]["n_train"] == 55_000
     assert runs[name_second].meta["dataset"]["n_train"] == 500
     assert runs[name_second].meta["stopped"] is None
