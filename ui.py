@@ -209,23 +209,30 @@ def attach_tab() -> None:
     running a few seconds ago, this is its tab after a reload, which takes the
     tab's jobs over; if the owner is alive (another tab, another person's shared
     link), this session gets a new client id, with the link's settings but none
-    of its jobs. Telling the two apart may take a few seconds.
+    of its jobs. Telling the two apart may take a few seconds. Later runs keep
+    the session's id, unless another session took the tab over meanwhile: then
+    it moves to a new id (it never takes a tab back).
     """
     token = st.session_state.setdefault(TOKEN_KEY, secrets.token_urlsafe(16))
     known = st.session_state.get(CLIENT_KEY)
-    wanted = known or st.query_params.get(CLIENT_PARAM, "")
-    if not CLIENT_ID.fullmatch(wanted):
-        wanted = new_client_id()
     registry = job_registry()
-    client = wanted
-    if registry.claim(wanted, token) == jobs.LIVE:
-        with st.spinner("Reconnecting this browser tab to its jobs..."):
-            client, _ = registry.attach(wanted, token, new_client_id)
-    if known is not None and client != known:
-        # Another session took this one's tab over (its heartbeat had lapsed):
-        # the tab's jobs are that session's now.
-        for key in TAB_JOBS:
-            st.session_state.pop(key, None)
+    if known is not None:
+        client = known
+        if not registry.rejoin(known, token):
+            # Another session took this one's tab over while it did not run (a
+            # reload elsewhere found it silent): the tab's jobs are that
+            # session's now, and this one moves to a new tab id.
+            for key in TAB_JOBS:
+                st.session_state.pop(key, None)
+            client = new_client_id()
+            registry.claim(client, token)
+    else:
+        client = st.query_params.get(CLIENT_PARAM, "")
+        if not CLIENT_ID.fullmatch(client):
+            client = new_client_id()
+        if registry.claim(client, token) == jobs.LIVE:
+            with st.spinner("Reconnecting this browser tab to its jobs..."):
+                client, _ = registry.attach(client, token, new_client_id)
     st.session_state[CLIENT_KEY] = client
     if st.query_params.get(CLIENT_PARAM) != client:
         st.query_params[CLIENT_PARAM] = client

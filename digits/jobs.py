@@ -258,6 +258,9 @@ class JobRegistry:
     - otherwise gets a new client id: the owner is another tab alive, or another
       person who shared the link, whose jobs and Stop are not the newcomer's.
 
+    That is for a session's first run. A session that had a client id and finds
+    it taken over (``rejoin``) moves to a new one.
+
     Tabs whose jobs have all finished are forgotten ``keep`` seconds after their
     last heartbeat, and at most ``max_idle`` of them are kept.
     """
@@ -304,6 +307,24 @@ class JobRegistry:
                 client.owner, client.seen = token, now
                 return TAKEN
             return LIVE
+
+    def rejoin(self, client_id: str, token: str) -> bool:
+        """Whether a session that already had ``client_id`` keeps it: True if it
+        still owns it (a heartbeat) or nobody does any more (it was forgotten
+        while idle, and is claimed anew); False if another session took it over
+        meanwhile. A session never takes its tab back: it moves to a new id, so
+        that two sessions with one id cannot hand it to and fro."""
+        with self._lock:
+            now = self._clock()
+            self._prune(now)
+            client = self._clients.get(client_id)
+            if client is None:
+                self._clients[client_id] = _Client(token, now)
+                return True
+            if client.owner == token:
+                client.seen = now
+                return True
+            return False
 
     def attach(
         self,

@@ -216,3 +216,24 @@ def test_at_most_max_idle_tabs_are_kept_the_least_recently_seen_go_first(clock):
     assert registry.job("tab-busy", "training-job") is busy
     assert [registry.claim(f"tab-{i}", f"token-{i}") for i in (3, 4, 5)] == [OWN] * 3
     assert registry.claim("tab-0", "token-0") == NEW
+
+
+def test_a_session_whose_tab_was_taken_over_never_takes_it_back(registry, clock):
+    registry.claim(TAB, OLD)
+    assert registry.rejoin(TAB, OLD)  # still its own: a heartbeat
+    assert registry.last_seen(TAB) == clock.now
+    clock.now += CLIENT_TIMEOUT + 1  # the old session is idle: no timer runs
+    assert registry.claim(TAB, NEWCOMER) == TAKEN  # a link opened elsewhere
+    clock.now += CLIENT_TIMEOUT + 1  # the newcomer is idle in its turn
+    assert not registry.rejoin(TAB, OLD)  # the old session moves instead
+    assert registry.claim(TAB, NEWCOMER) == OWN
+
+
+def test_a_session_whose_tab_was_forgotten_gets_it_again(clock):
+    registry = JobRegistry(clock=clock, keep=60)
+    registry.claim(TAB, OLD)
+    clock.now += 61
+    registry.claim("tab-other", NEWCOMER)  # prunes the idle tab
+    assert registry.job(TAB, "training-job") is None and len(registry) == 1
+    assert registry.rejoin(TAB, OLD)
+    assert registry.claim(TAB, OLD) == OWN

@@ -66,7 +66,9 @@ def slider_value(page: Page, label: str) -> str:
 
 
 def stop_button(page: Page):
-    """The Train page's Stop button (not Streamlit's own, shown while a page runs)."""
+    """The Train page's Stop button (not Streamlit's own, shown while a page
+    runs). Click its ``first``: while the live view redraws, the old button may
+    still be on the page beside the new one for a moment."""
     return page.locator(".st-key-stop").get_by_role("button", name="Stop")
 
 
@@ -129,7 +131,7 @@ def pick(page: Page, label: str, option: str, attempts: int = 3) -> None:
 
 def stop_and_check_saved(page: Page, server) -> str:
     """Press Stop on the Train page; the run is saved as stopped. Its name."""
-    stop_button(page).click()
+    stop_button(page).first.click()
     name, _ = saved_run(page, stopped=True)
     runs = {run.name: run for run in store.list_runs(server.runs_dir)[0]}
     assert runs[name].meta["stopped"] is not None
@@ -144,7 +146,7 @@ def stop_quietly(page: Page) -> None:
         if "/train" not in page.url:
             nav_link(page, "Train").click()
             title(page, "Train")
-        stop_button(page).click(timeout=PAGE_MS)
+        stop_button(page).first.click(timeout=PAGE_MS)
     except Exception as exc:  # the test's own failure is what matters
         print(f"could not stop the training job: {exc}")
 
