@@ -294,19 +294,12 @@ class JobRegistry:
         OWN (and a heartbeat), NEW, TAKEN (the owner had not run for
         ``timeout`` seconds), or LIVE (the owner is alive; nothing changes)."""
         with self._lock:
+            client, outcome = self._own(client_id, token)
             now = self._clock()
-            self._prune(now)
-            client = self._clients.get(client_id)
-            if client is None:
-                self._clients[client_id] = _Client(token, now)
-                return NEW
-            if client.owner == token:
-                client.seen = now
-                return OWN
-            if now - client.seen > self.timeout:
+            if outcome is None and now - client.seen > self.timeout:
                 client.owner, client.seen = token, now
-                return TAKEN
-            return LIVE
+                outcome = TAKEN
+            return outcome or LIVE
 
     def rejoin(self, client_id: str, token: str) -> bool:
         """Whether a session that already had ``client_id`` keeps it: True if it
@@ -315,16 +308,21 @@ class JobRegistry:
         meanwhile. A session never takes its tab back: it moves to a new id, so
         that two sessions with one id cannot hand it to and fro."""
         with self._lock:
-            now = self._clock()
-            self._prune(now)
-            client = self._clients.get(client_id)
-            if client is None:
-                self._clients[client_id] = _Client(token, now)
-                return True
-            if client.owner == token:
-                client.seen = now
-                return True
-            return False
+            return self._own(client_id, token)[1] is not None
+
+    def _own(self, client_id: str, token: str) -> tuple[_Client, str | None]:
+        """Under the lock, after pruning: the tab and NEW (made for ``token``),
+        OWN (``token``'s: a heartbeat) or None (another session's)."""
+        now = self._clock()
+        self._prune(now)
+        client = self._clients.get(client_id)
+        if client is None:
+            client = self._clients[client_id] = _Client(token, now)
+            return client, NEW
+        if client.owner == token:
+            client.seen = now
+            return client, OWN
+        return client, None
 
     def attach(
         self,
