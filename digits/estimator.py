@@ -363,12 +363,23 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             images=bool(self.conv_channels),
         )
 
-    def _check_architecture(self, n_classes: int) -> None:
-        """ConfigError unless the layers fit the images and the network's size is
-        sane; computed from the shapes alone, before any weight is allocated."""
+    def check_fits(self, image_shape: tuple[int, ...], n_classes: int = 10) -> None:
+        """ConfigError unless these settings build a network for images of
+        ``image_shape`` (h, w) and ``n_classes`` classes: the layers fit the images
+        and the size is sane. Nothing is built, nothing is learned."""
+        self._check_params()
+        self._check_architecture(n_classes, tuple(int(s) for s in image_shape))
+
+    def _check_architecture(
+        self, n_classes: int, input_shape: tuple[int, ...] | None = None
+    ) -> None:
+        """ConfigError unless the layers fit the images (``input_shape``, default
+        the fitted ``input_shape_``) and the network's size is sane; computed from
+        the shapes alone, before any weight is allocated."""
+        input_shape = input_shape or self.input_shape_
         k, n_params = int(self.kernel_size), 0
         if self.conv_channels:
-            h, w = self.input_shape_
+            h, w = input_shape
             if k > min(h, w):
                 raise ConfigError(
                     f"Invalid CNNClassifier settings: kernel_size={k} is larger than "
@@ -381,15 +392,15 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 if min(h, w) < 2:
                     raise ConfigError(
                         f"{len(self.conv_channels)} conv blocks with {k}x{k} "
-                        f"kernels do not fit {self.input_shape_[0]}x"
-                        f"{self.input_shape_[1]} images; use fewer blocks, a "
+                        f"kernels do not fit {input_shape[0]}x"
+                        f"{input_shape[1]} images; use fewer blocks, a "
                         "smaller kernel or padding='same'"
                     )
                 n_params += k * k * c_in * int(c) + int(c)
                 h, w, c_in = h // 2, w // 2, int(c)
             width = h * w * c_in
         else:
-            width = int(np.prod(self.input_shape_))
+            width = int(np.prod(input_shape))
         for units in (*self.hidden_layer_sizes, n_classes):
             n_params += width * int(units) + int(units)
             width = int(units)

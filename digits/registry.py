@@ -488,6 +488,22 @@ class ModelKind:
         """An unfitted estimator with ``params(preset, **overrides)``."""
         return self.constructor(**self.fixed, **self.params(preset, **overrides))
 
+    def presets_for(
+        self, image_shape: tuple[int, ...], n_classes: int = 10
+    ) -> list[str]:
+        """The presets whose network fits images of ``image_shape`` (h, w): all of
+        them but, say, the 5x5-kernel default CNN for the 8x8 digits."""
+        fitting = []
+        for preset in self.presets:
+            model = self.build(preset)
+            try:
+                if hasattr(model, "check_fits"):
+                    model.check_fits(image_shape, n_classes)
+            except ConfigError:
+                continue
+            fitting.append(preset)
+        return fitting
+
 
 MODELS: dict[str, ModelKind] = {
     "cnn": ModelKind(

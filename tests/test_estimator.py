@@ -233,3 +233,19 @@ def test_save_load_gives_identical_predictions(mnist, tmp_path):
     config["format_version"] = 99
     with pytest.raises(ValueError, match="format version 99"):
         CNNClassifier.from_state(config, arrays)
+
+
+def test_check_fits_says_whether_a_network_fits_an_image_size_before_training():
+    model = CNNClassifier(conv_channels=(32, 64), kernel_size=5)
+    model.check_fits((28, 28))  # MNIST: fine
+    with pytest.raises(ConfigError, match="do not fit 8x8 images"):
+        model.check_fits((8, 8))
+    assert not hasattr(model, "input_shape_")  # nothing was built
+
+
+def test_only_presets_that_fit_are_offered_for_small_images():
+    from digits import registry
+
+    assert registry.get("cnn").presets_for((28, 28)) == ["default", "quick"]
+    assert registry.get("cnn").presets_for((8, 8)) == ["quick"]
+    assert registry.get("mlp").presets_for((8, 8)) == list(registry.get("mlp").presets)
