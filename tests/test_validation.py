@@ -181,3 +181,16 @@ def test_a_sweeps_trials_validate_on_held_out_training_images(poisoned):
         accuracy = np.mean(predicted == poisoned.y_train[val])
         assert run.meta["history"][-1]["val_accuracy"] == pytest.approx(accuracy)
         assert run.meta["validation"] == images.described
+        # The table compares configurations by it, the test score kept apart.
+        assert row["val_accuracy"] == pytest.approx(accuracy)
+    summary = experiments.summarise(outcome.rows)
+    assert [c["val_mean"] for c in summary] == [
+        pytest.approx(row["val_accuracy"]) for row in outcome.rows
+    ]
+
+
+def test_a_table_from_before_validation_was_recorded_still_summarises():
+    row = {"label": "a", "status": "done", "test_accuracy": 0.9, "train_seconds": 1}
+    row |= {"conv_channels": [], "hidden_layer_sizes": [8], "n_params": 10}
+    [config] = experiments.summarise([row])
+    assert config["val_mean"] is None and config["accuracy_mean"] == 0.9

@@ -57,6 +57,7 @@ COLUMNS = (
     "depth",
     "width",
     "n_params",
+    "val_accuracy",
     "test_accuracy",
     "test_loss",
     "train_seconds",
@@ -70,7 +71,13 @@ COLUMNS = (
 )
 JSON_COLUMNS = ("conv_channels", "hidden_layer_sizes", "config", "params", "curve")
 INT_COLUMNS = ("seed", "train_size", "epochs", "depth", "width", "n_params")
-FLOAT_COLUMNS = ("test_accuracy", "test_loss", "train_seconds", "seconds")
+FLOAT_COLUMNS = (
+    "val_accuracy",
+    "test_accuracy",
+    "test_loss",
+    "train_seconds",
+    "seconds",
+)
 INTERNAL_KEYS = ("elsewhere",)  # in a trial's row on its way, never in the table
 
 
@@ -314,8 +321,11 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
     """One row per configuration (label) over its seeds, in first-seen order.
 
     Each has ``label``, ``depth``, ``width``, ``n_params``, ``n`` (seeds done),
-    ``accuracy_mean``/``accuracy_std`` (sample standard deviation; 0 for one seed)
-    and ``seconds_mean`` (training time). Failed trials are left out.
+    ``val_mean``/``val_std``, the last epoch's accuracy on the held-out
+    validation images (what configurations are compared by; None for rows of a
+    table written before it was recorded), ``accuracy_mean``/``accuracy_std``, the
+    test accuracy (sample standard deviations; 0 for one seed), and
+    ``seconds_mean`` (training time). Failed trials are left out.
     """
     groups: dict[str, list[Mapping]] = {}
     for row in rows:
@@ -325,6 +335,8 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
     for label, members in groups.items():
         acc = np.array([m["test_accuracy"] for m in members], dtype=float)
         secs = np.array([m["train_seconds"] for m in members], dtype=float)
+        vals = [m.get("val_accuracy") for m in members]
+        val = np.array(vals, dtype=float) if None not in vals else None
         first = members[0]
         summary.append(
             {
@@ -335,12 +347,19 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
                 "hidden_layer_sizes": first["hidden_layer_sizes"],
                 "n_params": first["n_params"],
                 "n": len(members),
+                "val_mean": None if val is None else float(val.mean()),
+                "val_std": None if val is None else _std(val),
                 "accuracy_mean": float(acc.mean()),
-                "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                "accuracy_std": _std(acc),
                 "seconds_mean": float(secs.mean()),
             }
         )
     return summary
+
+
+def _std(values: np.ndarray) -> float:
+    """Sample standard deviation; 0 for a single value."""
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
 def pareto_front(cost: Sequence[float], score: Sequence[float]) -> np.ndarray:

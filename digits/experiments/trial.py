@@ -268,6 +268,7 @@ def _train_trial(
     return row | {
         "status": "done",
         "n_params": n_params,
+        "val_accuracy": (run.meta.get("history") or [{}])[-1].get("val_accuracy"),
         "test_accuracy": run.test_accuracy,
         "test_loss": run.meta["test"]["loss"],
         "train_seconds": run.meta["train_seconds"],
