@@ -550,10 +550,17 @@ SWEEP_LAYOUT = dict(
 
 
 def accuracy_against(
-    summary: Sequence[Mapping], x: str, group: str, title: str
+    summary: Sequence[Mapping],
+    x: str,
+    group: str,
+    title: str,
+    score: tuple[str, str, str] = ("accuracy_mean", "accuracy_std", "test accuracy"),
 ) -> go.Figure:
-    """``experiments.summarise``'s mean test accuracy against ``x`` (depth or
-    width), ± one standard deviation across seeds, one line per ``group`` value."""
+    """``experiments.summarise``'s mean accuracy against ``x`` (depth or width), ±
+    one standard deviation across seeds, one line per ``group`` value. ``score``
+    is (mean key, spread key, its name): what configurations are compared by,
+    ``experiments.compared_by`` (the validation accuracy)."""
+    mean, spread, words = score
     groups: dict = {}
     for row in summary:
         groups.setdefault(row[group], []).append(row)
@@ -562,8 +569,8 @@ def accuracy_against(
         rows = sorted(rows, key=lambda r: r[x])
         fig.add_scatter(
             x=[r[x] for r in rows],
-            y=[r["accuracy_mean"] for r in rows],
-            error_y=dict(type="data", array=[r["accuracy_std"] for r in rows]),
+            y=[r[mean] for r in rows],
+            error_y=dict(type="data", array=[r[spread] for r in rows]),
             text=[r["label"] for r in rows],
             hovertemplate="%{text}<br>accuracy %{y:.2%}<extra></extra>",
             mode="lines+markers",
@@ -576,7 +583,7 @@ def accuracy_against(
     fig.update_xaxes(
         title=x, type="category", categoryorder="array", categoryarray=values
     )
-    fig.update_yaxes(title="test accuracy", tickformat=".1%")
+    fig.update_yaxes(title=words, tickformat=".1%")
     return fig
 
 
@@ -586,11 +593,14 @@ def pareto(
     front: Sequence[bool],
     title: str,
     log_x: bool,
+    score: tuple[str, str, str] = ("accuracy_mean", "accuracy_std", "test accuracy"),
 ) -> go.Figure:
-    """Mean accuracy against a cost ``x`` of each configuration of ``summary``,
-    the Pareto ``front`` (``experiments.pareto_front``) starred and joined."""
+    """Mean accuracy (``score``, as in ``accuracy_against``) against a cost ``x``
+    of each configuration of ``summary``, the Pareto ``front``
+    (``experiments.pareto_front`` on the same accuracy) starred and joined."""
+    mean, spread, words = score
     cost = [r[x] for r in summary]
-    acc = [r["accuracy_mean"] for r in summary]
+    acc = [r[mean] for r in summary]
     fig = go.Figure()
     best = sorted((c, a) for c, a, f in zip(cost, acc, front, strict=True) if f)
     fig.add_scatter(
@@ -604,7 +614,7 @@ def pareto(
     fig.add_scatter(
         x=cost,
         y=acc,
-        error_y=dict(type="data", array=[r["accuracy_std"] for r in summary]),
+        error_y=dict(type="data", array=[r[spread] for r in summary]),
         mode="markers",
         marker=dict(
             size=11,
@@ -617,7 +627,7 @@ def pareto(
     )
     fig.update_layout(title=title, **SWEEP_LAYOUT)
     fig.update_xaxes(title=x.replace("_", " "), type="log" if log_x else None)
-    fig.update_yaxes(title="test accuracy", tickformat=".1%")
+    fig.update_yaxes(title=words, tickformat=".1%")
     return fig
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digits import figures
+from digits import experiments, figures
 from digits.data import load_dataset
 
 
@@ -138,6 +138,30 @@ def test_pareto_stars_and_joins_the_front_only():
     assert list(line.x) == [10, 30] and list(line.y) == [0.9, 0.95]
     assert list(points.marker.symbol) == ["star", "circle", "star"]
     assert fig.layout.xaxis.type == "log"
+
+
+def test_sweep_charts_plot_the_score_configurations_are_compared_by():
+    """The validation accuracy when the sweep recorded it; never the test set's
+    under a validation label."""
+    summary = [
+        {"label": "a", "depth": 1, "width": 8, "n_params": 10, "val_mean": 0.91,
+         "val_std": 0.01, "accuracy_mean": 0.5, "accuracy_std": 0.0},
+        {"label": "b", "depth": 2, "width": 8, "n_params": 20, "val_mean": 0.93,
+         "val_std": 0.02, "accuracy_mean": 0.6, "accuracy_std": 0.0},
+    ]  # fmt: skip
+    score = experiments.compared_by(summary)
+    assert score == ("val_mean", "val_std", "validation accuracy")
+    fig = figures.accuracy_against(summary, "depth", "width", "t", score)
+    assert list(fig.data[0].y) == [0.91, 0.93]
+    assert fig.layout.yaxis.title.text == "validation accuracy"
+    front = experiments.pareto_front([10, 20], [0.91, 0.93])
+    fig = figures.pareto(summary, "n_params", front, "t", False, score)
+    assert list(fig.data[1].y) == [0.91, 0.93]
+    assert fig.layout.yaxis.title.text == "validation accuracy"
+    old_table = [
+        {k: v for k, v in r.items() if not k.startswith("val")} for r in summary
+    ]
+    assert experiments.compared_by(old_table)[2] == "test accuracy"
 
 
 def test_training_curves_put_a_stopped_epochs_validation_where_it_stopped():

@@ -357,6 +357,16 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
     return summary
 
 
+def compared_by(summary: Sequence[Mapping]) -> tuple[str, str, str]:
+    """What ``summary``'s configurations are compared by: (mean key, spread key,
+    what it is in words). The validation accuracy (held-out training images),
+    so that choosing a configuration never looks at the test set; the test
+    accuracy only for a table written before validation was recorded."""
+    if summary and all(r.get("val_mean") is not None for r in summary):
+        return "val_mean", "val_std", "validation accuracy"
+    return "accuracy_mean", "accuracy_std", "test accuracy"
+
+
 def _std(values: np.ndarray) -> float:
     """Sample standard deviation; 0 for a single value."""
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
