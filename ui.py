@@ -185,7 +185,8 @@ DATASET_PARAM = "dataset"  # ?dataset=...: the Home page's choice, on every page
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 SIDEBAR_REFRESH = 1.0  # seconds between the sidebar's redraws while a job runs;
 # each is also the tab's heartbeat (see digits.jobs.CLIENT_TIMEOUT)
-QUEUED_TEXT = {"queued": "waiting for a slot", "stopping": "stopping"}
+# What the sidebar says of a job instead of its percentage while it waits or stops.
+JOB_STATE_TEXT = {"queued": "waiting for a slot", "stopping": "stopping"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -263,7 +264,7 @@ def _sync_dataset_param() -> None:
         st.query_params[DATASET_PARAM] = choice
 
 
-def tab_job(key: str):
+def tab_job(key: str) -> jobs.BackgroundJob | None:
     """This tab's job ``key`` (``JOB_KEY`` or ``SWEEP_JOB_KEY``), or None.
 
     The session holds it; after a reload, the new session finds it in the
@@ -290,7 +291,7 @@ def _job_progress(snap: jobs.JobProgress, what: str) -> bool:
     (then True); nothing otherwise."""
     if snap.finished:
         return False
-    state = QUEUED_TEXT.get(snap.status, f"{snap.fraction:.0%}")
+    state = JOB_STATE_TEXT.get(snap.status, f"{snap.fraction:.0%}")
     st.progress(snap.fraction, text=f"{what}: {state}")
     return True
 
@@ -332,6 +333,20 @@ def chart(fig, caption: str | None = None, **kwargs):
     if caption:
         st.caption(caption)
     return event
+
+
+HOW_COMPUTED = "How this is computed"
+
+
+def how_computed(*names: str, note: str | None = None) -> None:
+    """For the curious: the functions of ``digits`` behind a section (each shown
+    as code), and a one-line ``note``, in a collapsed "How this is computed"
+    expander. The words on the page are for learners; code names go here."""
+    with st.expander(HOW_COMPUTED):
+        if names:
+            st.markdown("\n".join(f"- `{name}`" for name in names))
+        if note:
+            st.caption(note)
 
 
 def queue_notice(position: int | None, unit: str, what: str) -> None:
@@ -752,6 +767,22 @@ LAYER_LABELS = {
     "conv_channels": ("Conv blocks", "Channels of block {}"),
     "hidden_layer_sizes": ("Hidden layers", "Units of layer {}"),
 }
+# Their help: what the count means, and what each width means, in plain words.
+LAYER_HELP = {
+    "conv_channels": (
+        "How many convolution blocks come first. Each slides small learned "
+        "patterns (filters) over the image, then halves its size by keeping the "
+        "largest value of each 2x2 square (max-pooling).",
+        "How many filters this block learns: each looks for its own pattern and "
+        "gives one channel, a map of where the pattern was found.",
+    ),
+    "hidden_layer_sizes": (
+        "How many fully connected layers sit between the image and the answer; "
+        "each unit of one looks at every value of the layer before.",
+        "How many units this layer has: more can learn finer differences, but "
+        "train slower.",
+    ),
+}
 NUMBER_INPUT_RANGE = 1000  # int ranges wider than this get a number box, no slider
 FINE_SLIDER_RANGE = 100  # int ranges wider than this get a slider of round values
 
@@ -824,13 +855,14 @@ def hyperparameter_input(hp: registry.Hyperparameter, default, key: str):
 def _layers_input(hp, default: tuple, key: str, common: dict) -> tuple[int, ...]:
     """How many layers, then one width slider per layer."""
     count_label, width_label = LAYER_LABELS.get(hp.name, (hp.label, hp.label + " {}"))
+    count_help, width_help = LAYER_HELP.get(hp.name, (common["help"], None))
     n = st.slider(
         count_label,
         1,
         hp.max_layers,
         max(1, min(len(default), hp.max_layers)),
         key=f"{key}-n",
-        **common,
+        **{**common, "help": count_help},
     )
     options = _round_options(int(hp.low), int(hp.high), default)
     fallback = default[-1] if default else options[len(options) // 2]
@@ -840,6 +872,7 @@ def _layers_input(hp, default: tuple, key: str, common: dict) -> tuple[int, ...]
             options,
             value=default[i] if i < len(default) else fallback,
             key=f"{key}-{i}",
+            help=width_help,
             persist_state="session",
             **URL_BOUND,
         )
