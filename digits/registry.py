@@ -110,29 +110,85 @@ _LAYERS = Hyperparameter(
     "layers",
     8,
     512,
-    help="Units of each fully connected hidden layer, e.g. 256,128.",
+    help="How many units each fully connected hidden layer has.",
+)
+_ACTIVATION_HELP = (
+    "What each unit does to the sum of its inputs before passing it on; relu "
+    "(negative sums become 0) usually learns fastest."
 )
 _ACTIVATION = Hyperparameter(
-    "activation", "Activation", "choice", choices=("relu", "tanh", "logistic")
+    "activation",
+    "Activation",
+    "choice",
+    choices=("relu", "tanh", "logistic"),
+    help=_ACTIVATION_HELP,
 )
-_SOLVER = Hyperparameter("solver", "Optimizer", "choice", choices=("adam", "sgd"))
-_ALPHA = Hyperparameter("alpha", "L2 penalty (alpha)", "log", 1e-6, 1e-1)
-_BATCH = Hyperparameter("batch_size", "Batch size", "int", 16, 512)
-_LR = Hyperparameter("learning_rate_init", "Learning rate", "log", 1e-4, 1e-1)
+_SOLVER = Hyperparameter(
+    "solver",
+    "Optimizer",
+    "choice",
+    choices=("adam", "sgd"),
+    help="How the weights change after each batch: sgd steps down the slope of "
+    "the loss; adam also adapts the step of each weight as it goes.",
+)
+_ALPHA = Hyperparameter(
+    "alpha",
+    "L2 penalty (alpha)",
+    "log",
+    1e-6,
+    1e-1,
+    help="A cost on large weights, which keeps the model from memorising its "
+    "training images: higher pushes harder toward small weights.",
+)
+_BATCH = Hyperparameter(
+    "batch_size",
+    "Batch size",
+    "int",
+    16,
+    512,
+    help="How many images the model looks at before each change of its weights.",
+)
+_LR = Hyperparameter(
+    "learning_rate_init",
+    "Learning rate",
+    "log",
+    1e-4,
+    1e-1,
+    help="How big a step each change of the weights takes: too small learns "
+    "slowly, too large makes the loss jump about.",
+)
 _EPOCHS = Hyperparameter(
-    "max_iter", "Epochs", "int", 1, 100, help="Passes over the training set."
+    "max_iter",
+    "Epochs",
+    "int",
+    1,
+    100,
+    help="How many times training goes through all of its images.",
 )
 _EARLY = Hyperparameter(
     "early_stopping",
     "Early stopping",
     "bool",
-    help="Hold out validation_fraction of the training set; stop when its "
-    "accuracy stops improving.",
+    help="Stop before the last epoch once the accuracy on the validation images "
+    "(training images held out from learning) stops improving.",
 )
 _PATIENCE = Hyperparameter(
-    "n_iter_no_change", "Patience (epochs)", "int", 1, 50, help="For early stopping."
+    "n_iter_no_change",
+    "Patience (epochs)",
+    "int",
+    1,
+    50,
+    help="How many epochs without improvement early stopping waits before it stops.",
 )
-_SEED = Hyperparameter("random_state", "Random seed", "int", 0, 9999)
+_SEED = Hyperparameter(
+    "random_state",
+    "Random seed",
+    "int",
+    0,
+    9999,
+    help="Fixes the random starting weights and the order of the images: the "
+    "same settings and seed train the same model again.",
+)
 
 _NUMPY_COMMON = (_LAYERS, _ACTIVATION, _SOLVER, _ALPHA, _BATCH, _LR, _EPOCHS)
 _NUMPY_EXTRA = (
@@ -141,14 +197,24 @@ _NUMPY_EXTRA = (
         "Learning-rate schedule",
         "choice",
         choices=("cosine", "constant"),
-        help="cosine anneals the rate to 0 over the epochs of fit.",
+        help="cosine lowers the learning rate smoothly to 0 by the last epoch; "
+        "constant keeps it as set.",
     ),
-    Hyperparameter("dropout", "Dropout", "float", 0.0, 0.7),
+    Hyperparameter(
+        "dropout",
+        "Dropout",
+        "float",
+        0.0,
+        0.7,
+        help="The share of units switched off at random during training, so that "
+        "the model cannot lean on any single one.",
+    ),
     Hyperparameter(
         "augment",
         "Augment",
         "bool",
-        help="Randomly shift and rotate training images each epoch.",
+        help="Shift and rotate each training image a little, at random, every "
+        "epoch, so that the model learns a moved digit is the same digit.",
     ),
     _EARLY,
     _PATIENCE,
@@ -161,10 +227,24 @@ _CONV = (
         "layers",
         1,
         128,
-        help="Channels of each conv + 2x2 max-pool block, e.g. 32,64.",
+        help="How many filters each conv + 2x2 max-pool block learns.",
     ),
-    Hyperparameter("kernel_size", "Kernel size", "choice", choices=(3, 5, 7)),
-    Hyperparameter("padding", "Padding", "choice", choices=("valid", "same")),
+    Hyperparameter(
+        "kernel_size",
+        "Kernel size",
+        "choice",
+        choices=(3, 5, 7),
+        help="The side of each filter in pixels: how large the patterns are that "
+        "a conv layer looks for.",
+    ),
+    Hyperparameter(
+        "padding",
+        "Padding",
+        "choice",
+        choices=("valid", "same"),
+        help="same adds a border of zeros, so a conv layer keeps the image's size; "
+        "with valid the image shrinks a little at each conv layer.",
+    ),
 )
 _MLP = (
     _LAYERS,
@@ -173,6 +253,7 @@ _MLP = (
         "Activation",
         "choice",
         choices=("relu", "tanh", "logistic", "identity"),
+        help=_ACTIVATION_HELP,
     ),
     _SOLVER,
     _ALPHA,
@@ -183,9 +264,18 @@ _MLP = (
         "Learning-rate schedule",
         "choice",
         choices=("constant", "invscaling", "adaptive"),
-        help="Only for the sgd optimizer.",
+        help="How the learning rate changes during training (with the sgd "
+        "optimizer only).",
     ),
-    Hyperparameter("momentum", "Momentum", "float", 0.0, 0.99, help="sgd only."),
+    Hyperparameter(
+        "momentum",
+        "Momentum",
+        "float",
+        0.0,
+        0.99,
+        help="With the sgd optimizer only: how much of its last step each step "
+        "keeps, which smooths the way down the loss.",
+    ),
     _EPOCHS,
     _EARLY,
     _PATIENCE,
