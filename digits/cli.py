@@ -452,8 +452,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def report(row: dict) -> None:
         nonlocal finished
         finished += 1
+        val = row.get("val_accuracy")
         result = (
-            f"{row['test_accuracy']:.2%} in {row['train_seconds']:.1f}s"
+            (f"validation {val:.2%}, " if val is not None else "")
+            + f"test {row['test_accuracy']:.2%} in {row['train_seconds']:.1f}s"
             if row["status"] == "done"
             else f"failed: {_one_line(row.get('error'))}"
         )
@@ -503,10 +505,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(summary)
     elif outcome is not None:
-        for c in summary["configurations"]:
+        configurations = summary["configurations"]
+        mean, spread, words = experiments.compared_by(configurations)
+        if configurations:
             print(
-                f"{c['label']:<36} {c['accuracy_mean']:.2%} ± "
-                f"{c['accuracy_std']:.2%} ({c['n']} seeds, {c['n_params']:,} "
+                f"Each configuration's mean {words} over its seeds (± sd), then test:"
+            )
+        for c in configurations:
+            print(
+                f"{c['label']:<36} {c[mean]:.2%} ± {c[spread]:.2%}, test "
+                f"{c['accuracy_mean']:.2%} ({c['n']} seeds, {c['n_params']:,} "
                 f"parameters, {c['seconds_mean']:.1f}s)"
             )
         print(
