@@ -344,7 +344,7 @@ def how_computed(*names: str, note: str | None = None) -> None:
     expander. The words on the page are for learners; code names go here."""
     with st.expander(HOW_COMPUTED):
         if names:
-            st.markdown("\n".join(f"- `{name}`" for name in names))
+            st.caption("\n".join(f"- `{name}`" for name in names))
         if note:
             st.caption(note)
 

@@ -33,7 +33,11 @@ def confusion_tab(ds, proba, report) -> None:
     matrix = np.asarray(report["confusion_matrix"])
     left, right = st.columns([3, 2], gap="large")
     with left:
-        st.caption("Click a cell to see its test images.")
+        st.caption(
+            f"The {len(ds.y_test):,} test images: each row is a true class, each "
+            "column the model's answer, so the diagonal holds the right answers. "
+            "Click a cell to see its images."
+        )
         event = ui.chart(
             figures.confusion(matrix, names),
             on_select="rerun",
@@ -41,7 +45,12 @@ def confusion_tab(ds, proba, report) -> None:
             key="confusion",
         )
     with right:
-        st.caption("Scores per class")
+        st.caption(
+            "Scores per class, on the test images. Precision: of the images the "
+            "model calls this class, the share that are. Recall: of the images of "
+            "this class, the share it finds. F1 combines the two; support is how "
+            "many test images the class has."
+        )
         st.dataframe(
             [
                 {
@@ -65,7 +74,10 @@ def confusion_tab(ds, proba, report) -> None:
     true, pred = cell
     chosen = metrics.confusion_cell(ds.y_test, proba, true, pred)
     st.subheader(f"True {names[true]}, predicted {names[pred]}: {len(chosen)} images")
-    st.caption("Most confident first; the caption is the model's probability.")
+    st.caption(
+        "Test images, most confident first; under each, how sure the model was "
+        "of this answer."
+    )
     shown = chosen[:MAX_GALLERY]
     ui.gallery(
         ds.x_test[shown],
@@ -79,11 +91,20 @@ def mistakes_tab(ds, proba) -> None:
     order = left.selectbox(
         "Worst first, by", list(ORDERS), format_func=ORDERS.get, key="evaluate-order"
     )
-    n_show = right.slider("Images", 12, 120, 36, step=12, key="evaluate-n-mistakes")
+    n_show = right.slider(
+        "Images",
+        12,
+        120,
+        36,
+        step=12,
+        key="evaluate-n-mistakes",
+        help="How many of the misread test images to show.",
+    )
     wrong = metrics.misclassified(ds.y_test, proba, order=order)
     st.caption(
-        f"{len(wrong):,} of {len(ds.y_test):,} test images are misclassified. "
-        "Caption: true → predicted, then the top 3 probabilities."
+        f"{len(wrong):,} of the {len(ds.y_test):,} test images are misread. "
+        "Under each: the true class → the model's answer, then its three likeliest "
+        "classes with their probabilities."
     )
     names = ds.class_names
     shown = wrong[:n_show]
@@ -141,18 +162,26 @@ def calibration_tab(ds, proba) -> None:
     left, right = st.columns(2, gap="large")
     with left:
         n_bins = st.select_slider(
-            "Confidence bins", [5, 10, 15, 20], value=10, key="evaluate-bins"
+            "Confidence bins",
+            [5, 10, 15, 20],
+            value=10,
+            key="evaluate-bins",
+            help="How many groups the test images are sorted into by how sure "
+            "the model is of its answer.",
         )
         rel = metrics.reliability(ds.y_test, proba, n_bins)
         st.metric(
             "Expected calibration error",
             f"{rel['ece']:.2%}",
-            help="Mean gap between confidence and accuracy, weighted by images.",
+            help="How far the model's confidence is from how often it is right, "
+            "on average over the test images: 0% means that when it says 90% sure "
+            "it is right 90% of the time.",
         )
         st.caption(
-            "Reliability diagram: test images grouped by the model's top "
-            'probability; a bar on the dashed diagonal means that "p sure" is '
-            "right p of the time (`digits.metrics.reliability`)."
+            f"Reliability diagram of the {len(ds.y_test):,} test images, grouped "
+            "by how sure the model is of its answer. A bar on the dashed diagonal "
+            'means that "p sure" is right p of the time; a bar below it, that the '
+            "model is surer than it should be."
         )
         ui.chart(figures.reliability(rel))
     with right:
@@ -163,28 +192,41 @@ def calibration_tab(ds, proba) -> None:
             0.90,
             0.01,
             key="evaluate-threshold",
+            help="The model answers an image only when its top probability "
+            "reaches this, and leaves the others to a person.",
         )
         chosen = metrics.selective(ds.y_test, proba, threshold)
         accuracy = chosen["accuracy"]
         ui.metric_row(
-            ("Coverage", f"{chosen['coverage']:.1%}"),
+            (
+                "Coverage",
+                f"{chosen['coverage']:.1%}",
+                "The share of the test images the model answers at this threshold.",
+            ),
             ("Accuracy on those", "-" if accuracy is None else f"{accuracy:.2%}"),
             ("Mistakes left", f"{chosen['errors']:,}"),
         )
         st.caption(
             f"At {threshold:.0%} the model answers {chosen['kept']:,} of "
-            f"{chosen['n']:,} test images and passes on the rest "
-            "(`digits.metrics.selective`)."
+            f"{chosen['n']:,} test images and passes on the rest."
         )
         st.caption(
-            "Accuracy against coverage for every threshold: answering fewer images "
-            "buys accuracy (`digits.metrics.coverage_curve`); red: the slider."
+            "Accuracy against coverage on the test images, for every threshold: "
+            "answering fewer images buys accuracy. Red: the slider's threshold."
         )
         ui.chart(
             figures.coverage(
                 metrics.coverage_curve(ds.y_test, proba), chosen, threshold
             )
         )
+    ui.how_computed(
+        "digits.metrics.reliability",
+        "digits.metrics.selective",
+        "digits.metrics.coverage_curve",
+        note="Expected calibration error: the gap between each bin's mean "
+        "confidence and its accuracy, averaged with each bin weighted by its "
+        "number of images.",
+    )
 
 
 def misread_caption(drawing_id: int, true: str, predicted: str, p: float) -> str:
@@ -225,8 +267,8 @@ def handwriting_scores(ds, run, report, saved) -> None:
     for col, (title, matrix, key) in zip(st.columns(2, gap="large"), sets, strict=True):
         with col:
             st.caption(
-                f"**{title}**: row = true digit, column = the model's reading "
-                "(`digits.metrics.report`)."
+                f"**{title}**: each row is the true digit, each column the model's "
+                "reading."
             )
             ui.chart(figures.confusion(np.asarray(matrix), names, 400), key=key)
     only_misreads = st.toggle("Only misreads", key="hw-only-misreads")
@@ -234,8 +276,7 @@ def handwriting_scores(ds, run, report, saved) -> None:
     shown = np.flatnonzero(predicted != saved.labels) if only_misreads else np.arange(n)
     st.caption(
         "Your drawings as the model sees them (28x28, oldest first): id, true digit, "
-        "and the model's probability for its reading; misreads framed in red "
-        "(`digits.handwriting.predict`)."
+        "and how sure the model is of its reading; misreads framed in red."
     )
     ui.gallery(
         figures.framed(saved.images[shown], predicted[shown] != saved.labels[shown]),
@@ -274,9 +315,8 @@ def manage_drawings(hw, saved) -> None:
     left, right = st.columns(2, gap="large")
     with left:
         st.caption(
-            "Download the drawings with their labels: `.npz` (images (n, 28, 28) "
-            "uint8 and labels; `np.load(..., allow_pickle=False)`) or a CSV that "
-            "loads as a dataset on Home (`digits.handwriting`)."
+            "Download your drawings with their labels: as a NumPy file (.npz) for "
+            "your own programs, or as a CSV that Home can load as a dataset."
         )
         for suffix, (mime, export) in EXPORTS.items():
             st.download_button(
@@ -324,6 +364,11 @@ def manage_drawings(hw, saved) -> None:
             args=(hw.clear, "hw-confirm-clear", False, "Deleted all {} drawings."),
             key="hw-clear",
         )
+    ui.how_computed(
+        "digits.handwriting.HandwritingStore",
+        note=f"Saved in {hw.path}. The .npz file holds images (n, 28, 28) as uint8 "
+        "and labels (n,); read it with numpy.load(path, allow_pickle=False).",
+    )
 
 
 def curves_tab(chosen: list[str]) -> None:
@@ -352,9 +397,11 @@ def curves_tab(chosen: list[str]) -> None:
                 for run in picked
             ]
         ),
-        "Loss and accuracy after each epoch, as saved when each run was trained: "
-        "solid lines on the images the model learned from, dashed lines on the "
-        "validation images it was checked on (the legend says which). A gap "
+        "Loss and accuracy after each epoch (one pass over the training images), "
+        "as saved when each run was trained. Solid lines: the training images the "
+        "model learned from. Dashed lines: its validation images, training images "
+        "held out from learning to check it (the legend says which). The loss "
+        "says how wrong the model's probabilities are: lower is better. A gap "
         "that opens between the two means the model memorises its training "
         "images instead of learning what generalises.",
     )
@@ -364,8 +411,8 @@ def handwriting_tab(ds, run, report) -> None:
     hw = handwriting.HandwritingStore()
     saved = ui.saved_drawings(hw)
     st.caption(
-        f"Digits you drew and labelled on the Draw page ({len(saved.ids)} saved in "
-        f"`{hw.path}` by `digits.handwriting`), read by **{run.name}**."
+        f"Digits you drew and labelled on the Draw page ({len(saved.ids)} saved on "
+        f"this computer), read by **{run.name}**."
     )
     if not len(saved.ids):
         st.info(
@@ -390,9 +437,9 @@ def handwriting_tab(ds, run, report) -> None:
 
 ui.page_header(
     "Evaluate",
-    "How a model does on the test set, where it goes wrong, how it compares "
-    "with another model, how far to trust its confidence, and how it reads your "
-    "own handwriting.",
+    "How a model does on the test set (images kept apart, never used in "
+    "training), where it goes wrong, how it compares with another model, how far "
+    "to trust its confidence, and how it reads your own handwriting.",
 )
 ds = ui.active_dataset()
 runs = ui.runs_for(ds)
@@ -408,10 +455,29 @@ if not runs:
 run = ui.pick_run("Model", runs, "evaluate-model")
 proba, report = ui.test_scores(run, ds)
 ui.metric_row(
-    ("Test accuracy", f"{report['accuracy']:.2%}"),
-    ("Mistakes", f"{round((1 - report['accuracy']) * report['n']):,}"),
-    ("Macro F1", f"{report['macro']['f1']:.3f}"),
-    ("Mean loss", f"{report['loss']:.3f}", "Cross-entropy per image."),
+    (
+        "Test accuracy",
+        f"{report['accuracy']:.2%}",
+        f"The share of the {report['n']:,} test images the model reads right.",
+    ),
+    (
+        "Mistakes",
+        f"{round((1 - report['accuracy']) * report['n']):,}",
+        "Test images it reads wrong.",
+    ),
+    (
+        "Macro F1",
+        f"{report['macro']['f1']:.3f}",
+        "F1 combines a class's precision and recall (1 is perfect); macro: "
+        "averaged over the classes, each counting the same.",
+    ),
+    (
+        "Mean loss",
+        f"{report['loss']:.3f}",
+        "How surprised the model is by the true classes, on average over the "
+        "test images: minus the log of the probability it gives the true class "
+        "(cross-entropy). Lower is better.",
+    ),
 )
 
 # Only the open tab is drawn: the galleries are most of the page's work.
