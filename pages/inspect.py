@@ -21,11 +21,12 @@ KERNEL_COLUMNS = {"first": 6, "strongest": 4, "all": 8}
 PROBE_MODELS_KEY = "inspect-probe-models"  # plus the inspected model's name
 MISSING = {
     "filters": "This model has no conv layers, so there are no filters to show.",
-    "activations": "The scikit-learn MLP runs inside scikit-learn: its layer "
-    "outputs are not reachable from digits. Pick a NumPy model (CNN or dense) to "
+    "activations": "The scikit-learn MLP runs inside scikit-learn, and its layer "
+    "outputs are not reachable from here. Pick a NumPy model (CNN or dense) to "
     "see them.",
-    "saliency": "Saliency needs the network's own backward pass; the scikit-learn "
-    "MLP does not expose one. Occlusion (right) works for any model.",
+    "saliency": "Saliency needs the network's own backward pass (backpropagation), "
+    "which the scikit-learn MLP does not expose. Occlusion (right) works for any "
+    "model.",
 }
 
 
@@ -66,16 +67,15 @@ def choose_image(ds, run) -> tuple[np.ndarray, str] | None:
         ),
     )
     i = left.number_input(
-        f"Test image (0 to {n - 1:,})", 0, n - 1, 0, key="inspect-index"
+        f"Test image (0 to {n - 1:,})",
+        0,
+        n - 1,
+        0,
+        key="inspect-index",
+        help=f"One of the {n:,} test images, by its number.",
     )
     label = ds.class_names[int(ds.y_test[i])]
     return ds.x_test[i].astype(np.float32) / 255, f"test image {i} (a {label})"
-
-
-def how_computed(text: str) -> None:
-    """The function names behind a section, for the curious, folded away."""
-    with st.expander("How this is computed"):
-        st.caption(text)
 
 
 def probe_partners(run, runs) -> list[str]:
@@ -152,9 +152,12 @@ def probe_section(image: np.ndarray, run, runs, target: int, names) -> None:
             "stops.",
             key="probe-sweep",
         )
-    how_computed(
-        "`explain.transform` moves the digit, `explain.probe` asks each model for "
-        "its class probabilities, and `explain.sweep` repeats that for every shift."
+    ui.how_computed(
+        "digits.explain.transform",
+        "digits.explain.probe",
+        "digits.explain.sweep",
+        note="transform moves the digit, probe asks each model for its class "
+        "probabilities, and sweep repeats that for every shift.",
     )
 
 
@@ -198,10 +201,12 @@ def filters_section(model) -> None:
                 + ' ("#17 in 3": filter 17, map 3).'
             )
         ui.chart(fig, what + " Red weights excite, blue inhibit.", key=f"f-{name}")
-    how_computed(
-        "`explain.conv_filters` reads each conv layer's weights (filters x input "
-        "maps x k x k); `explain.strongest_kernels` orders the filters by the L2 "
-        "norm of all their weights and picks one kernel of each."
+    ui.how_computed(
+        "digits.explain.conv_filters",
+        "digits.explain.strongest_kernels",
+        note="conv_filters reads each conv layer's weights (filters x input maps x "
+        "k x k); strongest_kernels orders the filters by the L2 norm of all their "
+        "weights and picks one kernel of each.",
     )
 
 
@@ -225,11 +230,12 @@ def gradient_check_section(model) -> None:
         "Checks that the network's own learning rule (backpropagation) computes "
         "the right slopes: each is compared with the change measured by nudging "
         "one weight at a time, on a small copy of this network (same layers, at "
-        "most 3 channels and 8 units each). Differences below 1e-5 pass."
+        "most 3 channels and 8 units each). Relative differences below 0.00001 "
+        "pass."
     )
-    how_computed(
-        "`explain.gradient_check`: backprop against central finite differences, "
-        "in float64."
+    ui.how_computed(
+        "digits.explain.gradient_check",
+        note="Backpropagation against central finite differences, in float64.",
     )
     if not st.button("Run the gradient check", icon=":material/calculate:"):
         return
@@ -316,33 +322,41 @@ with cols[1]:
     else:
         ui.chart(
             figures.heatmap(grads.gradient, signed=True),
-            f"Saliency: which pixels would make the model more sure of "
-            f"{run.class_names[grads.target]} if they were brighter (red) or "
-            "darker (blue).",
+            "Saliency: how much each pixel sways the answer. Red pixels, made "
+            "brighter, would make the model surer of "
+            f"{run.class_names[grads.target]}; blue ones, made darker.",
             key="saliency",
         )
 with cols[2]:
     ui.chart(
         figures.heatmap(hidden.drop, signed=True),
-        f"Occlusion: how much less sure of {run.class_names[hidden.target]} the "
-        f"model gets when a {hidden.patch}x{hidden.patch} square hides each "
-        "pixel (red: that pixel matters).",
+        "Occlusion: hide part of the image and see what the answer loses. Here, "
+        f"how much less sure of {run.class_names[hidden.target]} the model gets "
+        f"when a {hidden.patch}x{hidden.patch} square hides each pixel (red: that "
+        "pixel matters).",
         key="occlusion",
     )
-how_computed(
-    "Saliency is the gradient of the class's logit with respect to each pixel, by "
-    "the network's own backprop (`explain.saliency`). Occlusion is the fall in the "
-    "class's log-odds when a patch is blanked (`explain.occlusion`)."
+ui.how_computed(
+    "digits.explain.saliency",
+    "digits.explain.occlusion",
+    note="Saliency is the gradient of the class's score (logit) with respect to "
+    "each pixel, by the network's own backprop. Occlusion is the fall in the "
+    "class's log-odds when a patch is blanked.",
 )
 
 st.subheader("Robustness probe")
 st.caption(
-    "Move the digit and watch the class probabilities: MNIST digits are centred "
-    "by mass, which a dense network relies on; a CNN's pooling tolerates shifts."
+    "Move, turn, resize or thicken the digit and watch how sure each model stays: "
+    "a robust model keeps its answer. MNIST's digits are all centred, which a "
+    "dense network relies on; a CNN's pooling copes better with shifts."
 )
 probe_section(image, run, runs, target, run.class_names)
 
 st.subheader("Layer by layer")
+st.caption(
+    "Activations: the numbers each layer passes on to the next for this image. "
+    "Early layers light up at strokes and edges; the last gives a score per class."
+)
 if not outputs:
     st.info(MISSING["activations"])
 else:
@@ -351,17 +365,23 @@ else:
         with tab:
             ui.chart(
                 figures.layer_output(out.values, run.class_names, TILE_COLUMNS),
-                f"What this layer passes on for this image, {out.shape}"
-                + (": one map per channel" if out.values.ndim == 3 else "")
+                f"What this layer passes on for {what}: "
+                f"{'x'.join(map(str, out.shape))} numbers"
+                + (", one map per channel (filter)" if out.values.ndim == 3 else "")
                 + ".",
                 key=f"act-{out.name}",
             )
-    how_computed(
-        "`explain.activations` runs the network layer by layer in inference mode "
-        "and keeps each layer's output."
+    ui.how_computed(
+        "digits.explain.activations",
+        note="Runs the network layer by layer in inference mode (no dropout) and "
+        "keeps each layer's output.",
     )
 
 st.subheader("Learned filters")
+st.caption(
+    "Filters: the small patterns a conv layer has learned to look for. Each slides "
+    "over its input and lights up where its pattern appears."
+)
 if can["filters"]:
     filters_section(model)
 else:
