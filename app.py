@@ -15,7 +15,7 @@ from collections.abc import Callable
 import streamlit as st
 
 import ui
-from digits import figures, registry, store
+from digits import data, figures, registry, store
 from digits.errors import DigitsError
 
 SAMPLES_PER_CLASS = 24
@@ -68,10 +68,16 @@ def models_table(ds) -> None:
     if "default-cnn" not in names:
         st.info(
             "The shipped default CNN is not installed yet. Train a CNN on the Train "
-            "page, or run `python -m digits train --model cnn --preset default "
-            f"--out {store.PRETRAINED_DIR / 'cnn'}`.",
+            "page, or restore it with the command below.",
             icon=":material/info:",
         )
+        with st.expander("The command that restores it"):
+            st.code(
+                "python -m digits train --model cnn --preset default "
+                f"--out {store.PRETRAINED_DIR / 'cnn'}",
+                language="bash",
+                wrap_lines=True,
+            )
     if not runs:
         st.info("No saved models yet. Train one on the Train page.")
     else:
@@ -104,7 +110,10 @@ def models_table(ds) -> None:
             },
         )
         usable = len(ui.runs_for(ds))
-        st.caption(f"{usable} of {len(runs)} models were trained on this dataset.")
+        st.caption(
+            f"{usable} of {len(runs)} models were trained on this dataset. Test "
+            "accuracy: the share of its dataset's test images a model reads right."
+        )
     for bad in broken:
         if bad.legacy:
             text = (
@@ -231,10 +240,22 @@ ds = ui.active_dataset()
 
 h, w = ds.x_train.shape[1:]
 cols = st.columns(4)
-cols[0].metric("Classes", len(ds.class_names))
-cols[1].metric("Training images", f"{len(ds.x_train):,}")
-cols[2].metric("Test images", f"{len(ds.x_test):,}")
-cols[3].metric("Image size", f"{h}x{w}")
+cols[0].metric(
+    "Classes", len(ds.class_names), help="How many kinds of image there are."
+)
+cols[1].metric(
+    "Training images",
+    f"{len(ds.x_train):,}",
+    help="The images models learn from. Of these, "
+    f"{data.validation_split(ds).rule} are held out as validation images: "
+    "never learned from, they check a model while it trains.",
+)
+cols[2].metric(
+    "Test images",
+    f"{len(ds.x_test):,}",
+    help="Images kept apart from all training, to score a finished model fairly.",
+)
+cols[3].metric("Image size", f"{h}x{w}", help="Height x width, in pixels.")
 
 head, button = st.columns([3, 1], vertical_alignment="bottom")
 head.subheader("Random samples of each class")
@@ -247,7 +268,9 @@ ui.chart(
         ds.class_names,
         SAMPLES_PER_CLASS,
         st.session_state.get(SEED_KEY, 0),
-    )
+    ),
+    f"Drawn at random from the {len(ds.x_train):,} training images, "
+    f"{SAMPLES_PER_CLASS} of each class.",
 )
 st.subheader("Models")
 models_table(ds)

@@ -140,13 +140,18 @@ def digit_input() -> tuple[object, str | None]:
         BRUSH_DEFAULT,
         key="draw-brush",
         persist_state="session",
+        help="How thick your strokes are, in canvas pixels.",
     )
     st.button("Clear", icon=":material/delete:", on_click=clear)
     return image, None
 
 
 def show_steps(pre: preprocess.Preprocessed) -> None:
-    st.caption("How the image becomes a model input, MNIST-style")
+    st.caption(
+        "How your digit becomes a model input, the way MNIST's digits were made: "
+        "cropped to the ink, scaled to fit 20x20 pixels, then centred by its "
+        "centre of mass in 28x28."
+    )
     st.image(
         [figures.thumbnail(getattr(pre, step), STEP_PIXELS) for step in STEPS],
         caption=list(STEPS.values()),
@@ -235,6 +240,11 @@ def show_predictions(image, filename: str | None, chosen: list) -> None:
         ui.show_error(err)
         return
     readings = list(zip(chosen, probas, strict=True))
+    st.caption(
+        "What each model reads in your "
+        + ("photo" if filename else "drawing")
+        + ": its answer, and its probability for every class (the bars)."
+    )
     for start in range(0, len(readings), MODELS_PER_ROW):
         row = readings[start : start + MODELS_PER_ROW]
         for col, (run, p) in zip(st.columns(MODELS_PER_ROW), row, strict=False):
