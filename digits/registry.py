@@ -599,8 +599,9 @@ MODELS: dict[str, ModelKind] = {
     "cnn": ModelKind(
         name="cnn",
         label="CNN (NumPy)",
-        description="Convolutional network written in NumPy: conv + max-pool "
-        "blocks, then dense layers.",
+        description="A convolutional network written in NumPy: blocks that look "
+        "for small patterns anywhere in the image (convolution) and shrink it "
+        "(max-pooling), then fully connected layers that give the answer.",
         constructor=_cnn,
         defaults={"random_state": 0},
         presets={
@@ -634,8 +635,9 @@ MODELS: dict[str, ModelKind] = {
     "dense": ModelKind(
         name="dense",
         label="Dense network (NumPy)",
-        description="Fully connected network written in NumPy (the CNN's "
-        "estimator without convolutions).",
+        description="A fully connected network written in NumPy: every unit "
+        "looks at every pixel, or at every unit of the layer before (the CNN "
+        "without its convolution blocks).",
         constructor=_cnn,
         defaults={"random_state": 0, "hidden_layer_sizes": (256, 128)},
         presets={
@@ -651,7 +653,8 @@ MODELS: dict[str, ModelKind] = {
     "mlp": ModelKind(
         name="mlp",
         label="MLP baseline (scikit-learn)",
-        description="scikit-learn's MLPClassifier, trained epoch by epoch.",
+        description="scikit-learn's fully connected network (a multi-layer "
+        "perceptron), trained one epoch at a time: a baseline to compare with.",
         constructor=_mlp,
         # scikit-learn's "auto" batch size is 200; max_iter=200 would take minutes.
         defaults={"random_state": 0, "batch_size": 200, "max_iter": 20},
