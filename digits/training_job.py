@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from digits import explain, registry, store
+from digits import calibrate, data, explain, registry, store
 from digits.jobs import FINAL, BackgroundJob, JobProgress
 from digits.nn.callbacks import Callback, StopOnEvent
-from digits.training import VALIDATION_SIZE, train_run
+from digits.training import VALIDATION_SIZE, train_run, validation_images
 
 POINT_SECONDS = 0.25  # record a point of the live training curve this often
 # Training runs at a lower CPU priority than the server's other threads, so that
@@ -58,6 +58,11 @@ class Progress(JobProgress):
     # Per-layer training health of a NumPy model (explain.TrainingHealth.rows);
     # empty for the scikit-learn MLP.
     health: list[dict] = field(default_factory=list)
+    # Seconds per epoch (training and validation): the probe's estimate before
+    # training, then corrected from the real batches (calibrate.EpochClock);
+    # epoch_measured says whether real batches went into it.
+    epoch_seconds: float | None = None
+    epoch_measured: bool = False
 
 
 @dataclass
@@ -163,7 +168,23 @@ class TrainingJob(BackgroundJob):
         self.validation_size = validation_size
         self._state = _State()
         self._health = explain.TrainingHealth()
+        self._clock = self._epoch_clock()
         super().__init__(f"digits-train-{kind}")
+
+    def _epoch_clock(self) -> calibrate.EpochClock:
+        """The time per epoch, from the probe (the Train page has just run it for
+        these settings, so it is cached) until real batches correct it."""
+        ds = self.dataset
+        pool = len(data.validation_split(ds).train)
+        n_train = min(self.train_size or pool, pool)
+        return calibrate.epoch_clock(
+            self.kind,
+            self.params,
+            n_train,
+            n_validation=validation_images(ds, self.validation_size),
+            image_shape=tuple(ds.x_train.shape[1:]),
+            n_classes=len(ds.class_names),
+        )
 
     def __repr__(self) -> str:
         return f"TrainingJob({self.kind!r}, {self.dataset.name!r}, {self.status})"
@@ -197,6 +218,8 @@ class TrainingJob(BackgroundJob):
                 stop_latency=latency,
                 queue_position=self._queue_position(),
                 health=self._health.rows(),
+                epoch_seconds=self._clock.seconds,
+                epoch_measured=self._clock.corrected,
             )
 
     # -- the thread -------------------------------------------------------------
@@ -212,7 +235,12 @@ class TrainingJob(BackgroundJob):
             self.kind,
             self.dataset,
             params=self.params,
-            callbacks=[_Recorder(self), StopOnEvent(self._stop), self._health],
+            callbacks=[
+                _Recorder(self),
+                StopOnEvent(self._stop),
+                self._health,
+                self._clock,
+            ],
             train_size=self.train_size,
             validation_size=self.validation_size,
             name=self.name,

@@ -124,20 +124,35 @@ def live(job: TrainingJob, refreshing: bool) -> None:
     snap = job.snapshot()
     if refreshing and snap.finished:
         st.rerun()  # once more as a whole page: stops the timer, enables Start
-    text = f"{job.spec.label} · epoch {snap.epoch} of {snap.max_epochs}"
+    text = (
+        f"{job.spec.label} · epoch {snap.epoch} of {snap.max_epochs} · "
+        f"{snap.images_per_second:,.0f} images/s · "
+        f"{humanize.duration(snap.elapsed)} so far"
+    )
     text += STATUS_TEXT.get(snap.status, "")
     st.progress(snap.fraction, text=text)
     ui.queue_notice(snap.queue_position, "model(s)", "one")
-    cols = st.columns([1, 1, 1.2, 1.2, 1], vertical_alignment="center")
-    cols[0].metric("Images/s", f"{snap.images_per_second:,.0f}")
-    cols[1].metric("Elapsed", humanize.duration(snap.elapsed))
-    cols[2].metric("ETA", "done" if snap.finished else humanize.duration(snap.eta))
-    last = snap.epochs[-1] if snap.epochs else {}
-    cols[3].metric(
-        "Val. accuracy",
-        f"{last['val_accuracy']:.1%}" if "val_accuracy" in last else "-",
+    cols = st.columns(4, vertical_alignment="center")
+    cols[0].metric(
+        "Per epoch",
+        f"≈ {humanize.duration(snap.epoch_seconds)}",
+        help=(
+            "Measured from this run's batches so far."
+            if snap.epoch_measured
+            else "Estimated before training; measured once a few batches have run."
+        ),
     )
-    cols[4].button(
+    cols[1].metric(
+        "Time left", "done" if snap.finished else humanize.duration(snap.eta)
+    )
+    last = snap.epochs[-1] if snap.epochs else {}
+    cols[2].metric(
+        "Validation",
+        f"{last['val_accuracy']:.1%}" if "val_accuracy" in last else "-",
+        help="Accuracy after the last finished epoch on the validation images: "
+        "training images held out, never learned from.",
+    )
+    cols[3].button(
         "Stop",
         key="stop",
         icon=":material/stop_circle:",
@@ -202,8 +217,10 @@ with controls:
     left, right = st.columns(2)
     preset = left.selectbox(
         "Start from preset",
-        list(spec.presets),
-        index=list(spec.presets).index("quick") if "quick" in spec.presets else 0,
+        # Only presets whose network fits these images (the 5x5 default CNN does
+        # not fit the 8x8 digits the app falls back to offline).
+        presets := spec.presets_for(ds.x_train.shape[1:], len(ds.class_names)),
+        index=presets.index("quick") if "quick" in presets else 0,
         key=f"train-preset-{kind}",
         persist_state="session",
         **ui.URL_BOUND,

@@ -257,3 +257,26 @@ def test_a_server_exiting_mid_training_prints_no_traceback(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "exiting while running"
     assert "Traceback" not in out.stderr and "failed" not in out.stderr
+
+
+def test_the_time_per_epoch_starts_as_the_estimate_then_follows_the_run(mnist):
+    """Before training the job shows the probe's estimate for its settings; once
+    batches run it is measured (calibrate.EpochClock), and at the end it is the
+    mean of the epochs it ran."""
+    from digits import calibrate
+
+    job = TrainingJob("cnn", mnist, {**TINY_CNN, "max_iter": 2}, train_size=2000)
+    before = job.snapshot()
+    n_val = training.validation_images(mnist, VALIDATION_SIZE)
+    params = job.params
+    assert not before.epoch_measured
+    assert before.epoch_seconds == pytest.approx(
+        calibrate.estimate_epoch_seconds("cnn", params, 2000, n_validation=n_val)
+    )
+    job.start()
+    assert job.join(TIMEOUT)
+    after = job.snapshot()
+    assert after.status == "done" and after.epoch_measured
+    # The two epochs' own timings (training only) bound it from below.
+    epochs = store.open_run(after.run.name).meta["history"]
+    assert after.epoch_seconds >= min(e["seconds"] for e in epochs)
