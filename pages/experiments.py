@@ -199,8 +199,9 @@ with controls:
             key="sweep-conv",
             persist_state="session",
             **ui.URL_BOUND,
-            help="One entry per conv + 2x2 max-pool block (5x5 kernels, 'same' "
-            "padding); none is a dense network.",
+            help="The stacks of conv blocks to try. Each number is one block "
+            "(5x5 filters, then a 2x2 max-pool) and how many filters it learns; "
+            "none is a network without convolutions.",
         )
     grid["hidden_layer_sizes"] = st.multiselect(
         "Hidden layers (width)",
@@ -210,14 +211,30 @@ with controls:
         key="sweep-hidden",
         persist_state="session",
         **ui.URL_BOUND,
-        help="Units of each fully connected hidden layer.",
+        help="The fully connected layers to try. Each number is one layer and "
+        "how many units it has.",
     )
     left, right = st.columns(2)
     n_seeds = left.number_input(
-        "Seeds", 1, 5, 2, key="sweep-seeds", persist_state="session", **ui.URL_BOUND
+        "Seeds",
+        1,
+        5,
+        2,
+        key="sweep-seeds",
+        persist_state="session",
+        **ui.URL_BOUND,
+        help="How many times to train each configuration, each time from other "
+        "random starting weights: the spread shows how much is luck.",
     )
     epochs = right.number_input(
-        "Epochs", 1, 10, 1, key="sweep-epochs", persist_state="session", **ui.URL_BOUND
+        "Epochs",
+        1,
+        10,
+        1,
+        key="sweep-epochs",
+        persist_state="session",
+        **ui.URL_BOUND,
+        help="How many times each trial goes through its training images.",
     )
     n_train = ui.train_size_input(ds, DEFAULT_TRAIN_SIZE, "sweep-size")
 

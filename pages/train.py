@@ -161,15 +161,24 @@ def live(job: TrainingJob, refreshing: bool) -> None:
         help="Stops after the current batch; the model trained so far is saved.",
     )
     if snap.points:  # nothing to plot while queued: spare the server the figure
-        ui.chart(figures.training_curves(snap))
+        ui.chart(
+            figures.training_curves(snap),
+            "Loss (how wrong the model's probabilities are: lower is better) and "
+            "accuracy as the model learns. Blue: the training images it learns "
+            "from. Orange, after each epoch: the validation images, training "
+            "images held out from learning to check it. If orange falls behind "
+            "while blue keeps improving, the model memorises.",
+        )
     if snap.health:
         ui.chart(
             figures.training_health(snap),
-            f"Training health per layer, one batch in {explain.HEALTH_EVERY}: "
-            "gradient norm, size of each update relative to the weights (about "
-            "1e-3 is healthy) and the fraction of ReLU units silent for a whole "
-            "batch: `explain.TrainingHealth`.",
+            f"Training health per layer, measured on one training batch in "
+            f"{explain.HEALTH_EVERY}: how strongly the loss pulls on the layer's "
+            "weights (gradient size), how big each update is next to the weights "
+            "(about 0.001 is healthy), and the share of ReLU units that stay at 0 "
+            "for a whole batch (silent units learn nothing).",
         )
+        ui.how_computed("digits.explain.TrainingHealth")
     if snap.finished:
         announce(job, snap)
 
@@ -195,8 +204,9 @@ def start(kind: str, ds, params: dict, n_train: int) -> None:
 
 ui.page_header(
     "Train",
-    "Pick a model and its hyperparameters, then train it in the background: the "
-    "curves update live, and you may switch pages meanwhile.",
+    "Pick a model and its hyperparameters (the settings fixed before training), "
+    "then train it in the background: the curves update live, and you may switch "
+    "pages meanwhile.",
 )
 ds = ui.active_dataset()
 job: TrainingJob | None = ui.tab_job(ui.JOB_KEY)  # this tab's, even after a reload
