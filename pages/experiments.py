@@ -44,13 +44,24 @@ def results(rows: list[dict]) -> None:
         st.info("No trial has finished yet: the charts appear as trials finish.")
         return
     summary = experiments.summarise(done)
+    score = experiments.compared_by(summary)
+    on = (
+        "the validation images (training images held out, never learned from)"
+        if score[0] == "val_mean"
+        else "the test images (this sweep was run before validation accuracy was "
+        "recorded)"
+    )
     st.caption(
-        "Each point is a configuration: the mean test accuracy over its seeds, "
-        "with a bar of ± one standard deviation. Depth counts hidden layers (conv "
-        "blocks + dense); width is the units of the widest dense layer."
+        f"Each point is a configuration: its mean accuracy over its seeds on {on}, "
+        "with a bar of ± one standard deviation. Configurations are compared on "
+        "validation images so that the test images stay unseen until the final "
+        "score, in the table below. Depth counts hidden layers (conv blocks + "
+        "dense); width is the units of the widest dense layer."
     )
     for col, (x, group) in zip(st.columns(2), AGAINST, strict=True):
-        fig = figures.accuracy_against(summary, x, group, f"Accuracy against {x}")
+        fig = figures.accuracy_against(
+            summary, x, group, f"Accuracy against {x}", score
+        )
         with col:
             ui.chart(fig)
     st.caption(
@@ -59,10 +70,10 @@ def results(rows: list[dict]) -> None:
     )
     for col, (cost, title, log_x) in zip(st.columns(2), PARETO, strict=True):
         front = experiments.pareto_front(
-            [r[cost] for r in summary], [r["accuracy_mean"] for r in summary]
+            [r[cost] for r in summary], [r[score[0]] for r in summary]
         )
         with col:
-            ui.chart(figures.pareto(summary, cost, front, title, log_x))
+            ui.chart(figures.pareto(summary, cost, front, title, log_x, score))
     ui.chart(figures.loss_curves(done))
     st.caption("Every trial, one row each; the run is saved in the store under Run.")
     st.dataframe(
@@ -73,6 +84,7 @@ def results(rows: list[dict]) -> None:
                 "Conv": _layers(r["conv_channels"]),
                 "Hidden": _layers(r["hidden_layer_sizes"]),
                 "Parameters": r.get("n_params"),
+                "Validation accuracy": r.get("val_accuracy"),
                 "Test accuracy": r.get("test_accuracy"),
                 "Test loss": r.get("test_loss"),
                 "Training (s)": r.get("train_seconds"),
@@ -82,6 +94,7 @@ def results(rows: list[dict]) -> None:
             for r in rows
         ],
         column_config={
+            "Validation accuracy": st.column_config.NumberColumn(format="percent"),
             "Test accuracy": st.column_config.NumberColumn(format="percent"),
             "Test loss": st.column_config.NumberColumn(format="%.4f"),
             "Training (s)": st.column_config.NumberColumn(format="%.1f"),

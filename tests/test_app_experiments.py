@@ -106,8 +106,9 @@ def test_a_sweep_runs_in_the_background_and_charts_its_results(at):
     for x, y, err in zip(
         width_chart["x"], width_chart["y"], width_chart["error_y"]["array"], strict=True
     ):
-        assert y == pytest.approx(by_width[x]["accuracy_mean"])
-        assert err == pytest.approx(by_width[x]["accuracy_std"])
+        # Configurations are compared on the validation images, not the test set.
+        assert y == pytest.approx(by_width[x]["val_mean"])
+        assert err == pytest.approx(by_width[x]["val_std"])
     assert len(charts[4]["data"]) == 4  # one loss curve per trial
     # Starting the same grid again has nothing left to do.
     assert "already done" in texts(at.caption)
