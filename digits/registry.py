@@ -128,8 +128,8 @@ _SOLVER = Hyperparameter(
     "Optimizer",
     "choice",
     choices=("adam", "sgd"),
-    help="How the weights change after each batch: sgd steps down the slope of "
-    "the loss; adam also adapts the step of each weight as it goes.",
+    help="How the weights change after each batch: 'sgd' steps down the slope of "
+    "the loss; 'adam' also adapts the step of each weight as it goes.",
 )
 _ALPHA = Hyperparameter(
     "alpha",
@@ -197,8 +197,8 @@ _NUMPY_EXTRA = (
         "Learning-rate schedule",
         "choice",
         choices=("cosine", "constant"),
-        help="cosine lowers the learning rate smoothly to 0 by the last epoch; "
-        "constant keeps it as set.",
+        help="'cosine' lowers the learning rate smoothly to 0 by the last epoch; "
+        "'constant' keeps it as set.",
     ),
     Hyperparameter(
         "dropout",
@@ -242,8 +242,8 @@ _CONV = (
         "Padding",
         "choice",
         choices=("valid", "same"),
-        help="same adds a border of zeros, so a conv layer keeps the image's size; "
-        "with valid the image shrinks a little at each conv layer.",
+        help="'same' adds a border of zeros, so a conv layer keeps the image's size; "
+        "with 'valid' the image shrinks a little at each conv layer.",
     ),
 )
 _MLP = (
