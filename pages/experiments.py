@@ -65,8 +65,8 @@ def results(rows: list[dict]) -> None:
         with col:
             ui.chart(fig)
     st.caption(
-        "The Pareto front (★, dotted) joins the configurations that no other is "
-        "both cheaper and more accurate than."
+        "The Pareto front (★, dotted) joins the best buys: the configurations that "
+        "no other beats on both cost (training time or size) and accuracy."
     )
     for col, (cost, title, log_x) in zip(st.columns(2), PARETO, strict=True):
         front = experiments.pareto_front(
@@ -74,8 +74,20 @@ def results(rows: list[dict]) -> None:
         )
         with col:
             ui.chart(figures.pareto(summary, cost, front, title, log_x, score))
-    ui.chart(figures.loss_curves(done))
-    st.caption("Every trial, one row each; the run is saved in the store under Run.")
+    ui.chart(
+        figures.loss_curves(done),
+        "Each trial's loss on its training images as it learned, epoch by epoch: "
+        "one colour per configuration, its seeds alike.",
+    )
+    ui.how_computed(
+        "digits.experiments.summarise",
+        "digits.experiments.compared_by",
+        "digits.experiments.pareto_front",
+    )
+    st.caption(
+        "Every trial, one row each. Each is saved as a model under the name in "
+        "Run: the other pages list it when you turn on Show sweep trials."
+    )
     st.dataframe(
         [
             {

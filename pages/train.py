@@ -82,7 +82,11 @@ def estimate(spec, params: dict, ds, n_train: int) -> bool:
         return False
     epochs = int(params.get("max_iter", 1))
     cols = st.columns(3)
-    cols[0].metric("Parameters", f"{n_params:,}")
+    cols[0].metric(
+        "Parameters",
+        f"{n_params:,}",
+        help="How many numbers (weights and biases) the model learns.",
+    )
     cols[1].metric(
         "Time per epoch",
         f"≈ {humanize.duration(seconds)}",

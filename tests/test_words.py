@@ -18,7 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Block
 
-from digits import handwriting
+from digits import experiments, handwriting, store
 from tests import test_app
 from tests.test_app import canvas_drawing, page
 
@@ -164,6 +164,27 @@ def test_draw_and_inspect_speak_plainly(at, no_drawings):
     next(b for b in at.button if b.label == "Run the gradient check").click().run()
     assert at.dataframe, "the gradient check's table"
     assert code_names(at) == []
+
+
+def test_a_sweeps_results_speak_plainly(tmp_path, monkeypatch, mnist):
+    monkeypatch.setenv(store.RUNS_DIR_ENV, str(tmp_path / "runs"))
+    sweep = experiments.plan(
+        "cnn",
+        {"conv_channels": [()], "hidden_layer_sizes": [(8,), (16,)]},
+        dataset="mnist",
+        seeds=(0,),
+        train_size=300,
+        params={"max_iter": 1},
+        name="words-sweep",
+    )
+    experiments.run_sweep(sweep, mnist, n_jobs=1)
+    app = AppTest.from_file(test_app.APP, default_timeout=test_app.TIMEOUT).run()
+    page(app, "experiments")
+    assert app.get("plotly_chart"), "the sweep's charts"
+    assert code_names(app) == []
+    # The function names are there, folded away.
+    hidden = [text for where, text in walk(app._tree) if where == HOW]
+    assert any("digits.experiments.pareto_front" in text for text in hidden)
 
 
 def literals(tree: ast.AST):
