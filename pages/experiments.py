@@ -153,7 +153,10 @@ def live(job: experiments.SweepJob, refreshing: bool) -> None:
         help="Stops the running trials after their current batch; finished "
         "trials are kept.",
     )
-    st.caption("Every trial of the sweep: its progress and, once done, its accuracy.")
+    st.caption(
+        "Every trial of the sweep: its progress and, once done, its accuracy on "
+        "the test images."
+    )
     st.dataframe(
         [
             {
