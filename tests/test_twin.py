@@ -289,3 +289,24 @@ class StopAt(Callback):
 
     def on_batch_end(self, step: int, logs: dict) -> None:
         self.stop_training = step + 1 >= self.batches
+
+
+def test_auto_uses_the_process_only_where_batches_are_heavy_enough():
+    """The default CNN's batches (260 M multiply-adds) hide the hand-over to the
+    process; the quick CNN's (21 M) do not, and train faster on a thread."""
+    from digits import registry
+    from digits.engine.trainer import multiply_adds, process_pays_off
+
+    sample = np.zeros((28, 28, 1), np.float32)
+    x, y = np.zeros((10, 28, 28), np.uint8), np.arange(10)
+    built = {}
+    for preset in ("quick", "default"):
+        est = registry.get("cnn").build(preset, max_iter=1).fit(x, y)
+        built[preset] = est.model_
+    # conv 5x5x32 at 24x24, conv 5x5x32x64 at 8x8, dense 1024x128 and 128x10
+    assert multiply_adds(built["default"], sample.shape) == (
+        24 * 24 * 25 * 32 + 8 * 8 * 25 * 32 * 64 + 1024 * 128 + 128 * 10
+    )
+    assert process_pays_off(built["default"], sample, 64, 10_000)
+    assert not process_pays_off(built["default"], sample, 64, 9_999)
+    assert not process_pays_off(built["quick"], sample, 64, 60_000)

@@ -50,8 +50,15 @@ from digits.nn.optimizers import Optimizer
 MIN_HALF_BATCH = 16
 
 # From this many training images, the second half of each batch runs in a process
-# rather than a thread: starting one takes about 0.3 s.
+# rather than a thread: starting one takes about 0.3 s...
 TWIN_PROCESS_MIN_IMAGES = 10_000
+# ...and only for batches with enough arithmetic to hide the per-batch hand-over
+# to the process (a wake-up that a busy machine can delay by a scheduler tick).
+# Measured at 20,000 images while other processes ran: the quick CNN (8 and 16
+# 3x3 channels, 0.3 M multiply-adds an image, 20 M a batch of 64) took 8.3 s an
+# epoch with the process against 1.4 s with a thread; the default CNN (4.0 M an
+# image, 260 M a batch) gains from it (benchmarks/twin_ab.py).
+TWIN_PROCESS_MIN_MULTIPLY_ADDS = 100_000_000  # per batch, forward pass
 
 
 class Trainer(training.Trainer):
@@ -181,7 +188,9 @@ class Trainer(training.Trainer):
     def _twin_for(self, x: np.ndarray) -> TwinProcess | None:
         """The twin process for training on ``x``, started on first use; None when
         the second half runs in a thread (or there is no second half)."""
-        auto = len(x) >= TWIN_PROCESS_MIN_IMAGES
+        auto = process_pays_off(
+            self.model, self.prepare(x[:1], None)[0], self.batch_size, len(x)
+        )
         wanted = len(self.halves) > 1 and (
             self.twin_mode == "process" or (self.twin_mode == "auto" and auto)
         )
@@ -277,3 +286,33 @@ def predict_logits(
     # Re-interleave: chunk i came from twin i % 2.
     out = [parts[i % 2][i // 2] for i in range(len(starts))]
     return np.concatenate(out)
+
+
+def process_pays_off(
+    model: Sequential, sample: np.ndarray, batch_size: int, n_images: int
+) -> bool:
+    """Whether "auto" runs the second half of each batch in a process: for at
+    least ``TWIN_PROCESS_MIN_IMAGES`` images, in batches of at least
+    ``TWIN_PROCESS_MIN_MULTIPLY_ADDS`` (``sample``: one prepared input, e.g. of
+    shape (28, 28, 1))."""
+    work = batch_size * multiply_adds(model, sample.shape)
+    return n_images >= TWIN_PROCESS_MIN_IMAGES and work >= (
+        TWIN_PROCESS_MIN_MULTIPLY_ADDS
+    )
+
+
+def multiply_adds(model: Sequential, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one image's forward pass through ``model``'s weights:
+    each conv kernel at every output position, each dense weight once.
+
+    input_shape : one prepared input's, e.g. (28, 28, 1), or (784,) for a dense
+        network.
+    """
+    shape, total = tuple(input_shape), 0
+    for layer in model.layers:
+        out = layer.output_shape(shape)
+        for name in layer.weights:
+            positions = int(np.prod(out[:-1])) if len(out) > 1 else 1
+            total += layer.params[name].size * positions
+        shape = out
+    return total

@@ -505,7 +505,7 @@ class _Twins:
                 outer.started.append(self)
 
         monkeypatch.setattr(training, "TwinProcess", Recording)
-        monkeypatch.setenv("DIGITS_TWIN", "auto")
+        monkeypatch.setenv("DIGITS_TWIN", "process")  # small nets: no twin on auto
 
     def kill(self) -> None:
         os.kill(self.started[-1]._process.pid, signal.SIGKILL)
