@@ -73,6 +73,7 @@ DRAWING_KEY = "drawing"  # the Draw page's last digit, preprocessed (h, w) float
 INSPECT_SOURCE_KEY = "inspect-source"  # "Test image" or INSPECT_DRAWING
 INSPECT_DRAWING = "Drawing"
 INSPECT_MODEL_KEY = "inspect-model"  # a run's name
+PRESENTER_FOLDED_KEY = "presenter-folded"  # presenter mode was on at the last run
 
 CSV_CHOICE = "csv"
 DATASET_LABELS = {
@@ -149,12 +150,14 @@ def refuse_other_machines() -> None:
 
 
 def sidebar() -> None:
-    """The links to every page (each keeps the tab's client id and dataset in
-    the URL), then the live progress of this tab's jobs, if any."""
+    """The links to every page (each keeps the tab's client id, dataset and
+    presenter mode in the URL), the presenter-mode toggle, then the live
+    progress of this tab's jobs, if any."""
     params = tab_params()
     with st.sidebar:
         for script, label, icon in PAGES:
             st.page_link(script, label=label, icon=icon, query_params=params)
+        presenter_toggle()
         _sidebar_job_status()
 
 
@@ -172,14 +175,75 @@ def page_header(label: str, caption: str, title: str | None = None) -> None:
     attach_tab()
     _sync_dataset_param()
     sidebar()
+    page_style()
     st.title(title or label)
     st.caption(caption)
+
+
+# -- projector sizes and presenter mode ----------------------------------------------
+
+# The one place the dashboard styles Streamlit's own elements: each rule picks them
+# by a stable data-testid or ARIA role. Everything else about fitting a projector
+# (1024x768 up to 1920x1080) is layout: rows of metrics that wrap (metric_row),
+# fewer columns where a page is narrow.
+LAYOUT_CSS = """
+/* A row of tabs wraps onto a second line, instead of hiding its last tabs behind
+   a scroll arrow ("My handwriti..." on Evaluate at 1024 px wide). */
+[data-testid=stTabs] [role=tablist] { flex-wrap: wrap; }
+"""
+# Presenter mode: every text larger for the back of a classroom. Streamlit sizes
+# its type (and its spacing) in rem, so this scales the whole page but the charts.
+PRESENTER_CSS = """
+html { font-size: 125%; }
+"""
+
+
+def presenter_toggle() -> bool:
+    """The sidebar's "Presenter mode" toggle, kept in the URL (``?presenter=true``,
+    so that a teacher can bookmark it) and across pages; returns whether it is on.
+    """
+    return st.toggle(
+        "Presenter mode",
+        key=PRESENTER_PARAM,
+        persist_state="session",
+        **URL_BOUND,
+        help="Larger type for a projector, and the sidebar folded away (open it "
+        "again with the arrow at the top left).",
+    )
+
+
+# Folds the sidebar away as a click on its own collapse button does. Streamlit
+# applies st.set_page_config's initial_sidebar_state only in a browser where no
+# one has opened or folded the sidebar by hand: after that, it keeps the person's
+# last choice (in the browser's storage), whatever the page asks for.
+FOLD_SIDEBAR_JS = """<script>{
+  const sidebar = document.querySelector("[data-testid=stSidebar]");
+  if (sidebar && sidebar.dataset.collapsed === "false") {
+    sidebar.querySelector("[data-testid=stSidebarCollapseButton] button")?.click();
+  }
+}</script>"""
+
+
+def page_style() -> None:
+    """The layout rules, and presenter mode's if it is on: larger type, and the
+    sidebar collapsed when presenter mode turns on or a page opens in it (a
+    bookmark, a reload). The sidebar may be opened again meanwhile: it stays as
+    the person leaves it until presenter mode turns on again."""
+    presenter = bool(st.session_state.get(PRESENTER_PARAM))
+    st.html(f"<style>{LAYOUT_CSS}{PRESENTER_CSS if presenter else ''}</style>")
+    # Applied at the page's load, before it is drawn (no sidebar flashing by)...
+    st.set_page_config(initial_sidebar_state="collapsed" if presenter else "auto")
+    if presenter and not st.session_state.get(PRESENTER_FOLDED_KEY):
+        with st.sidebar:  # ...and this once, whatever the browser remembers
+            st.html(FOLD_SIDEBAR_JS, unsafe_allow_javascript=True)
+    st.session_state[PRESENTER_FOLDED_KEY] = presenter
 
 
 # -- browser tabs, their jobs and their URL ------------------------------------------
 
 CLIENT_PARAM = "client"  # ?client=...: the browser tab's random id
 DATASET_PARAM = "dataset"  # ?dataset=...: the Home page's choice, on every page
+PRESENTER_PARAM = "presenter"  # ?presenter=true: presenter mode (presenter_toggle)
 # What new_client_id makes (token_urlsafe's alphabet); anything else in the URL
 # is replaced by a new id.
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -240,10 +304,12 @@ def attach_tab() -> None:
 
 
 def tab_params() -> dict[str, str]:
-    """The query parameters every page's URL keeps: the client id and dataset."""
+    """The query parameters every page's URL keeps: the client id, dataset and
+    presenter mode."""
     params = {CLIENT_PARAM: st.session_state[CLIENT_KEY]}
-    if DATASET_PARAM in st.query_params:
-        params[DATASET_PARAM] = st.query_params[DATASET_PARAM]
+    for name in (DATASET_PARAM, PRESENTER_PARAM):
+        if name in st.query_params:
+            params[name] = st.query_params[name]
     return params
 
 
@@ -369,11 +435,15 @@ def show_error(err: BaseException) -> None:
 
 
 def metric_row(*metrics: tuple) -> None:
-    """One ``st.metric`` per column: each a (label, value) or (label, value, help)."""
-    for col, (label, value, *help_) in zip(
-        st.columns(len(metrics)), metrics, strict=True
-    ):
-        col.metric(label, value, help=help_[0] if help_ else None)
+    """A row of ``st.metric``, each a (label, value) or (label, value, help).
+
+    The row wraps: the metrics share its width, and those that do not fit whole
+    beside the others (a narrow column at 1024 px wide, larger type in presenter
+    mode) go on a new line, instead of being cut to "99.…" as in fixed columns.
+    """
+    with st.container(horizontal=True, wrap=True, gap="small"):
+        for label, value, *help_ in metrics:
+            st.metric(label, value, help=help_[0] if help_ else None)
 
 
 def keep_notice(key: str, kind: str, text: str) -> None:

@@ -57,7 +57,10 @@ def choose_image(ds, run) -> tuple[np.ndarray, str] | None:
             return None
         return drawing, "your drawing"
     n = len(ds.x_test)
-    left, right = st.columns([2, 1], vertical_alignment="bottom")
+    # One row while both fit whole: the button takes its label's width (a third
+    # of the column cut it to "R..." at 1024 px wide), the number the rest.
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        left, right = st.container(), st.container(width="content")
     right.button(
         "Random",
         icon=":material/shuffle:",
