@@ -28,9 +28,9 @@ import time
 CONFIGS = {
     "quick-cnn-5000": ("cnn", "quick", {}, 5000, 3),
     "quick-cnn-20000": ("cnn", "quick", {}, 20_000, 5),
-    "default-cnn-20000": ("cnn", "default", {"max_iter": 2}, 20_000, 2),
+    "default-cnn-20000": ("cnn", "default", {}, 20_000, 2),
     "quick-dense-20000": ("dense", "quick", {}, 20_000, 3),
-    "quick-mlp-20000": ("mlp", "quick", {"max_iter": 3}, 20_000, 3),
+    "quick-mlp-20000": ("mlp", "quick", {}, 20_000, 3),
 }
 
 
@@ -42,7 +42,7 @@ def measure(name: str) -> dict:
     kind, preset, overrides, n_train, epochs = CONFIGS[name]
     ds = data.load_dataset("mnist")
 
-    params = registry.get(kind).params(preset, **overrides, max_iter=epochs)
+    params = registry.get(kind).params(preset, **{**overrides, "max_iter": epochs})
     n_val = training.validation_images(ds)
     start = time.perf_counter()
     probe = calibrate.estimate_epoch_seconds(
