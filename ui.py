@@ -434,16 +434,21 @@ def show_error(err: BaseException) -> None:
     st.error(str(err), icon=":material/error:")
 
 
-def metric_row(*metrics: tuple) -> None:
-    """A row of ``st.metric``, each a (label, value) or (label, value, help).
+def metric_row(*metrics: tuple):
+    """A row of ``st.metric``, each a (label, value) or (label, value, help);
+    returns the row, to put one more element at its end (a button).
 
     The row wraps: the metrics share its width, and those that do not fit whole
     beside the others (a narrow column at 1024 px wide, larger type in presenter
     mode) go on a new line, instead of being cut to "99.…" as in fixed columns.
     """
-    with st.container(horizontal=True, wrap=True, gap="small"):
+    row = st.container(
+        horizontal=True, wrap=True, gap="small", vertical_alignment="center"
+    )
+    with row:
         for label, value, *help_ in metrics:
             st.metric(label, value, help=help_[0] if help_ else None)
+    return row
 
 
 def keep_notice(key: str, kind: str, text: str) -> None:

@@ -81,18 +81,19 @@ def estimate(spec, params: dict, ds, n_train: int) -> bool:
         ui.show_error(err)
         return False
     epochs = int(params.get("max_iter", 1))
-    cols = st.columns(3)
-    cols[0].metric(
-        "Parameters",
-        f"{n_params:,}",
-        help="How many numbers (weights and biases) the model learns.",
+    ui.metric_row(
+        (
+            "Parameters",
+            f"{n_params:,}",
+            "How many numbers (weights and biases) the model learns.",
+        ),
+        (
+            "Time per epoch",
+            f"≈ {humanize.duration(seconds)}",
+            "Measured on this machine by timing a few batches of this network.",
+        ),
+        ("All epochs", f"≈ {humanize.duration(seconds * epochs)}"),
     )
-    cols[1].metric(
-        "Time per epoch",
-        f"≈ {humanize.duration(seconds)}",
-        help="Measured on this machine by timing a few batches of this network.",
-    )
-    cols[2].metric("All epochs", f"≈ {humanize.duration(seconds * epochs)}")
     return True
 
 
@@ -136,27 +137,26 @@ def live(job: TrainingJob, refreshing: bool) -> None:
     text += STATUS_TEXT.get(snap.status, "")
     st.progress(snap.fraction, text=text)
     ui.queue_notice(snap.queue_position, "model(s)", "one")
-    cols = st.columns(4, vertical_alignment="center")
-    cols[0].metric(
-        "Per epoch",
-        f"≈ {humanize.duration(snap.epoch_seconds)}",
-        help=(
+    last = snap.epochs[-1] if snap.epochs else {}
+    # The metrics, then Stop, wrap onto a second line rather than be cut where
+    # the column is narrow (1024 px wide, presenter mode).
+    row = ui.metric_row(
+        (
+            "Per epoch",
+            f"≈ {humanize.duration(snap.epoch_seconds)}",
             "Measured from this run's batches so far."
             if snap.epoch_measured
-            else "Estimated before training; measured once a few batches have run."
+            else "Estimated before training; measured once a few batches have run.",
+        ),
+        ("Time left", "done" if snap.finished else humanize.duration(snap.eta)),
+        (
+            "Validation",
+            f"{last['val_accuracy']:.1%}" if "val_accuracy" in last else "-",
+            "Accuracy after the last finished epoch on the validation images: "
+            "training images held out, never learned from.",
         ),
     )
-    cols[1].metric(
-        "Time left", "done" if snap.finished else humanize.duration(snap.eta)
-    )
-    last = snap.epochs[-1] if snap.epochs else {}
-    cols[2].metric(
-        "Validation",
-        f"{last['val_accuracy']:.1%}" if "val_accuracy" in last else "-",
-        help="Accuracy after the last finished epoch on the validation images: "
-        "training images held out, never learned from.",
-    )
-    cols[3].button(
+    row.button(
         "Stop",
         key="stop",
         icon=":material/stop_circle:",
