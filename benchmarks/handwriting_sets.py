@@ -1,0 +1,93 @@
+"""The shipped defaults on digits as other people write and upload them (issue 18).
+
+Each set of ``tests/handwriting_sets.py`` (made from MNIST's test digits, fixed
+seeds) is encoded as PNG and read exactly as ``digits predict`` reads an
+uploaded file: ``preprocess(file, 28, name=...)`` then the model's
+probabilities. Prints one markdown table: accuracy per set and model and, for
+the non-digits, the share answered with at least 50% and 90% confidence (an
+image preprocessing refuses as "no digit found" is answered by no digit). A
+digit image preprocessing refuses counts as wrong.
+
+    DIGITS_DATA_DIR=../shared/data python benchmarks/handwriting_sets.py --n 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# This checkout's digits (not another one pip may have installed) and its tests.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from handwriting_sets import NOT_A_DIGIT, SETS, model_inputs  # noqa: E402
+
+from digits import store  # noqa: E402
+from digits.data import load_dataset  # noqa: E402
+
+MODELS = ("default-cnn", "default-mlp")
+SURE = (0.5, 0.9)  # the confidence levels reported for non-digits
+
+
+def score(proba: np.ndarray, refused: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy of digits, or the confident share of non-digits."""
+    if (labels == NOT_A_DIGIT).all():
+        top = np.where(refused, 0, proba.max(axis=1))
+        return {f"sure{level}": float((top >= level).mean()) for level in SURE}
+    right = (proba.argmax(axis=1) == labels) & ~refused
+    return {"accuracy": float(right.mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="images per set")
+    parser.add_argument("--seed", type=int, default=18)
+    parser.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS))
+    args = parser.parse_args()
+    print(f"digits from {Path(store.__file__).parent}", file=sys.stderr)
+
+    dataset = load_dataset("mnist")
+    models = {name: store.load_model(name) for name in MODELS}
+    rows = []  # (set, kind or "", n, refused, one score per model)
+    for name in args.sets:
+        start = time.perf_counter()
+        images = SETS[name](dataset, args.n, args.seed)
+        inputs, refused = model_inputs(images)
+        probas = [store.predict_proba_full(m, inputs, 10) for m in models.values()]
+        kinds = [""] + (sorted(set(images.kinds)) if len(set(images.kinds)) > 1 else [])
+        for kind in kinds:
+            part = images.kinds == kind if kind else np.ones(len(images), bool)
+            cells = [score(p[part], refused[part], images.labels[part]) for p in probas]
+            rows.append((name, kind, int(part.sum()), int(refused[part].sum()), cells))
+        print(
+            f"{name}: {len(images)} images, {refused.sum()} refused, "
+            f"{time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
+        )
+    print_table(rows)
+
+
+def print_table(rows: list) -> None:
+    """Whole sets first, then each set's kinds (such as 1s and 7s apart)."""
+    print(f"| set | images | refused as no digit | {' | '.join(MODELS)} |")
+    print("|---|---|---|" + "---|" * len(MODELS))
+    whole = [row for row in rows if not row[1]]
+    parts = [row for row in rows if row[1]]
+    for name, kind, n, refused, cells in whole + parts:
+        texts = []
+        for cell in cells:
+            if "accuracy" in cell:
+                texts.append(f"{100 * cell['accuracy']:.1f}%")
+            else:
+                sure = " / ".join(f"{100 * cell[f'sure{lv}']:.1f}%" for lv in SURE)
+                texts.append(f"{sure} sure at ≥50% / ≥90%")
+        label = f"{name}: {kind}" if kind else f"**{name}**"
+        print(f"| {label} | {n} | {refused} | " + " | ".join(texts) + " |")
+
+
+if __name__ == "__main__":
+    main()
