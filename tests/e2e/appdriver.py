@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"  # Debian's; a browser is never downloaded
@@ -207,17 +208,7 @@ def visit_every_page(page: Page) -> list[str]:
     exception, at its own URL, with the same sidebar. Returns the links' labels."""
     labels = check_sidebar(page)
     for label in labels:
-        before = page.locator("[data-testid=stMain] h1").first.inner_text()
-        link = nav_link(page, label)
-        link.click()
-        path = re.escape(PAGE_PATHS[label])
-        expect(page).to_have_url(re.compile(rf"^https?://[^/]+/{path}(\?.*)?$"))
-        if label != "Home":  # Home's own title names the app
-            expect(page.locator("[data-testid=stMain] h1").first).not_to_have_text(
-                before, timeout=PAGE_MS
-            )
-        page.wait_for_selector(IDLE, timeout=PAGE_MS)
-        no_exception(page)
+        switch_page(page, label)
         check_sidebar(page)
     return labels
 
@@ -355,3 +346,185 @@ def prediction_latency(page: Page, timeout: float = PAGE_MS) -> float:
     page.wait_for_function("window.__prediction.shown !== null", timeout=timeout)
     up, shown = page.evaluate("[window.__prediction.up, window.__prediction.shown]")
     return (shown - up) / 1000
+
+
+# -- projector sizes ----------------------------------------------------------------
+
+# The window sizes every page must fit: a classroom projector's up to a desktop's.
+WINDOWS = [(1024, 768), (1280, 720), (1920, 1080)]
+SMALLEST = {"width": 1024, "height": 768}
+SIDEBAR = "[data-testid=stSidebar]"
+SETTLE_MS = 3_000  # for the page to stop moving (an underline or sidebar sliding)
+FOLDED_SIDEBAR = f"{SIDEBAR}[data-collapsed=true]"
+
+# The bounding boxes of the canvas and of its column: the element, on the way up
+# from the canvas (out of the component's shadow root too), whose parent is the
+# row of columns.
+CANVAS_AND_COLUMN = """c => {
+  const box = e => { const r = e.getBoundingClientRect();
+    return {left: r.left, top: r.top, right: r.right, bottom: r.bottom}; };
+  let x = c, child = null;
+  while (x && x.getAttribute?.("data-testid") !== "stHorizontalBlock") {
+    child = x;
+    x = x.parentElement || x.getRootNode().host || null;
+  }
+  return {canvas: box(c), column: child && x ? box(child) : null,
+          viewport: {left: 0, top: 0, right: innerWidth, bottom: innerHeight}};
+}"""
+
+# The texts of the metrics' labels and values that do not show whole: an element
+# whose text is wider than its box (cut, or ended with an ellipsis by CSS).
+CUT_METRIC_TEXTS = """() => {
+  const cut = [];
+  for (const m of document.querySelectorAll(
+      "[data-testid=stMetricLabel], [data-testid=stMetricValue]")) {
+    for (const e of [m, ...m.querySelectorAll("*")]) {
+      if (e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1) {
+        cut.push(m.innerText); break;
+      }
+    }
+    if (m.innerText.trim().endsWith("…")) cut.push(m.innerText);
+  }
+  return cut;
+}"""
+
+# Every text on the page that does not show whole, as "kind: text": the metrics'
+# labels and values, the tabs' labels and the buttons' (page links too). A text
+# is cut if an element of it is wider than its box (cut, or ended with an
+# ellipsis by CSS), if it ends with "…", or if it reaches out of an ancestor that
+# clips it (a row of tabs that scrolls, a column too narrow for a button).
+# Elements not shown (a closed expander's, the folded sidebar's) are left out.
+CUT_TEXTS = """() => {
+  const kinds = {
+    metric: "[data-testid=stMetricLabel], [data-testid=stMetricValue]",
+    tab: "[data-testid=stTabs] [role=tab]",
+    button: "[data-testid^=stBaseButton], [data-testid=stPageLink-NavLink]",
+  };
+  const shown = e => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && r.height > 0 && !e.closest("[data-collapsed=true]")
+      && getComputedStyle(e).visibility !== "hidden";
+  };
+  const clipped = e => {
+    const r = e.getBoundingClientRect();
+    for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+      if (getComputedStyle(a).overflowX === "visible") continue;
+      const q = a.getBoundingClientRect();
+      if (r.left < q.left - 1 || r.right > q.right + 1) return true;
+    }
+    return false;
+  };
+  const cut = [];
+  for (const [kind, selector] of Object.entries(kinds)) {
+    for (const m of document.querySelectorAll(selector)) {
+      if (!shown(m)) continue;
+      const text = m.innerText.trim();
+      const wide = [m, ...m.querySelectorAll("*")].some(
+        e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1);
+      if (wide || text.endsWith("…") || clipped(m)) cut.push(`${kind}: ${text}`);
+    }
+  }
+  return cut;
+}"""
+
+# How many CSS pixels the page reaches out of the window sideways, as the
+# document and as the main area (which scrolls by itself): 0 and 0 if nothing does.
+OVERFLOW_X = """() => {
+  const main = document.querySelector("[data-testid=stMain]");
+  return [document.documentElement.scrollWidth - innerWidth,
+          main ? main.scrollWidth - main.clientWidth : 0];
+}"""
+
+
+def layout_problems(page: Page) -> list[str]:
+    """What does not fit the window on the page as shown: each cut text, and how
+    far the page overflows sideways. Empty if everything shows whole.
+
+    Waits up to ``SETTLE_MS`` for everything to fit first: a tab's underline
+    sliding to the tab just opened, or a sidebar sliding away, may reach out of
+    its box for a moment. What still does not fit then is returned.
+    """
+    fitting = f"""() => ({CUT_TEXTS})().length === 0
+      && ({OVERFLOW_X})().every(overflow => overflow <= 0)"""
+    try:
+        page.wait_for_function(fitting, timeout=SETTLE_MS)
+    except PlaywrightTimeout:
+        pass  # said below, one by one
+    problems = [f"cut {text!r}" for text in page.evaluate(CUT_TEXTS)]
+    document, main = page.evaluate(OVERFLOW_X)
+    if document > 0 or main > 0:
+        problems.append(f"{document} px (document), {main} px (main) too wide")
+    return problems
+
+
+def canvas_outside(page: Page) -> list[str]:
+    """The sides on which Draw's canvas reaches out of its column or the window
+    (empty if it lies inside both)."""
+    boxes = canvas(page).evaluate(CANVAS_AND_COLUMN)
+    if boxes["column"] is None:
+        return ["the canvas is not in a column"]
+    out = []
+    for outer in ("column", "viewport"):
+        inner, box = boxes["canvas"], boxes[outer]
+        out += [
+            f"{side} of the {outer}"
+            for side in ("left", "top")
+            if inner[side] < box[side] - 0.5
+        ]
+        out += [
+            f"{side} of the {outer}"
+            for side in ("right", "bottom")
+            if inner[side] > box[side] + 0.5
+        ]
+    return out
+
+
+def sidebar_folded(page: Page) -> bool:
+    """True if the sidebar is folded away (collapsed)."""
+    return page.locator(FOLDED_SIDEBAR).count() == 1
+
+
+def fold_sidebar(page: Page) -> None:
+    """Fold the sidebar away with its own button (shown while the mouse is on it)."""
+    page.locator(SIDEBAR).hover()
+    page.locator("[data-testid=stSidebarCollapseButton] button").click()
+    sidebar_gone(page)
+
+
+def sidebar_gone(page: Page) -> None:
+    """Wait until the sidebar is folded and has slid out of the window, the main
+    area taking the whole width (what is measured meanwhile is in motion)."""
+    expect(page.locator(FOLDED_SIDEBAR)).to_have_count(1)
+    page.wait_for_function(
+        """() => document.querySelector("[data-testid=stSidebar]")
+          .getBoundingClientRect().right <= 0 && document.querySelector(
+          "[data-testid=stMain]").getBoundingClientRect().left <= 0""",
+        timeout=PAGE_MS,
+    )
+
+
+def open_sidebar(page: Page) -> None:
+    """Open the folded sidebar with the button at the top left."""
+    page.locator("[data-testid=stExpandSidebarButton]").click()
+    expect(page.locator(FOLDED_SIDEBAR)).to_have_count(0)
+
+
+def switch_page(page: Page, label: str) -> None:
+    """Click the sidebar's link to the page labelled ``label`` and wait for that
+    page to finish running, without exceptions. A folded sidebar is opened for the
+    click, as a person would, and folded again after."""
+    folded = sidebar_folded(page)
+    if folded:
+        open_sidebar(page)
+    before = page.locator("[data-testid=stMain] h1").first.inner_text()
+    nav_link(page, label).click()
+    path = re.escape(PAGE_PATHS[label])
+    expect(page).to_have_url(re.compile(rf"^https?://[^/]+/{path}(\?.*)?$"))
+    if label != "Home":  # Home's own title names the app
+        expect(page.locator("[data-testid=stMain] h1").first).not_to_have_text(
+            before, timeout=PAGE_MS
+        )
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+    no_exception(page)
+    if folded:
+        fold_sidebar(page)

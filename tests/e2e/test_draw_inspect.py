@@ -15,13 +15,18 @@ import time
 
 import pytest
 from appdriver import (
+    CANVAS_AND_COLUMN,
+    CUT_METRIC_TEXTS,
     IDLE,
     INK_LAYER,
     INK_SECONDS,
     PAGE_MS,
     PREDICTION,
     SEVEN,
+    SMALLEST,
+    WINDOWS,
     canvas,
+    canvas_outside,
     choose,
     nav_link,
     no_exception,
@@ -35,43 +40,10 @@ from test_pages import UPLOAD_INDEX, photo_of_digit
 
 pytestmark = pytest.mark.e2e
 
-WINDOWS = [(1024, 768), (1280, 720), (1920, 1080)]
-SMALLEST = {"width": 1024, "height": 768}
 READABLE = 64  # CSS pixels, at least, of a digit or a filter shown at 1024 px wide
 UNDERLINE = [(0.3, 0.92), (0.7, 0.92)]  # a second stroke, below the seven
 SEVEN_BAR = (0.5, 0.2)  # a point on the seven's top bar
 STEP_IMAGE = "[data-testid=stMain] [data-testid=stImage] img"
-
-# The bounding boxes of the canvas and of its column: the element, on the way up
-# from the canvas (out of the component's shadow root too), whose parent is the
-# row of columns.
-CANVAS_AND_COLUMN = """c => {
-  const box = e => { const r = e.getBoundingClientRect();
-    return {left: r.left, top: r.top, right: r.right, bottom: r.bottom}; };
-  let x = c, child = null;
-  while (x && x.getAttribute?.("data-testid") !== "stHorizontalBlock") {
-    child = x;
-    x = x.parentElement || x.getRootNode().host || null;
-  }
-  return {canvas: box(c), column: child && x ? box(child) : null,
-          viewport: {left: 0, top: 0, right: innerWidth, bottom: innerHeight}};
-}"""
-
-# The texts of the metrics' labels and values that do not show whole: an element
-# whose text is wider than its box (cut, or ended with an ellipsis by CSS).
-CUT_METRIC_TEXTS = """() => {
-  const cut = [];
-  for (const m of document.querySelectorAll(
-      "[data-testid=stMetricLabel], [data-testid=stMetricValue]")) {
-    for (const e of [m, ...m.querySelectorAll("*")]) {
-      if (e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1) {
-        cut.push(m.innerText); break;
-      }
-    }
-    if (m.innerText.trim().endsWith("…")) cut.push(m.innerText);
-  }
-  return cut;
-}"""
 
 # The side, in CSS pixels, of each square kernel of the chart with key ``key``:
 # the shorter of its subplot's axes as Plotly laid them out.
@@ -233,14 +205,8 @@ def test_the_canvas_shows_whole_and_no_metric_is_cut(server, page, width, height
     page.set_viewport_size({"width": width, "height": height})
     open_page(page, f"{server.url}/draw", "Draw")
     draw_a_seven(page)
-    boxes = canvas(page).evaluate(CANVAS_AND_COLUMN)
-    print(f"{width}x{height}: {boxes}")  # the measured boxes, with -s
-    assert boxes["column"] is not None, "the canvas is not in a column"
-    for outer in ("column", "viewport"):
-        for side in ("left", "top"):
-            assert boxes["canvas"][side] >= boxes[outer][side] - 0.5, (outer, boxes)
-        for side in ("right", "bottom"):
-            assert boxes["canvas"][side] <= boxes[outer][side] + 0.5, (outer, boxes)
+    print(f"{width}x{height}: {canvas(page).evaluate(CANVAS_AND_COLUMN)}")  # -s
+    assert canvas_outside(page) == []
     assert page.locator(PREDICTION).count() >= 2  # the two default models
     assert page.evaluate(CUT_METRIC_TEXTS) == []
 
