@@ -198,7 +198,8 @@ def manage_runs() -> None:
         )
     name_key, tags_key = f"home-new-name-{run.name}", f"home-tags-{run.name}"
     sure_key = f"home-delete-sure-{run.name}"
-    rename, tag, delete = st.columns(3, gap="large")
+    # A small gap leaves each button its label's width in presenter mode too.
+    rename, tag, delete = st.columns(3)
     with rename:
         _text_and_button(
             ("New name", run.name, name_key),
@@ -239,23 +240,22 @@ choose_dataset()
 ds = ui.active_dataset()
 
 h, w = ds.x_train.shape[1:]
-cols = st.columns(4)
-cols[0].metric(
-    "Classes", len(ds.class_names), help="How many kinds of image there are."
+ui.metric_row(
+    ("Classes", len(ds.class_names), "How many kinds of image there are."),
+    (
+        "Training images",
+        f"{len(ds.x_train):,}",
+        "The images models learn from. Of these, "
+        f"{data.validation_split(ds).rule} are held out as validation images: "
+        "never learned from, they check a model while it trains.",
+    ),
+    (
+        "Test images",
+        f"{len(ds.x_test):,}",
+        "Images kept apart from all training, to score a finished model fairly.",
+    ),
+    ("Image size", f"{h}x{w}", "Height x width, in pixels."),
 )
-cols[1].metric(
-    "Training images",
-    f"{len(ds.x_train):,}",
-    help="The images models learn from. Of these, "
-    f"{data.validation_split(ds).rule} are held out as validation images: "
-    "never learned from, they check a model while it trains.",
-)
-cols[2].metric(
-    "Test images",
-    f"{len(ds.x_test):,}",
-    help="Images kept apart from all training, to score a finished model fairly.",
-)
-cols[3].metric("Image size", f"{h}x{w}", help="Height x width, in pixels.")
 
 head, button = st.columns([3, 1], vertical_alignment="bottom")
 head.subheader("Random samples of each class")

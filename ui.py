@@ -190,6 +190,10 @@ LAYOUT_CSS = """
 /* A row of tabs wraps onto a second line, instead of hiding its last tabs behind
    a scroll arrow ("My handwriti..." on Evaluate at 1024 px wide). */
 [data-testid=stTabs] [role=tablist] { flex-wrap: wrap; }
+/* A metric's label takes a second line where its column is too narrow, instead
+   of ending in "..." (Inspect's "Prediction for test image 0 (a 7)" in presenter
+   mode with the sidebar open); the value stays on one line. */
+[data-testid=stMetric] [data-testid=stMetricLabel] * { white-space: normal; }
 """
 # Presenter mode: every text larger for the back of a classroom. Streamlit sizes
 # its type (and its spacing) in rem, so this scales the whole page but the charts.
