@@ -12,10 +12,18 @@ the centre. `preprocess` does the same to a canvas drawing or a photo:
    grid) is subtracted, long ruled or squared-paper lines are suppressed, the
    ink is found with an Otsu threshold, small specks are dropped and pen
    strokes much thinner than MNIST's are thickened; the grey, anti-aliased
-   stroke edges are kept;
+   stroke edges are kept. These steps measure the paper around the digit, so
+   if the ink reaches an edge of the image (a photo cropped tight to the ink,
+   a digit resized to fill its image) the image is cleaned again inside a
+   restored margin of paper;
 4. crop to the ink's bounding box;
-5. scale to fit the box (20x20 for 28x28), keeping the aspect ratio, with
-   Pillow's anti-aliasing Lanczos filter;
+5. scale to fit the box (20x20 for 28x28), keeping the ink's aspect ratio,
+   with Pillow's anti-aliasing Lanczos filter. One exception: ink that
+   reaches all four edges of a square image was most likely resized to fill
+   it (a plain ``resize((28, 28))``), which loses its proportions; if wider
+   than MNIST's median digit (`TYPICAL_ASPECT`, width 0.8 x height) it is
+   narrowed to that first, so a 1 squashed into a square slab reads as a 1
+   more often. Any other wide or tall digit keeps its own proportions;
 6. place in the frame, centred on the centre of mass (or on the bounding box for
    the 8x8 sklearn digits, which fill their frame).
 
@@ -32,8 +40,9 @@ grayscale, palettes with transparency and CMYK are converted; animations give
 their first frame; EXIF rotation is applied.
 
 Left out: perspective correction, rotated grids (only lines within about two
-degrees of horizontal or vertical count as grid lines), and photos that show
-the table beyond the paper's edge.
+degrees of horizontal or vertical count as grid lines), photos that show the
+table beyond the paper's edge, and the proportions of a digit resized to fill
+an image that is not square (nothing tells them from a genuinely wide digit).
 """
 
 from __future__ import annotations
@@ -70,6 +79,16 @@ BG_GRID = 32  # longer side of the coarse grid, cells
 BG_ITERATIONS = 5  # refits, each without the cells well above the last fit
 BG_TOLERANCE = 0.02  # cells this close above the fit always count as background
 BG_FLAT = 0.05  # a background varying less than this is taken as uniform
+
+# A digit filling a square image was most likely resized into it: its width is
+# brought to MNIST's median proportions, width 0.8 x height (training digits'
+# ink boxes: 5-95% range 0.4-1.1; 1s 0.2-0.85). Only ever narrowed.
+TYPICAL_ASPECT = 0.8
+EDGE_SLACK = 0.1  # ink this close to an edge (of the side) reaches it
+
+# Ink reaching an edge: the image is cleaned again inside a restored margin.
+MARGIN = 0.25  # of the longer side, on every side
+PAPER_SHARE = 0.05  # the paper is the level of the darkest 5% of the edges
 
 SMOOTH_SIGMA = 1.0  # pixels; blurs noise and JPEG blocks before thresholding
 OUTLIER_SIGMAS = 3.0  # values this many noise deviations above are not noise
@@ -129,7 +148,8 @@ class Preprocessed:
     cleaned : (H, W) white ink on black with lighting, grid lines and specks
         removed.
     cropped : (h, w) the ink's bounding box cut from `cleaned`.
-    scaled : (bh, bw) `cropped` scaled so its longer side is the frame's box.
+    scaled : (bh, bw) `cropped` scaled so its longer side is the frame's box
+        (narrowed first if it filled a square image: see step 5 above).
     centred : (size, size) the final image.
     inverted : True if the image was dark ink on light paper.
     """
@@ -747,6 +767,29 @@ def _clean(gray: np.ndarray) -> np.ndarray:
     return np.clip(_thicken(ink, mask), 0, 1)
 
 
+def _clean_to_the_edges(gray: np.ndarray) -> np.ndarray:
+    """`_clean`, on a margin of paper restored if the ink reaches an edge.
+
+    gray : (H, W) float32 in 0..1, white ink. Returns (H, W) float in 0..1.
+    The lighting fit, the noise floor and the threshold all measure the
+    background around the digit; a digit cropped tight to its ink, or
+    stretched to fill its image, leaves too little of it (a narrow 1 may be
+    nearly all ink). If the cleaned ink touches an edge, the image is cleaned
+    again inside a margin of `MARGIN` x its longer side, at the level of the
+    darkest `PAPER_SHARE` of its edge pixels (the paper, where any shows), and
+    the margin cut off again.
+    """
+    cleaned = _clean(gray)
+    edges = (cleaned[0], cleaned[-1], cleaned[:, 0], cleaned[:, -1])
+    if not any(edge.any() for edge in edges):
+        return cleaned
+    rim = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    paper = float(np.percentile(rim, 100 * PAPER_SHARE))
+    pad = math.ceil(MARGIN * max(gray.shape))
+    padded = np.pad(gray, pad, constant_values=paper)
+    return _clean(padded)[pad:-pad, pad:-pad]
+
+
 # ---------------------------------------------------------------- geometry
 
 
@@ -798,6 +841,33 @@ def _scale(cropped: np.ndarray, box: int) -> np.ndarray:
         box=(x0 + pad, y0 + pad, x1 + pad, y1 + pad),
     )
     return np.clip(np.asarray(scaled), 0, 1)
+
+
+def _fills_a_square(cleaned: np.ndarray) -> bool:
+    """True if the ink reaches all four edges of a square image: most likely a
+    digit resized to fill it (``resize((28, 28))``), its proportions lost.
+
+    "Reaches" allows `EDGE_SLACK` of the side: the cleaning may take off the
+    faintest edge pixels that the resizing spread.
+    """
+    height, width = cleaned.shape
+    if abs(height - width) > 1:
+        return False
+    slack = max(1, round(EDGE_SLACK * height))
+    rows, cols = np.nonzero(cleaned)
+    gaps = (rows.min(), height - 1 - rows.max(), cols.min(), width - 1 - cols.max())
+    return max(gaps) < slack
+
+
+def _narrowed(ink: np.ndarray, aspect: float) -> np.ndarray:
+    """Ink (h, w) wider than `aspect` x its height, resized to that width
+    (Lanczos); narrower ink is returned as it is."""
+    height, width = ink.shape
+    target = max(1, round(aspect * height))
+    if width <= target:
+        return ink
+    image = Image.fromarray(ink.astype(np.float32), mode="F")
+    return np.clip(np.asarray(image.resize((target, height), Image.LANCZOS)), 0, 1)
 
 
 def _mass_offset(scaled: np.ndarray, size: int) -> np.ndarray:
@@ -870,14 +940,17 @@ def _preprocess(image: ImageSource, size: int, name: str | None) -> Preprocessed
     inverted = _is_dark_ink(values)
     if inverted:
         values = 1 - values
-    cleaned = _to_uint8(_clean(values))
+    cleaned = _to_uint8(_clean_to_the_edges(values))
     if not cleaned.any():
         raise NoDigitFound(
             _NO_DIGIT + "the image is blank. Draw a digit or upload a photo of one."
         )
     rows, cols = np.nonzero(cleaned)
     cropped = cleaned[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    scaled = _to_uint8(_scale(cropped / 255, frame.box))
+    ink = cropped / 255
+    if frame.centre == "mass" and _fills_a_square(cleaned):
+        ink = _narrowed(ink, TYPICAL_ASPECT)
+    scaled = _to_uint8(_scale(ink, frame.box))
     if not scaled.any():
         raise NoDigitFound(
             _NO_DIGIT + "the ink is too faint. Draw a digit or upload a photo of one."

@@ -4,7 +4,8 @@ The invariants come from how MNIST was made: the ink fits a 20x20 box and its
 centre of mass lies within half a pixel of (14, 14). Real MNIST test digits are
 the ground truth: they must pass through unchanged, and come back close to
 themselves after being enlarged, moved, inverted, made into a transparent
-canvas, saved as PNG or JPEG, or photographed on squared paper.
+canvas, saved as PNG or JPEG, photographed on squared paper, or cropped tight
+to their ink with no margin.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from digits.data import Dataset, load_dataset
 from digits.errors import NoDigitFound, PreprocessError
 from digits.preprocess import (
     MAX_BYTES,
+    TYPICAL_ASPECT,
     WORK_SIDE,
     Preprocessed,
     frame_for,
@@ -411,3 +413,70 @@ def test_large_images_are_worked_on_reduced(digits):
     result = preprocess(encode(ink, "PNG"))
     assert max(result.raw.shape) <= WORK_SIDE
     assert shift_tolerant_correlation(result.centred, digits[13]) > 0.8
+
+
+# ---------------------------------------------------------------- no margin
+
+
+def ink_box(digit: np.ndarray, level: int = 1) -> np.ndarray:
+    """A 28x28 digit cut to the box of its ink at `level` and above."""
+    rows, cols = np.nonzero(digit >= level)
+    return digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+
+def tight_crop(digit: np.ndarray, scale: int) -> np.ndarray:
+    """Dark ink on light paper, scaled up and cut where the ink reaches 40% of
+    its strength: no margin, the ink on all four edges. (H, W) uint8."""
+    side = 28 * scale
+    big = np.asarray(Image.fromarray(digit).resize((side, side), Image.LANCZOS))
+    return 230 - (ink_box(big, level=100).astype(np.float64) * 200 / 255).astype(
+        np.uint8
+    )
+
+
+def test_digits_cropped_to_the_ink_come_back_close(digits):
+    """With no margin the paper is measured on a restored one: a narrow 1 that
+    is nearly all ink keeps its stroke whole."""
+    correlations = []
+    for digit in digits[:40]:
+        crop = tight_crop(digit, scale=5)
+        edges = [crop[0], crop[-1], crop[:, 0], crop[:, -1]]
+        assert all(edge.min() < 160 for edge in edges)  # ink on every edge
+        result = preprocess(crop)
+        assert result.inverted
+        assert_mnist_frame(result)
+        assert result.cleaned.shape == result.raw.shape
+        correlations.append(shift_tolerant_correlation(result.centred, digit))
+    assert min(correlations) > 0.8 and np.median(correlations) > 0.9
+
+
+def test_a_narrow_one_cropped_tight_keeps_its_ink(digits):
+    ones = [d for d in digits if ink_box(d).shape[1] <= 6][:5]
+    assert ones  # the first 300 test digits hold narrow 1s
+    for digit in ones:
+        result = preprocess(tight_crop(digit, scale=6))
+        # The whole stroke survives: as much ink as the digit had itself.
+        assert result.centred.sum() > 0.7 * digit.sum()
+
+
+def test_a_digit_resized_to_fill_a_square_is_narrowed_and_placed_mnist_way(digits):
+    for digit in digits[:20]:
+        box = ink_box(digit)
+        square = np.asarray(Image.fromarray(box).resize((56, 56), Image.LANCZOS))
+        result = preprocess(square)
+        assert_mnist_frame(result)
+        # Kept square it would be 20 wide. Narrowed to TYPICAL_ASPECT it is at
+        # most 18: the box is fitted at the ink's half-level edge, which a
+        # resize to 56 pixels blurs more across than along.
+        height, width = result.scaled.shape
+        assert height == 20 and width <= round(TYPICAL_ASPECT * 20) + 2
+
+
+def test_wide_digits_in_other_images_keep_their_proportions(digits):
+    """Only a square image filled by its ink is taken as resized: the same
+    digit twice as wide as tall, with a margin, stays twice as wide."""
+    box = ink_box(digits[0])
+    wide = np.asarray(Image.fromarray(box).resize((80, 40), Image.LANCZOS))
+    result = preprocess(np.pad(wide, 20))
+    # Narrowed, it would be 20 tall and 16 wide.
+    assert result.scaled.shape[1] == 20 and result.scaled.shape[0] <= 13
