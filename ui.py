@@ -194,7 +194,13 @@ LAYOUT_CSS = """
    of ending in "..." (Inspect's "Prediction for test image 0 (a 7)" in presenter
    mode with the sidebar open); the value stays on one line. */
 [data-testid=stMetric] [data-testid=stMetricLabel] * { white-space: normal; }
+/* Rows of inputs in a container keyed INPUTS (Train's hyperparameters) put their
+   columns one under the other where two side by side would cut a select box's
+   value ("sam" for "same" at 1024 px wide). */
+.st-key-inputs [data-testid=stHorizontalBlock] { flex-wrap: wrap; }
+.st-key-inputs [data-testid=stColumn] { flex: 1 1 10rem; min-width: 10rem; }
 """
+INPUTS = "inputs"  # the key of a container whose rows of inputs may stack
 # Presenter mode: every text larger for the back of a classroom. Streamlit sizes
 # its type (and its spacing) in rem, so this scales the whole page but the charts.
 PRESENTER_CSS = """

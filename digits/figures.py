@@ -164,10 +164,11 @@ def training_curves(snap) -> go.Figure:
     return fig
 
 
-HEALTH = {  # explain.TrainingHealth's columns: (title, y axis type)
-    "grad_norm": ("Gradient norm", "log"),
-    "update_ratio": ("Update / weight", "log"),
-    "dead_fraction": ("Dead ReLUs", "linear"),
+HEALTH = {  # explain.TrainingHealth's columns: (title, y axis type); two-line
+    # titles, so that three fit side by side in a narrow column
+    "grad_norm": ("Gradient<br>norm", "log"),
+    "update_ratio": ("Update /<br>weight", "log"),
+    "dead_fraction": ("Dead<br>ReLUs", "linear"),
 }
 
 
@@ -195,8 +196,8 @@ def training_health(snap) -> go.Figure:
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=3)
     fig.update_xaxes(title="epoch", range=[0, snap.max_epochs])
     fig.update_layout(
-        height=300,
-        margin=dict(l=10, r=10, t=40, b=10),
+        height=320,
+        margin=dict(l=10, r=10, t=60, b=10),
         legend=dict(orientation="h", y=-0.3),
     )
     return fig

@@ -52,13 +52,15 @@ def hyperparameters(spec: registry.ModelKind, preset: str | None) -> dict:
         if group == "Training":
             hps += [hp for hp in spec.hyperparameters if hp.name not in listed]
         with st.expander(group, expanded=group != "Training"):
-            cols = st.columns(2)
-            for i, hp in enumerate(hps):
-                key = f"train-{spec.name}-{preset}-{hp.name}"
-                with cols[i % 2]:
-                    params[hp.name] = ui.hyperparameter_input(
-                        hp, defaults[hp.name], key
-                    )
+            # Two inputs a row, side by side where they fit (ui.INPUTS stacks
+            # them in a narrow column), in reading order either way.
+            for pair in (hps[i : i + 2] for i in range(0, len(hps), 2)):
+                for col, hp in zip(st.columns(2), pair, strict=False):
+                    key = f"train-{spec.name}-{preset}-{hp.name}"
+                    with col:
+                        params[hp.name] = ui.hyperparameter_input(
+                            hp, defaults[hp.name], key
+                        )
     return params
 
 
@@ -241,7 +243,8 @@ with controls:
     )
     with right:
         n_train = ui.train_size_input(ds, DEFAULT_TRAIN_SIZE, "train-size")
-    params = hyperparameters(spec, preset)
+    with st.container(key=ui.INPUTS):
+        params = hyperparameters(spec, preset)
 
 with view:
     ok = estimate(spec, params, ds, n_train)
