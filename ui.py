@@ -48,6 +48,7 @@ from digits import (
     registry,
     slots,
     store,
+    sure,
 )
 from digits.errors import (
     DataError,
@@ -691,6 +692,17 @@ def _load_model(path: str, mtime: float, _run: store.Run):
 def load_model(run: store.Run):
     """The fitted model of ``run``, cached by run folder and modification time."""
     return _load_model(str(run.path), _version(run), run)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Measuring the validation digits...")
+def _sure_thresholds(path: str, mtime: float, _run: store.Run) -> sure.Thresholds:
+    return sure.thresholds_for(_run, load_model(_run))
+
+
+def sure_thresholds(run: store.Run) -> sure.Thresholds:
+    """When ``run``'s answers are sure (`digits.sure`), from its validation
+    digits; cached like the model (and on disk by `digits.sure` itself)."""
+    return _sure_thresholds(str(run.path), _version(run), run)
 
 
 @st.cache_data(max_entries=32, show_spinner="Scoring the test set...")

@@ -7,10 +7,14 @@
     digits runs --rename OLD NEW | --tag RUN "a, b" | --delete RUN [--yes]
 
 Progress goes to stderr and results to stdout; with ``--json`` stdout holds exactly
-one JSON object. Errors a user can cause (bad arguments, an unknown dataset, an
-unreadable image, a broken run) end the program with status 2 and a one-line
-message; an unexpected error (a bug, or memory running out) with status 1 and
-one line, whose traceback ``--debug`` shows. During training, Ctrl-C stops after
+one JSON object. Errors a user can cause (bad arguments, an unknown dataset, a
+broken run) end the program with status 2 and a one-line message; an unexpected
+error (a bug, or memory running out) with status 1 and one line, whose traceback
+``--debug`` shows. ``predict`` reads every file it is given: one that is blank
+or unreadable gets an error entry (a line on stderr, and in the JSON) while the
+others are still predicted, and the status is then 1. Each prediction says
+whether it is sure (`digits.sure`): "7 (not sure)" when the image does not look
+like a digit the model knows or the model hesitates. During training, Ctrl-C stops after
 the current batch and still saves the model trained so far; a second Ctrl-C
 aborts without saving.
 """
@@ -38,6 +42,7 @@ from digits.nn.callbacks import Callback, StopOnEvent
 
 EXIT_FAILURE = 1  # an unexpected error
 EXIT_USAGE = 2  # argparse's status for bad arguments; used for every user error
+EXIT_SOME_FAILED = 1  # predict: some files could not be read (the rest were predicted)
 EXIT_INTERRUPTED = 130  # the shell's convention for a process ended by Ctrl-C
 EXIT_BROKEN_PIPE = 141  # the shell's status for a process ended by SIGPIPE
 BAR_WIDTH = 24
@@ -273,8 +278,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _read_images(paths: Sequence[str], side: int) -> tuple[dict, dict]:
+    """Each file preprocessed to a (side, side) model input, or its error.
+
+    Returns ({index: (side, side) float32 image}, {index: one-line message});
+    every file is read, whatever happened to the others.
+    """
+    from digits.errors import PreprocessError
     from digits.preprocess import preprocess
+
+    images, errors = {}, {}
+    for k, path in enumerate(paths):
+        try:
+            images[k] = preprocess(path, side, name=path).image
+        except (PreprocessError, OSError) as err:  # this file only: go on
+            errors[k] = _one_line(err)
+            print(f"digits: error: {errors[k]}", file=sys.stderr)
+    return images, errors
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict each file; a file that cannot be read (blank, not an image,
+    missing) gets an error entry and a line on stderr, the others are still
+    predicted, and the status is then `EXIT_SOME_FAILED`."""
+    from digits import sure
 
     run = store.open_run(args.run, allow_paths=True)
     height, width = run.image_shape
@@ -283,30 +310,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"Run {run.name} takes {height}x{width} images; predict needs a model "
             f"trained on square images."
         )
-    # Read every image first, so a bad file fails before any output.
-    images = np.stack(
-        [preprocess(path, height, name=path).image for path in args.images]
-    )
-    model = store.load_model(run)
-    proba = store.predict_proba_full(model, images, len(run.class_names))
-    results = [
-        {
-            "file": path,
-            "label": run.class_names[int(p.argmax())],
-            "probabilities": [float(v) for v in p],
-        }
-        for path, p in zip(args.images, proba, strict=True)
-    ]
+    images, errors = _read_images(args.images, height)
+    results: list[dict] = [{"file": path} for path in args.images]
+    for k, message in errors.items():
+        results[k]["error"] = message
+    if images:
+        model = store.load_model(run)
+        order = sorted(images)
+        batch = np.stack([images[k] for k in order])  # (n, side, side)
+        proba = store.predict_proba_full(model, batch, len(run.class_names))
+        thresholds = sure.thresholds_for(run, model)
+        if not thresholds.measured:
+            print(
+                f"digits: note: {run.name}'s validation images could not be "
+                f"loaded; 'sure' means only a top probability of at least "
+                f"{sure.FALLBACK_CONFIDENCE:.0%}.",
+                file=sys.stderr,
+            )
+        sures = sure.is_sure(batch, proba, thresholds)
+        for k, p, is_sure in zip(order, proba, sures, strict=True):
+            results[k]["label"] = run.class_names[int(p.argmax())]
+            results[k]["sure"] = bool(is_sure)
+            results[k]["probabilities"] = [float(v) for v in p]
+    status = EXIT_SOME_FAILED if errors else 0
     if args.json:
         _emit_json({"run": str(run.path), "name": run.name, "predictions": results})
-        return 0
+        return status
     for r in results:
+        if "error" in r:
+            continue  # already on stderr
         probs = " ".join(
             f"{name}:{v:.3f}"
             for name, v in zip(run.class_names, r["probabilities"], strict=True)
         )
-        print(f"{r['file']}: {r['label']}  ({probs})")
-    return 0
+        label = r["label"] if r["sure"] else f"{r['label']} (not sure)"
+        print(f"{r['file']}: {label}  ({probs})")
+    return status
 
 
 def _confirm_delete(name: str, yes: bool) -> None:
@@ -613,7 +652,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = sub.add_parser("predict", help="classify image files")
+    predict = sub.add_parser(
+        "predict",
+        help="classify image files",
+        description="Read each image as a digit. An answer is 'not sure' when the "
+        "model hesitates or the image does not look like a digit (thresholds "
+        "from the run's validation images). A file that cannot be read gets "
+        "its own error; the others are still predicted, and the status is 1.",
+    )
     predict.add_argument("run", help="run name, folder, or 'default'")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
@@ -711,7 +757,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
     0: done. 1: an unexpected error (a bug, or the machine ran out of memory),
-    shown as one line; ``--debug`` shows its traceback. 2: bad usage or bad
+    shown as one line; ``--debug`` shows its traceback; or, for ``predict``,
+    some files could not be read (each has its own error line; the others were
+    predicted). 2: bad usage or bad
     input (argparse's convention), with a message that says what to do.
     130: Ctrl-C. 141: the reader of stdout went away.
     """

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from digits import figures, handwriting, preprocess, store
+from digits import figures, handwriting, preprocess, store, sure
 from digits.errors import DigitsError, NoDigitFound
 
 # 9 canvas pixels per pixel of a 28x28 MNIST image. The canvas has a fixed size:
@@ -38,6 +38,7 @@ MODELS_PER_ROW = 2
 SAVE_LABEL_KEY = "draw-save-label"
 SAVE_NOTICE_KEY = "draw-save-notice"
 SAVE_LABELS = list(range(10))
+NOT_SURE = "Not sure"  # shown instead of a digit when `digits.sure` doubts it
 HINT = "Draw a digit on the canvas (or upload a photo) to see what the models read."
 
 
@@ -233,29 +234,51 @@ def show_predictions(image, filename: str | None, chosen: list) -> None:
             for run, model in zip(chosen, models, strict=True)
         ]
         done = time.perf_counter()
+        doubts = [  # why each answer is not sure (empty: sure)
+            sure.reasons(inputs[run.image_shape[0]].image, p, ui.sure_thresholds(run))
+            for run, p in zip(chosen, probas, strict=True)
+        ]
     except NoDigitFound:
         st.info(HINT, icon=":material/draw:")
         return
     except DigitsError as err:
         ui.show_error(err)
         return
-    readings = list(zip(chosen, probas, strict=True))
+    readings = list(zip(chosen, probas, doubts, strict=True))
     st.caption(
         "What each model reads in your "
         + ("photo" if filename else "drawing")
-        + ": its answer, and its probability for every class (the bars)."
+        + ": its answer, and its probability for every class (the bars). A model "
+        "says **Not sure** when it hesitates, or when the picture does not look "
+        "like the digits it learned from."
     )
     for start in range(0, len(readings), MODELS_PER_ROW):
         row = readings[start : start + MODELS_PER_ROW]
-        for col, (run, p) in zip(st.columns(MODELS_PER_ROW), row, strict=False):
+        for col, (run, p, doubt) in zip(st.columns(MODELS_PER_ROW), row, strict=False):
             with col:
+                guess = run.class_names[int(p.argmax())]
                 st.metric(
                     "Prediction",
-                    run.class_names[int(p.argmax())],
+                    NOT_SURE if doubt else guess,
                     help=ui.run_label(run),
                 )
-                st.caption(f"**{run.name}** · {p.max():.1%} sure")
+                if doubt:
+                    st.caption(
+                        f"**{run.name}** · Not sure: this doesn't look like a digit "
+                        f"it knows ({'; '.join(doubt)}). Best guess: {guess}, "
+                        f"{p.max():.1%}."
+                    )
+                else:
+                    st.caption(f"**{run.name}** · {p.max():.1%} sure")
                 ui.chart(figures.probability_bars(p, run.class_names))
+    ui.how_computed(
+        "digits.sure.thresholds_for",
+        "digits.sure.reasons",
+        note="Not sure: the top probability is below what 99% of the validation "
+        "digits reach, or the ink (its amount, how solid it is, how many pieces) "
+        "is outside what 99.4% of them have. The thresholds come from the "
+        "model's validation digits, never its test images.",
+    )
     shown = inputs.get(handwriting.SIDE) or next(iter(inputs.values()))
     show_steps(shown)
     st.session_state[ui.DRAWING_KEY] = shown.image  # for the Inspect page

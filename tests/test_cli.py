@@ -164,6 +164,9 @@ def test_predict_default_on_mnist_pngs(mnist_pngs, runs):
         assert p["label"] == str(int(np.argmax(p["probabilities"])))
     correct = sum(p["label"] == str(y) for p, y in zip(preds, labels, strict=True))
     assert correct >= 9
+    # Real test digits: the answers are sure (about 99% of them are).
+    assert all(isinstance(p["sure"], bool) for p in preds)
+    assert sum(p["sure"] for p in preds) >= 9
 
 
 def test_predict_text(mnist_pngs, runs, capsys):
@@ -224,17 +227,71 @@ def test_unknown_run(runs, capsys):
     assert_one_line_error(main(["predict", "nope", "x.png"]), capsys, "No run called")
 
 
-def test_unreadable_and_missing_images(runs, tmp_path, capsys):
-    garbage = tmp_path / "garbage.png"
+def bad_files(folder: Path) -> dict[str, Path]:
+    """A file of each kind predict cannot read: not an image, missing, blank."""
+    garbage = folder / "garbage.png"
     garbage.write_bytes(b"this is not a png")
-    err = assert_one_line_error(main(["predict", "default", str(garbage)]), capsys)
-    assert "garbage.png" in err
-    missing = tmp_path / "missing.png"
-    err = assert_one_line_error(main(["predict", "default", str(missing)]), capsys)
-    assert "missing.png" in err
-    blank = tmp_path / "blank.png"
+    blank = folder / "blank.png"
     Image.new("L", (28, 28)).save(blank)
-    assert_one_line_error(main(["predict", "default", str(blank)]), capsys, "blank")
+    return {"not a png": garbage, "no such file": folder / "missing.png",
+            "blank": blank}  # fmt: skip
+
+
+def test_unreadable_missing_or_blank_image_alone(runs, tmp_path, capsys):
+    for fragment, path in bad_files(tmp_path).items():
+        assert main(["predict", "default", str(path)]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        (line,) = captured.err.strip().splitlines()
+        assert line.startswith("digits: error: ") and str(path) in line
+        assert fragment in line.lower()
+
+
+def test_bad_files_among_good_ones_get_their_own_entries(
+    mnist_pngs, runs, tmp_path, capsys
+):
+    """Every file is answered: the good ones predicted, each bad one an error
+    entry and a line on stderr, in the order given; the status is 1."""
+    paths, labels = mnist_pngs
+    bad = bad_files(tmp_path)
+    given = [paths[0], bad["not a png"], paths[1], bad["no such file"], bad["blank"]]
+    assert main(["predict", "default", "--json", *map(str, given)]) == 1
+    captured = capsys.readouterr()
+    preds = one_json_object(captured.out)["predictions"]
+    assert [p["file"] for p in preds] == [str(p) for p in given]
+    assert [p["label"] for p in preds[0:3:2]] == [str(labels[0]), str(labels[1])]
+    assert all(p["sure"] is True and "error" not in p for p in preds[0:3:2])
+    for p, path in zip(preds[1::2] + preds[4:], given[1::2] + given[4:], strict=True):
+        assert set(p) == {"file", "error"} and str(path) in p["error"]
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("digits: error: ") for line in lines)
+    assert "Traceback" not in captured.err
+
+    # Without --json: a line per good file on stdout, the errors on stderr.
+    assert main(["predict", "default", *map(str, given)]) == 1
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
+    assert [line.split(":")[0] for line in out] == [str(paths[0]), str(paths[1])]
+    assert len(captured.err.strip().splitlines()) == 3
+
+
+def test_a_blot_and_noise_are_not_sure(mnist_pngs, runs, tmp_path, capsys):
+    """Not a digit: the best guess is kept, marked not sure (JSON and text)."""
+    dot = tmp_path / "dot.png"
+    page = np.full((100, 100), 230, np.uint8)
+    page[40:56, 50:66] = 20  # a 16x16 blot of ink
+    Image.fromarray(page).save(dot)
+    noise = tmp_path / "noise.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (60, 60), dtype=np.uint8)).save(noise)
+    assert main(["predict", "default", "--json", str(dot), str(noise)]) == 0
+    preds = one_json_object(capsys.readouterr().out)["predictions"]
+    assert [p["sure"] for p in preds] == [False, False]
+    assert all(p["label"] in "0123456789" for p in preds)
+    assert main(["predict", "default", str(dot), str(mnist_pngs[0][0])]) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith(f"{dot}: {preds[0]['label']} (not sure)  (0:")
+    assert "(not sure)" not in second
 
 
 def test_corrupt_run(trained, shared_runs, runs, capsys):

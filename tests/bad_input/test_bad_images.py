@@ -1,7 +1,8 @@
 """Bad images: every way a file, an upload or a canvas array can be wrong.
 
 Files go through ``digits predict default PATH`` in-process and end in one clear
-line naming the file (exit 2), or in the right digit: a real MNIST test digit
+line naming the file (exit 1: a file predict cannot read; see test_cli.py for
+several files at once), or in the right digit: a real MNIST test digit
 saved in an odd but valid form (16-bit, CMYK, a palette with transparency, an
 animation, an EXIF-rotated photo...) must still be read as its label by the
 shipped default CNN. Canvas arrays and uploaded bytes go to
@@ -192,12 +193,12 @@ def timed_cli(cli, *args):
 
 
 def assert_refused(cli, path: Path | str, *fragments: str) -> str:
-    """`digits predict default PATH` exits 2 quickly with one line naming the path
+    """`digits predict default PATH` exits 1 quickly with one line naming the path
     and `fragments`, and leaves the file as it was."""
     path = str(path)
     before = Path(path).read_bytes() if os.path.isfile(path) else None
     result, seconds = timed_cli(cli, "predict", "default", path)
-    line = assert_clean_error(result, path, *fragments)
+    line = assert_clean_error(result, path, *fragments, code=1)
     assert seconds < FAST, seconds
     assert result.out == ""
     if before is not None:
@@ -469,15 +470,16 @@ def test_bad_image_file_is_refused_clearly(cli, tmp_path, sample, make, fragment
     assert_refused(cli, make(tmp_path, sample), *fragments)
 
 
-def test_one_bad_file_among_good_ones_prints_nothing(cli, tmp_path, sample):
-    """Every image is read before any output: no half-printed results."""
+def test_one_bad_file_among_good_ones_is_its_own_error(cli, tmp_path, sample):
+    """Every file is answered: the good ones predicted, the bad one a line on
+    stderr (issue 18); the status says one failed."""
     good = tmp_path / "seven.png"
     good.write_bytes(encode(gray(sample.page), "PNG"))
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     result = cli("predict", "default", good, bad, good)
-    assert_clean_error(result, str(bad), "not a PNG")
-    assert result.out == ""
+    assert_clean_error(result, str(bad), "not a PNG", code=1)
+    assert [line.split(":")[0] for line in result.out.splitlines()] == [str(good)] * 2
 
 
 # ---------------------------------------------------------------- files read right
@@ -701,7 +703,7 @@ def test_path_swapped_between_stat_and_open_is_refused(
     result, seconds = timed_cli(cli, "predict", "default", path)
     monkeypatch.undo()
     assert swapped
-    assert_clean_error(result, str(path), fragment)
+    assert_clean_error(result, str(path), fragment, code=1)
     assert seconds < FAST, seconds
 
 
@@ -784,7 +786,7 @@ def test_endless_or_huge_input_ends_fast_with_little_memory(
 ):
     path = str(make(tmp_path))
     report = run_child(runs, "predict", "default", path)
-    assert report["code"] == 2, report
+    assert report["code"] == 1, report
     lines = report["err"].splitlines()
     assert len(lines) == 1 and lines[0].startswith("digits: error: "), report
     assert path in lines[0] and fragment in lines[0], report

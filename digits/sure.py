@@ -1,0 +1,243 @@
+""" "Not sure": when a model's answer should not be taken as a digit.
+
+A classifier always names one of its classes, even for a dot, a square of noise
+or a letter. This module says, for each preprocessed image and the model's
+probabilities, whether the answer is *sure*: the model is confident enough AND
+the image looks like the digits the model learned from. Four statistics are
+checked, each against a threshold taken from the run's **validation** digits
+(never its test images):
+
+- ``confidence``: the top probability must be at least its `CONFIDENCE_SHARE`
+  quantile on the validation digits (a hesitant answer is not sure);
+- ``ink``: the mean ink of the 28x28 input (how much of the image is stroke)
+  must lie within the validation digits' central ``1 - INK_SHARE`` (a dot has
+  too little, a blot or noise too much);
+- ``solid``: the number of pixels deep inside solid ink (still ink after a 5x5
+  erosion) must be at most its ``1 - SOLID_SHARE`` quantile (pen strokes are
+  thin; blots and filled shapes are not);
+- ``pieces``: the number of separate pieces of ink (8-connected, at ink 0.3)
+  must be at most its ``1 - PIECES_SHARE`` quantile (a digit is one or two
+  strokes; specks and noise are many).
+
+The shares add to at most `REFUSED_SHARE` (1.5%), so at least 98.5% of the
+validation digits are sure by construction. Which statistics to check was chosen
+against non-digit pictures drawn by `digits.ood`, not against any test set.
+
+Thresholds are a function of the model (its confidence) and of its dataset's
+validation split: `thresholds_for(run)` computes them on first use and caches
+them as JSON beside the run (for the shipped models: under the runs folder,
+like the prediction caches), keyed by the model files' SHA-256, the dataset's
+checksum and `RULE_VERSION`, so a retrained model gets new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from digits import files, store
+from digits.errors import DigitsError
+
+RULE_VERSION = 1  # bump when the statistics or shares change: old caches are ignored
+CONFIDENCE_SHARE = 0.01  # validation digits refused for a low top probability
+INK_SHARE = 0.004  # ... for too little or too much ink (half at each end)
+SOLID_SHARE = 0.002  # ... for too much solid ink
+PIECES_SHARE = 0.001  # ... for too many separate pieces of ink
+REFUSED_SHARE = CONFIDENCE_SHARE + INK_SHARE + SOLID_SHARE + PIECES_SHARE
+INK_LEVEL = 0.3  # a pixel this bright (0..1) counts as ink for `pieces`
+SOLID_LEVEL = 0.5  # ... and for `solid`
+SOLID_SIDE = 5  # a pixel is deep inside solid ink if this square around it is ink
+CACHE_PREFIX = "sure"
+MAX_CACHE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What a sure answer needs, from one run's validation digits.
+
+    min_confidence : the smallest top probability that is sure.
+    min_ink, max_ink : the range of mean ink (0..1) of a digit.
+    max_solid : the most pixels deep inside solid ink.
+    max_pieces : the most separate pieces of ink.
+    validation : which images the thresholds come from, in words.
+    sure_share : the share of those validation images that are sure.
+    """
+
+    min_confidence: float
+    min_ink: float
+    max_ink: float
+    max_solid: float
+    max_pieces: float
+    validation: str = ""
+    sure_share: float = 1.0
+
+    @property
+    def measured(self) -> bool:
+        """False for `FALLBACK`: no validation digits were measured."""
+        return self is not FALLBACK and self.validation != FALLBACK.validation
+
+
+# When a run's validation digits cannot be read: a top probability of 90% or
+# more is sure, and the image is not checked. Never cached.
+FALLBACK_CONFIDENCE = 0.9
+FALLBACK = Thresholds(
+    min_confidence=FALLBACK_CONFIDENCE,
+    min_ink=0.0,
+    max_ink=1.0,
+    max_solid=1e9,
+    max_pieces=1e9,
+    validation="unavailable (the run's dataset could not be loaded)",
+    sure_share=float("nan"),
+)
+
+
+def statistics(images: np.ndarray, proba: np.ndarray) -> dict[str, np.ndarray]:
+    """The four statistics of each image.
+
+    images : (n, h, w) float model inputs, white ink 0..1 on black.
+    proba : (n, k) the model's probabilities for them.
+    Returns {"confidence", "ink", "solid", "pieces"}, each (n,) float64.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    block = np.ones((SOLID_SIDE, SOLID_SIDE), bool)
+    eight = np.ones((3, 3), bool)  # diagonal neighbours join a piece
+    return {
+        "confidence": np.asarray(proba, np.float64).max(axis=1),
+        "ink": images.reshape(len(images), -1).mean(axis=1),
+        "solid": np.array(
+            [ndimage.binary_erosion(im >= SOLID_LEVEL, block).sum() for im in images],
+            dtype=np.float64,
+        ),
+        "pieces": np.array(
+            [ndimage.label(im >= INK_LEVEL, eight)[1] for im in images],
+            dtype=np.float64,
+        ),
+    }
+
+
+def choose(images: np.ndarray, proba: np.ndarray, validation: str = "") -> Thresholds:
+    """Thresholds from validation digits: each statistic refuses its share.
+
+    images : (n, h, w) validation digits as model inputs; proba : (n, k) the
+    model's probabilities for them. Never pass test images.
+    """
+    if len(images) == 0:  # a training set too small to spare validation images
+        everything = float(np.prod(images.shape[1:]))  # no pixel count exceeds it
+        return Thresholds(0.0, 0.0, 1.0, everything, everything, "none (too few)")
+    stats = statistics(images, proba)
+    low_ink, high_ink = np.quantile(stats["ink"], [INK_SHARE / 2, 1 - INK_SHARE / 2])
+    chosen = Thresholds(
+        min_confidence=float(np.quantile(stats["confidence"], CONFIDENCE_SHARE)),
+        min_ink=float(low_ink),
+        max_ink=float(high_ink),
+        max_solid=float(np.quantile(stats["solid"], 1 - SOLID_SHARE)),
+        max_pieces=float(np.quantile(stats["pieces"], 1 - PIECES_SHARE)),
+        validation=validation,
+    )
+    share = float(_sure(stats, chosen).mean())
+    return Thresholds(**{**asdict(chosen), "sure_share": share})
+
+
+def _sure(stats: dict[str, np.ndarray], t: Thresholds) -> np.ndarray:
+    return (
+        (stats["confidence"] >= t.min_confidence)
+        & (stats["ink"] >= t.min_ink)
+        & (stats["ink"] <= t.max_ink)
+        & (stats["solid"] <= t.max_solid)
+        & (stats["pieces"] <= t.max_pieces)
+    )
+
+
+def is_sure(
+    images: np.ndarray, proba: np.ndarray, thresholds: Thresholds
+) -> np.ndarray:
+    """(n,) bool: True where the answer is sure.
+
+    images : (n, h, w) float model inputs 0..1; proba : (n, k) probabilities.
+    """
+    return _sure(statistics(images, proba), thresholds)
+
+
+def reasons(image: np.ndarray, proba: np.ndarray, thresholds: Thresholds) -> list[str]:
+    """Why one answer is not sure, in plain words (empty if it is sure).
+
+    image : (h, w) float model input; proba : (k,) probabilities.
+    """
+    stats = {k: v[0] for k, v in statistics(image[None], proba[None]).items()}
+    t = thresholds
+    found = []
+    if stats["confidence"] < t.min_confidence:
+        found.append("the model hesitates between digits")
+    if stats["ink"] < t.min_ink:
+        found.append("there is too little ink for a digit")
+    if stats["ink"] > t.max_ink or stats["solid"] > t.max_solid:
+        found.append("there is more solid ink than a pen stroke makes")
+    if stats["pieces"] > t.max_pieces:
+        found.append("the ink is in more separate pieces than a digit has")
+    return found
+
+
+# -- per run, cached --------------------------------------------------------------
+
+
+def _cache_path(run: store.Run) -> Path:
+    """Where ``run``'s thresholds are cached: the name holds a hash of the rule's
+    version, the dataset's name and the model files' SHA-256 (so a retrained
+    model, or a new rule, is measured afresh)."""
+    model_sha = "".join(entry["sha256"] for entry in run.meta["files"].values())
+    source = f"{RULE_VERSION}:{run.meta['dataset']['name']}:{model_sha}"
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
+    folder = (
+        store.runs_dir() / store.CACHE_DIR / run.name if run.pretrained else run.path
+    )
+    return folder / f"{CACHE_PREFIX}-{key}.json"
+
+
+def _read(path: Path) -> Thresholds | None:
+    """The thresholds cached in ``path``, or None if missing or not sane."""
+    try:
+        thresholds = Thresholds(**json.loads(files.read_bounded(path, MAX_CACHE_BYTES)))
+    except (OSError, ValueError, TypeError):  # NotAFile, TooLarge are OSErrors
+        return None
+    numbers = [v for k, v in asdict(thresholds).items() if k != "validation"]
+    if not all(isinstance(v, int | float) for v in numbers):
+        return None
+    return thresholds if np.isfinite(numbers).all() else None
+
+
+def thresholds_for(run: store.Run | str, model=None) -> Thresholds:
+    """The thresholds of ``run``, from its dataset's validation split.
+
+    Computed once (a few seconds: the model reads the validation images), then
+    cached as JSON (`_cache_path`); a cache that does not read back as finite
+    thresholds is computed afresh. If the run's dataset cannot be loaded (a CSV
+    file since moved, no network for MNIST), `FALLBACK`: confidence alone.
+    Pass ``model`` if it is already loaded.
+    """
+    from digits.data import load_dataset, validation_split
+
+    run = store.open_run(run)
+    path = _cache_path(run)
+    cached = _read(path)
+    if cached is not None:
+        return cached
+    try:
+        dataset = load_dataset(run.meta["dataset"]["name"])
+    except (DigitsError, OSError):
+        return FALLBACK
+    split = validation_split(dataset)
+    images = dataset.x_train[split.validation].astype(np.float32) / 255
+    model = store.load_model(run) if model is None else model
+    proba = store.predict_proba_full(model, images, len(run.class_names))
+    chosen = choose(images, proba, split.rule)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.atomic_write(path, json.dumps(asdict(chosen), indent=1).encode())
+    except OSError:
+        pass  # a read-only run still works, measured again next time
+    return chosen
