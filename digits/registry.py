@@ -212,9 +212,12 @@ _NUMPY_EXTRA = (
     Hyperparameter(
         "augment",
         "Augment",
-        "bool",
-        help="Shift and rotate each training image a little, at random, every "
-        "epoch, so that the model learns a moved digit is the same digit.",
+        "choice",
+        choices=(False, True, "writers"),
+        help="Change each training image a little, at random, every epoch. True "
+        "shifts and rotates it, so that the model learns a moved digit is the same "
+        "digit; 'writers' also stretches, slants, bends and thickens or thins it, "
+        "and gives some 1s a flag and some 7s a crossbar, as other people write.",
     ),
     _EARLY,
     _PATIENCE,
