@@ -1,0 +1,186 @@
+""" "Not sure" (digits/sure.py, issue 18 item 3): the thresholds come from the
+validation digits only, are cached per model, and the shipped default CNN says
+"not sure" to most non-digit pictures while staying sure of real digits.
+
+The bounds on the tests' own sets (``tests/handwriting_sets.py``, whose
+generators the rule was never chosen against) sit a few points under what was
+measured (benchmarks/README.md, issue 18 section), so that a change which loses
+the detector fails.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from handwriting_sets import non_digits, rendered
+from test_handwriting_sets import TestSplitOnly
+
+from digits import data, ood, store, sure
+from digits.errors import DataError, NoDigitFound
+from digits.preprocess import preprocess
+
+N = 300  # images per set for the bounds
+SEED = 0
+# What the shipped default CNN reaches on N images of seed 0, less a margin.
+MIN_NON_DIGITS_NOT_SURE = 0.65
+MIN_RENDERED_SURE = 0.97
+MIN_OOD_NOT_SURE = 0.70  # on digits/ood.py's own pictures
+
+
+@pytest.fixture(autouse=True)
+def runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(store.RUNS_DIR_ENV, str(tmp_path / "runs"))
+
+
+class Trap:
+    """A test split that fails if anything reads it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test images were read ({name})")
+
+    def __len__(self):
+        raise AssertionError("the test images were read (len)")
+
+    def __getitem__(self, key):
+        raise AssertionError("the test images were read")
+
+
+@pytest.fixture
+def no_test_images(mnist, monkeypatch):
+    """load_dataset gives MNIST without its test split, and every image the
+    model is asked about is recorded."""
+    trapped = mnist._replace(x_test=Trap(), y_test=Trap())
+    monkeypatch.setattr(data, "load_dataset", lambda name, *a, **k: trapped)
+    seen = []
+    real = store.predict_proba_full
+
+    def spy(model, X, n_classes):
+        seen.append(np.asarray(X))
+        return real(model, X, n_classes)
+
+    monkeypatch.setattr(store, "predict_proba_full", spy)
+    return seen
+
+
+def test_thresholds_come_from_the_validation_digits_only(mnist, no_test_images):
+    t = sure.thresholds_for("default-cnn")
+    split = data.validation_split(mnist)
+    (asked,) = no_test_images
+    expected = mnist.x_train[split.validation].astype(np.float32) / 255
+    np.testing.assert_array_equal(asked, expected)
+    assert t.validation == "the last 5,000 training images"
+    # By construction, at most REFUSED_SHARE of them are not sure.
+    assert 1 - sure.REFUSED_SHARE - 1e-9 <= t.sure_share < 1
+    assert 0.5 < t.min_confidence < 1 and 0 < t.min_ink < t.max_ink < 1
+
+
+def test_choose_refuses_each_share():
+    rng = np.random.default_rng(0)
+    images = (rng.random((2000, 28, 28)) < 0.15).astype(np.float32)
+    proba = rng.dirichlet(np.ones(10) * 0.1, 2000)
+    t = sure.choose(images, proba, "made up")
+    stats = sure.statistics(images, proba)
+    assert np.mean(stats["confidence"] < t.min_confidence) <= sure.CONFIDENCE_SHARE
+    assert np.mean(stats["ink"] < t.min_ink) <= sure.INK_SHARE / 2 + 1e-3
+    assert np.mean(sure.is_sure(images, proba, t)) == pytest.approx(t.sure_share)
+    assert t.sure_share >= 1 - sure.REFUSED_SHARE - 1e-3
+
+
+def test_statistics_of_simple_images():
+    blank = np.zeros((3, 28, 28), np.float32)
+    blank[0, 10:18, 10:18] = 1  # a solid square: one piece, 4x4 deep inside
+    blank[1, 5, 5] = blank[1, 20, 20] = blank[1, 5, 20] = 1  # three specks
+    blank[2, 4:24, 14] = 1  # a stroke, one pixel wide
+    stats = sure.statistics(blank, np.eye(10)[:3])
+    assert stats["pieces"].tolist() == [1, 3, 1]
+    assert stats["solid"].tolist() == [16, 0, 0]
+    assert stats["ink"][0] == pytest.approx(64 / 784)
+    assert stats["confidence"].tolist() == [1, 1, 1]
+
+
+def test_thresholds_are_cached_per_model(mnist, monkeypatch):
+    first = sure.thresholds_for("default-cnn")
+    [cache] = (store.runs_dir() / store.CACHE_DIR / "default-cnn").glob("sure-*.json")
+    assert json.loads(cache.read_text())["min_confidence"] == first.min_confidence
+
+    def never(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(store, "predict_proba_full", never)
+    assert sure.thresholds_for("default-cnn") == first
+    # A damaged cache is measured afresh; the MLP has its own thresholds.
+    monkeypatch.undo()
+    cache.write_text('{"min_confidence": "high"}')
+    assert sure.thresholds_for("default-cnn") == first
+    mlp = sure.thresholds_for("default-mlp")
+    assert mlp.min_confidence != first.min_confidence
+
+
+def test_without_the_dataset_confidence_alone_decides(monkeypatch):
+    def offline(name, *args, **kwargs):
+        raise DataError("offline")
+
+    monkeypatch.setattr(data, "load_dataset", offline)
+    t = sure.thresholds_for("default-cnn")
+    assert t is sure.FALLBACK and not t.measured
+    images = np.zeros((2, 28, 28), np.float32)
+    proba = np.array([[0.95] + [0.05 / 9] * 9, [0.5, 0.5] + [0.0] * 8])
+    assert sure.is_sure(images, proba, t).tolist() == [True, False]
+
+
+def test_reasons_are_plain_words():
+    t = sure.Thresholds(0.9, 0.05, 0.3, 30, 3)
+    image = np.zeros((28, 28), np.float32)
+    image[13:15, 13:15] = 1
+    found = sure.reasons(image, np.array([0.6, 0.4]), t)
+    assert found == [
+        "the model hesitates between digits",
+        "there is too little ink for a digit",
+    ]
+    assert sure.reasons(image, np.array([1.0, 0.0]), sure.FALLBACK) == []
+
+
+# -- on the shipped default CNN -----------------------------------------------------
+
+
+def model_inputs(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 28, 28) inputs as predict reads them, and which were refused."""
+    inputs = np.zeros((len(images), 28, 28), np.float32)
+    refused = np.zeros(len(images), bool)
+    for k, image in enumerate(images):
+        try:
+            inputs[k] = preprocess(image, 28).image
+        except NoDigitFound:
+            refused[k] = True
+    return inputs, refused
+
+
+def sure_share(images: list[np.ndarray]) -> float:
+    """The share of ``images`` the shipped default CNN answers sure."""
+    model = store.load_model("default-cnn")
+    inputs, refused = model_inputs(images)
+    proba = store.predict_proba_full(model, inputs, 10)
+    answers = sure.is_sure(inputs, proba, sure.thresholds_for("default-cnn", model))
+    return float((answers & ~refused).mean())
+
+
+def test_ood_pictures_are_made_as_documented():
+    images, kinds = ood.non_digit_pictures(60, seed=1)
+    again, _ = ood.non_digit_pictures(60, seed=1)
+    assert sorted(set(kinds)) == sorted(ood.KINDS)
+    for a, b in zip(images, again, strict=True):
+        assert a.dtype == np.uint8 and a.ndim == 2 and 28 <= a.shape[0] <= 160
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_default_is_not_sure_of_non_digits_and_sure_of_digits(mnist):
+    split = TestSplitOnly(mnist)
+    not_sure = 1 - sure_share(non_digits(split, N, SEED).images)
+    digits_sure = sure_share(rendered(split, N, SEED).images)
+    own, _ = ood.non_digit_pictures(N, seed=SEED)
+    own_not_sure = 1 - sure_share(own)
+    assert not_sure >= MIN_NON_DIGITS_NOT_SURE, not_sure
+    assert digits_sure >= MIN_RENDERED_SURE, digits_sure
+    assert own_not_sure >= MIN_OOD_NOT_SURE, own_not_sure
