@@ -275,8 +275,9 @@ def show_predictions(image, filename: str | None, chosen: list) -> None:
         "digits.sure.thresholds_for",
         "digits.sure.reasons",
         note="Not sure: the top probability is below what 99% of the validation "
-        "digits reach, or the ink (its amount, how solid it is, how many pieces) "
-        "is outside what 99.4% of them have. The thresholds come from the "
+        "digits reach, or the ink (its amount, how solid it is, how many pieces, "
+        "how many strokes side by side) is outside what nearly all of them have "
+        "(each check refuses at most 1% of them). The thresholds come from the "
         "model's validation digits, never its test images.",
     )
     shown = inputs.get(handwriting.SIDE) or next(iter(inputs.values()))
