@@ -159,7 +159,7 @@ def writers(
     knots = np.clip(knots, -spec.elastic, spec.elastic).astype(np.float32)
     up_r = _linear_upsampler(spec.elastic_knots, h)
     up_c = _linear_upsampler(spec.elastic_knots, w)
-    bend = np.einsum("ia,nkab,jb->nkij", up_r, knots, up_c)  # (N, 2, H, W)
+    bend = up_r @ knots @ up_c.T  # (N, 2, H, W)
 
     rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
     # Output pixel p reads the input at centre + back . (p - image centre - shift),
