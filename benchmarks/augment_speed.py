@@ -67,9 +67,9 @@ def main() -> None:
         speed = float(np.median(speeds[mode]))
         print(f"| {mode} | {speed:,.0f} | {100 * (base / speed - 1):+.1f}% |")
     small = x[:6400].reshape(-1, 28, 28).astype(np.float32) / 255
-    for name, us in alone(small).items():
-        print(f"\n{name} alone: {us:.0f} µs per image", end="")
     print()
+    for name, us in alone(small).items():
+        print(f"{name} alone: {us:.0f} µs per image")
 
 
 if __name__ == "__main__":
