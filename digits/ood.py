@@ -3,7 +3,7 @@
 `digits.sure` picks its thresholds on the validation digits alone; these
 pictures are what the rule itself (which image statistics it checks) was chosen
 against, and what ``digits.sure`` reports it refuses. They are drawn by this
-code only: the non-digit test images of ``tests/handwriting_sets.py`` are made by
+code only: the non-digit test images of the test suite are made by
 other code, with other shapes and seeds, so a rule is never scored on the very
 pictures it was built with.
 

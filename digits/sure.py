@@ -26,9 +26,9 @@ checked, each against a threshold taken from the run's **validation** digits
 The shares add to `REFUSED_SHARE` (2%), so at least 98% of the validation digits
 are sure by construction (98.3% for the shipped CNN: the refusals overlap). The
 first four statistics were chosen against non-digit pictures drawn by
-`digits.ood`; ``crossings`` was added after seeing the tests' letters M and W
-(``tests/handwriting_sets.py``) get through, so the tests' non-digit figures are
-not a blind measurement of it. Every threshold comes from validation digits.
+`digits.ood`; ``crossings`` was added after seeing the test suite's letters M
+and W get through, so the tests' non-digit figures are not a blind measurement
+of it. Every threshold comes from validation digits.
 
 Thresholds are a function of the model (its confidence) and of its dataset's
 validation split: `thresholds_for(run)` computes them on first use and caches
