@@ -922,7 +922,15 @@ def hyperparameter_input(hp: registry.Hyperparameter, default, key: str):
     if hp.type == "choice":
         options = list(hp.choices)
         index = options.index(default) if default in options else 0
-        return st.selectbox(hp.label, options, index=index, key=key, **common)
+        labels = dict(zip(options, hp.choice_labels or options, strict=True))
+        return st.selectbox(
+            hp.label,
+            options,
+            index=index,
+            key=key,
+            format_func=lambda v: str(labels[v]),
+            **common,
+        )
     if hp.type == "log":
         return st.select_slider(
             hp.label,

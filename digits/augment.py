@@ -15,8 +15,8 @@ Each style resamples the whole batch with one ``map_coordinates`` call.
 
 ``european_styles`` is a data step, not a batch step, since it needs the labels:
 it gives some training 1s a flag and some 7s a crossbar, as many European writers
-draw them. Its strokes are drawn here, apart from the test sets' generator in
-``tests/handwriting_sets.py``, which only measures.
+draw them. Its strokes are drawn here, by code of its own: the test suite's
+generator of such digits only measures, and is never used to make training data.
 """
 
 from __future__ import annotations

@@ -84,6 +84,9 @@ class Hyperparameter:
     low: float | None = None
     high: float | None = None
     choices: tuple = ()
+    # What the dashboard shows for each choice, in the same order (its value if
+    # empty): words for learners where a value is code ("True", "writers").
+    choice_labels: tuple = ()
     max_layers: int = 3  # for type "layers": how many widths the widget offers
     help: str = ""
 
@@ -91,7 +94,9 @@ class Hyperparameter:
         """The value of ``text`` as this parameter's type; ConfigError if invalid."""
         try:
             if self.type == "choice":
-                matches = [c for c in self.choices if str(c) == text.strip()]
+                # Case-blind, so that "true" picks True as "writers" picks "writers".
+                given = text.strip().lower()
+                matches = [c for c in self.choices if str(c).lower() == given]
                 if not matches:
                     raise ValueError(
                         f"expected one of {', '.join(map(str, self.choices))}"
@@ -214,10 +219,12 @@ _NUMPY_EXTRA = (
         "Augment",
         "choice",
         choices=(False, True, "writers"),
-        help="Change each training image a little, at random, every epoch. True "
-        "shifts and rotates it, so that the model learns a moved digit is the same "
-        "digit; 'writers' also stretches, slants, bends and thickens or thins it, "
-        "and gives some 1s a flag and some 7s a crossbar, as other people write.",
+        choice_labels=("Off", "Shift and rotate", "Like other writers"),
+        help="Change each training image a little, at random, every epoch. Shift "
+        "and rotate moves it, so that the model learns a moved digit is the same "
+        "digit; like other writers also stretches, slants, bends and thickens or "
+        "thins it, and gives some 1s a flag and some 7s a crossbar, as many people "
+        "write them.",
     ),
     _EARLY,
     _PATIENCE,

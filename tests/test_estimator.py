@@ -249,3 +249,14 @@ def test_only_presets_that_fit_are_offered_for_small_images():
     assert registry.get("cnn").presets_for((28, 28)) == ["default", "quick"]
     assert registry.get("cnn").presets_for((8, 8)) == ["quick"]
     assert registry.get("mlp").presets_for((8, 8)) == list(registry.get("mlp").presets)
+
+
+def test_choices_parse_case_blind_and_show_words_for_learners():
+    from digits import registry
+
+    augment = registry.get("cnn").hyperparameter("augment")
+    assert augment.parse("true") is True and augment.parse("FALSE") is False
+    assert augment.parse(" Writers ") == "writers"
+    with pytest.raises(ConfigError, match="expected one of False, True, writers"):
+        augment.parse("sometimes")
+    assert len(augment.choice_labels) == len(augment.choices)
