@@ -4,8 +4,9 @@ Each batch is split in two halves that run forward and backward at the same time
 on the model and on a replica that shares its weights (``halves.py``), each with BLAS
 limited to one thread: measured 1.55-1.75x faster than one thread here and, unlike
 2-thread BLAS, it holds up when another process competes for the cores. The second
-half runs in a thread for small training sets and in a second process (``twin.py``)
-for large ones, where it measured 2x faster when the host was busy. The optimizer
+half runs in a thread for small training sets or light networks, and in a second
+process (``twin.py``) for large sets of heavy batches (``process_pays_off``), where
+it measured 2x faster when the host was busy. The optimizer
 step then runs on one flat array of every parameter (``flat.py``): half of it in
 each thread, or in blocks that either process takes as soon as both halves are
 done with their layer.
@@ -66,7 +67,8 @@ class Trainer(training.Trainer):
 
     ``n_threads``: 1 runs each batch whole, 2 (or more) in two halves at once.
     ``twin``: where the second half runs, "thread", "process", or "auto" (a process
-    for training sets of ``TWIN_PROCESS_MIN_IMAGES`` or more); ``$DIGITS_TWIN``
+    where ``process_pays_off``: ``TWIN_PROCESS_MIN_IMAGES`` or more training images
+    in batches of ``TWIN_PROCESS_MIN_MULTIPLY_ADDS`` or more); ``$DIGITS_TWIN``
     overrides "auto".
 
     ``optimizer`` must update the model's flat arrays: ``[pack(model).params]``.
