@@ -739,15 +739,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hyperparameter_flags(grid, "VALUES", skip=("random_state",))
     sweep.set_defaults(func=cmd_sweep)
     dash = sub.add_parser(
-        "dashboard", help="serve the dashboard (this computer only, by default)"
+        "app",
+        aliases=["dashboard"],
+        help="serve the dashboard (this computer only, by default)",
+        description="Serve the Streamlit dashboard, from a checkout or from the "
+        "installed package (pip install 'digits[app]'). --host and --port are "
+        "streamlit run's --server.address and --server.port, which are accepted "
+        "too.",
     )
     dash.add_argument(
         "--host",
+        "--server.address",
+        dest="host",
         default="127.0.0.1",
         help="address to listen on: 127.0.0.1 (default) serves this computer only; "
         "0.0.0.0 serves every network interface (read the README first)",
     )
-    dash.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    dash.add_argument(
+        "--port",
+        "--server.port",
+        dest="port",
+        type=int,
+        default=8501,
+        help="TCP port (default 8501)",
+    )
     dash.add_argument("--headless", action="store_true", help="do not open a browser")
     dash.set_defaults(func=cmd_dashboard)
     return parser
