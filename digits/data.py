@@ -12,16 +12,17 @@ behind. A cached file whose checksum is wrong is moved aside (never deleted) and
 fetched again once.
 
 Parsed arrays are cached as `.npy` files beside the gzip files, or in a per-user
-cache (`$XDG_CACHE_HOME/digits/npy`, default `~/.cache/digits/npy`) when the data
-directory is read-only, and memory-mapped on later loads. Cache files are named by
-the SHA-256 of their source, which is checked on every load, and each has a JSON
-sidecar (`<cache>.npy.json`, written after it) recording the source's SHA-256, the
-array's shape and dtype, and the size and SHA-256 of the cache file's own bytes.
-A cache that disagrees with its sidecar in any of these, or has none, is rebuilt
-from the source, so a damaged cache is never served. Hashing MNIST's 55 MB of
-caches makes a cached load take about 40-60 ms instead of 10-15 ms. Caches are
-read with `np.frombuffer`, never unpickled. The check finds damage (a bad disk, a
-crash, a stray program), not forgery: whoever can write both files can agree them.
+cache (`npy_cache_dir()`: `$XDG_CACHE_HOME/digits/npy`, default
+`~/.cache/digits/npy`, on Linux) when the data directory is read-only, and
+memory-mapped on later loads. Cache files are named by the SHA-256 of their
+source, which is checked on every load, and each has a JSON sidecar
+(`<cache>.npy.json`, written after it) recording the source's SHA-256, the array's
+shape and dtype, and the size and SHA-256 of the cache file's own bytes. A cache
+that disagrees with its sidecar in any of these, or has none, is rebuilt from the
+source, so a damaged cache is never served. Hashing MNIST's 55 MB of caches makes
+a cached load take about 40-60 ms instead of 10-15 ms. Caches are read with
+`np.frombuffer`, never unpickled. The check finds damage (a bad disk, a crash, a
+stray program), not forgery: whoever can write both files can agree them.
 
 Every file given by a user (a CSV path, an IDX file) is read only if it is a regular
 file, and at most `CSV_MAX_BYTES` / `IDX_MAX_BYTES` of it (gzip output included),
@@ -54,12 +55,15 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 import numpy as np
+import platformdirs
 
 from digits import files
 from digits.errors import ConfigError, DataError, DownloadError
 from digits.humanize import plural
 
 DATA_DIR_ENV = "DIGITS_DATA_DIR"
+CACHE_DIR_ENV = "DIGITS_CACHE_DIR"
+APP_NAME = "digits"  # the folder's name in the platform's cache (platformdirs)
 DOWNLOAD_TIMEOUT_S = 30  # per connection attempt and per blocking read
 # The largest pinned file is 26 MB: a server sending more is not sending it.
 DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024
@@ -177,11 +181,22 @@ IDX_MAGIC = {"images": 2051, "labels": 2049}
 IDX_NDIM = {"images": 3, "labels": 1}
 
 
+def cache_dir() -> Path:
+    """The per-user cache folder: `$DIGITS_CACHE_DIR` if set, else the platform's
+    own for "digits" (platformdirs): `$XDG_CACHE_HOME/digits`, by default
+    `~/.cache/digits`, on Linux; `~/Library/Caches/digits` on macOS;
+    `%LOCALAPPDATA%\\digits\\Cache` on Windows."""
+    configured = os.environ.get(CACHE_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser().absolute()
+    return platformdirs.user_cache_path(APP_NAME, appauthor=False).absolute()
+
+
 def data_dir() -> Path:
-    """The data directory: `$DIGITS_DATA_DIR` if set, else `~/.cache/digits`."""
+    """The data directory: `$DIGITS_DATA_DIR` if set, else `cache_dir()` (the
+    datasets' files can always be downloaded again, so they are a cache)."""
     configured = os.environ.get(DATA_DIR_ENV)
-    root = Path(configured) if configured else Path.home() / ".cache" / "digits"
-    return root.expanduser().absolute()
+    return Path(configured).expanduser().absolute() if configured else cache_dir()
 
 
 def _root(given: str | os.PathLike[str] | None) -> Path:
@@ -189,9 +204,9 @@ def _root(given: str | os.PathLike[str] | None) -> Path:
 
 
 def npy_cache_dir() -> Path:
-    """Per-user cache of parsed arrays, used when the data directory is read-only."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser().absolute() / "digits" / "npy"
+    """Per-user cache of parsed arrays, used when the data directory is read-only:
+    `npy/` in `cache_dir()`."""
+    return cache_dir() / "npy"
 
 
 # --------------------------------------------------------------------- files
