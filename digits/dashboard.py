@@ -1,7 +1,11 @@
 """Start the dashboard on this computer only: ``digits dashboard``.
 
-``launch`` runs ``python -m streamlit run <checkout>/app.py`` in a child process
-with the server's address, port and upload limit given as command-line flags.
+``launch`` runs ``python -m streamlit run .../app.py`` in a child process with
+the server's address, port and upload limit given as command-line flags. The
+``app.py`` is the checkout's, beside this package, or else the installed wheel's:
+the wheel carries ``app.py``, ``ui.py``, ``pages/`` and ``.streamlit/`` as the
+top-level package ``digits_app`` (see pyproject.toml), found here without being
+imported.
 Streamlit ranks its flags above every config file and every ``STREAMLIT_*``
 environment variable, so the dashboard listens on 127.0.0.1 unless ``host`` says
 otherwise, whatever a user's ``~/.streamlit/config.toml`` or environment holds.
@@ -41,7 +45,27 @@ DEFAULT_PORT = 8501
 # (.streamlit/config.toml says the same) and the pages' own check of each file.
 MAX_UPLOAD_MB = 50
 ALLOW_NETWORK_ENV = "DIGITS_ALLOW_NETWORK"  # "1": sessions from other machines
-APP = Path(__file__).resolve().parent.parent / "app.py"
+APP_PACKAGE = "digits_app"  # the dashboard's files, in an installed wheel
+
+
+def find_app() -> Path:
+    """The dashboard's entry file: the checkout's ``app.py`` beside the ``digits``
+    package, else the one installed as ``digits_app``, else the checkout's path
+    (missing: ``launch`` says so). Looks the package up, never imports it."""
+    checkout = Path(__file__).resolve().parent.parent / "app.py"
+    if checkout.is_file():
+        return checkout
+    try:
+        spec = importlib.util.find_spec(APP_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    for folder in (spec and spec.submodule_search_locations) or []:
+        if (Path(folder) / "app.py").is_file():
+            return Path(folder) / "app.py"
+    return checkout
+
+
+APP = find_app()
 README_SECTION = 'the README\'s "Serving a classroom on the local network"'
 STOP_SECONDS = 10  # for the server to end after Ctrl-C or SIGTERM
 
@@ -257,10 +281,14 @@ def launch(
     if not APP.is_file():
         raise DigitsError(
             f"The dashboard's app.py is not beside the digits package ({APP} is "
-            "missing): run from a checkout of the project (pip install -e .)."
+            f"missing), nor installed as {APP_PACKAGE}: pip install 'digits[app]', "
+            "or run from a checkout of the project."
         )
     if importlib.util.find_spec("streamlit") is None:
-        raise DigitsError("Streamlit is not installed: pip install -r requirements.txt")
+        raise DigitsError(
+            "Streamlit is not installed: pip install 'digits[app]' (in a checkout: "
+            "pip install -r requirements.txt)"
+        )
     check_free(host, port)
     if is_loopback(host):
         print(f"digits: serving this computer only, on {host}:{port}", file=sys.stderr)
