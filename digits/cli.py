@@ -765,7 +765,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dash.add_argument("--headless", action="store_true", help="do not open a browser")
     dash.set_defaults(func=cmd_dashboard)
+    from digits.export import FORMATS
+
+    export = sub.add_parser(
+        "export",
+        help="write a run as ONNX, PyTorch or safetensors for other tools",
+        description="Write a run's network for other tools. Every export takes "
+        "float32 images (N, 1, 28, 28) in [0, 1], light ink on dark as after "
+        "digits' preprocessing, and gives class probabilities (N, 10). Beside "
+        "FILE go FILE.README.txt (the input note and the tensors) and, for torch "
+        "and safetensors, the torch.nn module definition as <name>.py.",
+        epilog="examples:\n"
+        "  digits export default --format onnx --out digits-cnn.onnx\n"
+        "  digits export default-mlp --format torch --out mlp.pt\n"
+        "  digits export my-run --format safetensors --out my-run.safetensors",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("run", help="run name, folder, or 'default'")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace FILE (and its companions)"
+    )
+    export.add_argument("--json", action="store_true", help="print one JSON object")
+    export.set_defaults(func=cmd_export)
     return parser
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``digits export``: write the run with ``digits.export``. A format whose
+    package is not installed is a failure (status 1) whose line names what to
+    install."""
+    from digits import export
+
+    try:
+        written = export.export(
+            args.run, args.format, args.out, overwrite=args.overwrite
+        )
+    except export.MissingPackage as err:
+        print(f"digits: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        _emit_json(
+            {"run": args.run, "format": args.format, "files": list(map(str, written))}
+        )
+    else:
+        also = ", ".join(str(path) for path in written[1:])
+        print(f"Exported {args.run} as {args.format} to {written[0]} (and {also})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
