@@ -495,6 +495,7 @@ def torch_source(net: Network, module: str, out: Path) -> str:
     written beside the weights as ``<module>.py``; its ``load(path)`` reads a
     ``.pt`` state_dict or a ``.safetensors`` file."""
     h, w = net.image_shape
+    stem = out.name.split(".")[0]  # the same text for FILE.pt and FILE.safetensors
     lines = []
     for i, step in enumerate(net.steps):
         text = f"        {TORCH_LINES[step.kind](step)},"
@@ -518,7 +519,7 @@ def torch_source(net: Network, module: str, out: Path) -> str:
     import torch
     from {module} import load
 
-    net = load("{out.name}")
+    net = load("{stem}.pt")  # or "{stem}.safetensors"
     with torch.no_grad():
         probabilities = net(images)  # images: (N, 1, {h}, {w}) float32 in [0, 1]
 
@@ -677,9 +678,11 @@ def planned_files(fmt: str, out: str | Path) -> list[Path]:
     return paths
 
 
-def _check_out(paths: list[Path], overwrite: bool) -> None:
+def _check_out(paths: list[Path], overwrite: bool, texts: dict[Path, str]) -> None:
     """ConfigError or StorageError unless every file can be written: its folder
-    exists, it is not a folder, and (unless ``overwrite``) it does not exist."""
+    exists, it is not a folder, and (unless ``overwrite``) it does not exist, or
+    holds exactly the text ``texts`` gives it (the module file that a torch and
+    a safetensors export of one run to one name share)."""
     out = paths[0]
     if len(set(paths)) != len(paths):
         raise ConfigError(
@@ -695,11 +698,22 @@ def _check_out(paths: list[Path], overwrite: bool) -> None:
     for path in paths:
         if path.is_dir():
             raise ConfigError(f"--out {path} is a folder; give a file name.")
-        if (path.exists() or path.is_symlink()) and not overwrite:
+        taken = path.exists() or path.is_symlink()
+        if taken and not overwrite and not _holds(path, texts.get(path)):
             raise ConfigError(
                 f"{path} already exists. Choose another --out, or add --overwrite "
                 f"to replace it."
             )
+
+
+def _holds(path: Path, text: str | None) -> bool:
+    """Whether ``path`` is a regular file holding exactly ``text``."""
+    if text is None:
+        return False
+    try:
+        return files.read_bounded(path, len(text.encode()) + 1) == text.encode()
+    except OSError:
+        return False
 
 
 def export(
@@ -717,15 +731,17 @@ def export(
     if fmt not in WRITERS:
         raise ConfigError(f"Unknown format {fmt!r}; formats: {', '.join(FORMATS)}.")
     paths = planned_files(fmt, out)
-    _check_out(paths, overwrite)
+    _check_out(paths[:2], overwrite, {})  # a quick refusal, before the model loads
     to_bytes, with_module = WRITERS[fmt]
     net = network(ref)
-    data = to_bytes(net)  # before any file is written: a missing package stops here
     module = module_name(paths[0]) if with_module else None
     texts = [readme(net, fmt, paths[0], module)]
     if with_module:
         texts.append(torch_source(net, module, paths[0]))
-    for path, content in zip(paths[1:], texts, strict=True):
+    companions = dict(zip(paths[1:], texts, strict=True))
+    _check_out(paths, overwrite, companions)
+    data = to_bytes(net)  # before any file is written: a missing package stops here
+    for path, content in companions.items():
         _write(path, content)
     _write(paths[0], data)
     return paths
