@@ -30,6 +30,8 @@ from PIL import Image
 
 import digits
 from digits import data
+from digits.cli import build_parser, cmd_dashboard
+from digits.dashboard import find_app
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -138,6 +140,28 @@ def test_the_digits_package_never_imports_streamlit():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["app", "--host", "0.0.0.0", "--port", "9000"],
+        ["app", "--server.address", "0.0.0.0", "--server.port", "9000"],
+        ["dashboard", "--server.address=0.0.0.0", "--port=9000"],
+    ],
+)
+def test_app_takes_host_and_port_as_streamlit_run_does(argv):
+    args = build_parser().parse_args(argv)
+    assert (args.host, args.port, args.func) == ("0.0.0.0", 9000, cmd_dashboard)
+
+
+def test_app_serves_this_computer_only_by_default():
+    args = build_parser().parse_args(["app"])
+    assert (args.host, args.port) == ("127.0.0.1", 8501)
+
+
+def test_app_finds_the_dashboard_of_the_checkout_first():
+    assert find_app() == ROOT / "app.py"
 
 
 # -- the locks ---------------------------------------------------------------------
