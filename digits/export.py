@@ -59,12 +59,20 @@ from digits import __version__, files, store
 from digits.errors import ConfigError, DigitsError, StorageError
 
 FORMATS = ("onnx", "torch", "safetensors")
-# What each format's optional package is called on PyPI, with the versions the
-# tests ran against.
+# Each format's optional package (its module), and how to install it: onnx and
+# safetensors come with the package's "export" extra; torch is left to the user,
+# whose machine decides the build (the tests ran 2.13.0's CPU build).
 PACKAGES = {
-    "onnx": ("onnx", "onnx==1.23.2"),
-    "torch": ("torch", "torch==2.13.0"),
-    "safetensors": ("safetensors", "safetensors==0.8.0"),
+    "onnx": ("onnx", "'digits[export]' (or: pip install onnx==1.23.2)"),
+    "torch": (
+        "torch",
+        "torch==2.13.0 (its CPU build: add --index-url "
+        "https://download.pytorch.org/whl/cpu)",
+    ),
+    "safetensors": (
+        "safetensors",
+        "'digits[export]' (or: pip install safetensors==0.8.0)",
+    ),
 }
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"

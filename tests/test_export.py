@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -333,11 +334,19 @@ def test_unknown_runs_formats_and_folders_are_refused(tmp_path):
     assert not list(tmp_path.glob("x*"))
 
 
-def test_a_missing_package_names_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails
-    with pytest.raises(export.MissingPackage, match=r"pip install torch==2\.13\.0"):
-        export.export("default", "torch", tmp_path / "model.pt")
-    assert not list(tmp_path.glob("model*"))  # nothing half-written beside it
+@pytest.mark.parametrize(
+    ("fmt", "install"),
+    [
+        ("torch", "pip install torch==2.13.0"),
+        ("onnx", "pip install 'digits[export]'"),
+        ("safetensors", "pip install 'digits[export]'"),
+    ],
+)
+def test_a_missing_package_names_what_to_install(fmt, install, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, fmt, None)  # importing it now fails
+    with pytest.raises(export.MissingPackage, match=re.escape(f"installed: {install}")):
+        export.export("default", fmt, tmp_path / f"model{SUFFIX[fmt]}")
+    assert not list(tmp_path.iterdir())  # nothing half-written beside it
 
 
 # -- the command, as a user runs it ---------------------------------------------------
