@@ -76,8 +76,8 @@ PACKAGES = {
 }
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-# ONNX operator set 17 and IR version 8 are read by onnxruntime 1.13 (2022) and
-# later; nothing here needs a newer operator.
+# ONNX operator set 17 and IR version 8 (ONNX 1.12, 2022), which onnxruntime
+# reads from its version 1.13 on; nothing here needs a newer operator.
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8
 # Keys of the in-file metadata (ONNX metadata_props, safetensors __metadata__).
@@ -516,7 +516,7 @@ def torch_source(net: Network, module: str, out: Path) -> str:
             notes.append(TORCH_COMMENTS[step.kind])
         lines.append(f"{text}  # {': '.join(notes)}")
     layers = "\n".join(lines)
-    note = _wrap(net.note(), 4)
+    note = _wrap(net.note())
     classes = repr(tuple(net.class_names))
     extra = _TWO_CLASS if any(s.kind == "two_class" for s in net.steps) else ""
     title = f"{net.label} '{net.run}' as a PyTorch module (digits {__version__})."
@@ -566,10 +566,10 @@ def load(path: str) -> nn.Sequential:
 '''
 
 
-def _wrap(text: str, indent: int = 0, width: int = 80) -> str:
+def _wrap(text: str, width: int = 76) -> str:
     import textwrap
 
-    return textwrap.fill(text, width - indent)
+    return textwrap.fill(text, width)
 
 
 def module_name(out: Path) -> str:
@@ -622,14 +622,18 @@ def readme(net: Network, fmt: str, out: Path, module: str | None) -> str:
     beside = (
         f" The module is defined in {module}.py, beside this file." if module else ""
     )
+    layout = (
+        ", channels first; digits' own .npz keeps images channels-last"
+        if any(s.kind == "conv" for s in net.steps)
+        else ""
+    )
     return (
         f"{out.name}: {net.label} '{net.run}' (trained on {net.dataset}), "
         f"exported by digits {__version__} as {fmt}.\n\n"
         f"{_wrap(net.note())}\n\n"
         f"Use it: {how}\n\n"
         f"Layers (as torch.nn): {layers}.{beside}\n\n"
-        f"Tensors (float32, channels first; digits' own .npz keeps images "
-        f"channels-last):\n" + "\n".join(rows) + "\n"
+        f"Tensors (float32{layout}):\n" + "\n".join(rows) + "\n"
     )
 
 
