@@ -155,7 +155,9 @@ def input_note(
     )
     frame = _frame(h) if h == w else None
     if frame is not None:
-        centred = "by its centre of mass" if frame.centre == "mass" else "as a box"
+        centred = (
+            "by its centre of mass" if frame.centre == "mass" else "by its bounding box"
+        )
         text += (
             f"A photo or drawing must first be made MNIST-like as "
             f"digits.preprocess.preprocess(image, {h}) does for `digits predict`: "

@@ -233,6 +233,29 @@ def test_the_cnn_keeps_its_layer_indices_and_names_its_tensors(runs, tmp_path):
     assert tensors["7.weight"].shape == (128, 1024)
 
 
+def test_a_cnn_of_8x8_digits_takes_8x8_images(tmp_path):
+    """A run on scikit-learn's 8x8 digits exports for (N, 1, 8, 8) input."""
+    from digits.data import load_dataset
+
+    digits8 = load_dataset("sklearn-digits")
+    run = _trained("cnn", digits8, tmp_path / "run", **QUICK_8X8)
+    x = (digits8.x_test.astype(np.float32) / 255)[:, None]  # (360, 1, 8, 8)
+    got = _onnx_proba(_export(run, "onnx", tmp_path), x)
+    assert np.abs(got - _expected(run, x)).max() <= TOLERANCE
+    note = (tmp_path / "model.onnx.README.txt").read_text()
+    assert "(N, 1, 8, 8)" in note and "preprocess(image, 8)" in note
+
+
+# The Train page's first preset, which fits the 8x8 digits.
+QUICK_8X8 = {
+    "conv_channels": (8, 16),
+    "kernel_size": 3,
+    "padding": "same",
+    "hidden_layer_sizes": (32,),
+    "max_iter": 2,
+}
+
+
 # -- the comparison can fail ----------------------------------------------------------
 
 
