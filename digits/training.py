@@ -166,6 +166,11 @@ def train_run(
             "stopping off."
         )
     callbacks = list(callbacks)
+    for cb in callbacks:
+        # A hook for callbacks that read the estimator itself (the TensorBoard
+        # callback reads the MLP's learning rate there).
+        if hasattr(cb, "set_estimator"):
+            cb.set_estimator(model)
     start = time.perf_counter()
     failure = None
     try:

@@ -3,7 +3,8 @@
 ``logs`` holds plain floats. Epoch logs have ``loss``, ``accuracy``, ``val_loss``,
 ``val_accuracy`` (when there is validation data), ``seconds`` and
 ``images_per_second``; batch logs have the running ``loss`` and ``accuracy`` of the
-epoch so far, plus ``epoch``, ``batch`` and ``batches``.
+epoch so far, plus ``epoch``, ``batch``, ``batches`` and, from the NumPy networks'
+loop, the batch's ``learning_rate``.
 
 A callback stops training by setting ``self.stop_training = True``; the loop checks
 between batches, so the model always holds the weights of a completed batch.
@@ -24,10 +25,12 @@ def batch_logs(
     epoch: int,
     batch: int,
     batches: int,
+    learning_rate: float | None = None,
 ) -> dict:
     """The logs ``on_batch_end`` receives: running means over the ``seen`` images
-    of the epoch so far, its elapsed ``seconds`` and rate, and where it stands."""
-    return {
+    of the epoch so far, its elapsed ``seconds`` and rate, where it stands, and
+    the ``learning_rate`` the batch was trained with (if given)."""
+    logs = {
         "loss": float(loss),
         "accuracy": float(accuracy),
         "seconds": seconds,
@@ -36,6 +39,9 @@ def batch_logs(
         "batch": batch,
         "batches": batches,
     }
+    if learning_rate is not None:
+        logs["learning_rate"] = float(learning_rate)
+    return logs
 
 
 class Callback:

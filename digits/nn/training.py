@@ -119,6 +119,7 @@ class Trainer:
                 epoch=epoch,
                 batch=b + 1,
                 batches=batches,
+                learning_rate=self.optimizer.lr,
             )
             for cb in callbacks:
                 cb.on_batch_end(step0 + b, logs)
