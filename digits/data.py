@@ -41,6 +41,7 @@ import hashlib
 import http.client
 import io
 import json
+import logging
 import math
 import mmap
 import os
@@ -60,6 +61,8 @@ import platformdirs
 from digits import files
 from digits.errors import ConfigError, DataError, DownloadError
 from digits.humanize import plural
+
+log = logging.getLogger(__name__)  # downloads, fallbacks: the CLI's -v shows them
 
 DATA_DIR_ENV = "DIGITS_DATA_DIR"
 CACHE_DIR_ENV = "DIGITS_CACHE_DIR"
@@ -356,10 +359,12 @@ def _download(
     failures = []
     for mirror in mirrors:
         url = _url(mirror, filename)
+        log.info("Downloading %s to %s", url, folder)
         try:
             _fetch_once(url, folder / filename, sha256, progress)
             return
         except (OSError, http.client.HTTPException, _BadDownload, ValueError) as err:
+            log.info("%s failed (%s); trying the next mirror, if any", url, err)
             failures.append(f"  {url}: {err}")
     tried = "\n".join(failures) or "  (no mirrors configured)"
     raise DownloadError(
@@ -407,6 +412,9 @@ def fetch(
             "or corrupt"
         )
         aside = _move_aside(path, problem)
+        log.info(
+            "%s: %s; moved aside to %s, downloading it again", path, problem, aside
+        )
         try:
             _download(filename, folder, pinned, mirrors, progress, names)
         except DownloadError as err:
@@ -552,7 +560,9 @@ def _cached_parse(
     for place in places:
         cached = _load_cache(place, sha256)
         if cached is not None:
+            log.debug("Read %s from its cache %s", source.name, place)
             return cached
+    log.info("Parsing %s (no valid cache of it yet)", source)
     array = np.ascontiguousarray(parse())
     for place in places:
         try:
