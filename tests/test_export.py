@@ -8,7 +8,9 @@ dense network with logistic units, and MLPs with logistic and with two classes
 images in onnxruntime or torch and must give the probabilities of
 ``store.predict_proba_full``, the function ``digits predict`` calls, within
 1e-5. The comparison is shown to catch a wrong flatten order. The command is
-run as a user runs it, in a separate process.
+run as a user runs it, in a separate process. onnx, onnxruntime, safetensors and
+torch are imported, not skipped: CI installs them (requirements-dev.txt), and a
+missing one must fail these tests rather than pass them unseen.
 """
 
 from __future__ import annotations
@@ -22,17 +24,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+import safetensors.numpy as safetensors_numpy
+import torch
 from PIL import Image
 
 from digits import cli, export, store
 from digits.data import DIGIT_NAMES, Dataset
 from digits.errors import ConfigError, ModelFileError, StorageError
-
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
-torch = pytest.importorskip("torch")
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 # PyTorch notes that an even kernel with 'same' padding copies its input (the
 # tiny CNN's 4x4 kernels do that on purpose).
@@ -220,7 +221,7 @@ def test_safetensors_holds_the_torch_tensors(name, runs, images, tmp_path):
     assert np.abs(got - _expected(runs[name], images)).max() <= TOLERANCE
 
 
-def test_the_cnn_keeps_its_layer_indices_and_names_its_tensors(runs, tmp_path):
+def test_the_cnn_keeps_its_layer_indices_and_names_its_tensors():
     """digits' "3.W" (5, 5, 32, 64) is PyTorch's "3.weight" (64, 32, 5, 5)."""
     weights = np.load(REPO / "digits/pretrained/cnn/weights.npz")
     tensors = export.network("default-cnn").tensors()
@@ -259,7 +260,7 @@ QUICK_8X8 = {
 # -- the comparison can fail ----------------------------------------------------------
 
 
-def test_a_wrong_flatten_order_is_caught(runs, images, tmp_path, monkeypatch):
+def test_a_wrong_flatten_order_is_caught(images, tmp_path, monkeypatch):
     """Exporting the first dense layer without reordering its rows from
     (H, W, C) to (C, H, W) must fail the comparison above by far."""
     monkeypatch.setattr(export, "_dense_after_flatten", lambda w, hwc: w.T)
@@ -270,7 +271,7 @@ def test_a_wrong_flatten_order_is_caught(runs, images, tmp_path, monkeypatch):
         assert (got.argmax(1) != expected.argmax(1)).mean() > 0.1
 
 
-def test_a_kernel_left_channels_last_is_caught(runs, images, tmp_path, monkeypatch):
+def test_a_kernel_left_channels_last_is_caught(images, tmp_path, monkeypatch):
     """A conv kernel transposed the wrong way (kh and kw swapped) too."""
     original = export.Step
 
