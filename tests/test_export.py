@@ -10,7 +10,9 @@ images in onnxruntime or torch and must give the probabilities of
 1e-5. The comparison is shown to catch a wrong flatten order. The command is
 run as a user runs it, in a separate process. onnx, onnxruntime, safetensors and
 torch are imported, not skipped: CI installs them (requirements-dev.txt), and a
-missing one must fail these tests rather than pass them unseen.
+missing one must fail these tests rather than pass them unseen. torch and
+onnxruntime are imported by the tests that run them, not when pytest collects
+this file, so the rest of the suite runs without them loaded.
 """
 
 from __future__ import annotations
@@ -25,10 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-import safetensors.numpy as safetensors_numpy
-import torch
 from PIL import Image
 
 from digits import cli, export, store
@@ -150,6 +149,8 @@ def _export(ref, fmt: str, folder: Path, **kwargs) -> Path:
 
 
 def _onnx_proba(path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {export.INPUT_NAME: images})[0]
 
@@ -164,6 +165,8 @@ def _torch_module(path: Path):
 
 
 def _torch_proba(path: Path, images: np.ndarray) -> np.ndarray:
+    import torch
+
     net = _torch_module(path).load(str(path))
     with torch.no_grad():
         return net(torch.from_numpy(images)).numpy()
@@ -210,8 +213,11 @@ def test_the_shipped_models_read_mnist_as_digits_does(runs, images, mnist):
 def test_safetensors_holds_the_torch_tensors(name, runs, images, tmp_path):
     pt = _export(runs[name], "torch", tmp_path)
     st = _export(runs[name], "safetensors", tmp_path)  # the same model.py beside
+    import safetensors.numpy
+    import torch
+
     state = torch.load(pt, map_location="cpu", weights_only=True)
-    tensors = safetensors_numpy.load_file(str(st))
+    tensors = safetensors.numpy.load_file(str(st))
     assert list(tensors) and set(tensors) == set(state)
     for key, tensor in state.items():
         assert tensors[key].dtype == np.float32
