@@ -5,28 +5,35 @@
     digits predict default my-seven.png
     digits runs
     digits runs --rename OLD NEW | --tag RUN "a, b" | --delete RUN [--yes]
+    digits completion bash
 
-Progress goes to stderr and results to stdout; with ``--json`` stdout holds exactly
-one JSON object. Errors a user can cause (bad arguments, an unknown dataset, a
-broken run) end the program with status 2 and a one-line message; an unexpected
-error (a bug, or memory running out) with status 1 and one line, whose traceback
-``--debug`` shows. ``predict`` reads every file it is given: one that is blank
-or unreadable gets an error entry (a line on stderr, and in the JSON) while the
-others are still predicted, and the status is then 1. Each prediction says
-whether it is sure (`digits.sure`): "7 (not sure)" when the image does not look
-like a digit the model knows or the model hesitates. During training, Ctrl-C stops after
-the current batch and still saves the model trained so far; a second Ctrl-C
-aborts without saving.
+Progress and log messages go to stderr and results to stdout; with ``--json``
+stdout holds exactly one JSON object. ``-v`` shows what happens behind the scenes
+(downloads, fallbacks, clean-ups: the ``logging`` records of ``digits``), ``-vv``
+also the debugging detail. Every error is one line on stderr, never a traceback
+(``--debug`` shows it), and the exit status says whose it is (``exit_status``):
+2 for bad usage (argparse's errors, and an invalid option value: ``ConfigError``),
+1 for a command that could not be carried out (a file that cannot be read, a run
+that does not exist, a failed download, training that diverged, a bug).
+``predict`` reads every file it is given: one that is blank or unreadable gets an
+error entry (a line on stderr, and in the JSON) while the others are still
+predicted, and the status is then 1. Each prediction says whether it is sure
+(`digits.sure`): "7 (not sure)" when the image does not look like a digit the
+model knows or the model hesitates. During training, Ctrl-C stops after the
+current batch and still saves the model trained so far; a second Ctrl-C aborts
+without saving.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import signal
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -35,13 +42,13 @@ from typing import TextIO
 
 import numpy as np
 
-from digits import registry, store, training
-from digits.errors import ConfigError, DigitsError
+from digits import __version__, registry, store, training
+from digits.errors import ConfigError, DigitsError, StorageError
 from digits.humanize import duration, plural
 from digits.nn.callbacks import Callback, StopOnEvent
 
-EXIT_FAILURE = 1  # an unexpected error
-EXIT_USAGE = 2  # argparse's status for bad arguments; used for every user error
+EXIT_FAILURE = 1  # the command could not be carried out (see exit_status)
+EXIT_USAGE = 2  # bad usage: argparse's status, and an invalid option value
 EXIT_SOME_FAILED = 1  # predict: some files could not be read (the rest were predicted)
 EXIT_INTERRUPTED = 130  # the shell's convention for a process ended by Ctrl-C
 EXIT_BROKEN_PIPE = 141  # the shell's status for a process ended by SIGPIPE
@@ -182,7 +189,20 @@ def _download_progress(done: int, total: int | None, filename: str) -> None:
 def _load_dataset(name: str):
     from digits.data import load_dataset
 
+    _check_dataset_name(name)
     return load_dataset(name, progress=_download_progress)
+
+
+def _check_dataset_name(name: str) -> None:
+    """ConfigError (bad usage) for a --dataset that is neither a dataset's name
+    nor a .csv file; whether the file can be read is for loading to say."""
+    from digits.data import DATASETS
+
+    if name not in DATASETS and not str(name).lower().endswith(".csv"):
+        raise ConfigError(
+            f"Unknown dataset {name!r}. Valid names: {', '.join(DATASETS)}, or a "
+            "path to a .csv file."
+        )
 
 
 # -- commands ---------------------------------------------------------------------
@@ -192,23 +212,68 @@ def _hyperparameters(
     args: argparse.Namespace, kind: registry.ModelKind, parse=None
 ) -> dict:
     """The hyperparameter flags given on the command line, parsed for ``kind``
-    (by ``parse(hp, text)``; default: one value each)."""
+    (by ``parse(hp, text)``; default: one value each). A switch's value is
+    already a bool; ``--augment``'s "shift" is the usual augmentation, True."""
     given = {}
     for name in _all_hyperparameters():
-        text = getattr(args, name, None)
-        if text is None:
+        value = getattr(args, name, None)
+        if value is None:
             continue
         if name not in {hp.name for hp in kind.hyperparameters}:
             raise ConfigError(f"{_flag(name)} does not apply to --model {kind.name}.")
         hp = kind.hyperparameter(name)
-        given[name] = hp.parse(text) if parse is None else parse(hp, text)
+        if isinstance(value, bool):
+            given[name] = value
+        elif parse is not None:
+            given[name] = parse(hp, value)
+        elif name == "augment":
+            given[name] = _augment(hp, value)
+        else:
+            given[name] = hp.parse(value)
     return given
+
+
+def _augment(hp: registry.Hyperparameter, text: str) -> bool | str:
+    """``--augment``'s value: "shift" (True, the usual), "writers", or the
+    older true/false; ConfigError in the command line's words otherwise."""
+    if text.strip().lower() == AUGMENT_SHIFT:
+        return True
+    try:
+        return hp.parse(text)
+    except ConfigError:
+        raise ConfigError(
+            f"Invalid value {text!r} for --augment: use --augment (or "
+            "--augment shift) to shift and rotate, --augment writers to vary "
+            "the writing too, or --no-augment."
+        ) from None
+
+
+def _tensorboard(folder: str) -> Callback:
+    """The TensorBoard callback writing to ``folder``, refused before training if
+    tensorboardX is missing or the folder cannot be made."""
+    try:
+        import tensorboardX  # noqa: F401
+
+        from digits.tensorboard import TensorBoard
+    except ImportError:
+        raise DigitsError(
+            "--tensorboard needs the tensorboardX package: pip install tensorboardX"
+        ) from None
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise StorageError(
+            f"Cannot write TensorBoard logs to {folder} ({err.strerror})."
+        ) from err
+    return TensorBoard(folder)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     kind = registry.get(args.model)
     params = _hyperparameters(args, kind)
-    epochs = kind.params(args.preset, **params).get("max_iter", 1)
+    # The estimator's own default when neither the kind nor the preset sets it.
+    epochs = kind.build(args.preset, **params).get_params().get("max_iter", 1)
+    board = _tensorboard(args.tensorboard) if args.tensorboard else None
     dataset = _load_dataset(args.dataset)
     images = training.plan(dataset, args.train_size)
     progress = ProgressBar(
@@ -217,13 +282,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"for up to {epochs} epochs; validating on {images.described} (val_*); "
         "Ctrl-C stops early and saves.",
     )
+    callbacks = [progress] if board is None else [progress, board]
     with _CtrlC() as ctrl_c:
         run = training.train_run(
             kind.name,
             dataset,
             preset=args.preset,
             params=params,
-            callbacks=[progress, StopOnEvent(ctrl_c.event)],
+            callbacks=[*callbacks, StopOnEvent(ctrl_c.event)],
             train_size=args.train_size,
             name=args.name,
             out=args.out,
@@ -242,6 +308,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "validation": run.meta.get("validation"),
                 "params": run.meta["params"],
                 "n_train": run.meta["dataset"]["n_train"],
+                "tensorboard": args.tensorboard,
             }
         )
     else:
@@ -360,7 +427,7 @@ def _confirm_delete(name: str, yes: bool) -> None:
         )
     answer = input(f"Delete run {name} and its files for good? [y/N] ")
     if answer.strip().lower() not in ("y", "yes"):
-        raise ConfigError(f"Nothing deleted: {name} is kept.")
+        raise DigitsError(f"Nothing deleted: {name} is kept.")  # status 1
 
 
 def _change_run(args: argparse.Namespace) -> int:
@@ -451,10 +518,33 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print ``shtab``'s completion script for this parser: commands, options and
+    their choices, with file and folder names where an argument is a path."""
+    try:
+        import shtab
+    except ImportError:
+        raise DigitsError(
+            "digits completion needs the shtab package: pip install shtab"
+        ) from None
+    parser = build_parser()
+    kinds = {"file": shtab.FILE, "dir": shtab.DIRECTORY}
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if getattr(action, "completes", None):
+                action.complete = kinds[action.completes]  # type: ignore[attr-defined]
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    print(shtab.complete(parser, shell=args.shell), end="")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from digits import experiments
 
     kind = registry.get(args.model)
+    _check_dataset_name(args.dataset)
     grid = _hyperparameters(args, kind, parse=experiments.parse_values)
     sweep = experiments.plan(
         kind.name,
@@ -572,6 +662,135 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 # -- parser -----------------------------------------------------------------------
 
+# The examples that end each command's help, by command (a command that sets its
+# own epilog keeps it).
+EXAMPLES = {
+    "train": """\
+  digits train --model mlp --preset quick --epochs 5
+  digits train --model cnn --train-size 5000 --augment writers --name small-cnn
+  digits train --preset quick --tensorboard logs/quick   # tensorboard --logdir logs""",
+    "evaluate": """\
+  digits evaluate default
+  digits evaluate small-cnn --dataset fashion-mnist --json""",
+    "predict": """\
+  digits predict default my-seven.png photo.jpg
+  digits predict default-mlp scans/*.png --json""",
+    "runs": """\
+  digits runs --json
+  digits runs --rename 20261205-120000-cnn-mnist best-cnn
+  digits runs --tag best-cnn "baseline, demo"
+  digits runs --delete old-run --yes""",
+    "convert": """\
+  digits convert old-mlp --trust-pickle
+  digits convert runs/old-mlp --trust-pickle --json""",
+    "gradcheck": """\
+  digits gradcheck
+  digits gradcheck --json""",
+    "sweep": """\
+  digits sweep --model mlp --hidden-layer-sizes "30;100" --seeds 3 --estimate-only
+  digits sweep --conv-channels "(8,),(16,)" --train-size 5000 --epochs 1
+  digits sweep --model mlp --alpha "1e-4,1e-2" --scheduler tcp://10.0.0.5:8786""",
+    "app": """\
+  digits app
+  digits app --port 8502 --headless
+  digits app --host 0.0.0.0   # every network interface: read the README first""",
+    "completion": """\
+  source <(digits completion bash)         # this shell only
+  digits completion bash > ~/.local/share/bash-completion/completions/digits
+  digits completion zsh > "${fpath[1]}/_digits"   # then start a new zsh""",
+}
+EXAMPLES["dashboard"] = EXAMPLES["app"]
+SHELLS = ("bash", "zsh")
+# What a value of --augment means: the model's usual shift and rotate, or a style.
+AUGMENT_SHIFT = "shift"
+
+
+def _as_text(value) -> str:
+    """A hyperparameter's value as it is typed on the command line."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _kind_defaults(name: str) -> str:
+    """Each kind's default for hyperparameter ``name``, e.g. "cnn, dense 0.002;
+    mlp 0.001" (building the estimators, so only when help is shown)."""
+    by_value: dict[str, list[str]] = {}
+    for kind in registry.MODELS.values():
+        if any(hp.name == name for hp in kind.hyperparameters):
+            value = kind.build().get_params()[name]
+            if name == "augment":
+                value = {False: "off", True: AUGMENT_SHIFT}.get(value, value)
+            by_value.setdefault(_as_text(value), []).append(kind.name)
+    if len(by_value) == 1:
+        return next(iter(by_value))
+    return "; ".join(f"{', '.join(kinds)} {value}" for value, kinds in by_value.items())
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps each line of a description or epilog that starts in the first column
+    and keeps indented lines (the examples) as written; ends each option's help
+    with its default (a hyperparameter's, per kind) unless the help says it."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            indent + line
+            if line[:1].isspace() or not line
+            else textwrap.fill(
+                line, width, initial_indent=indent, subsequent_indent=indent
+            )
+            for line in text.splitlines()
+        )
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default is argparse.SUPPRESS
+        ):
+            return text
+        if getattr(action, "hyperparameter", None):
+            shown = _kind_defaults(action.hyperparameter).replace("%", "%%")
+        elif isinstance(action.default, bool):
+            shown = _as_text(action.default)
+        elif action.default is None:
+            return text
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})"
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: the help formatter above, and -v/--debug, which are
+    accepted after the command as well as before it."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
+        _add_common_flags(self, argparse.SUPPRESS)  # keep main's values if absent
+
+
+def _add_common_flags(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if default is None else default,
+        help="show downloads, fallbacks and clean-ups on stderr; -vv also the "
+        "debugging detail (default: warnings only)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if default is None else default,
+        help="show the traceback of an error (default: off)",
+    )
+
 
 def _all_hyperparameters() -> dict[str, registry.Hyperparameter]:
     """Every hyperparameter of every kind, by name (the first kind's wording)."""
@@ -582,15 +801,18 @@ def _all_hyperparameters() -> dict[str, registry.Hyperparameter]:
     return found
 
 
-def _hp_help(name: str, hp: registry.Hyperparameter) -> str:
-    """Help for a flag: label, accepted values (over all kinds) and the kinds."""
+def _hp_help(name: str, hp: registry.Hyperparameter, values: str = "") -> str:
+    """Help for a flag: label, accepted values (over all kinds, unless ``values``
+    words them) and the kinds."""
     specs = {
         kind.name: kind.hyperparameter(name)
         for kind in registry.MODELS.values()
         if any(h.name == name for h in kind.hyperparameters)
     }
     detail = hp.label
-    if hp.type == "choice":
+    if values:
+        detail += f" ({values})"
+    elif hp.type == "choice":
         choices = dict.fromkeys(c for spec in specs.values() for c in spec.choices)
         detail += " (" + "|".join(map(str, choices)) + ")"
     elif hp.type == "layers":
@@ -600,55 +822,114 @@ def _hp_help(name: str, hp: registry.Hyperparameter) -> str:
     return f"{detail} [{', '.join(specs)}]"
 
 
-def _add_hyperparameter_flags(group, metavar: str, skip: Sequence[str] = ()) -> None:
-    """One flag per hyperparameter of any kind (``--conv-channels``...)."""
+def _add_hyperparameter_flags(
+    group, metavar: str, skip: Sequence[str] = (), switches: bool = False
+) -> None:
+    """One flag per hyperparameter of any kind (``--conv-channels``...). With
+    ``switches``, an on/off one is ``--x/--no-x`` and augment is
+    ``--augment [shift|writers]/--no-augment``; otherwise each takes a value."""
     for name, hp in _all_hyperparameters().items():
-        if name not in skip:
-            group.add_argument(
-                _flag(name),
-                *ALIASES.get(name, []),
+        if name in skip:
+            continue
+        flags = [_flag(name), *ALIASES.get(name, [])]
+        if switches and name == "augment":
+            both = group.add_mutually_exclusive_group()
+            both.add_argument(
+                *flags,
                 dest=name,
-                metavar=metavar,
+                nargs="?",
+                const=AUGMENT_SHIFT,
+                metavar="shift|writers",
+                help=_hp_help(name, hp, values="shift|writers; bare: shift"),
+            ).hyperparameter = name
+            both.add_argument(
+                "--no-" + _flag(name)[2:],
+                dest=name,
+                action="store_false",
+                default=None,
+                help="turn augmentation off (default: see --augment)",
+            )
+            continue
+        if switches and hp.type == "bool":
+            action = group.add_argument(
+                *flags,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
                 help=_hp_help(name, hp),
             )
+        else:
+            action = group.add_argument(
+                *flags, dest=name, metavar=metavar, help=_hp_help(name, hp)
+            )
+        action.hyperparameter = name
+
+
+def _datasets_help(what: str) -> str:
+    from digits.data import DATASETS
+
+    return f"{', '.join(DATASETS)} or a .csv file{what}"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digits",
         description="Train, evaluate and try handwritten-digit classifiers.",
+        epilog="Run 'digits COMMAND --help' for a command's options and examples.\n"
+        "Exit status: 0 done, 1 the command failed, 2 bad usage, 130 Ctrl-C.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of an error"
+        "--version", action="version", version=f"%(prog)s {__version__}"
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_common_flags(parser, None)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
 
     train = sub.add_parser("train", help="train a model and save it as a run")
-    train.add_argument("--model", default="cnn", choices=list(registry.MODELS))
     train.add_argument(
-        "--dataset",
-        default="mnist",
-        help="mnist, fashion-mnist, sklearn-digits or a .csv file (default mnist)",
+        "--model", default="cnn", choices=list(registry.MODELS), help="model kind"
     )
+    train.add_argument("--dataset", default="mnist", help=_datasets_help(""))
     presets = sorted({p for k in registry.MODELS.values() for p in k.presets})
-    train.add_argument("--preset", choices=presets, help="named hyperparameter set")
     train.add_argument(
-        "--train-size", type=int, metavar="N", help="train on N random images"
+        "--preset",
+        choices=presets,
+        help="named hyperparameter set (default: none, the kind's own defaults)",
+    )
+    train.add_argument(
+        "--train-size",
+        type=int,
+        metavar="N",
+        help="train on N random images (default: all but the validation images)",
     )
     where = train.add_mutually_exclusive_group()
     where.add_argument("--name", help="run name (default: time-model-dataset)")
-    where.add_argument("--out", metavar="DIR", help="save the run to exactly DIR")
+    where.add_argument(
+        "--out", metavar="DIR", help="save the run to exactly DIR (default: none)"
+    ).completes = "dir"
     train.add_argument(
         "--overwrite", action="store_true", help="with --out: replace DIR if it exists"
     )
+    train.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write loss, accuracy and learning rate per batch and per epoch "
+        "as TensorBoard event files in DIR (default: none)",
+    ).completes = "dir"
     train.add_argument("--json", action="store_true", help="print one JSON object")
-    hyper = train.add_argument_group("hyperparameters (each applies to some models)")
-    _add_hyperparameter_flags(hyper, "VALUE")
+    hyper = train.add_argument_group(
+        "hyperparameters (each applies to some models; default: the kind's, or "
+        "its --preset's)"
+    )
+    _add_hyperparameter_flags(hyper, "VALUE", switches=True)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="score a run on a test set")
     evaluate.add_argument("run", help="run name, folder, or 'default'")
-    evaluate.add_argument("--dataset", help="default: the run's own dataset")
+    evaluate.add_argument(
+        "--dataset", help=_datasets_help(" (default: the run's own dataset)")
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -661,7 +942,9 @@ def build_parser() -> argparse.ArgumentParser:
         "its own error; the others are still predicted, and the status is 1.",
     )
     predict.add_argument("run", help="run name, folder, or 'default'")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files"
+    ).completes = "file"
     predict.add_argument("--json", action="store_true", help="print one JSON object")
     predict.set_defaults(func=cmd_predict)
 
@@ -673,15 +956,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     change = runs.add_mutually_exclusive_group()
     change.add_argument(
-        "--rename", nargs=2, metavar=("RUN", "NEW_NAME"), help="rename a run"
+        "--rename",
+        nargs=2,
+        metavar=("RUN", "NEW_NAME"),
+        help="rename a run (default: none)",
     )
     change.add_argument(
         "--tag",
         nargs=2,
         metavar=("RUN", "TAGS"),
-        help='set a run\'s tags, separated by commas ("" removes them)',
+        help='set a run\'s tags, separated by commas ("" removes them) (default: none)',
     )
-    change.add_argument("--delete", metavar="RUN", help="delete a run for good")
+    change.add_argument(
+        "--delete", metavar="RUN", help="delete a run for good (default: none)"
+    )
     runs.add_argument(
         "--yes", action="store_true", help="with --delete: do not ask to confirm"
     )
@@ -712,19 +1000,26 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser(
         "sweep", help="train a grid of configurations for several seeds each"
     )
-    sweep.add_argument("--model", default="cnn", choices=list(registry.MODELS))
-    sweep.add_argument("--dataset", default="mnist", help="as for train")
+    sweep.add_argument(
+        "--model", default="cnn", choices=list(registry.MODELS), help="model kind"
+    )
+    sweep.add_argument("--dataset", default="mnist", help=_datasets_help(""))
     sweep.add_argument(
         "--seeds", default="2", help="a number of seeds (3) or a list (0,5,7)"
     )
     sweep.add_argument(
-        "--train-size", type=int, metavar="N", help="train on N random images"
+        "--train-size",
+        type=int,
+        metavar="N",
+        help="train on N random images (default: all but the validation images)",
     )
     sweep.add_argument(
         "--n-jobs", type=int, metavar="N", help="trials at once (default: cores)"
     )
     sweep.add_argument(
-        "--scheduler", metavar="ADDRESS", help="run on this Dask scheduler"
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on this Dask scheduler (default: none, on this computer)",
     )
     sweep.add_argument(
         "--name", help="sweep name (default: from the grid; the same grid resumes)"
@@ -734,10 +1029,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--json", action="store_true", help="print one JSON object")
     grid = sweep.add_argument_group(
-        "grid (values separated by ';' or ','; layer lists as \"(),(16,),(32,64)\")"
+        "grid (values separated by ';' or ','; layer lists as \"(),(16,),(32,64)\"; "
+        "on/off values as true,false)"
     )
     _add_hyperparameter_flags(grid, "VALUES", skip=("random_state",))
     sweep.set_defaults(func=cmd_sweep)
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a script that completes digits' commands, options and "
+        "values as you press Tab. Load it in your shell's start-up file.",
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell to complete")
+    completion.set_defaults(func=cmd_completion)
     dash = sub.add_parser(
         "app",
         aliases=["dashboard"],
@@ -789,6 +1094,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--json", action="store_true", help="print one JSON object")
     export.set_defaults(func=cmd_export)
+    for name, command in sub.choices.items():
+        command.formatter_class = _HelpFormatter
+        if command.epilog is None and name in EXAMPLES:
+            command.epilog = "examples:\n" + EXAMPLES[name]
     return parser
 
 
@@ -815,21 +1124,51 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def exit_status(err: BaseException) -> int:
+    """The exit status for an error a user can cause: ``EXIT_USAGE`` when the
+    command line asked for something invalid (a ``ConfigError``: a value no option
+    takes, a flag for another model, a name that is reserved, a change to a
+    shipped model), ``EXIT_FAILURE`` when a valid command could not be carried out
+    (any other ``DigitsError`` or ``OSError``: a file or run that cannot be read
+    or does not exist, a download that failed, training that diverged)."""
+    return EXIT_USAGE if isinstance(err, ConfigError) else EXIT_FAILURE
+
+
+class _LogLine(logging.Formatter):
+    """``digits: note: ...``, one line per record, as the CLI's errors are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = {"WARNING": "warning", "DEBUG": "debug"}.get(record.levelname, "note")
+        return f"digits: {level}: {_one_line(record.getMessage())}"
+
+
+def configure_logging(verbosity: int) -> None:
+    """Show the ``digits`` loggers' records on stderr: warnings always, info with
+    ``-v`` (downloads, fallbacks, clean-ups), debug with ``-vv``."""
+    logger = logging.getLogger("digits")
+    for handler in [h for h in logger.handlers if getattr(h, "digits_cli", False)]:
+        logger.removeHandler(handler)  # main() called again, as tests do
+    handler = logging.StreamHandler(sys.stderr)
+    handler.digits_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(_LogLine())
+    logger.addHandler(handler)
+    logger.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
-    0: done. 1: an unexpected error (a bug, or the machine ran out of memory),
-    shown as one line; ``--debug`` shows its traceback; or, for ``predict``,
-    some files could not be read (each has its own error line; the others were
-    predicted). 2: bad usage or bad
-    input (argparse's convention), with a message that says what to do.
+    0: done. 1: the command could not be carried out (see ``exit_status``), or an
+    unexpected error (a bug, or the machine ran out of memory), shown as one line
+    whose traceback ``--debug`` shows; or, for ``predict``, some files could not
+    be read (each has its own error line; the others were predicted). 2: bad
+    usage (argparse's convention), with a message that says what to do.
     130: Ctrl-C. 141: the reader of stdout went away.
     """
     given = sys.argv[1:] if argv is None else list(argv)
-    # --debug is accepted anywhere on the line, before or after the command.
-    debug = "--debug" in given
-    given = [a for a in given if a != "--debug"]
     args = build_parser().parse_args(given)  # exits 2 itself on bad arguments
+    debug = args.debug
+    configure_logging(args.verbose)
     args.command_line = shlex.join(["python", "-m", "digits", *given])
     try:
         return args.func(args)
@@ -845,7 +1184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"digits: error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_status(err)
     except MemoryError:
         if debug:
             traceback.print_exc()

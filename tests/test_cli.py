@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from digits import store
-from digits.cli import main
+from digits.cli import EXIT_FAILURE, EXIT_USAGE, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,9 +186,11 @@ def test_gradcheck_json(runs):
 # -- errors -----------------------------------------------------------------------
 
 
-def assert_one_line_error(code, capsys, *fragments) -> str:
+def assert_one_line_error(code, capsys, *fragments, status=EXIT_USAGE) -> str:
+    """One ``digits: error:`` line on stderr, nothing on stdout, exit ``status``
+    (2: bad usage; 1: a failure, such as a run that does not exist)."""
     captured = capsys.readouterr()
-    assert code == 2
+    assert code == status, captured.err
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("digits: error: "), captured.err
@@ -223,8 +225,10 @@ def test_out_that_exists_is_refused(runs, tmp_path, capsys):
 
 
 def test_unknown_run(runs, capsys):
-    assert_one_line_error(main(["evaluate", "nope"]), capsys, "No run called 'nope'")
-    assert_one_line_error(main(["predict", "nope", "x.png"]), capsys, "No run called")
+    code = main(["evaluate", "nope"])
+    assert_one_line_error(code, capsys, "No run called 'nope'", status=EXIT_FAILURE)
+    code = main(["predict", "nope", "x.png"])
+    assert_one_line_error(code, capsys, "No run called", status=EXIT_FAILURE)
 
 
 def bad_files(folder: Path) -> dict[str, Path]:
@@ -301,7 +305,8 @@ def test_corrupt_run(trained, shared_runs, runs, capsys):
     shutil.copytree(shared_runs / "cli-mlp", copy)
     model = copy / "weights.npz"
     model.write_bytes(model.read_bytes()[:-10])
-    err = assert_one_line_error(main(["evaluate", "corrupt"]), capsys, "truncated")
+    code = main(["evaluate", "corrupt"])
+    err = assert_one_line_error(code, capsys, "truncated", status=EXIT_FAILURE)
     assert str(model) in err
 
     # `runs` still works and reports the broken run on stderr.
@@ -313,7 +318,7 @@ def test_corrupt_run(trained, shared_runs, runs, capsys):
 def test_run_for_other_images(trained, shared_runs, capsys, monkeypatch):
     monkeypatch.setenv(store.RUNS_DIR_ENV, str(shared_runs))
     code = main(["evaluate", "cli-mlp", "--dataset", "mnist"])
-    assert_one_line_error(code, capsys, "8x8 images", "28x28")
+    assert_one_line_error(code, capsys, "8x8 images", "28x28", status=EXIT_FAILURE)
 
 
 def test_bad_arguments_exit_2_with_usage(capsys):
@@ -416,7 +421,7 @@ def test_runs_rename_tag_and_delete(own_run, runs, capsys):
 def test_runs_delete_asks_first(own_run, runs, monkeypatch, capsys):
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
-    assert main(["runs", "--delete", "mine"]) == 2
+    assert main(["runs", "--delete", "mine"]) == EXIT_FAILURE  # not done, as asked
     assert "Nothing deleted: mine is kept." in capsys.readouterr().err
     assert store.open_run("mine")
     monkeypatch.setattr("builtins.input", lambda prompt: "y")
@@ -426,24 +431,24 @@ def test_runs_delete_asks_first(own_run, runs, monkeypatch, capsys):
 
 def test_runs_delete_without_a_terminal_needs_yes(own_run, monkeypatch, capsys):
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
-    assert main(["runs", "--delete", "mine"]) == 2
+    assert main(["runs", "--delete", "mine"]) == EXIT_USAGE
     assert "add --yes" in capsys.readouterr().err
     assert store.open_run("mine")
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, status",
     [
-        (["--delete", "default-cnn", "--yes"], "default-cnn is a shipped model"),
-        (["--rename", "default-mlp", "x"], "default-mlp is a shipped model"),
-        (["--tag", "default", "x"], "default-cnn is a shipped model"),
-        (["--rename", "mine", "default"], "reserved for the shipped models"),
-        (["--rename", "ghost", "x"], "No run called 'ghost'"),
-        (["--tag", "mine", "a/b"], "Tag 'a/b' has characters"),
+        (["--delete", "default-cnn", "--yes"], "default-cnn is a shipped model", 2),
+        (["--rename", "default-mlp", "x"], "default-mlp is a shipped model", 2),
+        (["--tag", "default", "x"], "default-cnn is a shipped model", 2),
+        (["--rename", "mine", "default"], "reserved for the shipped models", 2),
+        (["--rename", "ghost", "x"], "No run called 'ghost'", 1),
+        (["--tag", "mine", "a/b"], "Tag 'a/b' has characters", 2),
     ],
 )
-def test_runs_changes_that_are_refused(own_run, runs, args, message, capsys):
-    assert main(["runs", *args]) == 2
+def test_runs_changes_that_are_refused(own_run, runs, args, message, status, capsys):
+    assert main(["runs", *args]) == status
     err = capsys.readouterr().err
     assert err.startswith("digits: error: ") and message in err
     assert len(err.splitlines()) == 1

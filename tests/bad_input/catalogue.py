@@ -9,6 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# The CLI's exit statuses (digits.cli.exit_status): each case names the one it
+# expects.
+USAGE = 2  # bad usage: argparse's errors, an invalid option value (ConfigError)
+FAILURE = 1  # the command could not be carried out: any other error
+
 _ERROR_LINE = re.compile(r"digits[\w ]*: (\w+ )?error")
 
 
@@ -30,8 +35,9 @@ class CliResult:
         return errors[0]
 
 
-def assert_clean_error(result: CliResult, *fragments: str, code: int = 2) -> str:
-    """``result`` failed with exit ``code`` and one clear line naming ``fragments``.
+def assert_clean_error(result: CliResult, *fragments: str, code: int) -> str:
+    """``result`` failed with exit ``code`` (``USAGE`` or ``FAILURE``) and one
+    clear line naming ``fragments``.
 
     Returns the line. Fragments are matched case-insensitively.
     """

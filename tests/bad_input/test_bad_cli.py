@@ -1,6 +1,7 @@
 """The command line never shows a traceback: bad usage exits 2 with argparse's
-message, bad input exits 2 with one line, an unexpected error (a bug, or memory
-running out) exits 1 with one line, and ``--debug`` shows the traceback.
+message, an invalid value exits 2 with one line, a command that cannot be carried
+out (a run that does not exist) and an unexpected error (a bug, or memory running
+out) exit 1 with one line, and ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from catalogue import assert_clean_error
+from catalogue import FAILURE, USAGE, assert_clean_error
 
 from digits import cli as cli_module
 from digits import store
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 )
 def test_bad_usage_exits_2_with_argparse_message(cli, args):
     result = cli(*args)
-    assert result.code == 2
+    assert result.code == USAGE
     assert "Traceback" not in result.err
     assert "usage: digits" in result.err
     assert "error:" in result.err.splitlines()[-1]
@@ -57,7 +58,7 @@ def test_an_unexpected_error_is_one_line_and_exit_1(cli, monkeypatch, name):
 
     monkeypatch.setattr(store, "list_runs", boom)
     result = cli("runs")
-    line = assert_clean_error(result, code=1)
+    line = assert_clean_error(result, code=FAILURE)
     if name == "memory-error":
         assert "out of memory" in line
     else:
@@ -87,23 +88,34 @@ def test_ctrl_c_outside_training_exits_130(cli, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "args, fragments",
+    "args, fragments, code",
     [
-        pytest.param(["evaluate", "nope"], ["No run called 'nope'"], id="no-run"),
-        pytest.param(["evaluate", "/etc"], ["not a complete run"], id="system-dir"),
-        pytest.param(["evaluate", "default", "--dataset", "x"], ["Unknown dataset"]),
+        pytest.param(
+            ["evaluate", "nope"], ["No run called 'nope'"], FAILURE, id="no-run"
+        ),
+        pytest.param(
+            ["evaluate", "/etc"], ["not a complete run"], FAILURE, id="system-dir"
+        ),
+        pytest.param(
+            ["evaluate", "default", "--dataset", "x"], ["Unknown dataset"], USAGE
+        ),
         pytest.param(
             ["train", "--model", "mlp", "--conv-channels", "8"],
             ["does not apply"],
+            USAGE,
             id="flag-of-other-model",
         ),
-        pytest.param(["train", "--name", "..."], ["no usable characters"], id="name"),
-        pytest.param(["train", "--name", "default"], ["reserved"], id="reserved-name"),
-        pytest.param(["convert", "default"], ["shipped"], id="convert-shipped"),
+        pytest.param(
+            ["train", "--name", "..."], ["no usable characters"], USAGE, id="name"
+        ),
+        pytest.param(
+            ["train", "--name", "default"], ["reserved"], USAGE, id="reserved-name"
+        ),
+        pytest.param(["convert", "default"], ["shipped"], USAGE, id="convert-shipped"),
     ],
 )
-def test_bad_values_exit_2_with_one_line(cli, args, fragments):
-    assert_clean_error(cli(*args), *fragments)
+def test_bad_values_exit_2_and_failures_1_with_one_line(cli, args, fragments, code):
+    assert_clean_error(cli(*args), *fragments, code=code)
 
 
 def test_a_real_process_shows_no_traceback_for_an_unexpected_error(tmp_path):

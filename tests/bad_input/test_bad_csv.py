@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from catalogue import assert_clean_error
+from catalogue import FAILURE, assert_clean_error
 from streamlit.testing.v1 import AppTest
 
 import ui
@@ -261,7 +261,7 @@ def test_a_bad_csv_is_refused_in_one_line(cli, runs, tmp_path, body, fragments):
     path = tmp_path / "digits.csv"
     path.write_bytes(body)
     result = train(cli, path)
-    assert_clean_error(result, str(path), *fragments)
+    assert_clean_error(result, str(path), *fragments, code=FAILURE)
     assert path.read_bytes() == body
     assert_nothing_saved(runs)
 
@@ -320,7 +320,7 @@ def test_a_path_that_is_not_a_csv_file_is_refused_at_once(
     start = time.perf_counter()
     result = train(cli, path)
     assert time.perf_counter() - start < 5
-    assert_clean_error(result, str(path), *fragments)
+    assert_clean_error(result, str(path), *fragments, code=FAILURE)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     assert_nothing_saved(runs)
 
@@ -346,7 +346,7 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path, through):
         env=env,
     )
     elapsed = time.perf_counter() - start
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == FAILURE, done.stderr
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines == [

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from catalogue import assert_clean_error
+from catalogue import FAILURE, assert_clean_error
 
 from digits import data
 
@@ -255,7 +255,7 @@ def test_a_malformed_idx_file_is_named_with_its_fault(
     change(mnist_dir, genuine)
     pin(monkeypatch, mnist_dir)
     before = gzip_files(mnist_dir)
-    assert_clean_error(train(cli), *fragments)
+    assert_clean_error(train(cli), *fragments, code=FAILURE)
     assert gzip_files(mnist_dir) == before
     assert_nothing_saved(runs)
 
@@ -283,6 +283,7 @@ def test_a_checksum_mismatch_offline_keeps_the_file_aside(cli, runs, mnist_dir):
         "checksum mismatch",
         "moved aside",
         "Could not download",
+        code=FAILURE,
     )
     aside = list(mnist_dir.glob(f"{TRAIN_LABELS}.corrupt-*"))
     assert len(aside) == 1 and aside[0].name in line
@@ -294,7 +295,11 @@ def test_a_missing_file_offline_says_where_to_put_it(cli, runs, mnist_dir):
     (mnist_dir / TEST_LABELS).unlink()
     before = gzip_files(mnist_dir)
     assert_clean_error(
-        train(cli), f"Could not download {TEST_LABELS}", str(mnist_dir), "offline"
+        train(cli),
+        f"Could not download {TEST_LABELS}",
+        str(mnist_dir),
+        "offline",
+        code=FAILURE,
     )
     assert gzip_files(mnist_dir) == before
     assert_nothing_saved(runs)
@@ -328,7 +333,11 @@ def test_something_that_is_not_a_file_in_place_of_an_idx_file(
     make(target)
     before = gzip_files(mnist_dir)
     assert_clean_error(
-        train(cli), str(target), f"is {kind}, not the IDX file", "move it away"
+        train(cli),
+        str(target),
+        f"is {kind}, not the IDX file",
+        "move it away",
+        code=FAILURE,
     )
     assert gzip_files(mnist_dir) == before
     if target.is_dir():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from catalogue import assert_clean_error
+from catalogue import FAILURE, assert_clean_error
 
 from digits import store
 
@@ -29,7 +29,7 @@ def test_a_runs_folder_that_is_a_file_is_found_before_training(cli, runs):
     runs.parent.mkdir(parents=True, exist_ok=True)
     runs.write_text("not a folder")
     start = time.perf_counter()
-    line = assert_clean_error(cli(*TRAIN), str(runs), "is a file")
+    line = assert_clean_error(cli(*TRAIN), str(runs), "is a file", code=FAILURE)
     assert time.perf_counter() - start < 5
     assert "DIGITS_RUNS_DIR" in line
     assert runs.read_text() == "not a folder"
@@ -38,7 +38,8 @@ def test_a_runs_folder_that_is_a_file_is_found_before_training(cli, runs):
 def test_an_out_folder_under_a_file_is_found_before_training(cli, runs, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_clean_error(cli(*TRAIN, "--out", blocker / "run"), str(blocker))
+    result = cli(*TRAIN, "--out", blocker / "run")
+    assert_clean_error(result, str(blocker), code=FAILURE)
     assert blocker.read_text() == "x"
 
 
@@ -50,7 +51,7 @@ def test_a_full_disk_is_found_before_training(cli, runs, monkeypatch):
         return usage._replace(free=10 << 20)
 
     monkeypatch.setattr(store.shutil, "disk_usage", nearly_full)
-    line = assert_clean_error(cli(*TRAIN), "MB free", str(runs))
+    line = assert_clean_error(cli(*TRAIN), "MB free", str(runs), code=FAILURE)
     assert "Free some space" in line
     assert not any(runs.iterdir())
 
@@ -77,7 +78,9 @@ def test_a_save_that_fails_leaves_nothing_and_loses_nothing(
         raise OSError(code, os.strerror(code), str(file))
 
     monkeypatch.setattr(np, "savez", failing_savez)
-    line = assert_clean_error(cli(*TRAIN, "--name", "doomed"), "Nothing was saved")
+    line = assert_clean_error(
+        cli(*TRAIN, "--name", "doomed"), "Nothing was saved", code=FAILURE
+    )
     assert words.lower() in line.lower()
     assert sorted(p.name for p in runs.iterdir()) == ["earlier"]  # no .tmp- left
     assert {p.name: p.read_bytes() for p in earlier.path.iterdir()} == before
@@ -106,7 +109,7 @@ def test_a_read_only_runs_folder_is_found_before_training(runs):
         )
     finally:
         runs.chmod(0o755)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == FAILURE, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("digits: error: Cannot write to the runs folder")

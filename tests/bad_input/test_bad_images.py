@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from catalogue import assert_clean_error
+from catalogue import FAILURE, assert_clean_error
 from PIL import Image
 
 from digits.errors import NoDigitFound, PreprocessError
@@ -198,7 +198,7 @@ def assert_refused(cli, path: Path | str, *fragments: str) -> str:
     path = str(path)
     before = Path(path).read_bytes() if os.path.isfile(path) else None
     result, seconds = timed_cli(cli, "predict", "default", path)
-    line = assert_clean_error(result, path, *fragments, code=1)
+    line = assert_clean_error(result, path, *fragments, code=FAILURE)
     assert seconds < FAST, seconds
     assert result.out == ""
     if before is not None:
@@ -478,7 +478,7 @@ def test_one_bad_file_among_good_ones_is_its_own_error(cli, tmp_path, sample):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     result = cli("predict", "default", good, bad, good)
-    assert_clean_error(result, str(bad), "not a PNG", code=1)
+    assert_clean_error(result, str(bad), "not a PNG", code=FAILURE)
     assert [line.split(":")[0] for line in result.out.splitlines()] == [str(good)] * 2
 
 
@@ -703,7 +703,7 @@ def test_path_swapped_between_stat_and_open_is_refused(
     result, seconds = timed_cli(cli, "predict", "default", path)
     monkeypatch.undo()
     assert swapped
-    assert_clean_error(result, str(path), fragment, code=1)
+    assert_clean_error(result, str(path), fragment, code=FAILURE)
     assert seconds < FAST, seconds
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-from catalogue import assert_clean_error
+from catalogue import FAILURE, USAGE, assert_clean_error
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -99,20 +99,21 @@ def digit_png(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "command",
+    "command, code",
     [
-        pytest.param(["predict", "planted", "IMAGE"], id="predict-by-name"),
-        pytest.param(["predict", "PATH", "IMAGE"], id="predict-by-path"),
-        pytest.param(["evaluate", "planted"], id="evaluate-by-name"),
-        pytest.param(["evaluate", "PATH", "--json"], id="evaluate-by-path"),
-        pytest.param(["convert", "planted"], id="convert-without-trust"),
+        pytest.param(["predict", "planted", "IMAGE"], FAILURE, id="predict-by-name"),
+        pytest.param(["predict", "PATH", "IMAGE"], FAILURE, id="predict-by-path"),
+        pytest.param(["evaluate", "planted"], FAILURE, id="evaluate-by-name"),
+        pytest.param(["evaluate", "PATH", "--json"], FAILURE, id="evaluate-by-path"),
+        # convert is refused until --trust-pickle is given: bad usage.
+        pytest.param(["convert", "planted"], USAGE, id="convert-without-trust"),
     ],
 )
-def test_cli_never_unpickles_a_planted_run(cli, planted, digit_png, command):
+def test_cli_never_unpickles_a_planted_run(cli, planted, digit_png, command, code):
     folder, marker = planted
     args = [{"PATH": str(folder), "IMAGE": str(digit_png)}.get(a, a) for a in command]
     result = cli(*args)
-    line = assert_clean_error(result, "pickle")
+    line = assert_clean_error(result, "pickle", code=code)
     assert "--trust-pickle" in line
     assert not marker.exists()
 
@@ -162,7 +163,7 @@ def test_a_pickled_array_in_weights_npz_is_refused(
     }
     _write_meta(folder, meta)
     result = cli("predict", "npz-pickle", digit_png)
-    assert_clean_error(result, str(weights), "corrupt")
+    assert_clean_error(result, str(weights), "corrupt", code=FAILURE)
     assert not marker.exists()
 
 
@@ -234,5 +235,5 @@ def test_convert_refuses_a_pickle_that_changed_since_it_was_saved(
     meta["files"][registry.LEGACY_PICKLE_FILE]["sha256"] = "0" * 64
     _write_meta(folder, meta)
     result = cli("convert", "swapped", "--trust-pickle")
-    assert_clean_error(result, "SHA-256", "not converted")
+    assert_clean_error(result, "SHA-256", "not converted", code=FAILURE)
     assert not marker.exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from catalogue import assert_clean_error
+from catalogue import FAILURE, USAGE, assert_clean_error
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -122,7 +122,9 @@ def test_bad_metadata_is_named_and_hides_nothing(cli, two_runs, change, reason):
     [broken] = summary["broken"]
     assert broken["path"] == str(bad) and reason.lower() in broken["error"].lower()
     assert "Traceback" not in listed.err
-    assert_clean_error(cli("evaluate", "bad"), str(bad / store.METADATA_FILE))
+    assert_clean_error(
+        cli("evaluate", "bad"), str(bad / store.METADATA_FILE), code=FAILURE
+    )
 
 
 RAW_METADATA = [
@@ -147,7 +149,7 @@ def test_unreadable_metadata_is_named_and_hides_nothing(cli, two_runs, text, rea
     assert "good" in [r["name"] for r in summary["runs"]]
     [broken] = summary["broken"]
     assert reason.lower() in broken["error"].lower(), broken["error"]
-    assert_clean_error(cli("predict", "bad", ROOT / "README.md"), "bad")
+    assert_clean_error(cli("predict", "bad", ROOT / "README.md"), "bad", code=FAILURE)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "folder", "dev-zero-link"])
@@ -167,7 +169,7 @@ def test_metadata_that_is_not_a_file_is_refused_at_once(cli, two_runs, kind):
     assert listed.code == 0
     [broken] = json.loads(listed.out)["broken"]
     assert str(bad) in broken["path"]
-    assert_clean_error(cli("evaluate", "bad"), str(meta))
+    assert_clean_error(cli("evaluate", "bad"), str(meta), code=FAILURE)
 
 
 @pytest.mark.parametrize("page", ["home", "evaluate", "inspect", "draw"])
@@ -224,7 +226,7 @@ def test_non_finite_weights_are_refused(cli, genuine, runs, tmp_path, kind, valu
     pixels = np.zeros((28, 28), np.uint8)
     pixels[5:23, 13:16] = 255
     Image.fromarray(pixels).save(image)
-    line = assert_clean_error(cli("predict", "nan", image), "non-finite")
+    line = assert_clean_error(cli("predict", "nan", image), "non-finite", code=FAILURE)
     assert str(weights) in line
 
 
@@ -252,7 +254,7 @@ def test_damaged_weights_with_matching_metadata_are_refused(cli, genuine, runs, 
             {"sha256": files.sha256_file(weights), "bytes": weights.stat().st_size},
         ),
     )
-    assert_clean_error(cli("evaluate", "damaged"), str(weights))
+    assert_clean_error(cli("evaluate", "damaged"), str(weights), code=FAILURE)
 
 
 def test_weights_swapped_behind_the_metadata_are_refused(cli, genuine, runs):
@@ -263,7 +265,9 @@ def test_weights_swapped_behind_the_metadata_are_refused(cli, genuine, runs):
     raw = bytearray(weights.read_bytes())
     raw[len(raw) // 2] ^= 0x01  # same size, one bit different
     weights.write_bytes(bytes(raw))
-    assert_clean_error(cli("evaluate", "swapped"), "SHA-256", str(weights))
+    assert_clean_error(
+        cli("evaluate", "swapped"), "SHA-256", str(weights), code=FAILURE
+    )
 
 
 # -- --overwrite replaces only a digits run -----------------------------------------
@@ -301,7 +305,7 @@ def test_overwrite_replaces_only_a_digits_run(cli, runs, tmp_path, make, refused
         "--hidden-layer-sizes", "8", "--out", out, "--overwrite",
     )  # fmt: skip
     if refused:
-        assert_clean_error(result, str(out), "not a digits run")
+        assert_clean_error(result, str(out), "not a digits run", code=USAGE)
         after = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
         assert after == before  # nothing was touched
         if out.is_file():
@@ -318,7 +322,7 @@ def test_without_overwrite_an_existing_run_is_kept(cli, runs, tmp_path):
         "train", "--model", "mlp", "--dataset", "sklearn-digits", "--epochs", "1",
         "--out", out,
     )  # fmt: skip
-    assert_clean_error(result, "already exists", "--overwrite")
+    assert_clean_error(result, "already exists", "--overwrite", code=USAGE)
     assert store.open_run(out, allow_paths=True).kind == "cnn"
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from catalogue import assert_clean_error
+from catalogue import FAILURE, USAGE, assert_clean_error
 
 from digits import experiments, store
 from digits.data import load_dataset
@@ -150,7 +150,7 @@ GRIDS = [
 def test_a_bad_grid_is_refused_before_anything_runs(cli, runs, changes, fragments):
     started = time.perf_counter()
     result = cli(*sweep_args(**changes))
-    assert_clean_error(result, *fragments)
+    assert_clean_error(result, *fragments, code=USAGE)
     assert time.perf_counter() - started < 10  # a billion seeds are not listed
     assert not runs.exists()  # nothing trained, no table, no folder
 
@@ -210,7 +210,7 @@ def test_an_unwritable_folder_is_found_before_training(cli, runs, which):
     with unwritable(folder):
         result = cli(*sweep_args(seeds="0,1"))
     assert_clean_error(
-        result, "cannot write sweep bad's files", str(folder), "writable"
+        result, "cannot write sweep bad's files", str(folder), "writable", code=FAILURE
     )
     assert "Nothing was trained" in result.err
     assert snapshot(runs) == before and saved_runs(runs) == runs_before
@@ -220,7 +220,7 @@ def test_a_sweeps_folder_that_is_a_file(cli, runs):
     runs.mkdir()
     (runs / experiments.SWEEPS_DIR).write_text("not a folder")
     result = cli(*sweep_args())
-    assert_clean_error(result, str(table_path(runs)), "not a directory")
+    assert_clean_error(result, str(table_path(runs)), "not a directory", code=FAILURE)
     assert (runs / experiments.SWEEPS_DIR).read_text() == "not a folder"
     assert saved_runs(runs) == []
 
@@ -293,7 +293,7 @@ def test_a_damaged_table_is_refused_and_left_as_it_was(
     finished.write_bytes(body)
     before = saved_runs(runs)
     result = cli(*sweep_args(hidden_layer_sizes="8;16;32"))
-    line = assert_clean_error(result, str(finished), *fragments)
+    line = assert_clean_error(result, str(finished), *fragments, code=FAILURE)
     assert "move it away" in line.lower()
     assert finished.read_bytes() == body  # not rewritten
     assert saved_runs(runs) == before  # nothing trained on top of it
@@ -304,7 +304,7 @@ def test_a_huge_table_is_not_read(cli, runs, finished):
         f.truncate(experiments.MAX_TABLE_BYTES + 1)  # sparse: costs no disk
     started = time.perf_counter()
     result = cli(*sweep_args(hidden_layer_sizes="8;16"))
-    assert_clean_error(result, str(finished), "larger than 32 MB")
+    assert_clean_error(result, str(finished), "larger than 32 MB", code=FAILURE)
     assert time.perf_counter() - started < 10
     assert finished.stat().st_size == experiments.MAX_TABLE_BYTES + 1
 
@@ -312,7 +312,7 @@ def test_a_huge_table_is_not_read(cli, runs, finished):
 def test_a_table_that_is_a_folder(cli, runs):
     table_path(runs).mkdir(parents=True)
     result = cli(*sweep_args())
-    assert_clean_error(result, str(table_path(runs)), "is not a file")
+    assert_clean_error(result, str(table_path(runs)), "is not a file", code=FAILURE)
     assert table_path(runs).is_dir() and saved_runs(runs) == []
 
 
@@ -332,7 +332,7 @@ def test_a_table_that_is_a_fifo_does_not_hang(cli, runs):
     result = cli(*sweep_args())
     done.set()
     assert time.perf_counter() - started < 5
-    assert_clean_error(result, str(path), "is not a file")
+    assert_clean_error(result, str(path), "is not a file", code=FAILURE)
     assert saved_runs(runs) == []
 
 

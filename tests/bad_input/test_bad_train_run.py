@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 import pytest
-from catalogue import assert_clean_error
+from catalogue import FAILURE, assert_clean_error
 from PIL import Image
 
 from digits import store, training
@@ -96,7 +96,7 @@ def test_divergence_after_an_epoch_saves_the_kept_weights_and_says_where(
         "--hidden-layer-sizes", "32", "--solver", "sgd", "--learning-rate-init",
         "16", "--name", "wild",
     )  # fmt: skip
-    line = assert_clean_error(result, "diverged in epoch 2")
+    line = assert_clean_error(result, "diverged in epoch 2", code=FAILURE)
     [run], broken = store.list_runs(include_pretrained=False)
     assert broken == [] and run.name == "wild"
     assert f"saved as run wild in {run.path}" in line
@@ -147,6 +147,6 @@ def test_nothing_usable_saves_nothing_and_says_so(cli, runs, kind):
         "train", "--model", kind, "--dataset", "sklearn-digits", "--epochs", "1",
         *SMALL[kind], "--solver", "sgd", "--learning-rate-init", "1e12",
     )  # fmt: skip
-    line = assert_clean_error(result, "diverged")
+    line = assert_clean_error(result, "diverged", code=FAILURE)
     assert line.count("no model to") == 1 and "saved as run" not in line
     assert not any(runs.iterdir())
