@@ -32,6 +32,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from digits.augment import STYLES, european_styles
 from digits.checks import (
     check_bool,
     check_choice,
@@ -53,6 +54,7 @@ from digits.errors import (
     TrainingDataError,
     TrainingDiverged,
 )
+from digits.estimator import AUGMENT_STYLES
 from digits.humanize import plural
 from digits.nn.callbacks import EarlyStopping, batch_logs
 from digits.nn.losses import EXPLODING_LOSS_FACTOR, exploding_loss
@@ -181,6 +183,7 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
         beta_2: float = 0.999,
         epsilon: float = 1e-8,
         n_iter_no_change: int = 10,
+        augment: bool | str = False,
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -203,6 +206,7 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.augment = augment
 
     # -- training ---------------------------------------------------------------
 
@@ -274,6 +278,8 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
         for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
             check_bool(problems, name, getattr(self, name))
         check_seed(problems, "random_state", self.random_state)
+        if not isinstance(self.augment, bool | np.bool_):
+            check_choice(problems, "augment", self.augment, AUGMENT_STYLES)
         raise_problems("MLP", problems)
 
     def _start(self, X, *, classes, y, whole: bool) -> None:
@@ -372,6 +378,14 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
             if fresh:
                 self._forget()  # a refused first fit leaves no half-built model
             raise
+        if self.augment == "writers" and self.classes_.dtype.kind in "iu":
+            # Some 1s get a flag and some 7s a crossbar, drawn afresh each call.
+            X = european_styles(
+                X,
+                self.classes_[np.searchsorted(self.classes_, y)],
+                self._rng,
+                self.input_shape_,
+            )
         callbacks = list(callbacks or [])
         if converge:
             # scikit-learn's own stopping rules, as callbacks.
@@ -431,7 +445,7 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
                 break
             idx = order[i * CHUNK : (i + 1) * CHUNK]
             try:
-                self._partial_fit(X[idx], y[idx])
+                self._partial_fit(self._augmented(X[idx]), y[idx])
             except _Diverged as exc:
                 exc.chunk, exc.chunks = i, chunks
                 exc.start, exc.stop = i * CHUNK, i * CHUNK + len(idx)
@@ -468,6 +482,15 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
         logs["seconds"] = seconds
         logs["images_per_second"] = seen / max(seconds, 1e-9)
         return logs
+
+    def _augmented(self, X: np.ndarray) -> np.ndarray:
+        """Rows (n, h*w) of one chunk, each image varied afresh (as the CNN's
+        ``augment``: ``digits.augment``), or as they are without ``augment``."""
+        if not self.augment:
+            return X
+        style = self.augment if isinstance(self.augment, str) else "shift"
+        images = X.reshape(len(X), *self.input_shape_).astype(np.float32)
+        return STYLES[style](images, self._rng).reshape(len(X), -1)
 
     def _partial_fit(self, X, y) -> None:
         """One scikit-learn ``partial_fit`` call. Divergence puts back the weights

@@ -196,6 +196,18 @@ _SEED = Hyperparameter(
 )
 
 _NUMPY_COMMON = (_LAYERS, _ACTIVATION, _SOLVER, _ALPHA, _BATCH, _LR, _EPOCHS)
+_AUGMENT = Hyperparameter(
+    "augment",
+    "Augment",
+    "choice",
+    choices=(False, True, "writers"),
+    choice_labels=("Off", "Shift and rotate", "Like other writers"),
+    help="Change each training image a little, at random, every epoch. Shift "
+    "and rotate moves it, so that the model learns a moved digit is the same "
+    "digit; like other writers also stretches, slants, bends and thickens or "
+    "thins it, and gives some 1s a flag and some 7s a crossbar, as many people "
+    "write them.",
+)
 _NUMPY_EXTRA = (
     Hyperparameter(
         "learning_rate",
@@ -214,18 +226,7 @@ _NUMPY_EXTRA = (
         help="The share of units switched off at random during training, so that "
         "the model cannot lean on any single one.",
     ),
-    Hyperparameter(
-        "augment",
-        "Augment",
-        "choice",
-        choices=(False, True, "writers"),
-        choice_labels=("Off", "Shift and rotate", "Like other writers"),
-        help="Change each training image a little, at random, every epoch. Shift "
-        "and rotate moves it, so that the model learns a moved digit is the same "
-        "digit; like other writers also stretches, slants, bends and thickens or "
-        "thins it, and gives some 1s a flag and some 7s a crossbar, as many people "
-        "write them.",
-    ),
+    _AUGMENT,
     _EARLY,
     _PATIENCE,
     _SEED,
@@ -287,6 +288,7 @@ _MLP = (
         "keeps, which smooths the way down the loss.",
     ),
     _EPOCHS,
+    _AUGMENT,
     _EARLY,
     _PATIENCE,
     _SEED,

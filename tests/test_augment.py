@@ -16,6 +16,7 @@ import pytest
 
 from digits import augment
 from digits.augment import Writers, add_crossbars, add_flags, european_styles, ink_box
+from digits.baseline import MLPBaseline
 from digits.errors import ConfigError
 from digits.estimator import CNNClassifier
 
@@ -232,6 +233,23 @@ def test_an_unknown_augment_style_is_refused(mnist):
         CNNClassifier(**SMALL, augment="sideways").fit(
             mnist.x_train[:100], mnist.y_train[:100]
         )
+
+
+def test_the_mlp_baseline_augments_too(mnist):
+    """The shipped MLP trains with augment="writers" as the CNN does: each chunk
+    of images varied afresh, seeded, and a style it does not know refused."""
+    x, y = mnist.x_train[:1500], mnist.y_train[:1500]
+
+    def weights(**settings):
+        mlp = MLPBaseline((32,), max_iter=1, random_state=0, **settings).fit(x, y)
+        return mlp.model_.coefs_[0]
+
+    plain, writers = weights(), weights(augment="writers")
+    np.testing.assert_array_equal(writers, weights(augment="writers"))
+    assert not np.array_equal(plain, writers)
+    assert not np.array_equal(writers, weights(augment=True))
+    with pytest.raises(ConfigError, match="augment must be one of 'writers'"):
+        MLPBaseline(augment="sideways").fit(x, y)
 
 
 def test_nothing_in_digits_imports_the_tests():
