@@ -41,6 +41,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -60,6 +61,7 @@ import numpy as np
 from digits import __version__, files, registry
 from digits.errors import ConfigError, ModelFileError, StorageError
 
+log = logging.getLogger(__name__)  # clean-ups and fallbacks: the CLI's -v shows them
 FORMAT_VERSION = 1
 RUNS_DIR_ENV = "DIGITS_RUNS_DIR"
 METADATA_FILE = "metadata.json"
@@ -836,6 +838,7 @@ def _remove_abandoned(root: Path) -> None:
         try:
             if tmp.is_dir() and tmp.stat().st_mtime < cutoff:
                 shutil.rmtree(tmp, ignore_errors=True)
+                log.info("Removed %s, a run left half-written", tmp)
         except OSError:
             continue  # another process removed it first
 
@@ -1021,8 +1024,9 @@ def predictions(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         files.atomic_write(folder / name, data)
-    except OSError:
-        pass  # a read-only run still works, just without the cache
+    except OSError as err:
+        # A read-only run still works, just without the cache.
+        log.info("Predictions not cached in %s (%s)", folder, err)
     return proba
 
 

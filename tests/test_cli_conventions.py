@@ -212,6 +212,22 @@ def test_verbose_logs_downloads_and_fallbacks_on_stderr(
     assert "digits: note:" not in capsys.readouterr().err
 
 
+def test_verbose_logs_clean_ups(runs, capsys):
+    """-v: a half-written run abandoned long ago is removed when a run is saved,
+    and a note says so; the result line stays on stdout."""
+    abandoned = runs / f"{store.TMP_PREFIX}crashed"
+    abandoned.mkdir(parents=True)
+    old = abandoned.stat().st_mtime - store.ABANDONED_SECONDS - 60
+    os.utime(abandoned, (old, old))
+    assert main(["-v", *MLP, "--epochs", "1", "--name", "tidy"]) == 0
+    captured = capsys.readouterr()
+    assert not abandoned.exists()
+    assert f"digits: note: Removed {abandoned}, a run left half-written" in (
+        captured.err
+    )
+    assert "Saved run tidy" in captured.out and "note:" not in captured.out
+
+
 def test_train_progress_on_stderr_result_on_stdout(tmp_path):
     env = {store.RUNS_DIR_ENV: str(tmp_path / "runs")}
     code, out, err = run(*MLP, "--epochs", "2", "--json", env=env)
