@@ -1142,16 +1142,29 @@ class _LogLine(logging.Formatter):
         return f"digits: {level}: {_one_line(record.getMessage())}"
 
 
+class _ToStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (so a test that
+    captures stderr, or calls ``main`` again, never meets a closed stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(_LogLine())
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(verbosity: int) -> None:
     """Show the ``digits`` loggers' records on stderr: warnings always, info with
     ``-v`` (downloads, fallbacks, clean-ups), debug with ``-vv``."""
     logger = logging.getLogger("digits")
-    for handler in [h for h in logger.handlers if getattr(h, "digits_cli", False)]:
-        logger.removeHandler(handler)  # main() called again, as tests do
-    handler = logging.StreamHandler(sys.stderr)
-    handler.digits_cli = True  # type: ignore[attr-defined]
-    handler.setFormatter(_LogLine())
-    logger.addHandler(handler)
+    if not any(isinstance(h, _ToStderr) for h in logger.handlers):
+        logger.addHandler(_ToStderr())
     logger.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
 
 
