@@ -69,7 +69,8 @@ def _client(address: str):
     except ImportError as err:
         raise ConfigError(
             f"Running on a Dask cluster needs dask.distributed ({err}); "
-            f"pip install -r requirements.txt."
+            "pip install 'digits[cluster]' (in a checkout: pip install -r "
+            "requirements.txt)."
         ) from err
     try:
         return Client(address, timeout=CONNECT_SECONDS)
