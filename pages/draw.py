@@ -252,8 +252,8 @@ def show_predictions(image, filename: str | None, chosen: list) -> None:
         "says **Not sure** when it hesitates, or when the picture does not look "
         "like the digits it learned from."
     )
-    for start in range(0, len(readings), MODELS_PER_ROW):
-        row = readings[start : start + MODELS_PER_ROW]
+    for first in range(0, len(readings), MODELS_PER_ROW):
+        row = readings[first : first + MODELS_PER_ROW]
         for col, (run, p, doubt) in zip(st.columns(MODELS_PER_ROW), row, strict=False):
             with col:
                 guess = run.class_names[int(p.argmax())]
@@ -264,9 +264,8 @@ def show_predictions(image, filename: str | None, chosen: list) -> None:
                 )
                 if doubt:
                     st.caption(
-                        f"**{run.name}** · Not sure: this doesn't look like a digit "
-                        f"it knows ({'; '.join(doubt)}). Best guess: {guess}, "
-                        f"{p.max():.1%}."
+                        f"**{run.name}** · Not sure: {'; '.join(doubt)}. "
+                        f"Best guess: {guess}, {p.max():.1%}."
                     )
                 else:
                     st.caption(f"**{run.name}** · {p.max():.1%} sure")
@@ -274,11 +273,13 @@ def show_predictions(image, filename: str | None, chosen: list) -> None:
     ui.how_computed(
         "digits.sure.thresholds_for",
         "digits.sure.reasons",
-        note="Not sure: the top probability is below what 99% of the validation "
-        "digits reach, or the ink (its amount, how solid it is, how many pieces, "
-        "how many strokes side by side) is outside what nearly all of them have "
-        "(each check refuses at most 1% of them). The thresholds come from the "
-        "model's validation digits, never its test images.",
+        note="Not sure: the top probability is below what 99.25% of the "
+        "validation digits reach, or a second small network, trained to tell "
+        "digits from dots, noise, scribbles and letters, says it is not a digit "
+        "(it lets 99.5% of the validation digits through). For models of other "
+        "images, simple ink checks take its place (how much ink, how solid, how "
+        "many pieces, how many strokes side by side). The thresholds come from "
+        "validation images, never test images.",
     )
     shown = inputs.get(handwriting.SIDE) or next(iter(inputs.values()))
     show_steps(shown)
