@@ -208,6 +208,190 @@ def activations(model, image: np.ndarray) -> list[LayerOutput]:
     return outputs
 
 
+# -- the layers beside a drawing, and one convolution by hand ----------------------
+
+# Layers that pass their input on unchanged at inference: not worth a strip.
+SAME_AS_INPUT = ("Flatten", "Dropout")
+PARAM_KINDS = tuple(cls.__name__ for cls in PARAM_LAYERS)
+
+
+def strip_layers(outputs: Sequence[LayerOutput]) -> list[LayerOutput]:
+    """The layers worth a strip on the Draw page, from ``activations``' list: each
+    conv layer (what its filters see, before pooling), and the output of each
+    stage (what is passed on: after the pooling and the activation that follow a
+    layer with weights), the last layer included. Flatten and dropout, which
+    change nothing at inference, are left out."""
+    kept = [o for o in outputs if o.kind not in SAME_AS_INPUT]
+    shown = []
+    for i, out in enumerate(kept):
+        last_of_stage = i + 1 == len(kept) or kept[i + 1].kind in PARAM_KINDS
+        if out.kind == "Conv2D" or last_of_stage:
+            shown.append(out)
+    return shown
+
+
+# The scikit-learn MLP's hidden activations (MLPClassifier's ``activation``).
+MLP_ACTIVATIONS = {
+    "identity": lambda z: z,
+    "relu": lambda z: np.maximum(z, 0),
+    "tanh": np.tanh,
+    "logistic": lambda z: 1 / (1 + np.exp(-z)),
+}
+
+
+def mlp_layers(model, image: np.ndarray) -> list[LayerOutput]:
+    """The hidden layers of the scikit-learn MLP baseline for ``image`` (h, w),
+    from its own weights (``coefs_``, ``intercepts_``): for each hidden layer,
+    ``activation(x @ W + b)``, (units,); and the output layer's scores (logits),
+    (n_classes,), before its softmax."""
+    from digits.baseline import as_features  # the MLP's own input scaling
+
+    mlp = model.model_
+    x = as_features(np.asarray(image)[None], model.input_shape_)[0].astype(np.float64)
+    act = MLP_ACTIVATIONS[mlp.activation]
+    outputs = []
+    last = len(mlp.coefs_) - 1
+    for i, (w, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_, strict=True)):
+        z = x @ w + b
+        x = z if i == last else act(z)
+        name = "output" if i == last else f"hidden{i + 1}"
+        outputs.append(LayerOutput(name, "Dense", x.astype(np.float32)))
+    return outputs
+
+
+def layer_strips(model, image: np.ndarray) -> list[LayerOutput]:
+    """What the Draw page shows of a model reading ``image`` (h, w): for our own
+    networks, ``strip_layers(activations(...))``; for the scikit-learn MLP, its
+    hidden layers and scores (``mlp_layers``); empty for anything else."""
+    if network(model) is not None:
+        return strip_layers(activations(model, image))
+    if hasattr(getattr(model, "model_", None), "coefs_"):
+        return mlp_layers(model, image)
+    return []
+
+
+@dataclass(frozen=True)
+class ConvPixel:
+    """What one output pixel of a conv layer computes, with the real numbers.
+
+    The conv layer ``conv`` read ``window`` (k, k, C_in), the k x k patch of its
+    input (zeros where "same" padding reaches past the edge) whose top-left is at
+    (``conv_row``, ``conv_col``) of the padded input, and multiplied it element by
+    element with ``kernel`` (k, k, C_in), its weights for output channel
+    ``channel``: ``products`` = window * kernel. Then::
+
+        total = products.sum()
+        pre_activation = total + bias          # conv's output at that pixel
+
+    When the pixel asked for is a later layer's (the pooling and activation
+    after the conv), ``steps`` follows the number through them: the pooling took
+    the largest of a 2x2 window of its input (``pooled``; the largest comes from
+    conv pixel (``conv_row``, ``conv_col``)), and the activation. ``activation`` is the
+    value shown at the pixel asked for.
+    """
+
+    layer: str  # the layer whose pixel was asked for ("relu1")
+    conv: str  # the conv layer that computed it ("conv1")
+    row: int  # the pixel asked for, in ``layer``'s output
+    col: int
+    channel: int
+    conv_row: int  # the conv output pixel it comes from
+    conv_col: int
+    window: np.ndarray
+    kernel: np.ndarray
+    products: np.ndarray
+    total: float
+    bias: float
+    pre_activation: float
+    pooled: np.ndarray | None  # (2, 2) the pooling's input window, if one came
+    steps: tuple[tuple[str, str, float], ...]  # (name, kind, value), conv first
+    activation: float
+
+
+def conv_pixel(
+    model, image: np.ndarray, layer: str, row: int, col: int, channel: int
+) -> ConvPixel:
+    """One pixel of a conv layer's output, or of the pooling and activation after
+    it (``layer``: "conv2", "pool2" or "relu2"), computed by hand for ``image``
+    (h, w): the input window the conv read, its kernel, their products and sum,
+    the bias, and the pooling and activation on the way to ``layer``.
+
+    The numbers come from ``activations`` (the network's own forward pass) and
+    the layer's own weights, in float64; ``pre_activation`` equals the conv
+    layer's output at that pixel to float32 rounding.
+    """
+    net = _our_network(model)
+    names = layer_names(net)
+    if layer not in names:
+        raise ConfigError(f"No layer {layer!r} in this network; one of {names}.")
+    at = names.index(layer)
+    first = at  # back to the conv layer, through pooling and activations only
+    while first >= 0 and not isinstance(net.layers[first], Conv2D):
+        if isinstance(net.layers[first], PARAM_LAYERS) or names[first] == "flatten":
+            first = -1
+        else:
+            first -= 1
+    if first < 0:
+        raise ConfigError(
+            f"{layer} does not come from a conv layer: pick a conv layer or the "
+            "pooling and activation right after one."
+        )
+    outputs = activations(model, image)
+    shape = outputs[at].shape
+    if len(shape) != 3 or not (
+        0 <= row < shape[0] and 0 <= col < shape[1] and 0 <= channel < shape[2]
+    ):
+        raise ConfigError(
+            f"Pixel ({row}, {col}) of channel {channel} is outside {layer}'s "
+            f"output {'x'.join(map(str, shape))}."
+        )
+    # Back from the pixel asked for to the conv output pixel it comes from.
+    r, c, pooled = row, col, None
+    for i in range(at, first, -1):
+        if type(net.layers[i]).__name__ == "MaxPool2D":
+            below = outputs[i - 1].values[..., channel]  # (H, W) before pooling
+            block = below[2 * r : 2 * r + 2, 2 * c : 2 * c + 2]
+            dr, dc = np.unravel_index(int(block.argmax()), block.shape)
+            r, c = 2 * r + int(dr), 2 * c + int(dc)
+            pooled = block.astype(np.float64)
+    conv = net.layers[first]
+    below = network_input(model, image)[0] if first == 0 else outputs[first - 1].values
+    x = below.astype(np.float64)  # (H, W, C_in), the conv layer's input
+    lo, hi = conv._pads()  # the layer's own padding rule, so "same" matches it
+    x = np.pad(x, ((lo, hi), (lo, hi), (0, 0)))
+    k = conv.kernel_size
+    window = x[r : r + k, c : c + k]  # (k, k, C_in)
+    kernel = conv.params["W"][..., channel].astype(np.float64)  # (k, k, C_in)
+    products = window * kernel
+    total = float(products.sum())
+    bias = float(conv.params["b"][channel])
+    steps = []
+    pr, pc = r, c
+    for i in range(first, at + 1):
+        if type(net.layers[i]).__name__ == "MaxPool2D":
+            pr, pc = pr // 2, pc // 2
+        value = float(outputs[i].values[pr, pc, channel])
+        steps.append((names[i], type(net.layers[i]).__name__, value))
+    return ConvPixel(
+        layer=layer,
+        conv=names[first],
+        row=row,
+        col=col,
+        channel=channel,
+        conv_row=r,
+        conv_col=c,
+        window=window,
+        kernel=kernel,
+        products=products,
+        total=total,
+        bias=bias,
+        pre_activation=total + bias,
+        pooled=pooled,
+        steps=tuple(steps),
+        activation=steps[-1][2],
+    )
+
+
 # -- saliency and occlusion --------------------------------------------------------
 
 
