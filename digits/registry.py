@@ -638,6 +638,23 @@ MODELS: dict[str, ModelKind] = {
                 "hidden_layer_sizes": (64,),
                 "max_iter": 1,
             },
+            # A lesson-sized run: 99% on MNIST's test set in less training time
+            # than one epoch of "default" (benchmarks/demo_preset.py). Half the
+            # default's filters cost about a third of its time per epoch, so two
+            # epochs fit; the cosine schedule and a higher rate make them count.
+            # Chosen on the validation images (5,000 held out, trained on the
+            # other 55,000; seeds 0, 1, 2): 99.24, 99.18, 99.06% with rate 3e-3,
+            # against 99.18, 99.06, 99.10% with the default's 2e-3.
+            "demo": {
+                "conv_channels": (16, 32),
+                "kernel_size": 5,
+                "hidden_layer_sizes": (128,),
+                "batch_size": 64,
+                "learning_rate_init": 3e-3,
+                "learning_rate": "cosine",
+                "augment": False,  # two epochs are too few to gain from it
+                "max_iter": 2,
+            },
         },
         hyperparameters=(*_CONV, *_NUMPY_COMMON, *_NUMPY_EXTRA),
         save=_save_numpy,

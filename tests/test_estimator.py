@@ -246,7 +246,7 @@ def test_check_fits_says_whether_a_network_fits_an_image_size_before_training():
 def test_only_presets_that_fit_are_offered_for_small_images():
     from digits import registry
 
-    assert registry.get("cnn").presets_for((28, 28)) == ["default", "quick"]
+    assert registry.get("cnn").presets_for((28, 28)) == ["default", "quick", "demo"]
     assert registry.get("cnn").presets_for((8, 8)) == ["quick"]
     assert registry.get("mlp").presets_for((8, 8)) == list(registry.get("mlp").presets)
 
