@@ -273,7 +273,7 @@ def show_predictions(image, filename: str | None, chosen: list) -> None:
     ui.how_computed(
         "digits.sure.thresholds_for",
         "digits.sure.reasons",
-        note="Not sure: the top probability is below what 99.25% of the "
+        note="Not sure: the top probability is below what 99.5% of the "
         "validation digits reach, or a second small network, trained to tell "
         "digits from dots, noise, scribbles and letters, says it is not a digit "
         "(it lets 99.5% of the validation digits through). For models of other "
