@@ -248,6 +248,9 @@ def command(
         f"--server.port={port}",
         f"--server.maxUploadSize={MAX_UPLOAD_MB}",
         f"--server.headless={str(headless).lower()}",
+        # Streamlit's first-run prompt for an email address would stop `digits
+        # app` in a fresh environment until someone answers it.
+        "--server.showEmailPrompt=false",
         "--browser.gatherUsageStats=false",
     ]
 
