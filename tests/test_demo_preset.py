@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from digits import registry, store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,17 @@ def test_the_demo_preset_is_a_smaller_cnn_than_the_default():
     assert demo["augment"] is False
     model = cnn.build("demo")
     assert model.get_params()["learning_rate_init"] == demo["learning_rate_init"]
+
+
+def test_the_demo_presets_batches_are_heavy_enough_for_the_second_process():
+    # Its speed relies on it: on a thread the same epoch takes half as long again.
+    from digits.engine.trainer import process_pays_off
+
+    x, y = np.zeros((10, 28, 28), np.uint8), np.arange(10)
+    demo = registry.get("cnn").build("demo", max_iter=1).fit(x, y)
+    sample = np.zeros((28, 28, 1), np.float32)
+    assert process_pays_off(demo.model_, sample, demo.batch_size, 55_000)
+    assert not process_pays_off(demo.model_, sample, 64, 55_000)
 
 
 def test_the_demo_preset_fits_mnist_but_not_the_8x8_digits():
