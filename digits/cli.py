@@ -388,10 +388,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         proba = store.predict_proba_full(model, batch, len(run.class_names))
         thresholds = sure.thresholds_for(run, model)
         if not thresholds.measured:
-            also = " and a digit to the detector" if thresholds.min_digit else ""
+            also = (
+                ", on an image the digit detector accepts"
+                if thresholds.min_digit
+                else ""
+            )
             print(
                 f"digits: note: {run.name}'s validation images could not be "
-                f"loaded; 'sure' means only a top probability of at least "
+                f"loaded; 'sure' means a top probability of at least "
                 f"{sure.FALLBACK_CONFIDENCE:.0%}{also}.",
                 file=sys.stderr,
             )
