@@ -595,6 +595,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         epoch = self.n_iter_
         for cb in callbacks:
             cb.set_model(self.model_)
+            cb.set_trainer(trainer)
             cb.on_train_begin()
         try:
             for _ in range(epochs):

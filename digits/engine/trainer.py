@@ -141,7 +141,10 @@ class Trainer(training.Trainer):
         if twin is not None:
             opt = self.optimizer
             masks1 = [m[rest] for m in masks]
-            side = twin.start(xb[rest], yb[rest], masks1, n, opt.lr, opt.t + 1, l2)
+            momentum = getattr(opt, "momentum", 0.0)
+            side = twin.start(
+                xb[rest], yb[rest], masks1, n, opt.lr, opt.t + 1, l2, momentum
+            )
             hooks = side.loss_ready, side.layer_done
             forward_backward(self.halves[0], xb[first], yb[first], n, *hooks)
             loss, correct = side.losses()

@@ -85,7 +85,8 @@ _LOSS_AT, _PROGRESS = 10, 12
 _N_CONTROL = 14
 # Slots of the float64 "result" array; loss and correct have one per side.
 _LR, _L2, _LOSS, _CORRECT = 0, 1, 2, 4
-_N_RESULT = 6
+_MOMENTUM = 6  # SGD's, which may be changed mid-run like the learning rate
+_N_RESULT = 7
 PARENT, TWIN = 0, 1
 _MESSAGE_BYTES = 4096
 _PREFIX = "digits-twin-"  # then the creating process's id, "-", and a random part
@@ -389,19 +390,21 @@ class TwinProcess:
         lr: float,
         t: int,
         l2: float,
+        momentum: float = 0.0,
     ) -> _Side:
         """Start the twin on its half of a batch of ``n_total`` images: network
         input x (n, ...), labels y (n,) and its rows of the dropout masks, for the
-        optimizer's step ``t`` at learning rate ``lr``; ``l2`` is the loss's L2
-        term. Returns the parent's side of the step (see ``_Side``): run the other
-        half with its hooks, then ``losses()``, then ``update()``, then
-        :meth:`finish`."""
+        optimizer's step ``t`` at learning rate ``lr`` (and SGD's ``momentum``);
+        ``l2`` is the loss's L2 term. Returns the parent's side of the step (see
+        ``_Side``): run the other half with its hooks, then ``losses()``, then
+        ``update()``, then :meth:`finish`."""
         n = len(y)
         self._x[:n], self._y[:n] = x, y
         for shared, mask in zip(self._masks, masks, strict=True):
             shared[:n] = mask
         self._ctl[_N], self._ctl[_N_TOTAL], self._ctl[_T] = n, n_total, t
         self._result[_LR], self._result[_L2] = lr, l2
+        self._result[_MOMENTUM] = momentum
         self._ctl[_CLAIM] = 0  # the twin is between steps: nobody claims now
         self._step += 1
         self.side.step = self._step
@@ -515,6 +518,8 @@ def _twin_main(
                 side.step = step = int(ctl[_GO])
                 n, n_total = int(ctl[_N]), int(ctl[_N_TOTAL])
                 opt.lr, opt.t = float(result[_LR]), int(ctl[_T])
+                if hasattr(opt, "momentum"):
+                    opt.momentum = float(result[_MOMENTUM])
                 give_masks(half, masks, slice(0, n))
                 try:
                     forward_backward(

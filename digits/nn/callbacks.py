@@ -8,6 +8,7 @@ loop, the batch's ``learning_rate``.
 
 A callback stops training by setting ``self.stop_training = True``; the loop checks
 between batches, so the model always holds the weights of a completed batch.
+``Steering`` pauses training and changes its learning rate from another thread.
 """
 
 from __future__ import annotations
@@ -49,10 +50,15 @@ class Callback:
 
     stop_training: bool = False
     model = None  # the network being trained, when the trainer calls set_model
+    trainer = None  # the NumPy networks' training loop, when set_trainer is called
 
     def set_model(self, model) -> None:
         """Called before ``on_train_begin`` with the model (a ``Sequential``)."""
         self.model = model
+
+    def set_trainer(self, trainer) -> None:
+        """Called before ``on_train_begin`` with the ``Trainer`` of a NumPy network."""
+        self.trainer = trainer
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         pass
@@ -115,3 +121,55 @@ class StopOnEvent(Callback):
     @property
     def stop_training(self) -> bool:  # type: ignore[override]
         return self.event.is_set()
+
+
+class Steering(Callback):
+    """Pause, resume and a new learning rate or momentum, asked for from another
+    thread (the dashboard's buttons) and carried out between batches.
+
+    ``pause()`` makes ``on_batch_end`` wait until ``resume()``: the weights and the
+    random numbers are left exactly as they were, so a paused run ends with the
+    weights of an unpaused one. A learning rate or momentum asked for with
+    ``set_learning_rate``/``set_momentum`` is handed to the trainer at the next
+    ``on_batch_end``, so the next batch uses it. ``changes`` lists what was
+    applied: ``{"step": batches of the run done before it, name: value}``.
+    """
+
+    def __init__(self) -> None:
+        self._running = threading.Event()
+        self._running.set()
+        self._lock = threading.Lock()
+        self._pending: dict[str, float] = {}
+        self.changes: list[dict] = []
+        self.batches = 0  # of the whole run (``step`` starts at 0 each epoch)
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def set_learning_rate(self, lr: float) -> None:
+        self._ask("learning_rate", lr)
+
+    def set_momentum(self, momentum: float) -> None:
+        self._ask("momentum", momentum)
+
+    def _ask(self, name: str, value: float) -> None:
+        with self._lock:
+            self._pending[name] = float(value)
+
+    def on_batch_end(self, step, logs):
+        self.batches += 1
+        self._running.wait()  # holds training here while paused
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if self.trainer is None:
+            return  # not a NumPy network: nothing to change
+        for name, value in pending.items():
+            getattr(self.trainer, f"set_{name}")(value)
+            self.changes.append({"step": self.batches, name: value})

@@ -9,9 +9,12 @@ Each minibatch ``(x, y)`` of ``n`` images goes through one step::
     grad_W += alpha * W / n                            # the L2 term's gradient
     optimizer.step()
 
-and then every callback's ``on_batch_end``. L2 is scaled by the batch size as in
-scikit-learn's MLP, and applies to the parameters each layer declares as its
-``weights``, never to the biases.
+and then every callback's ``on_batch_end``. A callback may pause training there
+(it simply does not return until resumed) or call the trainer's
+``set_learning_rate`` or ``set_momentum``: the next batch uses the new value.
+
+L2 is scaled by the batch size as in scikit-learn's MLP, and applies to the
+parameters each layer declares as its ``weights``, never to the biases.
 
 When training diverges (a batch's loss is not finite or is over ``max_loss``, see
 ``losses.exploding_loss``, or an update makes a weight non-finite), the trainer puts
@@ -75,10 +78,30 @@ class Trainer:
         self.steps = 0  # updates made
         self._last: tuple[int, int] | None = None  # (epoch, batch) of the last one
         self._schedule: tuple[float, int] | None = None
+        # Settings changed by hand mid-run: (steps before it, name, new value).
+        self.changes: list[tuple[int, str, float]] = []
 
     def anneal(self, lr: float, epochs: int) -> None:
         """Cosine-anneal the learning rate from ``lr`` to 0 over ``epochs`` epochs."""
         self._schedule = (lr, epochs)
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Train at ``lr`` from the next batch on. A rate set by hand replaces the
+        schedule: it stays constant for the rest of the run."""
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"learning rate must be a positive number, not {lr}")
+        self._schedule = None
+        self.optimizer.lr = float(lr)  # a Python float keeps float32 arithmetic
+        self.changes.append((self.steps, "learning_rate", float(lr)))
+
+    def set_momentum(self, momentum: float) -> None:
+        """SGD's momentum, from the next batch on."""
+        if not hasattr(self.optimizer, "momentum"):
+            raise ValueError("only SGD has a momentum to change")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), not {momentum}")
+        self.optimizer.momentum = float(momentum)
+        self.changes.append((self.steps, "momentum", float(momentum)))
 
     def run_epoch(
         self,
@@ -91,9 +114,13 @@ class Trainer:
         """Train on all of x (N, features) and y (N,) class indices once.
 
         Returns the epoch's logs: mean ``loss`` and ``accuracy`` over the batches that
-        ran, ``seconds``, ``images_per_second``, ``batches_done`` and ``stopped``.
+        ran, ``seconds``, ``images_per_second``, ``batches_done`` and ``stopped``;
+        and for a setting changed by hand during the epoch, its new value
+        (``learning_rate_set``, ``momentum_set``) and the batch of this epoch,
+        1-based, that first used it (``learning_rate_set_at_batch``, ...).
         """
         n = len(x)
+        steps0 = self.steps
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         batches = -(-n // self.batch_size)
         loss_sum = correct = seen = 0.0
@@ -131,7 +158,17 @@ class Trainer:
             "images_per_second": seen / max(elapsed, 1e-9),
             "batches_done": done,
             "stopped": stopped,
-        }
+        } | self._changes_since(steps0)
+
+    def _changes_since(self, steps0: int) -> dict[str, float]:
+        """The settings changed by hand since update ``steps0`` (the last change
+        of each), as epoch logs."""
+        logs = {}
+        for steps, name, value in self.changes:
+            if steps >= steps0:
+                logs[f"{name}_set"] = value
+                logs[f"{name}_set_at_batch"] = float(steps - steps0 + 1)
+        return logs
 
     def train_batch(
         self, xb: np.ndarray, yb: np.ndarray, epoch: int, batch: int
