@@ -747,6 +747,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _validation_logs(self, Xv, yv) -> dict:
         logits = self._predict_logits(Xv)
+        # The guesses of the last epoch, for a live view of what it still gets
+        # wrong (digits.training_job); class indices (n,).
+        self.validation_predictions_ = logits.argmax(axis=1)
         loss, _ = softmax_cross_entropy(logits.astype(np.float64), yv)
         return {
             "val_loss": loss,

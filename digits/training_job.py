@@ -23,12 +23,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from digits import calibrate, data, explain, registry, store
 from digits.jobs import FINAL, BackgroundJob, JobProgress
-from digits.nn.callbacks import Callback, StopOnEvent
-from digits.training import VALIDATION_SIZE, train_run, validation_images
+from digits.nn.callbacks import Callback, Steering, StopOnEvent
+from digits.training import VALIDATION_SIZE, plan, train_run, validation_images
 
 POINT_SECONDS = 0.25  # record a point of the live training curve this often
+# Look inside the network this often (its first filters and the probe digit
+# through every layer): a copy of a few kernels and one image's forward pass,
+# a few milliseconds every few seconds (benchmarks/live_views.py).
+LIVE_SECONDS = 2.0
+MAX_MISTAKES = 12  # validation images the model still gets wrong, shown per epoch
 # Training runs at a lower CPU priority than the server's other threads, so that
 # the pages (a drawing's prediction) stay quick while a model trains.
 TRAINING_NICENESS = 10
@@ -63,6 +70,37 @@ class Progress(JobProgress):
     # epoch_measured says whether real batches went into it.
     epoch_seconds: float | None = None
     epoch_measured: bool = False
+    paused: bool = False  # held between two batches now
+    pausing: bool = False  # asked to pause, finishing the batch it is in
+    # Settings changed by hand: (epochs done when it took effect, words).
+    changes: list[tuple[float, str]] = field(default_factory=list)
+    live: LiveView | None = None  # inside the network, for the NumPy networks
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """A look inside the network while it trains (``_Watcher``).
+
+    at : epochs done when the look was taken.
+    filters : (n, k, k) the first conv layer's kernels, or None without conv layers.
+    probe : the probe digit (h, w) as given; ``probe_source`` says which it is.
+    layers : the probe's activations, layer by layer (``explain.strip_layers``).
+    probabilities : (K,) the model's class probabilities for the probe.
+    mistakes : up to ``MAX_MISTAKES`` validation images (n, h, w) the model got
+        wrong after the last finished epoch (``mistakes_epoch``, 1-based), with its
+        guesses and the true labels, as class indices (n,).
+    """
+
+    at: float
+    filters: np.ndarray | None
+    probe: np.ndarray
+    probe_source: str
+    layers: list
+    probabilities: np.ndarray
+    mistakes: np.ndarray | None = None
+    guesses: np.ndarray | None = None
+    truths: np.ndarray | None = None
+    mistakes_epoch: int = 0
 
 
 @dataclass
@@ -77,6 +115,8 @@ class _State:
     run: store.Run | None = None
     last_batch: float | None = None  # when the last batch ended
     train_ended: float | None = None  # when the training loop returned
+    batches: int = 0  # per epoch, once the first batch has ended
+    live: LiveView | None = None
 
 
 class _Recorder(Callback):
@@ -118,6 +158,7 @@ class _Recorder(Callback):
             state.epoch = int(logs["epoch"]) + 1
             state.fraction = min(1.0, done / self.job.max_epochs)
             state.images_per_second = float(logs["images_per_second"])
+            state.batches = int(logs["batches"])
             if point is not None:
                 state.points.append((done, *point))
                 self._last_point = now
@@ -132,12 +173,74 @@ class _Recorder(Callback):
             self.job._status = "saving"  # train_run now scores and saves
 
 
+class _Watcher(Callback):
+    """Looks inside the network every ``LIVE_SECONDS`` (between two batches, in
+    the training thread, so the weights are those of a whole batch): copies the
+    first conv layer's kernels and runs the probe digit through a replica of the
+    network (``explain.activations``). After each epoch, it picks the validation
+    images the model got wrong from the estimator's validation guesses, which
+    cost nothing more to get. NumPy networks only (the estimator has a
+    ``model_``)."""
+
+    def __init__(self, job: TrainingJob, probe: np.ndarray, source: str) -> None:
+        self.job, self.probe, self.source = job, probe, source
+        self.estimator = None
+        self._last = -np.inf
+        self._mistakes: tuple = (None, None, None, 0)
+
+    def set_estimator(self, estimator) -> None:
+        self.estimator = estimator
+
+    def on_batch_end(self, step, logs):
+        now = time.perf_counter()
+        if self.model is None or now - self._last < LIVE_SECONDS:
+            return
+        self._last = now
+        self._look(logs["epoch"] + logs["batch"] / logs["batches"])
+
+    def on_epoch_end(self, epoch, logs):
+        guesses = getattr(self.estimator, "validation_predictions_", None)
+        if self.model is None or guesses is None:
+            return
+        x, y = self.job._validation
+        wrong = np.flatnonzero(guesses != y)[:MAX_MISTAKES]
+        self._mistakes = (x[wrong], guesses[wrong], y[wrong], epoch + 1)
+        self._look(float(epoch + 1))
+
+    def _look(self, at: float) -> None:
+        est = self.estimator
+        filters = next(iter(explain.conv_filters(est).values()), None)
+        outputs = explain.activations(est, self.probe)
+        logits = outputs[-1].values.astype(np.float64)
+        p = np.exp(logits - logits.max())
+        mistakes, guesses, truths, epoch = self._mistakes
+        view = LiveView(
+            at=at,
+            filters=None if filters is None else filters[:, 0],
+            probe=self.probe,
+            probe_source=self.source,
+            layers=explain.strip_layers(outputs),
+            probabilities=p / p.sum(),
+            mistakes=mistakes,
+            guesses=guesses,
+            truths=truths,
+            mistakes_epoch=epoch,
+        )
+        with self.job._lock:
+            self.job._state.live = view
+
+
 class TrainingJob(BackgroundJob):
     """Train a ``kind`` model on ``dataset`` in a background thread; save it as a run.
 
     params : hyperparameters on top of the kind's defaults (see ``registry``).
     train_size : train on a random subset of this many images (None: all).
     name : the run's name (default: time-kind-dataset).
+    probe : the image (h, w) to follow through the network as it trains (the
+        learner's drawing, preprocessed); None: the first validation image.
+
+    ``pause()``, ``resume()``, ``set_learning_rate()`` and ``set_momentum()`` steer
+    a NumPy network's training between batches (``steerable``).
     """
 
     noun = "training job"
@@ -156,6 +259,7 @@ class TrainingJob(BackgroundJob):
         train_size: int | None = None,
         name: str | None = None,
         validation_size: int = VALIDATION_SIZE,
+        probe: np.ndarray | None = None,
     ) -> None:
         self.kind = kind
         self.spec = registry.get(kind)
@@ -169,7 +273,44 @@ class TrainingJob(BackgroundJob):
         self._state = _State()
         self._health = explain.TrainingHealth()
         self._clock = self._epoch_clock()
+        self._steering = Steering()
+        # The validation images the curves use (plan's rule: the same for every
+        # seed), for the strip of images the model still gets wrong.
+        val = plan(dataset, train_size, validation_size).validation
+        self._validation = (dataset.x_train[val], dataset.y_train[val])
+        self.steerable = self.spec.constructor.__name__ == "CNNClassifier"
+        if probe is not None and probe.shape == dataset.x_train.shape[1:]:
+            source = "your last drawing"
+            image = probe
+        elif len(val):
+            label = dataset.class_names[int(dataset.y_train[val[0]])]
+            source = f"the first validation image (a {label})"
+            image = dataset.x_train[val[0]]
+        else:
+            source, image = "the first training image", dataset.x_train[0]
+        self._watcher = _Watcher(self, image, source)
         super().__init__(f"digits-train-{kind}")
+
+    # -- steering, from the page ------------------------------------------------
+
+    def pause(self) -> None:
+        """Hold training after the batch it is in, until ``resume()``."""
+        self._steering.pause()
+
+    def resume(self) -> None:
+        self._steering.resume()
+
+    def stop(self) -> None:
+        super().stop()
+        self._steering.resume()  # a paused job must wake to stop
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Train at ``lr`` from the next batch, for the rest of the run."""
+        self._steering.set_learning_rate(lr)
+
+    def set_momentum(self, momentum: float) -> None:
+        """SGD's momentum, from the next batch."""
+        self._steering.set_momentum(momentum)
 
     def _epoch_clock(self) -> calibrate.EpochClock:
         """The time per epoch, from the probe (the Train page has just run it for
@@ -220,6 +361,13 @@ class TrainingJob(BackgroundJob):
                 health=self._health.rows(),
                 epoch_seconds=self._clock.seconds,
                 epoch_measured=self._clock.corrected,
+                paused=self._steering.holding and self._status == "running",
+                pausing=self._steering.paused and not self._steering.holding,
+                changes=[
+                    (c["step"] / max(s.batches, 1), _described(c))
+                    for c in list(self._steering.changes)
+                ],
+                live=s.live,
             )
 
     # -- the thread -------------------------------------------------------------
@@ -240,9 +388,17 @@ class TrainingJob(BackgroundJob):
                 StopOnEvent(self._stop),
                 self._health,
                 self._clock,
+                self._watcher,
+                self._steering,  # last: a pause holds after the others ran
             ],
             train_size=self.train_size,
             validation_size=self.validation_size,
             name=self.name,
             command="dashboard",
         )
+
+
+def _described(change: dict) -> str:
+    """A change of ``Steering.changes`` in words: "learning rate 0.001"."""
+    ((name, value),) = ((k, v) for k, v in change.items() if k != "step")
+    return f"{name.replace('_', ' ')} {value:g}"

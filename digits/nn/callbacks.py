@@ -142,6 +142,7 @@ class Steering(Callback):
         self._pending: dict[str, float] = {}
         self.changes: list[dict] = []
         self.batches = 0  # of the whole run (``step`` starts at 0 each epoch)
+        self.holding = False  # whether training is held now (paused asks for it)
 
     @property
     def paused(self) -> bool:
@@ -165,7 +166,10 @@ class Steering(Callback):
 
     def on_batch_end(self, step, logs):
         self.batches += 1
-        self._running.wait()  # holds training here while paused
+        if self.paused:
+            self.holding = True  # training is held here, between two batches
+            self._running.wait()
+            self.holding = False
         with self._lock:
             pending, self._pending = self._pending, {}
         if self.trainer is None:
