@@ -712,3 +712,186 @@ def run_curves(curves: Sequence[Mapping]) -> go.Figure:
         legend=dict(orientation="h", y=-0.2),
     )
     return fig
+
+
+# -- Draw: the layers beside a drawing, and one convolution ------------------------
+
+STRIP_WIDTH = 640  # the width a strip is drawn for: Draw's main column at 1280 px
+STRIP_MAPS = 16  # feature maps to a row of a strip
+STRIP_UNITS = 32  # units to a row of a dense layer's strip
+STRIP_LOW, STRIP_HIGH = 40, 190  # a strip's height range, CSS pixels
+
+
+def layer_strip(values: np.ndarray, names: Sequence[str]) -> go.Figure:
+    """One layer's output for one image as a compact strip (the Draw page).
+
+    values : (h, w, c) feature maps, tiled ``STRIP_MAPS`` to a row, each map
+        clickable (an invisible marker at its centre carries its channel as
+        customdata: Plotly heat maps cannot be selected, and one marker per map
+        keeps the chart light where one per pixel took seconds to draw); or (n,)
+        units, as rows of ``STRIP_UNITS`` cells, labelled with ``names`` when
+        there is one per class.
+    Signed values show red and blue around white; non-negative ones grey.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 3:
+        h, w, c = values.shape
+        columns = min(STRIP_MAPS, c)
+        grid = tile(values.transpose(2, 0, 1), columns)
+    else:
+        n = len(values)
+        columns = min(STRIP_UNITS, n)
+        grid = np.full((math.ceil(n / columns), columns), np.nan)
+        grid.ravel()[:n] = values
+    fig = heatmap(
+        grid,
+        signed=bool(np.nanmin(grid) < 0),
+        height=_grid_height(grid, STRIP_WIDTH, STRIP_LOW, STRIP_HIGH),
+        showscale=False,
+    )
+    # float32 halves the chart sent on every stroke (Plotly sends arrays as
+    # binary), and the strip only needs three digits.
+    fig.update_traces(z=grid.astype(np.float32))
+    if values.ndim == 1:
+        per_class = n == len(names)
+        text = np.full(grid.shape, "", dtype=object)
+        text.ravel()[:n] = [
+            str(names[i]) if per_class else f"unit {i}" for i in range(n)
+        ]
+        fig.update_traces(text=text, hovertemplate="%{text}: %{z:.3g}<extra></extra>")
+        if per_class:
+            fig.update_traces(texttemplate="%{text}")
+        return fig
+    channel = np.arange(c)
+    fig.update_traces(hoverinfo="skip")
+    fig.add_scatter(
+        x=(channel % columns) * (w + 1) + (w - 1) / 2,  # where tile() put each map
+        y=(channel // columns) * (h + 1) + (h - 1) / 2,
+        customdata=np.stack([channel, values.max(axis=(0, 1))], 1),
+        hovertemplate="map %{customdata[0]} (largest %{customdata[1]:.3g}): "
+        "click to enlarge<extra></extra>",
+        **_CLICKABLE,
+        marker=dict(symbol="square-open", size=min(w, 20), opacity=0, color=ORANGE),
+    )
+    fig.update_layout(hoverdistance=-1, clickmode="event+select")
+    return fig
+
+
+# Invisible markers that take a chart's clicks; the clicked one shows.
+_CLICKABLE = dict(
+    mode="markers",
+    selected=dict(marker=dict(opacity=1)),
+    unselected=dict(marker=dict(opacity=0)),
+    showlegend=False,
+)
+
+
+def feature_map(values: np.ndarray, height: int = PIXEL_FIGURE) -> go.Figure:
+    """One feature map (h, w), large, each pixel clickable (an invisible marker
+    per pixel carries (row, col, value) as customdata)."""
+    values = np.asarray(values, dtype=np.float64)
+    fig = heatmap(values, signed=bool(values.min() < 0), height=height)
+    row, col = np.indices(values.shape).reshape(2, -1)
+    fig.update_traces(hoverinfo="skip")
+    fig.add_scatter(
+        x=col,
+        y=row,
+        customdata=np.stack([row, col, values[row, col]], 1),
+        hovertemplate="row %{customdata[0]}, col %{customdata[1]}: "
+        "%{customdata[2]:.4f}<extra></extra>",
+        **_CLICKABLE,
+        marker=dict(symbol="square-open", size=10, opacity=0, color=ORANGE),
+    )
+    fig.update_layout(hoverdistance=-1, clickmode="event+select")
+    return fig
+
+
+def clicked_point(event) -> int | None:
+    """The index of the point clicked on a ``layer_strip`` (its map's channel) or
+    a ``feature_map`` (row * width + col), from the selection event
+    ``st.plotly_chart`` returns; None if none. (The index, not the customdata:
+    the event's customdata of a binary-encoded 2-D array is not the row sent.)"""
+    points = (event or {}).get("selection", {}).get("points", [])
+    if not points:
+        return None
+    index = points[0].get("point_index", points[0].get("point_number"))
+    return None if index is None else int(index)
+
+
+CONV_CELL = 34  # CSS pixels of one cell of the window, kernel and products
+CONV_TITLE = 30
+
+
+def conv_arithmetic(
+    window: np.ndarray, kernel: np.ndarray, products: np.ndarray, titles: Sequence[str]
+) -> go.Figure:
+    """One input map's part of a convolution, side by side: the window it read,
+    the kernel and their element-wise products, each (k, k), every cell with its
+    number. The window in grey (ink white), kernel and products red and blue."""
+    k = len(window)
+    fig = make_subplots(
+        rows=1, cols=3, subplot_titles=list(titles), horizontal_spacing=0.04
+    )
+    for i, (z, signed) in enumerate(
+        [(window, False), (kernel, True), (products, True)], start=1
+    ):
+        z = np.asarray(z, dtype=np.float64)
+        top = float(np.abs(z).max()) or 1.0
+        colours = (
+            dict(colorscale=SIGNED, zmin=-top, zmax=top)
+            if signed
+            else dict(colorscale="gray", zmin=0, zmax=max(1.0, top))
+        )
+        fig.add_heatmap(
+            z=z,
+            text=np.vectorize(lambda v: f"{v:.2f}")(z),
+            texttemplate="%{text}",
+            textfont=dict(size=9),
+            showscale=False,
+            hovertemplate="row %{y}, col %{x}: %{z:.4g}<extra></extra>",
+            row=1,
+            col=i,
+            **colours,
+        )
+        axis = "" if i == 1 else str(i)
+        fig.layout[f"yaxis{axis}"].scaleanchor = f"x{axis}"
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", constrain="domain")
+    fig.update_layout(
+        height=k * CONV_CELL + CONV_TITLE,
+        margin=dict(l=0, r=0, t=CONV_TITLE, b=0),
+    )
+    return fig
+
+
+# -- Train: the network as it trains (issue 19) ---------------------------------------
+
+
+def mark_changes(fig: go.Figure, changes: Sequence[tuple[float, str]]) -> go.Figure:
+    """Mark settings changed mid-run on ``training_curves``' figure: a dashed line
+    at each (epochs done, words), labelled with the words on the loss plot."""
+    for at, words in changes:
+        for col in (1, 2):
+            fig.add_vline(
+                x=at,
+                line=dict(color=GREY, dash="dash", width=1),
+                annotation_text=words if col == 1 else None,
+                annotation_font_size=11,
+                row=1,
+                col=col,
+            )
+    return fig
+
+
+def activation_image(values: np.ndarray, columns: int = 8) -> np.ndarray:
+    """One layer's output for one image, as a grey image to show (uint8): maps
+    (h, w, channels) tiled ``columns`` to a row, or a vector (n,) as a strip of
+    n cells; black is 0 (or the lowest value), white the highest."""
+    if values.ndim == 3:
+        grid = tile(values.transpose(2, 0, 1), columns)  # (channels, h, w)
+    else:
+        grid = np.asarray(values, dtype=np.float64)[None, :]  # (1, n)
+    low, high = np.nanmin(grid), np.nanmax(grid)
+    scaled = (grid - min(low, 0.0)) / ((high - min(low, 0.0)) or 1.0)
+    image = np.nan_to_num(scaled * 255, nan=128).astype(np.uint8)  # grey between
+    return enlarge(image, 280 if values.ndim == 3 else 560)

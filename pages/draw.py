@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from digits import figures, handwriting, preprocess, store, sure
+from digits import explain, figures, handwriting, preprocess, store, sure
 from digits.errors import DigitsError, NoDigitFound
 
 # 9 canvas pixels per pixel of a 28x28 MNIST image. The canvas has a fixed size:
@@ -40,6 +40,25 @@ SAVE_NOTICE_KEY = "draw-save-notice"
 SAVE_LABELS = list(range(10))
 NOT_SURE = "Not sure"  # shown instead of a digit when `digits.sure` doubts it
 HINT = "Draw a digit on the canvas (or upload a photo) to see what the models read."
+LAYERS_MODEL_KEY = "draw-layers-model"  # whose layers the strips show
+MAP_KEY = "draw-map"  # the feature map clicked last: (run, layer, channel)
+PIXEL_KEY = "draw-pixel"  # its pixel clicked last: (run, layer, channel, row, col)
+STRIP_KEY = "draw-strip-"  # plus the run's and the layer's names
+# What a strip shows, in words, by the layer's type (its code name goes in the
+# expander); {n} is the number of maps or units.
+STRIP_WORDS = {
+    "Conv2D": "{n} filters slid over {what} (a **convolution**): each map shows "
+    "where one filter's pattern is (red) or its opposite (blue).",
+    "ReLU": "What the layer passes on{pooled}, negatives set to 0 (**ReLU**).",
+    "Tanh": "What the layer passes on{pooled}, squashed into -1..1 (**tanh**).",
+    "Sigmoid": "What the layer passes on{pooled}, squashed into 0..1 (**sigmoid**).",
+    "MaxPool2D": "Each map halved, keeping the largest of every 2x2 square (**max "
+    "pooling**).",
+    "Dense": "{n} numbers, each a weighted sum of all the layer before.",
+}
+POOLED = " (each map halved, keeping the largest of every 2x2 square: max pooling)"
+HIDDEN_WORDS = "A hidden layer of {n} units: what it passes on. Bright: active."
+SCORES_WORDS = "The score of each digit, before the scores become probabilities."
 
 
 def default_models(runs) -> list[str]:
@@ -215,9 +234,208 @@ def open_inspect(run_name: str) -> None:
     st.session_state[ui.INSPECT_MODEL_KEY] = run_name
 
 
-def show_predictions(image, filename: str | None, chosen: list) -> None:
+def pick_map(key: str, run_name: str, layer: str) -> None:
+    """Remember the feature map clicked on strip ``key`` (a callback)."""
+    channel = figures.clicked_point(st.session_state.get(key))
+    if channel is not None:
+        st.session_state[MAP_KEY] = (run_name, layer, channel)
+        st.session_state.pop(PIXEL_KEY, None)
+
+
+def pick_pixel(key: str, shown: tuple, width: int) -> None:
+    """Remember the pixel clicked on the enlarged map ``shown``, ``width`` pixels
+    wide (a callback)."""
+    index = figures.clicked_point(st.session_state.get(key))
+    pixel = None if index is None else (*shown, *divmod(index, width))
+    st.session_state[PIXEL_KEY] = pixel
+
+
+def strip_words(out: explain.LayerOutput, before, last: bool, what: str) -> str:
+    """The sentence above a strip, for learners."""
+    n = out.shape[-1] if out.values.ndim == 3 else out.shape[0]
+    if last:
+        return SCORES_WORDS
+    if out.values.ndim == 1 and out.kind != "Dense":
+        return HIDDEN_WORDS.format(n=n)
+    shrunk = (
+        before is not None
+        and before.values.ndim == 3
+        and out.shape[0] < before.shape[0]
+    )
+    if before is not None:
+        what = "the maps before it"
+    return STRIP_WORDS.get(out.kind, "{n} numbers.").format(
+        n=n, what=what, pooled=POOLED if shrunk else ""
+    )
+
+
+def show_layers(run, model, image: np.ndarray, what: str) -> list:
+    """One strip per layer of ``model`` reading ``image`` (h, w); a click on a
+    feature map enlarges it. Returns the layers shown (``explain.LayerOutput``)."""
+    strips = explain.layer_strips(model, image)
+    if not strips:
+        st.info(f"The layers of {run.name} cannot be reached from here.")
+        return strips
+    before = None
+    for i, out in enumerate(strips):
+        last = i == len(strips) - 1
+        st.caption(
+            f"**{out.name}** · {'x'.join(map(str, out.shape))} · "
+            + strip_words(out, before, last, what)
+        )
+        key = f"{STRIP_KEY}{run.name}-{out.name}"
+        clickable = out.values.ndim == 3 and explain.network(model) is not None
+        ui.chart(
+            figures.layer_strip(out.values, run.class_names),
+            key=key,
+            **(
+                dict(
+                    on_select=lambda k=key, n=out.name: pick_map(k, run.name, n),
+                    selection_mode=("points",),
+                )
+                if clickable
+                else {}
+            ),
+        )
+        before = out
+    if explain.network(model) is None:
+        st.caption(
+            "This is the scikit-learn MLP: its hidden layers are worked out here "
+            "from its weights."
+        )
+    ui.how_computed(
+        "digits.explain.layer_strips",
+        "digits.explain.activations",
+        "digits.explain.mlp_layers",
+        note="activations runs the network layer by layer in inference mode and "
+        "keeps each output; layer_strips keeps each conv layer and the output of "
+        "each stage (flatten and dropout change nothing at inference).",
+    )
+    return strips
+
+
+def shown_map(run, strips: list) -> tuple[str, str, int]:
+    """(run, layer, channel) of the map to enlarge: the one clicked last, else
+    the first conv layer's most active map."""
+    maps = {o.name: o.values for o in strips if o.values.ndim == 3}
+    picked = st.session_state.get(MAP_KEY)
+    if picked and picked[0] == run.name and picked[1] in maps:
+        return picked
+    layer = next(iter(maps))
+    return run.name, layer, int(maps[layer].max(axis=(0, 1)).argmax())
+
+
+def show_conv_pixel(run, model, image: np.ndarray, strips: list) -> None:
+    """The chosen feature map, enlarged, and what its clicked pixel computed,
+    with this drawing's numbers."""
+    shown = shown_map(run, strips)
+    _, layer, channel = shown
+    values = next(o.values for o in strips if o.name == layer)[..., channel]
+    key = f"draw-map-{'-'.join(map(str, shown))}"  # a new map, a new selection
+    ui.chart(
+        figures.feature_map(values),
+        f"Map {channel} of {layer}, enlarged (click another map above to change "
+        "it). Click one of its pixels to see what it computed, number by number.",
+        key=key,
+        on_select=lambda: pick_pixel(key, shown, values.shape[1]),
+        selection_mode=("points",),
+    )
+    picked = st.session_state.get(PIXEL_KEY)
+    if not picked or tuple(picked[:3]) != tuple(shown):
+        return
+    row, col = picked[3:]
+    try:
+        px = explain.conv_pixel(model, image, layer, row, col, channel)
+    except DigitsError as err:
+        ui.show_error(err)
+        return
+    k, _, c_in = px.window.shape
+    st.markdown(f"#### One pixel of {layer}: map {channel}, row {row}, column {col}")
+    st.caption(
+        f"The convolution **{px.conv}** read a {k}x{k} window of "
+        + ("your digit" if c_in == 1 else f"each of the {c_in} maps before it")
+        + f" (at row {px.conv_row}, column {px.conv_col} of its output), "
+        "multiplied it number by number with filter "
+        f"{channel}'s weights (its kernel), and added up the products."
+    )
+    input_map = 0
+    if c_in > 1:
+        share = px.products.sum(axis=(0, 1))  # (C_in,) each input map's part
+        input_map = st.selectbox(
+            "Input map shown",
+            range(c_in),
+            index=int(np.abs(share).argmax()),
+            format_func=lambda m: f"Map {m} (its products add up to {share[m]:.3f})",
+            key="draw-pixel-map",
+        )
+    ui.chart(
+        figures.conv_arithmetic(
+            px.window[..., input_map],
+            px.kernel[..., input_map],
+            px.products[..., input_map],
+            ["Window it read", "Kernel (weights)", "Products"],
+        ),
+        key="draw-pixel-arithmetic",
+    )
+    lines = [
+        f"Sum of all {px.products.size} products: **{px.total:.4f}**",
+        f"plus the bias {px.bias:+.4f}: **{px.pre_activation:.4f}**, "
+        f"the convolution's output ({px.conv})",
+    ]
+    for name, kind, value in px.steps[1:]:
+        if kind == "MaxPool2D":
+            square = ", ".join(f"{v:.4f}" for v in px.pooled.ravel())
+            lines.append(
+                f"max pooling keeps the largest of the 2x2 square ({square}): "
+                f"**{value:.4f}** ({name})"
+            )
+        elif kind == "ReLU":
+            lines.append(f"ReLU keeps it if positive, else 0: **{value:.4f}** ({name})")
+        else:
+            lines.append(f"{kind}: **{value:.4f}** ({name})")
+    st.markdown("\n".join(f"{i}. {line}" for i, line in enumerate(lines, start=1)))
+    st.caption(f"Shown on the map you clicked: {px.activation:.4f}.")
+    ui.how_computed(
+        "digits.explain.conv_pixel",
+        note="The window, kernel and bias are the layer's own input and weights; "
+        "the sum plus the bias equals the network's own output at that pixel.",
+    )
+
+
+def inside_section(chosen: list, models: list, inputs: dict, what: str) -> None:
+    """Inside one chosen model (picked here when there are several): its layers
+    for the drawing, and the clicked pixel's arithmetic."""
+    start = time.perf_counter()
+    st.subheader("Inside the network")
+    names = [run.name for run in chosen]
+    name = names[0]
+    if len(names) > 1:
+        name = st.segmented_control(
+            "Whose layers",
+            names,
+            default=names[0],
+            required=True,
+            key=LAYERS_MODEL_KEY,
+        )
+        name = name if name in names else names[0]
+    at = names.index(name)
+    run, model = chosen[at], models[at]
+    image = inputs[run.image_shape[0]].image
+    st.caption(
+        f"What each layer of **{run.name}** makes of {what}, from the input "
+        "(top) to the answer (bottom). Draw a 1, then a 7, and watch which maps "
+        "light up."
+    )
+    strips = show_layers(run, model, image, what)
+    st.caption(f"Server time: layers {1e3 * (time.perf_counter() - start):.0f} ms.")
+    if explain.network(model) is not None and explain.capabilities(model)["filters"]:
+        show_conv_pixel(run, model, image, strips)
+
+
+def show_predictions(image, filename: str | None, chosen: list) -> tuple | None:
     """Each chosen model's reading of ``image`` (an RGBA drawing or photo bytes),
-    the preprocessing steps, the way to Inspect and the form that saves it."""
+    the preprocessing steps, the way to Inspect and the form that saves it.
+    Returns (models, inputs by size) for the layers below, or None."""
     try:
         models = [ui.load_model(run) for run in chosen]
         start = time.perf_counter()
@@ -240,10 +458,10 @@ def show_predictions(image, filename: str | None, chosen: list) -> None:
         ]
     except NoDigitFound:
         st.info(HINT, icon=":material/draw:")
-        return
+        return None
     except DigitsError as err:
         ui.show_error(err)
-        return
+        return None
     readings = list(zip(chosen, probas, doubts, strict=True))
     st.caption(
         "What each model reads in your "
@@ -297,6 +515,7 @@ def show_predictions(image, filename: str | None, chosen: list) -> None:
         f"{len(chosen)} models {1e3 * (done - prepared):.0f} ms."
     )
     save_form(image, inputs, filename)
+    return models, inputs
 
 
 ui.page_header(
@@ -317,6 +536,7 @@ with st.container(horizontal=True, gap="medium", wrap=False):
 with left:
     image, filename = digit_input()
     ui.show_notice(SAVE_NOTICE_KEY)
+read = None  # (models, inputs) once the models have read the drawing
 with right:
     chosen = ui.pick_runs(
         "Models", runs, default_models(runs), "draw-models", persist_state="session"
@@ -326,4 +546,8 @@ with right:
     elif not chosen:
         st.info("Choose at least one model above.")
     else:
-        show_predictions(image, filename, chosen)
+        read = show_predictions(image, filename, chosen)
+# Below the drawing and its predictions, the whole width: the layers' strips need
+# it (beside the canvas at 1024 px there are only about 300 px).
+if read is not None:
+    inside_section(chosen, *read, "your photo" if filename else "your digit")
