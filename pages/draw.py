@@ -427,7 +427,8 @@ def inside_section(chosen: list, models: list, inputs: dict, what: str) -> None:
         "light up."
     )
     strips = show_layers(run, model, image, what)
-    st.caption(f"Server time: layers {1e3 * (time.perf_counter() - start):.0f} ms.")
+    took = time.perf_counter() - start
+    st.caption(f"Layers worked out on the server in {1e3 * took:.0f} ms.")
     if explain.network(model) is not None and explain.capabilities(model)["filters"]:
         show_conv_pixel(run, model, image, strips)
 
