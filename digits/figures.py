@@ -871,27 +871,28 @@ def mark_changes(fig: go.Figure, changes: Sequence[tuple[float, str]]) -> go.Fig
     """Mark settings changed mid-run on ``training_curves``' figure: a dashed line
     at each (epochs done, words), labelled with the words on the loss plot."""
     for at, words in changes:
-        for col in (1, 2):
-            fig.add_vline(
-                x=at,
-                line=dict(color=GREY, dash="dash", width=1),
-                annotation_text=words if col == 1 else None,
-                annotation_font_size=11,
-                row=1,
-                col=col,
-            )
+        line = dict(color=GREY, dash="dash", width=1)
+        fig.add_vline(
+            x=at, line=line, annotation_text=words, annotation_font_size=11, col=1
+        )
+        fig.add_vline(x=at, line=line, col=2)
     return fig
 
 
 def activation_image(values: np.ndarray, columns: int = 8) -> np.ndarray:
     """One layer's output for one image, as a grey image to show (uint8): maps
-    (h, w, channels) tiled ``columns`` to a row, or a vector (n,) as a strip of
-    n cells; black is 0 (or the lowest value), white the highest."""
+    (h, w, channels) tiled ``columns`` to a row, or a vector (n,) as cells in rows
+    of 16; black is 0 (or the lowest value), white the highest, grey between
+    maps and after the last unit."""
     if values.ndim == 3:
         grid = tile(values.transpose(2, 0, 1), columns)  # (channels, h, w)
-    else:
-        grid = np.asarray(values, dtype=np.float64)[None, :]  # (1, n)
+    else:  # units in rows of 16 (a long single row would be a hairline)
+        n = len(values)
+        width = min(n, 16)
+        grid = np.full(math.ceil(n / width) * width, np.nan)
+        grid[:n] = values
+        grid = grid.reshape(-1, width)  # (rows, 16)
     low, high = np.nanmin(grid), np.nanmax(grid)
     scaled = (grid - min(low, 0.0)) / ((high - min(low, 0.0)) or 1.0)
     image = np.nan_to_num(scaled * 255, nan=128).astype(np.uint8)  # grey between
-    return enlarge(image, 280 if values.ndim == 3 else 560)
+    return enlarge(image, 280 if values.ndim == 3 else 320)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from digits import calibrate, data, explain, registry, store
+from digits.estimator import CNNClassifier
 from digits.jobs import FINAL, BackgroundJob, JobProgress
 from digits.nn.callbacks import Callback, Steering, StopOnEvent
 from digits.training import VALIDATION_SIZE, plan, train_run, validation_images
@@ -238,6 +239,8 @@ class TrainingJob(BackgroundJob):
     name : the run's name (default: time-kind-dataset).
     probe : the image (h, w) to follow through the network as it trains (the
         learner's drawing, preprocessed); None: the first validation image.
+    live : whether to take the views inside the network (``LiveView``); off
+        only to measure what they cost (benchmarks/live_views.py).
 
     ``pause()``, ``resume()``, ``set_learning_rate()`` and ``set_momentum()`` steer
     a NumPy network's training between batches (``steerable``).
@@ -260,6 +263,7 @@ class TrainingJob(BackgroundJob):
         name: str | None = None,
         validation_size: int = VALIDATION_SIZE,
         probe: np.ndarray | None = None,
+        live: bool = True,
     ) -> None:
         self.kind = kind
         self.spec = registry.get(kind)
@@ -278,7 +282,9 @@ class TrainingJob(BackgroundJob):
         # seed), for the strip of images the model still gets wrong.
         val = plan(dataset, train_size, validation_size).validation
         self._validation = (dataset.x_train[val], dataset.y_train[val])
-        self.steerable = self.spec.constructor.__name__ == "CNNClassifier"
+        # Steering and the views inside are for the NumPy networks, whose loop
+        # and layers are ours (not scikit-learn's MLP).
+        self.steerable = isinstance(self.spec.build(), CNNClassifier)
         if probe is not None and probe.shape == dataset.x_train.shape[1:]:
             source = "your last drawing"
             image = probe
@@ -288,7 +294,7 @@ class TrainingJob(BackgroundJob):
             image = dataset.x_train[val[0]]
         else:
             source, image = "the first training image", dataset.x_train[0]
-        self._watcher = _Watcher(self, image, source)
+        self._watcher = _Watcher(self, image, source) if live else Callback()
         super().__init__(f"digits-train-{kind}")
 
     # -- steering, from the page ------------------------------------------------

@@ -4,6 +4,7 @@ The settings are kept in the URL, and the job under the browser tab's client id
 (``ui.tab_job``), so a reload shows the same settings and the running job.
 """
 
+import numpy as np
 import streamlit as st
 
 import ui
@@ -34,10 +35,14 @@ GROUPS = {
     # ...and everything not named above.
     "Training": ("max_iter", "augment", "early_stopping", "n_iter_no_change"),
 }
+LIVE_VIEW_SECONDS = 2.0  # how often the views inside the network redraw
+PROBE_VALIDATION, PROBE_DRAWING = "A validation image", "Your last drawing"
 ANNOUNCED_KEY = "train-announced"  # the job whose result was last announced
 START_ERROR_KEY = "train-start-error"  # why the last Start was refused
 STATUS_TEXT = {
     "stopping": " · stopping after this batch...",
+    "pausing": " · pausing after this batch...",
+    "paused": " · paused",
     "saving": " · scoring the test set and saving the model...",
 }
 
@@ -136,7 +141,8 @@ def live(job: TrainingJob, refreshing: bool) -> None:
         f"{snap.images_per_second:,.0f} images/s · "
         f"{humanize.duration(snap.elapsed)} so far"
     )
-    text += STATUS_TEXT.get(snap.status, "")
+    held = "paused" if snap.paused else "pausing" if snap.pausing else snap.status
+    text += STATUS_TEXT.get(held, "")
     st.progress(snap.fraction, text=text)
     ui.queue_notice(snap.queue_position, "model(s)", "one")
     last = snap.epochs[-1] if snap.epochs else {}
@@ -168,12 +174,13 @@ def live(job: TrainingJob, refreshing: bool) -> None:
     )
     if snap.points:  # nothing to plot while queued: spare the server the figure
         ui.chart(
-            figures.training_curves(snap),
+            figures.mark_changes(figures.training_curves(snap), snap.changes),
             "Loss (how wrong the model's probabilities are: lower is better) and "
             "accuracy as the model learns. Blue: the training images it learns "
             "from. Orange, after each epoch: the validation images, training "
             "images held out from learning to check it. If orange falls behind "
-            "while blue keeps improving, the model memorises.",
+            "while blue keeps improving, the model memorises. A dashed line marks "
+            "a setting you changed while it trained.",
         )
     if snap.health:
         ui.chart(
@@ -189,7 +196,109 @@ def live(job: TrainingJob, refreshing: bool) -> None:
         announce(job, snap)
 
 
-def start(kind: str, ds, params: dict, n_train: int) -> None:
+def steer(job: TrainingJob) -> None:
+    """Pause or Resume, and the learning rate (and SGD's momentum) to use from
+    the next batch on. Outside the live view's timer, so that a number being
+    typed is not redrawn under the cursor."""
+    snap = job.snapshot()
+    working = snap.status == "running"
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        if snap.paused or snap.pausing:
+            label, icon, action = "Resume", ":material/play_arrow:", job.resume
+        else:
+            label, icon, action = "Pause", ":material/pause:", job.pause
+        st.button(
+            label,
+            key=label.lower(),  # "pause" or "resume"
+            icon=icon,
+            on_click=action,
+            disabled=not working,
+            help="Pause holds training after the current batch; Resume carries "
+            "on exactly as if it had never paused.",
+        )
+        lr = st.number_input(
+            "Learning rate",
+            min_value=1e-6,
+            max_value=10.0,
+            value=float(job.params.get("learning_rate_init", 1e-3)),
+            format="%.5f",
+            step=1e-4,
+            key="steer-lr",
+            help="How big a step each batch takes. The new rate is used from "
+            "the next batch to the end of training: it replaces the schedule.",
+        )
+        momentum = None
+        if job.params.get("solver") == "sgd":
+            momentum = st.number_input(
+                "Momentum",
+                min_value=0.0,
+                max_value=0.99,
+                value=float(job.params.get("momentum", 0.9)),
+                key="steer-momentum",
+                help="How much of the previous steps each new step keeps.",
+            )
+        if st.button("Apply", key="steer-apply", disabled=not working):
+            job.set_learning_rate(lr)
+            if momentum is not None:
+                job.set_momentum(momentum)
+            st.toast("Applied from the next batch.")
+    ui.how_computed("digits.nn.callbacks.Steering")
+
+
+def live_views(job: TrainingJob) -> None:
+    """Inside the network as it trains: the first layer's filters, the probe
+    digit through every layer with its probabilities, the images still wrong."""
+    view = job.snapshot().live
+    if view is None:
+        st.caption(
+            "The views inside the network appear a few seconds after training starts."
+        )
+        return
+    names = job.dataset.class_names
+    st.markdown(f"**Inside the network** · after {view.at:.2f} epochs")
+    if view.filters is not None:
+        n = len(view.filters)
+        ui.chart(
+            figures.conv_kernels(view.filters, list(range(n)), columns=min(n, 6)),
+            "The first layer's filters: the small patterns it looks for in the "
+            "image. Red weights respond to ink, blue to its absence. They start "
+            "as noise and take shape as it learns.",
+        )
+    left, right = st.columns([1, 2])
+    probe = np.asarray(view.probe, dtype=np.float64)
+    left.image(
+        figures.enlarge((probe / max(probe.max(), 1e-9) * 255).astype(np.uint8)),
+        caption=f"Followed: {view.probe_source}",
+        width=140,
+    )
+    with right:
+        ui.chart(
+            figures.probability_bars(view.probabilities, names),
+            f"What the model says {view.probe_source} is, now.",
+        )
+    for layer in view.layers:
+        st.image(
+            figures.activation_image(layer.values),
+            caption=f"{layer.name}: what it passes on for {view.probe_source} "
+            "(white: strong, black: nothing)",
+        )
+    if view.mistakes is not None and len(view.mistakes):
+        st.markdown(f"**Still wrong after epoch {view.mistakes_epoch}**")
+        st.image(
+            [figures.enlarge(m, 56) for m in view.mistakes],
+            caption=[
+                f"{names[g]} (is {names[t]})"
+                for g, t in zip(view.guesses, view.truths, strict=True)
+            ],
+        )
+        st.caption(
+            "Validation images (held out from training) the model gets "
+            "wrong: its guess, and the true digit."
+        )
+    ui.how_computed("digits.training_job.LiveView")
+
+
+def start(kind: str, ds, params: dict, n_train: int, probe=None) -> None:
     """Start a job with the settings of this very run of the page.
 
     Not an ``on_click`` callback: a callback's arguments are those of the last run
@@ -202,7 +311,8 @@ def start(kind: str, ds, params: dict, n_train: int) -> None:
         return  # one job per browser tab at a time
     try:
         ui.keep_job(
-            ui.JOB_KEY, TrainingJob(kind, ds, params, train_size=n_train).start()
+            ui.JOB_KEY,
+            TrainingJob(kind, ds, params, train_size=n_train, probe=probe).start(),
         )
     except DigitsError as err:
         st.session_state[START_ERROR_KEY] = str(err)
@@ -248,6 +358,14 @@ with controls:
 
 with view:
     ok = estimate(spec, params, ds, n_train)
+    follow = st.radio(
+        "Digit to follow through the network",
+        [PROBE_VALIDATION, PROBE_DRAWING],
+        horizontal=True,
+        key="train-follow",
+        help="While it trains, the page shows this digit passing through every "
+        "layer. Your last drawing comes from the Draw page.",
+    )
     if st.button(
         "Start training",
         key="start",
@@ -256,7 +374,8 @@ with view:
         disabled=running or not ok,
         help="A run is already in progress." if running else None,
     ):
-        start(kind, ds, params, n_train)
+        drawing = st.session_state.get(ui.DRAWING_KEY)
+        start(kind, ds, params, n_train, drawing if follow == PROBE_DRAWING else None)
         st.rerun()
     if START_ERROR_KEY in st.session_state:
         st.error(st.session_state.pop(START_ERROR_KEY), icon=":material/error:")
@@ -268,3 +387,8 @@ with view:
         )
     else:
         st.fragment(run_every=REFRESH_SECONDS if running else None)(live)(job, running)
+        if job.steerable and running:
+            steer(job)
+        if job.steerable:
+            refresh = LIVE_VIEW_SECONDS if running else None
+            st.fragment(run_every=refresh)(live_views)(job)

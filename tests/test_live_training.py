@@ -9,30 +9,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 
-from digits import slots, store
+# The training-job tests' fixtures: a runs dir per test, one training slot.
+from test_training_job import one_slot, runs, wait_for  # noqa: F401
+
+from digits import store
 from digits.training_job import LIVE_SECONDS, TrainingJob
 
-TIMEOUT = 120
+TIMEOUT = 120  # seconds a job may take before a test gives up on it
 SMALL_CNN = {"conv_channels": (4,), "hidden_layer_sizes": (16,), "max_iter": 3}
-
-
-@pytest.fixture(autouse=True)
-def runs(tmp_path, monkeypatch):
-    monkeypatch.setenv(store.RUNS_DIR_ENV, str(tmp_path / "runs"))
-
-
-@pytest.fixture(autouse=True)
-def one_slot(monkeypatch):
-    monkeypatch.setattr(slots, "_shared", slots.TrainingSlots(1))
-
-
-def wait_for(condition, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_pause_holds_the_job_and_a_new_rate_is_used_and_saved(mnist):
