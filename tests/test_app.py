@@ -697,7 +697,13 @@ def test_train_shows_training_health_live(at, mnist):
     at.session_state[ui.JOB_KEY] = job
     page(at, "train")
     assert "explain.TrainingHealth" in texts(at.caption)
-    fig = figure(at.get("plotly_chart")[-1])
+    # The health chart: the one with a trace per layer (the views inside the
+    # network, below it, have charts of their own).
+    fig = next(
+        f
+        for f in map(figure, at.get("plotly_chart"))
+        if any(t.get("name") == "conv1" for t in f["data"])
+    )
     traces = {(t["name"], t["xaxis"]) for t in fig["data"]}
     assert traces == {
         (layer, axis)
