@@ -20,6 +20,7 @@ from appdriver import (
     wait_curve_points,
 )
 from conftest import SCREENSHOTS
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.e2e
@@ -46,9 +47,32 @@ def epochs_seen(page: Page, above: float = -1.0) -> float:
     return handle.json_value()
 
 
+def scroll_to(page: Page, text: str) -> None:
+    """Scroll ``text`` into view; the live views are redrawn every 2 s, so an
+    element found may be replaced before the scroll: look again."""
+    for _ in range(5):
+        try:
+            page.get_by_text(text).first.scroll_into_view_if_needed(timeout=5_000)
+            return
+        except PlaywrightError:
+            time.sleep(0.2)
+    page.get_by_text(text).first.scroll_into_view_if_needed()
+
+
 def test_live_views_pause_resume_and_a_new_rate(server, page: Page):
     open_page(page, f"{server.url}/train?{SETTINGS}", "Train")
     start_training(page)
+    try:
+        steer_and_watch(page)
+    finally:  # never leave the server's one training slot taken
+        stop = page.locator(".st-key-stop").get_by_role("button", name="Stop")
+        if stop.first.is_enabled():
+            stop.first.click()
+    expect(page.get_by_text("Saved as")).to_be_visible(timeout=PAGE_MS)
+    no_exception(page)
+
+
+def steer_and_watch(page: Page) -> None:
     first = epochs_seen(page)
     expect(page.get_by_text("The first layer's filters")).to_be_visible(timeout=PAGE_MS)
     expect(
@@ -63,7 +87,7 @@ def test_live_views_pause_resume_and_a_new_rate(server, page: Page):
         page.set_viewport_size({"width": width, "height": height})
         time.sleep(2.5)  # a redraw at this size
         for part in ("Progress", "Inside the network", "Still wrong after"):
-            page.get_by_text(part).first.scroll_into_view_if_needed()
+            scroll_to(page, part)
             name = part.split()[0].lower()
             page.screenshot(
                 path=SCREENSHOTS / f"train-live-{width}x{height}-{name}.png"
@@ -89,6 +113,3 @@ def test_live_views_pause_resume_and_a_new_rate(server, page: Page):
     expect(mark.first).to_be_visible(timeout=PAGE_MS)
     mark.first.scroll_into_view_if_needed()
     page.screenshot(path=SCREENSHOTS / "train-live-after-change.png")
-    page.locator(".st-key-stop").get_by_role("button", name="Stop").first.click()
-    expect(page.get_by_text("Saved as")).to_be_visible(timeout=PAGE_MS)
-    no_exception(page)
