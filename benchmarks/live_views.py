@@ -10,7 +10,11 @@ saving) side by side, each pair's slowdown and the median.
 
     DIGITS_DATA_DIR=../shared/data python benchmarks/live_views.py --pairs 3
 
-One process: ``--side on|off`` prints a JSON line with its rate.
+One process: ``--side on|off`` prints a JSON line with its rate. ``--look``
+times one look alone (the filters and the probe through the default CNN, the
+median of 20), which a loaded machine measures far more steadily than the
+difference of two training rates: its share of training is that time divided by
+``LIVE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,32 @@ def one_side(live: bool, preset: str, train_size: int, epochs: int) -> dict:
     return {"live": live, "images_per_second": statistics.mean(rates), "at": looks}
 
 
+def one_look(preset: str, repeats: int = 20) -> float:
+    """Seconds of one look inside a partly trained ``preset`` CNN (median)."""
+    import time
+
+    import numpy as np
+
+    from digits import registry
+    from digits.data import load_dataset
+    from digits.training_job import TrainingJob
+
+    ds = load_dataset("mnist")
+    params = registry.get("cnn").params(preset, random_state=0)
+    job = TrainingJob("cnn", ds, params, train_size=1000)
+    est = registry.get("cnn").build(preset, random_state=0)
+    est.partial_fit(ds.x_train[:640], ds.y_train[:640], classes=np.arange(10))
+    watcher = job._watcher  # the job's own, as it runs between two batches
+    watcher.set_estimator(est)
+    watcher.set_model(est.model_)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        watcher._look(0.0)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3)
@@ -52,7 +82,18 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--side", choices=("on", "off"))
+    parser.add_argument("--look", action="store_true")
     args = parser.parse_args()
+    if args.look:
+        from digits.training_job import LIVE_SECONDS
+
+        seconds = one_look(args.preset)
+        print(
+            f"one look inside the {args.preset} CNN: {seconds * 1000:.1f} ms "
+            f"(median of 20), every {LIVE_SECONDS:g} s: "
+            f"{seconds / LIVE_SECONDS:.2%} of training time"
+        )
+        return
     if args.side:
         result = one_side(args.side == "on", args.preset, args.train_size, args.epochs)
         print(json.dumps(result))
