@@ -105,7 +105,7 @@ def test_wheel_metadata_has_version_readme_licence_and_dependencies(wheel):
     archive = zipfile.ZipFile(wheel)
     meta = email.message_from_bytes(archive.read(f"{info}/METADATA"))
     assert meta["Version"] == digits.__version__
-    assert meta["License-Expression"] == "MIT"
+    assert meta["License-Expression"] == "MIT AND CC-BY-SA-3.0"
     assert meta["Description-Content-Type"] == "text/markdown"
     assert meta.get_payload().startswith("# digits")
     assert "MIT License" in archive.read(f"{info}/licenses/LICENSE").decode()
