@@ -368,7 +368,9 @@ class TrainingJob(BackgroundJob):
                 epoch_seconds=self._clock.seconds,
                 epoch_measured=self._clock.corrected,
                 paused=self._steering.holding and self._status == "running",
-                pausing=self._steering.paused and not self._steering.holding,
+                pausing=self._steering.paused
+                and not self._steering.holding
+                and self._status == "running",
                 changes=[
                     (c["step"] / max(s.batches, 1), _described(c))
                     for c in list(self._steering.changes)
