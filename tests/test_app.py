@@ -335,6 +335,8 @@ def test_group_sweeps_keeps_own_runs_first_and_each_sweep_together(tmp_path):
 
 def test_train_sliders_update_the_estimate(at):
     page(at, "train")
+    # The page starts at the demo preset; these settings are the quick one's.
+    at.selectbox(key="train-preset-cnn").set_value("quick").run()
     before = {m.label: m.value for m in at.metric}["Parameters"]
     at.slider(key="train-cnn-quick-hidden_layer_sizes-n").set_value(2).run()
     at.select_slider(key="train-cnn-quick-conv_channels-0").set_value(16).run()
@@ -351,6 +353,7 @@ def test_train_sliders_update_the_estimate(at):
 
 def test_train_start_and_stop(at):
     page(at, "train")
+    at.selectbox(key="train-preset-cnn").set_value("quick").run()
     at.select_slider(key="train-size-mnist").set_value(500).run()
     at.slider(key="train-cnn-quick-max_iter").set_value(50).run()
     next(b for b in at.button if b.label == "Start training").click().run()
@@ -392,6 +395,7 @@ def test_two_sessions_share_the_training_slot_without_mixing_state(runs_dir):
     for user, size in zip(users, (500, 1000), strict=True):
         user.run()
         page(user, "train")
+        user.selectbox(key="train-preset-cnn").set_value("quick").run()
         user.select_slider(key="train-size-mnist").set_value(size).run()
         user.slider(key="train-cnn-quick-max_iter").set_value(50).run()
         next(b for b in user.button if b.label == "Start training").click().run()

@@ -42,6 +42,8 @@ ROUNDS = 3  # drawings per drawing session while a model trains
 MAX_STEAL = 0.2
 MAX_ROUNDS = 10
 QUEUED = "Waiting for a training slot"
+# The Train page with the quick CNN (the page starts at the demo preset).
+QUICK = "train?train-preset-cnn=quick"
 
 
 def cpu_ticks() -> list[int]:
@@ -79,7 +81,7 @@ def stop_training(*pages) -> None:
 
 def test_two_sessions_train_while_two_draw(server, new_page):
     pages = [new_page() for _ in range(4)]
-    for page, path in zip(pages, ("train", "train", "draw", "draw"), strict=True):
+    for page, path in zip(pages, (QUICK, QUICK, "draw", "draw"), strict=True):
         page.goto(f"{server.url}/{path}")
     first, second, *drawers = pages
     for page, heading in zip(pages, ("Train", "Train", "Draw", "Draw"), strict=True):

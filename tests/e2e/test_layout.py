@@ -44,9 +44,10 @@ from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.e2e
 
-# Train's settings in the URL: the quick CNN (the default preset) on 1,000 images,
-# for up to 100 epochs.
-TRAIN = "train?train-size-mnist=1%2C000&train-cnn-quick-max_iter=100"
+# Train's settings in the URL: the quick CNN on 1,000 images, for up to 100 epochs.
+TRAIN = (
+    "train?train-preset-cnn=quick&train-size-mnist=1%2C000&train-cnn-quick-max_iter=100"
+)
 STOP = ".st-key-stop"  # the Train page's Stop button (see test_reload.stop_button)
 TAB = "[data-testid=stTabs] [role=tab]"
 PRESENTER = "Presenter mode"

@@ -95,7 +95,7 @@ def test_upload_a_photo_of_a_handwritten_digit(server, page, mnist, tmp_path):
 
 
 def test_train_watch_the_curve_stop_and_pick_the_model(server, page):
-    open_page(page, f"{server.url}/train", "Train")
+    open_page(page, f"{server.url}/train?train-preset-cnn=quick", "Train")
     # All 55,000 training images (the other 5,000 validate): an epoch takes
     # about a minute, so Stop comes mid-epoch.
     assert slide(page, "Training images", "End") == "55,000"

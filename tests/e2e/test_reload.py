@@ -38,7 +38,9 @@ pytestmark = pytest.mark.e2e
 
 # Settings given in the URL, as a shared link would: 2,000 images, 100 epochs.
 # A slider of options is written in the URL as it shows its value ("2,000").
-SETTINGS = "train-size-mnist=2%2C000&train-cnn-quick-max_iter=100"
+SETTINGS = (
+    "train-preset-cnn=quick&train-size-mnist=2%2C000&train-cnn-quick-max_iter=100"
+)
 SIDEBAR_BAR = "[data-testid=stSidebar] [data-testid=stProgress]"
 MAIN_BAR = "[data-testid=stMain] [data-testid=stProgress]"
 OPEN_MS = 5_000  # for a select box's list to show its options
@@ -215,8 +217,9 @@ def test_the_url_keeps_the_settings_and_ignores_bad_values(server, page):
     expect(page.get_by_role("combobox", name="Model", exact=True)).to_have_value(
         "CNN (NumPy)"
     )
-    assert slider_value(page, "Training images") == "5,000"
-    assert epochs_value(page) == "1"
+    # The page's first settings: the demo preset on all 55,000 images.
+    assert slider_value(page, "Training images") == "55,000"
+    assert epochs_value(page) == "2"
     query = parse_qs(urlsplit(page.url).query)
     assert re.fullmatch(r"[A-Za-z0-9_-]{8,64}", query["client"][0])
     assert "dataset" not in query and "train-size-mnist" not in query
