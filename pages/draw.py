@@ -41,6 +41,7 @@ SAVE_LABELS = list(range(10))
 NOT_SURE = "Not sure"  # shown instead of a digit when `digits.sure` doubts it
 HINT = "Draw a digit on the canvas (or upload a photo) to see what the models read."
 LAYERS_MODEL_KEY = "draw-layers-model"  # whose layers the strips show
+INSIDE_KEY = "draw-inside"  # whether the layers are shown at all
 MAP_KEY = "draw-map"  # the feature map clicked last: (run, layer, channel)
 PIXEL_KEY = "draw-pixel"  # its pixel clicked last: (run, layer, channel, row, col)
 STRIP_KEY = "draw-strip-"  # plus the run's and the layer's names
@@ -407,6 +408,19 @@ def inside_section(chosen: list, models: list, inputs: dict, what: str) -> None:
     for the drawing, and the clicked pixel's arithmetic."""
     start = time.perf_counter()
     st.subheader("Inside the network")
+    # Off by default: the strips are ~8 more charts per stroke, which doubled the
+    # page's time per stroke and pushed a busy class past 1 s per prediction.
+    if not st.toggle(
+        "Show each layer for this drawing",
+        key=INSIDE_KEY,
+        persist_state="session",
+        help="Each stroke takes a little longer while this is on.",
+    ):
+        st.caption(
+            "Turn this on to see what each layer of the network makes of "
+            f"{what}, updated after every stroke."
+        )
+        return
     names = [run.name for run in chosen]
     name = names[0]
     if len(names) > 1:

@@ -57,6 +57,12 @@ def click_point(page: Page, key: str, i: int) -> None:
     page.mouse.click(*page.evaluate(POINT_XY, [key, i]))
 
 
+def show_layers(page: Page) -> None:
+    """Turn on Draw's "Inside the network" (off by default: it costs time)."""
+    page.get_by_text("Show each layer for this drawing").click()
+    page.wait_for_selector(IDLE, timeout=PAGE_MS)
+
+
 def draw(page: Page, shape, digit: str) -> None:
     stroke(page, shape)
     expect(prediction_of(page, "default-cnn")).to_have_text(digit, timeout=PAGE_MS)
@@ -67,6 +73,7 @@ def test_the_layer_strips_change_with_the_drawing(server, page):
     open_page(page, f"{server.url}/draw", "Draw")
     canvas(page).wait_for()
     draw(page, ONE, "1")
+    show_layers(page)
     for name in STRIPS:
         expect(page.locator(f".st-key-{STRIP}{name} .js-plotly-plot")).to_be_visible()
     one = {name: shown(page, STRIP + name) for name in ("conv1", "relu2", "dense2")}
@@ -95,6 +102,7 @@ def test_a_clicked_pixel_adds_up_to_the_value_shown(server, page, layer):
     open_page(page, f"{server.url}/draw", "Draw")
     canvas(page).wait_for()
     draw(page, SEVEN, "7")
+    show_layers(page)
     channel = 5
     click_point(page, STRIP + layer, channel)  # enlarge map 5
     key = f"draw-map-default-cnn-{layer}-{channel}"
