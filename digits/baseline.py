@@ -32,7 +32,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from digits.augment import STYLES, european_styles
+from digits.augment import european_styles, network_input
 from digits.checks import (
     check_bool,
     check_choice,
@@ -489,8 +489,9 @@ class MLPBaseline(ClassifierMixin, BaseEstimator):
         if not self.augment:
             return X
         style = self.augment if isinstance(self.augment, str) else "shift"
-        images = X.reshape(len(X), *self.input_shape_).astype(np.float32)
-        return STYLES[style](images, self._rng).reshape(len(X), -1)
+        return network_input(
+            X, self._rng, input_shape=self.input_shape_, images=False, style=style
+        )
 
     def _partial_fit(self, X, y) -> None:
         """One scikit-learn ``partial_fit`` call. Divergence puts back the weights

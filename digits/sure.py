@@ -140,15 +140,19 @@ def statistics(
 
     images : (n, h, w) float model inputs, white ink 0..1 on black.
     proba : (n, k) the model's probabilities for them.
-    detector : also ``digit``, the detector's "digit" probability (28x28 only).
-    Returns {"confidence", "ink", "solid", "pieces", "crossings"} (and "digit"),
-    each (n,) float64.
+    detector : the detector's "digit" probability in place of the four image
+        statistics, which its rule does not check (28x28 only).
+    Returns {"confidence", "ink", "solid", "pieces", "crossings"}, or with
+    ``detector`` {"confidence", "digit"}; each (n,) float64.
     """
+    confidence = np.asarray(proba, np.float64).max(axis=1)
+    if detector:
+        return {"confidence": confidence, "digit": digit_probability(images)}
     images = np.asarray(images, dtype=np.float64)
     block = np.ones((SOLID_SIDE, SOLID_SIDE), bool)
     eight = np.ones((3, 3), bool)  # diagonal neighbours join a piece
-    stats = {
-        "confidence": np.asarray(proba, np.float64).max(axis=1),
+    return {
+        "confidence": confidence,
         "ink": images.reshape(len(images), -1).mean(axis=1),
         "solid": np.array(
             [ndimage.binary_erosion(im >= SOLID_LEVEL, block).sum() for im in images],
@@ -160,9 +164,6 @@ def statistics(
         ),
         "crossings": _crossings(images),
     }
-    if detector:
-        stats["digit"] = digit_probability(images)
-    return stats
 
 
 # -- the "is it a digit?" detector ------------------------------------------------
@@ -255,14 +256,16 @@ def choose(
 
 
 def _sure(stats: dict[str, np.ndarray], t: Thresholds) -> np.ndarray:
-    sure = (
-        (stats["confidence"] >= t.min_confidence)
+    confident = stats["confidence"] >= t.min_confidence
+    if t.min_digit > 0:  # the detector's rule: the image statistics are not used
+        return confident & (stats["digit"] >= t.min_digit)
+    return (
+        confident
         & (stats["ink"] <= t.max_ink)
         & (stats["solid"] <= t.max_solid)
         & (stats["pieces"] <= t.max_pieces)
         & (stats["crossings"] <= t.max_crossings)
     )
-    return sure & (stats["digit"] >= t.min_digit) if t.min_digit > 0 else sure
 
 
 def is_sure(
@@ -289,6 +292,8 @@ def reasons(image: np.ndarray, proba: np.ndarray, thresholds: Thresholds) -> lis
         found.append("it does not look like a digit")
     if stats["confidence"] < t.min_confidence:
         found.append("the model hesitates between digits")
+    if t.min_digit > 0:
+        return found
     if stats["ink"] > t.max_ink or stats["solid"] > t.max_solid:
         found.append("there is more solid ink than a pen stroke makes")
     if stats["pieces"] > t.max_pieces:
