@@ -896,3 +896,76 @@ def activation_image(values: np.ndarray, columns: int = 8) -> np.ndarray:
     scaled = (grid - min(low, 0.0)) / ((high - min(low, 0.0)) or 1.0)
     image = np.nan_to_num(scaled * 255, nan=128).astype(np.uint8)  # grey between
     return enlarge(image, 280 if values.ndim == 3 else 320)
+
+
+# -- Draw: one step of backprop on the drawing (issue 19, item 5) ---------------------
+
+
+def layer_gradient(values: np.ndarray, names: Sequence[str]) -> go.Figure:
+    """The gradient of the loss arriving at one layer, for one drawing
+    (``teach.Step.gradients``): maps (h, w, c) tiled ``STRIP_MAPS`` to a row, or
+    (n,) units as bars (named by class when there is one per class). Red where
+    making the value larger would raise the loss, blue where it would lower it;
+    the colours are scaled to the layer's largest magnitude."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 3:
+        c = values.shape[-1]
+        grid = tile(values.transpose(2, 0, 1), min(STRIP_MAPS, c))
+        fig = heatmap(
+            grid,
+            signed=True,
+            height=_grid_height(grid, STRIP_WIDTH, STRIP_LOW, STRIP_HIGH),
+            showscale=False,
+        )
+        fig.update_traces(
+            z=grid.astype(np.float32),
+            hovertemplate="row %{y}, col %{x}: %{z:.3g}<extra></extra>",
+        )
+        return fig
+    per_class = len(values) == len(names)
+    x = list(names) if per_class else list(range(len(values)))
+    fig = go.Figure(
+        go.Bar(
+            x=x,
+            y=values,
+            marker_color=[RED if v > 0 else BLUE for v in values],
+            hovertemplate=("%{x}" if per_class else "unit %{x}")
+            + ": %{y:.3g}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(type="category" if per_class else "linear")
+    fig.update_yaxes(zeroline=True, zerolinecolor=GREY)
+    fig.update_layout(height=160, margin=TIGHT, bargap=0.1 if per_class else 0)
+    return fig
+
+
+def probabilities_moved(
+    before: np.ndarray, after: np.ndarray, names: Sequence[str], label: int
+) -> go.Figure:
+    """Class probabilities (k,) before and after one step, side by side for each
+    class; the digit the learner picked is marked on the axis."""
+    ticks = [
+        f"<b>{name}</b> ✓" if i == label else str(name) for i, name in enumerate(names)
+    ]
+    fig = go.Figure(
+        [
+            go.Bar(
+                name="Before the step",
+                x=ticks,
+                y=before,
+                marker_color=GREY,
+                hovertemplate="%{x}: %{y:.1%} before<extra></extra>",
+            ),
+            go.Bar(
+                name="After the step",
+                x=ticks,
+                y=after,
+                marker_color=RED,
+                hovertemplate="%{x}: %{y:.1%} after<extra></extra>",
+            ),
+        ]
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    fig.update_layout(barmode="group", **PROBE_LAYOUT)
+    return fig

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from digits import explain, figures, handwriting, preprocess, store, sure
+from digits import data, explain, figures, handwriting, preprocess, store, sure, teach
 from digits.errors import DigitsError, NoDigitFound
 
 # 9 canvas pixels per pixel of a 28x28 MNIST image. The canvas has a fixed size:
@@ -533,6 +533,290 @@ def show_predictions(image, filename: str | None, chosen: list) -> tuple | None:
     return models, inputs
 
 
+# -- teaching a copy: one step on the drawing, and "teach it my handwriting" --------
+
+TEACH_MODEL_KEY = "draw-teach-model"  # which chosen model the section teaches
+TEACH_LABEL_KEY = "draw-teach-label"
+TEACH_RATE_KEY = "draw-teach-rate"
+STEP_KEY = "draw-step"  # the last step: ((run, label, rate, drawing), teach.Step)
+TAUGHT_KEY = "draw-taught"  # the last fine-tuned copy: (run, drawings, FineTune)
+TAUGHT_NOTICE_KEY = "draw-taught-notice"
+TAUGHT_NAME_KEY = "draw-taught-name"
+STEP_RATES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+GRADIENT_STRIP = "draw-gradient-"  # plus the run's and the layer's names
+MNIST = "mnist"  # the saved drawings are MNIST-style: taught models must be too
+CLASS_CHART_WIDTH = 720  # ten classes' bars read best no wider than this
+
+
+def gradient_words(out: explain.LayerOutput, last: bool) -> str:
+    """The sentence above one layer's gradient, for learners."""
+    if last:
+        return (
+            "The scores of the ten digits. Here the gradient is simply each "
+            "probability, minus 1 for the digit you picked: only that digit's "
+            "score is pushed up (blue)."
+        )
+    if out.kind == "Conv2D":
+        return (
+            f"The {out.shape[-1]} maps the filters make: which pixels of each map "
+            "should have been brighter (blue) or darker (red)."
+        )
+    if out.values.ndim == 3:
+        return "What the block passes on, map by map (after pooling and ReLU)."
+    return f"What the {out.shape[0]} units of the hidden layer pass on."
+
+
+def step_key(run, label: int, rate: float, image: np.ndarray) -> tuple:
+    """What a step was taken on: a new drawing, label or rate makes it old."""
+    return (run.name, label, rate, hash(image.tobytes()))
+
+
+def show_step(run, step: teach.Step) -> None:
+    """The probabilities and loss before and after a step, and the gradient
+    that arrived at each layer."""
+    names = run.class_names
+    picked = names[step.label]
+    ui.metric_row(
+        ("Loss before", f"{step.loss_before:.3f}"),
+        ("Loss after", f"{step.loss_after:.3f}"),
+        (
+            f"Probability of {picked}",
+            f"{step.proba_before[step.label]:.1%} → {step.proba_after[step.label]:.1%}",
+        ),
+    )
+    if step.loss_after > step.loss_before:
+        st.warning(
+            "This step overshot: the loss went up. A step this large jumps past "
+            "the better weights; try a smaller step size.",
+            icon=":material/trending_up:",
+        )
+    ui.chart(
+        figures.probabilities_moved(
+            step.proba_before, step.proba_after, names, step.label
+        ),
+        f"The probability of each digit for your drawing, before (grey) and after "
+        f"(red) one step of learning that it is a {picked}, in a copy of "
+        f"**{run.name}**. One drawing alone can swing the answer far: in training, "
+        "each step follows the gradient averaged over a batch of images, so that "
+        "no single image pulls this hard.",
+        key=f"draw-step-moved-{run.name}",
+        width=CLASS_CHART_WIDTH,
+    )
+    st.markdown("**The gradient arriving at each layer**, from the answer back")
+    st.caption(
+        "For each number a layer passes on, the gradient says how much the loss "
+        "would grow if that number grew: red, the step pushes it down; blue, "
+        "the step pushes it up; white, it hardly matters for this digit. Each "
+        "layer has its own colour scale."
+    )
+    shown = step.gradients[::-1]
+    for i, out in enumerate(shown):
+        st.caption(
+            f"**{out.name}** · {'x'.join(map(str, out.shape))} · "
+            + gradient_words(out, last=i == 0)
+        )
+        ui.chart(
+            figures.layer_gradient(out.values, names),
+            key=f"{GRADIENT_STRIP}{run.name}-{out.name}",
+            width=CLASS_CHART_WIDTH if i == 0 else "stretch",
+        )
+    changes = ", ".join(f"{name} {change:.2%}" for name, change in step.weight_steps)
+    st.caption(
+        f"How much the step changed each layer's weights (the size of the change "
+        f"against the size of the weights): {changes}. Computed in "
+        f"{1e3 * step.seconds:.0f} ms."
+    )
+    ui.how_computed(
+        "digits.teach.one_step",
+        "digits.teach.backprop",
+        "digits.nn.optimizers.SGD",
+        note="backprop runs the drawing forward with dropout off, takes the "
+        "cross-entropy of the digit picked, and runs every layer's backward, "
+        "keeping dL/d(output) of each; one_step then takes one SGD step on a copy "
+        "of the model. The scikit-learn MLP's weights become Dense layers of "
+        "digits.nn for this.",
+    )
+
+
+def step_section(run, model, image: np.ndarray) -> None:
+    """One step of learning on the drawing, with the digit the learner picks
+    (under the section's heading)."""
+    reason = teach.unsupported(model)
+    if reason is not None:
+        st.info(f"{run.name} cannot learn here. {reason}")
+        return
+    st.caption(
+        "Tell the model which digit you meant. It measures how wrong its answer "
+        "is (the **loss**), works backwards from the answer through each layer to "
+        "find which way every weight should move to lower it (**backpropagation**, "
+        "which gives the **gradient**), and takes one step that way. This happens "
+        "in a copy: the model itself does not change."
+    )
+    if st.session_state.get(TEACH_LABEL_KEY) is None:
+        # The digit entered to save the drawing, if any; else the learner picks.
+        st.session_state[TEACH_LABEL_KEY] = st.session_state.get(SAVE_LABEL_KEY)
+    label = st.pills("The digit it should be", SAVE_LABELS, key=TEACH_LABEL_KEY)
+    rate = st.select_slider(
+        "Step size",
+        STEP_RATES,
+        value=teach.STEP_RATE,
+        key=TEACH_RATE_KEY,
+        width=360,
+        help="The learning rate: how far the weights move along the gradient. "
+        "Too large a step can overshoot and make the loss worse.",
+    )
+    if st.button(
+        "Take one step",
+        icon=":material/footprint:",
+        disabled=label is None,
+        help="Pick the digit it should be first." if label is None else None,
+    ):
+        try:
+            step = teach.one_step(model, image, int(label), rate)
+        except DigitsError as err:
+            ui.show_error(err)
+            return
+        st.session_state[STEP_KEY] = (step_key(run, label, rate, image), step)
+    kept = st.session_state.get(STEP_KEY)
+    if label is not None and kept and kept[0] == step_key(run, label, rate, image):
+        show_step(run, kept[1])
+    elif label is None:
+        st.caption("Pick the digit the drawing should be, then take the step.")
+
+
+def save_taught(run, taught: teach.FineTune) -> None:
+    """Save the fine-tuned copy as a new run (a button callback)."""
+    try:
+        saved = teach.save_taught(
+            taught,
+            run,
+            data.load_dataset(MNIST),
+            name=st.session_state.get(TAUGHT_NAME_KEY) or None,
+        )
+    except DigitsError as err:
+        ui.keep_notice(TAUGHT_NOTICE_KEY, "error", str(err))
+        return
+    ui.keep_notice(
+        TAUGHT_NOTICE_KEY,
+        "success",
+        f"Saved as **{saved.name}** (MNIST test accuracy {saved.test_accuracy:.2%}): "
+        "choose it under Models above, or on Evaluate.",
+    )
+
+
+def show_taught(run, taught: teach.FineTune, n_saved: int) -> None:
+    """The taught copy's scores before and after, and the way to keep it."""
+    ui.metric_row(
+        (
+            "Your drawings kept aside",
+            f"{taught.held_before:.0%} → {taught.held_after:.0%}",
+            "Accuracy on the drawings the copy never learned from.",
+        ),
+        (
+            "MNIST test digits",
+            f"{taught.test_before:.2%} → {taught.test_after:.2%}",
+            "Accuracy on MNIST's test digits, before and after.",
+        ),
+    )
+    st.caption(
+        f"Learned from {len(taught.learned)} of your {n_saved} saved drawings, "
+        f"mixed with MNIST training digits so that it does not forget them (new "
+        f"ones each pass, {len(taught.replay):,} in all), over {taught.epochs} "
+        f"passes ({taught.seconds:.1f} s). "
+        f"Scored on the other {len(taught.held_out)} drawings, kept aside (the "
+        f"same ones every time), and on {taught.n_test:,} MNIST test digits."
+    )
+    with st.container(horizontal=True, vertical_alignment="bottom", wrap=True):
+        st.text_input(
+            "Name of the new run",
+            value=f"{run.name}-my-handwriting",
+            key=TAUGHT_NAME_KEY,
+            width=320,
+        )
+        st.button(
+            "Save as a new run",
+            icon=":material/save:",
+            on_click=save_taught,
+            args=(run, taught),
+        )
+
+
+def handwriting_section(run, model) -> None:
+    """Fine-tune a copy of the model on the saved drawings, and score it."""
+    st.subheader("Teach it my handwriting")
+    ui.show_notice(TAUGHT_NOTICE_KEY)
+    reason = teach.unsupported(model)
+    if (run.meta.get("dataset") or {}).get("name") != MNIST:
+        reason = "It was not trained on MNIST, whose 28x28 style your drawings have."
+    if reason is not None:
+        st.info(f"{run.name} cannot be taught here. {reason}")
+        return
+    st.caption(
+        f"A copy of **{run.name}** learns from most of the drawings you saved with "
+        "'Save to my handwriting' (at least "
+        f"{teach.MIN_DRAWINGS}), then is tested on the rest, which it never saw: "
+        "did it learn your style, or only those drawings?"
+    )
+    # The store is read only when asked: not on every stroke.
+    if st.button(f"Teach a copy of {run.name}", icon=":material/school:"):
+        saved = ui.saved_drawings(handwriting.HandwritingStore())
+        if len(saved.labels) < teach.MIN_DRAWINGS:
+            st.info(teach.too_few(len(saved.labels)), icon=":material/draw:")
+            return
+        bar = st.progress(0.0, text="Starting")
+        try:
+            taught = teach.fine_tune(
+                model,
+                saved.images,
+                saved.labels,
+                saved.ids,
+                data.load_dataset(MNIST),
+                progress=lambda done, text: bar.progress(done, text=text),
+            )
+        except DigitsError as err:
+            ui.show_error(err)
+            return
+        finally:
+            bar.empty()
+        st.session_state[TAUGHT_KEY] = (run.name, len(saved.labels), taught)
+    kept = st.session_state.get(TAUGHT_KEY)
+    if kept and kept[0] == run.name:
+        show_taught(run, kept[2], kept[1])
+    ui.how_computed(
+        "digits.teach.fine_tune",
+        "digits.teach.split_drawings",
+        "digits.teach.save_taught",
+        note=f"The drawings are split once ({teach.HELD_OUT_FRACTION:.0%} kept "
+        "aside, stratified by digit when the counts allow, fixed seed). Each pass "
+        f"mixes the rest with {teach.REPLAY_PER_DRAWING} new MNIST training "
+        f"images per drawing (at least {teach.REPLAY_MIN}), never validation or "
+        f"test images; Adam at {teach.FINE_TUNE_RATE:g}, batches of "
+        f"{teach.FINE_TUNE_BATCH}, {teach.FINE_TUNE_EPOCHS} passes.",
+    )
+
+
+def teach_section(chosen: list, models: list, inputs: dict) -> None:
+    """Teaching a copy of one chosen model (picked here when there are several):
+    one step on the drawing, and fine-tuning on the saved drawings."""
+    names = [run.name for run in chosen]
+    name = names[0]
+    st.divider()
+    st.subheader("One step of learning on your digit")
+    if len(names) > 1:
+        name = st.segmented_control(
+            "Which model learns",
+            names,
+            default=names[0],
+            required=True,
+            key=TEACH_MODEL_KEY,
+        )
+        name = name if name in names else names[0]
+    at = names.index(name)
+    run, model = chosen[at], models[at]
+    step_section(run, model, inputs[run.image_shape[0]].image)
+    handwriting_section(run, model)
+
+
 ui.page_header(
     "Draw",
     "Draw a digit and see what each model reads, with every step of the "
@@ -566,3 +850,4 @@ with right:
 # it (beside the canvas at 1024 px there are only about 300 px).
 if read is not None:
     inside_section(chosen, *read, "your photo" if filename else "your digit")
+    teach_section(chosen, *read)
