@@ -200,6 +200,11 @@ class EpochClock(Callback):
         self._epoch: int | None = None  # the epoch whose batch ends are timed
         self._ends: list[float] = []  # when its batches ended, from the first
 
+    @property
+    def validation_seconds(self) -> float:
+        """The probe's time for scoring the validation images, each epoch."""
+        return self._validation
+
     def on_train_begin(self, logs=None):
         self._epoch_edges = [time.perf_counter()]
 

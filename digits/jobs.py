@@ -53,6 +53,8 @@ class JobProgress:
     error: str | None  # for the user, when status is "failed"
     # While queued: 1 for the next job to start, 2 after it, ...; else None.
     queue_position: int | None = None
+    # While queued: about how many seconds until it starts (None: unknown).
+    queue_wait: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -107,6 +109,12 @@ class BackgroundJob:
         self._thread.start()
         return self
 
+    def owned_by(self, owner: str) -> None:
+        """The job belongs to ``owner`` (a browser tab): the line gives each owner
+        one running job at a time, and its further jobs wait behind the other
+        owners' first ones (``digits.slots``)."""
+        self._slots.set_owner(self._ticket, owner)
+
     def stop(self) -> None:
         """Ask the job to stop (at the work's next check); a finished job is left
         as it is."""
@@ -141,6 +149,13 @@ class BackgroundJob:
             return self._slots.position(self._ticket)
         return None
 
+    def _queue_wait(self) -> float | None:
+        """About how many seconds the job still waits in line (None: not waiting,
+        or unknown)."""
+        if self._status == "queued" and self._started is None:
+            return self._slots.wait_seconds(self._ticket)
+        return None
+
     # -- the thread ---------------------------------------------------------------
 
     def _work(self) -> str:
@@ -157,31 +172,35 @@ class BackgroundJob:
             if not got:  # stopped while waiting in the queue
                 self._finish("stopped")
                 return
-            with self._lock:
-                if self._status == "queued":
-                    self._status = "running"
-                self._started = time.perf_counter()
             if self.niceness:
                 lower_priority(self.niceness)
-            try:
-                final = self._work()
-            except DigitsError as err:
-                self._finish("failed", str(err))
-            except Exception as err:
-                if exiting(err):
-                    # The server is shutting down under the job (Ctrl-C in its
-                    # terminal): nobody is left to show it to, and a traceback
-                    # would only alarm.
-                    self._finish("stopped")
-                    return
-                # Not the user's doing; the full traceback goes to the server's
-                # log, under the subclass's module's name.
-                log = logging.getLogger(type(self).__module__)
-                log.exception("%s failed", repr(self))  # as it was when it failed
-                error = f"{type(err).__name__}: {err}"
-                self._finish("failed", self.unexpected.format(error=error))
-            else:
-                self._finish(final)
+            self._execute()
+
+    def _execute(self) -> None:
+        """Work in this thread, from "running" to a final status."""
+        with self._lock:
+            if self._status in ("pending", "queued"):
+                self._status = "running"
+            self._started = time.perf_counter()
+        try:
+            final = self._work()
+        except DigitsError as err:
+            self._finish("failed", str(err))
+        except Exception as err:
+            if exiting(err):
+                # The server is shutting down under the job (Ctrl-C in its
+                # terminal): nobody is left to show it to, and a traceback
+                # would only alarm.
+                self._finish("stopped")
+                return
+            # Not the user's doing; the full traceback goes to the server's
+            # log, under the subclass's module's name.
+            log = logging.getLogger(type(self).__module__)
+            log.exception("%s failed", repr(self))  # as it was when it failed
+            error = f"{type(err).__name__}: {err}"
+            self._finish("failed", self.unexpected.format(error=error))
+        else:
+            self._finish(final)
 
 
 def exiting(err: Exception) -> bool:

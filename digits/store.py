@@ -843,6 +843,65 @@ def _remove_abandoned(root: Path) -> None:
             continue  # another process removed it first
 
 
+# -- moving a run between computers ------------------------------------------------
+#
+# A run trained on a Dask worker (``digits.cluster``) comes back as its files'
+# bytes, because the worker may not share the server's disk. The server checks
+# them as it checks any run it reads, then places them like ``save_run`` does: a
+# run is listed complete or not at all.
+
+MAX_RUN_BYTES = 256 << 20  # far above any model this project trains
+
+
+def pack_run(run: Run) -> dict[str, bytes]:
+    """The files of ``run`` (its model files and metadata) as name -> bytes."""
+    names = [*registry.MODELS[run.kind].files, METADATA_FILE]
+    return {
+        name: _read_bounded(run.path / name, MAX_RUN_BYTES, "run file")
+        for name in names
+    }
+
+
+def receive_run(packed: dict[str, bytes], name: str) -> Run:
+    """Save the files ``pack_run`` gave (on another computer) as a new run named
+    ``name`` (sanitised, made unique) in the runs dir; return it.
+
+    ModelFileError, and nothing saved, if the files are not exactly a run's or
+    any file differs from the SHA-256 its metadata records.
+    """
+    root = runs_dir()
+    check_can_save(root)
+    if METADATA_FILE not in packed:
+        raise ModelFileError(f"The run {name!r} sent back has no {METADATA_FILE}.")
+    if sum(len(b) for b in packed.values()) > MAX_RUN_BYTES:
+        raise ModelFileError(
+            f"The run {name!r} sent back is over {MAX_RUN_BYTES >> 20} MB."
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
+    try:
+        for file, content in packed.items():
+            # Only plain names: a file name can never reach outside the folder.
+            if file != Path(file).name or file.startswith("."):
+                raise ModelFileError(
+                    f"The run {name!r} sent back a file named {file!r}."
+                )
+            (tmp / file).write_bytes(content)
+        run = Run(tmp, _read_meta(tmp), pretrained=False)
+        expected = {*registry.MODELS[run.kind].files, METADATA_FILE}
+        if set(packed) != expected:
+            raise ModelFileError(
+                f"The run {name!r} sent back the files {sorted(packed)}; a "
+                f"{run.kind} run has {sorted(expected)}."
+            )
+        _verify_files(run)
+        os.chmod(tmp, 0o755)
+        folder = _rename_unique(tmp, root, sanitize_name(name))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_run(folder, allow_paths=True)
+
+
 # -- managing runs ----------------------------------------------------------------
 #
 # Rename, tag and delete act on runs in the runs dir only: the shipped models are

@@ -9,23 +9,31 @@ and ``stop()`` sets a ``threading.Event`` that ``StopOnEvent`` checks between
 batches (between 4096-image chunks for the MLP).
 
 The thread runs ``digits.training.train_run`` with ``validation_size`` set: the
-per-epoch validation curves use a fixed random subset of the test set
-(``VALIDATION_SIZE`` images) instead of all of it, so that validating a CNN takes
-a fraction of a second and a Stop is never held up by it. The saved run is still
-scored on the whole test set. The validation images never steer training (unless
-early stopping is on, which holds out part of the training set instead).
+per-epoch validation curves use a fixed subset (``VALIDATION_SIZE`` images) of
+the dataset's validation split, held out of the training images, so that
+validating a CNN takes a fraction of a second and a Stop is never held up by it.
+The test images are scored once, on the saved run.
+
+With a Dask scheduler configured (``digits.cluster``), the job trains on a
+worker instead of in its thread: the thread still waits in line, then follows
+the worker's progress, passes on Stop, Pause and new settings, and places the
+run the worker sends back in this machine's run store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from digits import calibrate, data, explain, registry, store
+from digits import calibrate, cluster, data, explain, registry, store
+from digits.errors import DigitsError
 from digits.estimator import CNNClassifier
 from digits.jobs import FINAL, BackgroundJob, JobProgress
 from digits.nn.callbacks import Callback, Steering, StopOnEvent
@@ -76,6 +84,9 @@ class Progress(JobProgress):
     # Settings changed by hand: (epochs done when it took effect, words).
     changes: list[tuple[float, str]] = field(default_factory=list)
     live: LiveView | None = None  # inside the network, for the NumPy networks
+    # Something the learner should know that is not an error (a job that started
+    # again on another computer of the cluster).
+    notice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -264,6 +275,7 @@ class TrainingJob(BackgroundJob):
         validation_size: int = VALIDATION_SIZE,
         probe: np.ndarray | None = None,
         live: bool = True,
+        clock: tuple[float, float] | None = None,
     ) -> None:
         self.kind = kind
         self.spec = registry.get(kind)
@@ -276,8 +288,15 @@ class TrainingJob(BackgroundJob):
         self.validation_size = validation_size
         self._state = _State()
         self._health = explain.TrainingHealth()
-        self._clock = self._epoch_clock()
+        # (estimate, validation seconds): the server's, for a job on a worker.
+        self._clock = (
+            calibrate.EpochClock(*clock) if clock is not None else self._epoch_clock()
+        )
         self._steering = Steering()
+        self._asked: list[tuple[str, float]] = []  # settings, for a worker
+        self._remote: Progress | None = None  # a worker's last snapshot
+        self._probe, self._live = probe, live
+        self._out: Path | None = None  # the run's folder, on a worker
         # The validation images the curves use (plan's rule: the same for every
         # seed), for the strip of images the model still gets wrong.
         val = plan(dataset, train_size, validation_size).validation
@@ -296,6 +315,7 @@ class TrainingJob(BackgroundJob):
             source, image = "the first training image", dataset.x_train[0]
         self._watcher = _Watcher(self, image, source) if live else Callback()
         super().__init__(f"digits-train-{kind}")
+        self._slots.expect(self._ticket, self._clock.seconds * self.max_epochs)
 
     # -- steering, from the page ------------------------------------------------
 
@@ -313,10 +333,12 @@ class TrainingJob(BackgroundJob):
     def set_learning_rate(self, lr: float) -> None:
         """Train at ``lr`` from the next batch, for the rest of the run."""
         self._steering.set_learning_rate(lr)
+        self._asked.append(("learning_rate", float(lr)))
 
     def set_momentum(self, momentum: float) -> None:
         """SGD's momentum, from the next batch."""
         self._steering.set_momentum(momentum)
+        self._asked.append(("momentum", float(momentum)))
 
     def _epoch_clock(self) -> calibrate.EpochClock:
         """The time per epoch, from the probe (the Train page has just run it for
@@ -350,7 +372,7 @@ class TrainingJob(BackgroundJob):
             if stopped_at is not None and s.train_ended is not None:
                 last = s.last_batch if s.last_batch is not None else stopped_at
                 latency = max(0.0, last - stopped_at)
-            return Progress(
+            progress = Progress(
                 status=self._status,
                 fraction=s.fraction,
                 epoch=max(1, s.epoch),
@@ -376,17 +398,106 @@ class TrainingJob(BackgroundJob):
                     for c in list(self._steering.changes)
                 ],
                 live=s.live,
+                queue_wait=self._queue_wait(),
             )
+            if self._remote is not None:
+                return self._on_worker(progress)
+            return progress
 
     # -- the thread -------------------------------------------------------------
 
+    def _on_worker(self, here: Progress) -> Progress:
+        """The worker's last snapshot, with what only this side knows: the job's
+        status once it ends or is being stopped, its error, the saved run, and
+        the time since it got its slot. Under the lock."""
+        remote = self._remote
+        status = here.status
+        if status == "running" and remote.status == "saving":
+            status = "saving"
+        return dataclasses.replace(
+            remote,
+            status=status,
+            error=here.error,
+            run=here.run,
+            elapsed=here.elapsed,
+            eta=0.0 if here.finished else remote.eta,
+            queue_position=None,
+            queue_wait=None,
+        )
+
     def _work(self) -> str:
+        # A job on a worker trains there, even if that worker's environment names
+        # the scheduler too.
+        dask_client = cluster.client() if self._out is None else None
+        if dask_client is not None:
+            return self._work_on(dask_client)
         run = self._train_and_save()
         with self._lock:
             self._state.run = run
         return "stopped" if self._stop.is_set() else "done"
 
+    def run_here(self, out: Path) -> tuple[str, str | None, store.Run | None]:
+        """Train in this thread (a Dask worker's), saving the run to ``out``;
+        return the final status, the error for the user, and the run (if any was
+        saved, which a diverged model's also is)."""
+        self._out = out
+        self._slots.release(self._ticket)  # a worker's job never waits in its line
+        self._execute()
+        with self._lock:
+            run = self._state.run
+        if run is None and out.is_dir():
+            run = store.open_run(out, allow_paths=True)  # saved, then failed
+        return self.status, self._error, run
+
+    def _work_on(self, dask_client) -> str:
+        """Train on the Dask cluster (``cluster.run_remote``) and place the run
+        it sends back in this machine's run store."""
+        stem = Path(self.dataset.name).stem
+        name = self.name or f"{datetime.now():%Y%m%d-%H%M%S}-{self.kind}-{stem}"
+        settings = {
+            "kind": self.kind,
+            "params": self.params,
+            "train_size": self.train_size,
+            "name": name,
+            "validation_size": self.validation_size,
+            "probe": self._probe,
+            "live": self._live,
+            "clock": (self._clock.seconds, self._clock.validation_seconds),
+        }
+        result = cluster.run_remote(
+            settings,
+            self.dataset,
+            self._controls,
+            self._on_progress,
+            dask_client=dask_client,
+        )
+        if result["run"] is not None:
+            run = store.receive_run(result["run"], name)
+            with self._lock:
+                self._state.run = run
+        if result["status"] == "failed":
+            raise DigitsError(result["error"])
+        return result["status"]
+
+    def _controls(self) -> cluster.Controls:
+        return cluster.Controls(
+            stop=self._stop.is_set(),
+            paused=self._steering.paused,
+            settings=list(self._asked),
+        )
+
+    def _on_progress(self, snapshot: Progress, attempt: int) -> None:
+        notice = None
+        if attempt > 1:
+            notice = (
+                "The computer training this model stopped, so the cluster started "
+                f"it again from the beginning on another (attempt {attempt})."
+            )
+        with self._lock:
+            self._remote = dataclasses.replace(snapshot, notice=notice)
+
     def _train_and_save(self) -> store.Run:
+        out = self._out
         return train_run(
             self.kind,
             self.dataset,
@@ -401,7 +512,8 @@ class TrainingJob(BackgroundJob):
             ],
             train_size=self.train_size,
             validation_size=self.validation_size,
-            name=self.name,
+            name=None if out is not None else self.name,
+            out=out,
             command="dashboard",
         )
 

@@ -97,3 +97,56 @@ def test_capacity_is_one_slot_per_two_cores_unless_set(monkeypatch):
     assert slots.default_capacity() == 4
     monkeypatch.setenv(slots.SLOTS_ENV, "3")
     assert slots.default_capacity() == 3
+
+
+def test_an_owner_runs_one_job_at_a_time_and_its_next_waits_behind_others():
+    queue = slots.TrainingSlots(2)
+    # Tab "a" asks for three jobs, then tabs "b" and "c" for one each.
+    tickets = {
+        name: queue.ticket(owner)
+        for name, owner in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")]
+    }
+    tickets["c1"] = queue.ticket()  # no owner: a job of its own
+    log, releases = [], {name: threading.Event() for name in tickets}
+    threads = {name: hold(queue, t, log, releases[name]) for name, t in tickets.items()}
+    # Two slots, but "a" has one job running: the second slot goes to "b".
+    wait_for(lambda: queue.busy == 2)
+    started = {t for t, _, _ in log}
+    assert started == {tickets["a1"], tickets["b1"]}
+    # In line: c's first job, then a's second and third.
+    assert [queue.position(tickets[n]) for n in ("c1", "a2", "a3")] == [1, 2, 3]
+    releases["a1"].set()
+    wait_for(lambda: len(log) == 3)
+    assert log[-1][0] == tickets["c1"]  # not a2: c had nothing running
+    for name in ("b1", "c1"):
+        releases[name].set()
+    wait_for(lambda: len(log) == 4)
+    assert log[-1][0] == tickets["a2"]
+    assert queue.position(tickets["a3"]) == 1
+    assert queue.busy == 1  # a slot is free, but only a3 waits: a's next
+    for release in releases.values():
+        release.set()
+    for thread in threads.values():
+        thread.join(TIMEOUT)
+    assert [t for t, _, _ in log][-1] == tickets["a3"]
+
+
+def test_the_wait_is_the_line_played_forward_with_each_jobs_time():
+    queue = slots.TrainingSlots(1)
+    running, first, second = queue.ticket("a"), queue.ticket("b"), queue.ticket("c")
+    for ticket, seconds in ((running, 100.0), (first, 30.0), (second, 50.0)):
+        queue.expect(ticket, seconds)
+    log, release = [], threading.Event()
+    threads = [hold(queue, t, log, release) for t in (running, first, second)]
+    wait_for(lambda: queue.busy == 1 and queue.queued == 2)
+    assert queue.wait_seconds(running) == 0.0
+    assert queue.wait_seconds(first) == pytest.approx(100.0, abs=1.0)
+    assert queue.wait_seconds(second) == pytest.approx(130.0, abs=1.0)
+    # Two slots: the first in line starts now, the second when a job ends.
+    queue.use_capacity(lambda: 2)
+    wait_for(lambda: queue.busy == 2)
+    assert queue.wait_seconds(second) == pytest.approx(30.0, abs=1.0)
+    release.set()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert queue.wait_seconds(second) is None  # gone from the line

@@ -1,0 +1,346 @@
+"""Training on a Dask cluster: where a training job runs when a scheduler is set.
+
+With ``$DIGITS_SCHEDULER`` set (``tcp://HOST:PORT``), the dashboard's training
+jobs and ``digits train`` run on that cluster's workers, and the server only
+draws pages and predicts::
+
+    dask scheduler --host 10.0.0.5            # on one machine
+    dask worker tcp://10.0.0.5:8786 --nworkers 1 --nthreads 1   # on each
+    DIGITS_SCHEDULER=tcp://10.0.0.5:8786 digits app
+
+A worker runs one training job per thread; a CNN job keeps two cores busy, so
+give a worker one thread per two cores. Without a scheduler (or without Dask,
+which a plain install lacks) jobs train in the server's own threads as before.
+
+How a job talks to its worker (``run_remote``): the server submits
+``train_on_worker`` with the job's settings and the dataset (sent to the cluster
+once, ``dataset_future``). On the worker it builds the same ``TrainingJob`` as a
+local one, and every ``REPORT_SECONDS`` a thread there publishes the job's
+snapshot in a Dask ``Variable`` and reads the server's controls (Stop, Pause,
+Resume, a new learning rate or momentum) from another. The worker saves the
+finished run to its own temporary folder and returns its files' bytes; the
+server checks them and places the run in its run store in one step
+(``store.receive_run``), so a run whose worker dies is never listed half-written.
+
+Faults: if a worker dies mid-job, Dask runs the job again on another worker (its
+``allowed-failures``, 3 by default, then ``KilledWorker``); the page shows the
+new attempt's progress from the start. If the scheduler cannot be reached,
+``client()`` returns None with a notice (``notice()``) and training falls back to
+this machine; it tries the scheduler again after ``RETRY_SECONDS``.
+
+Trust: Dask's protocol pickles what it sends, so the scheduler and workers must
+be trusted machines on a private network (or use Dask's TLS; see the README).
+The run files a worker sends back are checked like any other run's: no model
+file is unpickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from digits import slots, store
+from digits.errors import DigitsError
+from digits.jobs import lower_priority
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_ENV = "DIGITS_SCHEDULER"
+CONNECT_SECONDS = 5  # to wait for the scheduler before training here instead
+RETRY_SECONDS = 30  # after a failed connection, before trying again
+REPORT_SECONDS = 0.25  # how often a worker publishes progress and reads controls
+CAPACITY_SECONDS = 2.0  # how long the count of worker threads is trusted
+
+
+def address() -> str | None:
+    """The scheduler address in ``$DIGITS_SCHEDULER``, or None (train here)."""
+    value = os.environ.get(SCHEDULER_ENV, "").strip()
+    return value or None
+
+
+@dataclass
+class _Connection:
+    """The process's client for one address, or why there is none."""
+
+    address: str
+    client: Any = None  # a distributed.Client once connected
+    notice: str | None = None  # why jobs train here instead
+    failed_at: float = -float("inf")
+    threads: tuple[float, int] = (-float("inf"), 0)  # (when counted, count)
+    datasets: dict = field(default_factory=dict)  # checksum -> Future
+
+
+_lock = threading.Lock()
+_connection: _Connection | None = None
+
+
+def client():
+    """The Dask client for ``$DIGITS_SCHEDULER``, connected once per process;
+    None when no scheduler is set or it cannot be reached (then ``notice()`` says
+    why, and a later call tries again after ``RETRY_SECONDS``)."""
+    global _connection
+    wanted = address()
+    with _lock:
+        if wanted is None:
+            _connection = None
+            return None
+        if _connection is None or _connection.address != wanted:
+            _connection = _Connection(wanted)
+        conn = _connection
+        if conn.client is not None and conn.client.status in ("running", "connecting"):
+            return conn.client
+        if time.monotonic() - conn.failed_at < RETRY_SECONDS:
+            return None
+        try:
+            conn.client = _connect(wanted)
+            conn.notice = None
+            conn.datasets.clear()
+        except DigitsError as err:
+            conn.client, conn.notice = None, str(err)
+            conn.failed_at = time.monotonic()
+            log.warning("%s", err)
+            return None
+        # From now on the line of training jobs is as long as the cluster is wide.
+        slots.shared().use_capacity(capacity)
+        return conn.client
+
+
+def _connect(wanted: str):
+    try:
+        from dask.distributed import Client
+    except ImportError as err:
+        raise DigitsError(
+            f"{SCHEDULER_ENV} is set to {wanted}, but Dask is not installed "
+            f"({err}), so models train on this machine. Install it with "
+            "pip install 'digits[cluster]', or unset the variable."
+        ) from None
+    try:
+        return Client(wanted, timeout=CONNECT_SECONDS, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise DigitsError(
+            f"Cannot reach the Dask scheduler at {wanted} ({err}), so models train "
+            f"on this machine for now. Check that `dask scheduler` runs there and "
+            f"that {SCHEDULER_ENV} has its address (e.g. tcp://10.0.0.5:8786)."
+        ) from None
+
+
+def notice() -> str | None:
+    """Why training runs here although a scheduler is set; None if it does not."""
+    with _lock:
+        return _connection.notice if _connection is not None else None
+
+
+def capacity() -> int:
+    """How many jobs the cluster runs at once: its workers' threads (counted at
+    most every ``CAPACITY_SECONDS``), or this machine's slots without one."""
+    with _lock:
+        conn = _connection
+    if conn is None or conn.client is None:
+        return slots.default_capacity()
+    counted, threads = conn.threads
+    if time.monotonic() - counted > CAPACITY_SECONDS:
+        try:
+            threads = sum(conn.client.nthreads().values())
+        except Exception:  # the scheduler went away: the last count will do
+            log.debug("could not count the cluster's threads", exc_info=True)
+        conn.threads = (time.monotonic(), threads)
+    return max(1, threads)
+
+
+def dataset_future(dask_client, ds):
+    """``ds`` on the cluster, sent once per dataset (by checksum) and client.
+
+    It is a task's result, not scattered data: if the worker holding it dies, the
+    scheduler still has the task and makes it again on another worker, where
+    the job that Dask moves there finds it.
+    """
+    with _lock:
+        conn = _connection
+        cache = conn.datasets if conn is not None and conn.client is dask_client else {}
+        key = (ds.name, ds.checksum)
+        if key not in cache or cache[key].status in ("error", "cancelled"):
+            name = f"digits-dataset-{ds.checksum[:16]}-{uuid.uuid4().hex}"
+            with warnings.catch_warnings():
+                # Dask warns of a large task: this one is, once per dataset.
+                warnings.filterwarnings("ignore", "Sending large graph")
+                cache[key] = dask_client.submit(_dataset, ds, key=name)
+        return cache[key]
+
+
+def _dataset(ds):
+    """The task that holds a dataset on the cluster (``dataset_future``)."""
+    return ds
+
+
+# -- one job ------------------------------------------------------------------------
+
+
+@dataclass
+class Controls:
+    """What the server asks of a job on a worker (written by the server only)."""
+
+    stop: bool = False
+    paused: bool = False
+    # ("learning_rate" or "momentum", value), in the order asked; the worker
+    # applies the ones it has not applied yet.
+    settings: list = field(default_factory=list)
+
+
+def run_remote(
+    settings: dict,
+    ds,
+    controls: Callable[[], Controls],
+    on_progress: Callable[[Any], None],
+    *,
+    dask_client,
+) -> dict:
+    """Run ``train_on_worker(settings, ds)`` on the cluster; return its result.
+
+    While it runs, ``controls()`` is sent to the worker whenever it changes and
+    every snapshot the worker publishes goes to ``on_progress(snapshot,
+    attempt)``, where ``attempt`` counts from 1 and grows when Dask starts the
+    job again on another worker. Raises
+    DigitsError with a message for the user if the job cannot finish (its worker
+    died more often than Dask retries, or the scheduler went away).
+    """
+    from distributed import Variable
+
+    key = f"digits-train-{uuid.uuid4().hex}"
+    control = Variable(f"{key}-control", client=dask_client)
+    progress = Variable(f"{key}-progress", client=dask_client)
+    sent = None
+    workers: list[str] = []  # the workers' clients that took the job, in order
+    try:
+        control.set(Controls())
+        progress.set(None)  # so that reading it never waits for the worker
+        future = dask_client.submit(
+            train_on_worker,
+            {**settings, "key": key},
+            dataset_future(dask_client, ds),
+            key=key,
+            pure=False,
+        )
+        while not future.done():
+            wanted = controls()
+            if wanted != sent:
+                control.set(wanted)
+                sent = Controls(wanted.stop, wanted.paused, list(wanted.settings))
+            published = progress.get()
+            if published is not None:
+                worker, snap = published
+                if worker not in workers:
+                    workers.append(worker)
+                on_progress(snap, workers.index(worker) + 1)
+            time.sleep(REPORT_SECONDS / 2)
+        try:
+            result = future.result()
+        except DigitsError:
+            raise
+        except Exception as err:
+            raise DigitsError(_lost(err)) from None
+        on_progress(result.pop("snapshot"), len(workers) or 1)
+        return result
+    finally:
+        for variable in (control, progress):
+            try:
+                variable.delete()
+            except Exception:  # the scheduler went away; it forgot them anyway
+                log.debug("could not delete %s", variable.name, exc_info=True)
+
+
+def _lost(err: BaseException) -> str:
+    """A job that did not come back, in words for the user."""
+    name = type(err).__name__
+    if name == "KilledWorker":
+        return (
+            "The computers training this model kept stopping mid-way (their Dask "
+            "workers died), so it was given up and nothing was saved. Train it "
+            "again; if it happens again, ask whoever runs the cluster."
+        )
+    return (
+        f"Training on the Dask cluster failed ({name}: {err}); nothing was saved. "
+        "Train again; if it keeps failing, ask whoever runs the cluster."
+    )
+
+
+def train_on_worker(settings: dict, ds) -> dict:
+    """Train one job on a Dask worker (``run_remote``); return how it ended.
+
+    Returns {"status": "done"|"stopped"|"failed", "error": str|None,
+    "run": {file name: bytes} or None, "snapshot": the job's last snapshot}.
+    """
+    from distributed import Variable, get_client
+
+    # Imported here: training_job imports this module. The job is the same as a
+    # local one; only its thread and its run folder differ.
+    from digits.training_job import TRAINING_NICENESS, TrainingJob
+
+    key = settings["key"]
+    # The worker's client, found now: the reporting thread is not the task's,
+    # and could not find it by itself.
+    worker_client = get_client()
+    control = Variable(f"{key}-control", client=worker_client)
+    progress = Variable(f"{key}-progress", client=worker_client)
+    job = TrainingJob(
+        settings["kind"],
+        ds,
+        settings["params"],
+        train_size=settings["train_size"],
+        name=settings["name"],
+        validation_size=settings["validation_size"],
+        probe=settings["probe"],
+        live=settings["live"],
+        clock=settings["clock"],
+    )
+    lower_priority(TRAINING_NICENESS)  # the worker's other work comes first
+    done = threading.Event()
+
+    def report() -> None:
+        applied = 0
+        while not done.wait(REPORT_SECONDS):
+            try:
+                wanted = control.get()
+                applied = _apply(job, wanted, applied)
+                progress.set((worker_client.id, job.snapshot()))
+            except Exception:  # the server went away; training carries on
+                log.debug("could not report", exc_info=True)
+
+    reporter = threading.Thread(target=report, name=f"{key}-report", daemon=True)
+    reporter.start()
+    with tempfile.TemporaryDirectory(prefix="digits-worker-") as tmp:
+        try:
+            status, error, run = job.run_here(out=Path(tmp) / "run")
+        finally:
+            done.set()
+            reporter.join()
+        return {
+            "snapshot": job.snapshot(),  # the last, which no report may have sent
+            "status": status,
+            "error": error,
+            "run": store.pack_run(run) if run is not None else None,
+        }
+
+
+def _apply(job, wanted: Controls | None, applied: int) -> int:
+    """Carry out the server's ``wanted`` controls on the worker's ``job``; return
+    how many settings are applied now."""
+    if wanted is None:
+        return applied
+    if wanted.stop:
+        job.stop()
+    elif wanted.paused:
+        job.pause()
+    else:
+        job.resume()
+    for name, value in wanted.settings[applied:]:
+        getattr(job, f"set_{name}")(value)
+    return len(wanted.settings)

@@ -1,0 +1,222 @@
+"""Tests for digits.cluster: training jobs on a Dask cluster.
+
+A real ``LocalCluster`` on 127.0.0.1 with worker processes (they share nothing
+with the test's process but the disk, which the jobs do not use to talk): jobs
+train small CNNs on real MNIST subsets there, stream their progress back, obey
+Stop and Pause, survive a killed worker, and fall back to training here when the
+scheduler cannot be reached.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import dask
+import numpy as np
+import pytest
+from distributed import LocalCluster
+
+from digits import cluster, slots, store
+from digits.training_job import TrainingJob
+
+TIMEOUT = 120  # seconds a job may take before a test gives up on it
+SMALL_CNN = {"conv_channels": (8, 16), "kernel_size": 3, "hidden_layer_sizes": (32,)}
+
+
+def start_cluster(workers: int) -> LocalCluster:
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",  # never the default 8787, which may be taken
+    )
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    with start_cluster(2) as local:
+        yield local
+
+
+@pytest.fixture(autouse=True)
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv(store.RUNS_DIR_ENV, str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch):
+    """A fresh line of jobs and no connection left from another test."""
+    monkeypatch.setattr(slots, "_shared", slots.TrainingSlots(1))
+    monkeypatch.setattr(cluster, "_connection", None)
+    yield
+    conn = cluster._connection
+    if conn is not None and conn.client is not None:
+        conn.client.close()
+
+
+@pytest.fixture
+def on(two_workers, monkeypatch):
+    """Jobs train on the two-worker cluster."""
+    monkeypatch.setenv(cluster.SCHEDULER_ENV, two_workers.scheduler_address)
+    return two_workers
+
+
+def wait_for(condition, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def listed(runs) -> list[str]:
+    """Everything in the runs folder, hidden half-written folders included."""
+    return sorted(os.listdir(runs)) if runs.exists() else []
+
+
+def kill_worker_running(local: LocalCluster, dask_client) -> str:
+    """SIGKILL the worker process that runs a task now; its address."""
+    wait_for(lambda: any(dask_client.processing().values()))
+    address = next(a for a, keys in dask_client.processing().items() if keys)
+    nanny = next(w for w in local.workers.values() if w.worker_address == address)
+    os.kill(nanny.process.process.pid, signal.SIGKILL)
+    return address
+
+
+def test_a_job_trains_on_a_worker_streams_progress_and_saves_here(on, mnist, runs):
+    params = {**SMALL_CNN, "max_iter": 2}
+    job = TrainingJob("cnn", mnist, params, train_size=3000).start()
+    seen = []
+    while not job.join(0.1):
+        seen.append(job.snapshot())
+    snap = job.snapshot()
+    assert snap.status == "done", snap.error
+    assert cluster.client() is not None and cluster.notice() is None
+    # Progress came back while it trained: rising, with curves and views inside.
+    fractions = [s.fraction for s in seen]
+    assert any(0 < f < 1 for f in fractions)
+    assert fractions == sorted(fractions)
+    assert [e["epoch"] for e in snap.epochs] == [1, 2]
+    assert snap.points and snap.points[-1][0] == 2.0
+    assert snap.live is not None and snap.live.filters.shape == (8, 3, 3)
+    # The run is in this machine's store, complete, and the same model that
+    # training here gives: the worker ran the very same code.
+    assert listed(runs) == [snap.run.name]
+    remote = store.load_model(snap.run.name)
+    here = store.load_model(
+        TrainingJob("cnn", mnist, params, train_size=3000)._train_and_save()
+    )
+    pairs = zip(remote.model_.parameters(), here.model_.parameters(), strict=True)
+    for (key, p1, _), (_, p2, _) in pairs:
+        np.testing.assert_array_equal(p1, p2, err_msg=key)
+
+
+def test_stop_reaches_the_worker_within_a_second(on, mnist):
+    job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 50}, train_size=5000)
+    job.start()
+    wait_for(lambda: job.snapshot().fraction > 0.01)
+    asked = time.monotonic()
+    job.stop()
+    # The worker reports "saving" once its training loop has ended.
+    wait_for(lambda: job.snapshot().status in ("saving", "stopped"))
+    ended = time.monotonic() - asked
+    assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    assert snap.status == "stopped" and snap.fraction < 0.5
+    assert store.open_run(snap.run.name).meta["stopped"] == "interrupted"
+    # Measured here, so it includes both hops of the report (REPORT_SECONDS
+    # each); the worker's own stop_latency is the batch that was running.
+    assert ended < 1.0 + 2 * cluster.REPORT_SECONDS, ended
+    assert snap.stop_latency is not None and snap.stop_latency < 1.0
+
+
+def test_pause_and_a_new_rate_reach_the_worker(on, mnist):
+    job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 3}, train_size=5000)
+    job.start()
+    wait_for(lambda: job.snapshot().fraction > 0.05)
+    job.pause()
+    wait_for(lambda: job.snapshot().paused)
+    held = job.snapshot().fraction
+    time.sleep(1.0)
+    assert job.snapshot().fraction == held  # no batch while paused
+    job.set_learning_rate(0.0123)
+    job.resume()
+    assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    assert snap.status == "done" and not snap.paused
+    assert [words for _, words in snap.changes] == ["learning rate 0.0123"]
+
+
+def test_a_killed_worker_s_job_starts_again_on_the_other(on, mnist, runs):
+    job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 4}, train_size=5000)
+    job.start()
+    wait_for(lambda: job.snapshot().fraction > 0.1)
+    kill_worker_running(on, cluster.client())
+    wait_for(lambda: job.snapshot().notice is not None)
+    assert "attempt 2" in job.snapshot().notice
+    assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    assert snap.status == "done", snap.error
+    assert listed(runs) == [snap.run.name]  # one run, nothing half-written
+    assert store.open_run(snap.run.name).meta["stopped"] is None
+    on.wait_for_workers(2, timeout=60)  # the nanny restarts it, for the next tests
+
+
+def test_a_job_whose_workers_keep_dying_fails_with_a_message(monkeypatch, mnist, runs):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        local = start_cluster(1)
+    with local:
+        monkeypatch.setenv(cluster.SCHEDULER_ENV, local.scheduler_address)
+        job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 50}, train_size=5000)
+        job.start()
+        wait_for(lambda: job.snapshot().fraction > 0.01)
+        kill_worker_running(local, cluster.client())
+        assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    assert snap.status == "failed"
+    assert "nothing was saved" in snap.error and "Train it again" in snap.error
+    assert listed(runs) == []
+
+
+def test_an_unreachable_scheduler_trains_here_with_a_notice(monkeypatch, mnist, runs):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    monkeypatch.setenv(cluster.SCHEDULER_ENV, address)
+    monkeypatch.setattr(cluster, "CONNECT_SECONDS", 1)
+    job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 1}, train_size=600)
+    job.start()
+    assert job.join(TIMEOUT)
+    snap = job.snapshot()
+    assert snap.status == "done" and listed(runs) == [snap.run.name]
+    notice = cluster.notice()
+    assert address in notice and "train on this machine" in notice
+    # It is not tried again at once (each page would wait for it otherwise).
+    started = time.monotonic()
+    assert cluster.client() is None
+    assert time.monotonic() - started < 0.5
+
+
+def test_the_line_is_as_long_as_the_cluster_is_wide(on):
+    assert cluster.client() is not None
+    assert cluster.capacity() == 2
+    assert slots.shared().capacity == 2
+
+
+def test_a_run_sent_back_is_checked_before_it_is_listed(on, mnist, runs):
+    job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 1}, train_size=600)
+    run = job.start().join(TIMEOUT) and job.snapshot().run
+    packed = store.pack_run(run)
+    damaged = {**packed, "weights.npz": packed["weights.npz"][:-10] + b"0" * 10}
+    with pytest.raises(store.ModelFileError, match="SHA-256"):
+        store.receive_run(damaged, "damaged")
+    with pytest.raises(store.ModelFileError, match="a file named"):
+        store.receive_run({**packed, "../escape": b"x"}, "escape")
+    assert listed(runs) == [run.name]
+    again = store.receive_run(packed, run.name)
+    assert again.name == f"{run.name}-2" and again.test_accuracy == run.test_accuracy
