@@ -39,10 +39,12 @@ import numpy as np
 import streamlit as st
 
 from digits import (
+    cluster,
     dashboard,
     data,
     figures,
     handwriting,
+    humanize,
     jobs,
     preprocess,
     registry,
@@ -358,6 +360,8 @@ def tab_job(key: str) -> jobs.BackgroundJob | None:
 def keep_job(key: str, job: jobs.BackgroundJob) -> None:
     """Make ``job`` this tab's job ``key``, in the session and the registry."""
     st.session_state[key] = job
+    # The tab is the owner of its jobs in the line: one running at a time each.
+    job.owned_by(st.session_state[CLIENT_KEY])
     job_registry().put(
         st.session_state[CLIENT_KEY], st.session_state[TOKEN_KEY], key, job
     )
@@ -426,16 +430,31 @@ def how_computed(*names: str, note: str | None = None) -> None:
             st.caption(note)
 
 
-def queue_notice(position: int | None, unit: str, what: str) -> None:
-    """Where a job waiting for a training slot (``digits.slots``) stands in line:
-    ``position`` 1 is next. Nothing if the job is not waiting."""
+def queue_notice(snap: jobs.JobProgress, unit: str, what: str) -> None:
+    """Where a job waiting for a training slot (``digits.slots``) stands in line
+    and about how long it waits; and why it trains here although a Dask cluster
+    was set, or that the cluster started it again (``digits.cluster``)."""
+    if snap.status in ("queued", "running"):
+        fallback = cluster.notice()
+        if fallback:
+            st.warning(fallback, icon=":material/cloud_off:")
+    notice = getattr(snap, "notice", None)
+    if notice and not snap.finished:
+        st.warning(notice, icon=":material/restart_alt:")
+    position = snap.queue_position
     if position is None:
         return
+    where = "the cluster" if cluster.client() is not None else "this machine"
+    wait = snap.queue_wait
+    when = (
+        f"It should start in about {humanize.duration(wait)}, by itself."
+        if wait is not None
+        else "It starts by itself when a slot frees up."
+    )
     st.info(
-        "Waiting for a training slot: this machine trains "
+        f"Waiting for a training slot: {where} trains "
         f"{slots.shared().capacity} {unit} at a time, and {position - 1 or 'no'} "
-        f"other job(s) wait ahead of this {what}. It starts by itself when a slot "
-        "frees up.",
+        f"other job(s) wait ahead of this {what}. {when}",
         icon=":material/hourglass_top:",
     )
 

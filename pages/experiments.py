@@ -135,7 +135,7 @@ def live(job: experiments.SweepJob, refreshing: bool) -> None:
         text=f"Sweep {job.sweep.name}: {done} of {len(snap.trials)} trials · "
         f"{status} · {humanize.duration(snap.elapsed)}{estimate}",
     )
-    ui.queue_notice(snap.queue_position, "job(s)", "sweep")
+    ui.queue_notice(snap, "job(s)", "sweep")
     if snap.status == "failed":
         st.error(snap.error, icon=":material/error:")
     elif snap.status == "stopped":

@@ -150,7 +150,7 @@ def live(job: TrainingJob, refreshing: bool) -> None:
     held = "paused" if snap.paused else "pausing" if snap.pausing else snap.status
     text += STATUS_TEXT.get(held, "")
     st.progress(snap.fraction, text=text)
-    ui.queue_notice(snap.queue_position, "model(s)", "one")
+    ui.queue_notice(snap, "model(s)", "one")
     last = snap.epochs[-1] if snap.epochs else {}
     # The metrics, then Stop, wrap onto a second line rather than be cut where
     # the column is narrow (1024 px wide, presenter mode).
