@@ -268,6 +268,60 @@ def _tensorboard(folder: str) -> Callback:
     return TensorBoard(folder)
 
 
+def _cluster_client(args: argparse.Namespace):
+    """The Dask client to train on when ``$DIGITS_SCHEDULER`` is set (None: train
+    here, saying why on stderr if a scheduler was set)."""
+    from digits import cluster
+
+    if cluster.address() is None:
+        return None
+    if args.out or args.tensorboard:
+        why = "--out" if args.out else "--tensorboard"
+        print(
+            f"{cluster.SCHEDULER_ENV} is set, but this model trains on this "
+            f"machine: {why} writes to this machine's disk as it trains.",
+            file=sys.stderr,
+        )
+        return None
+    # None if the scheduler cannot be reached; digits.cluster's warning says so.
+    remote = cluster.client()
+    if remote is not None:
+        print(f"Training on the Dask cluster at {cluster.address()}.", file=sys.stderr)
+    return remote
+
+
+def _train_on_cluster(args, kind, params, dataset, progress, stop) -> store.Run:
+    """Train on the Dask cluster (a ``TrainingJob``, as the dashboard does),
+    printing each epoch as it ends; the run comes back to this machine's runs
+    folder."""
+    from digits.training_job import TrainingJob
+
+    job = TrainingJob(
+        kind.name,
+        dataset,
+        kind.params(args.preset, **params),
+        train_size=args.train_size,
+        name=args.name,
+        validation_size=None,  # all the held-out images, as train_run here
+        live=False,
+        preset=args.preset,
+        command=args.command_line,
+    ).start()
+    progress.on_train_begin()
+    shown = 0
+    while not job.join(0.25):
+        if stop.is_set():
+            job.stop()
+        epochs = job.snapshot().epochs
+        for epoch in range(shown, len(epochs)):
+            progress.on_epoch_end(epoch, epochs[epoch])
+        shown = len(epochs)
+    snap = job.snapshot()
+    if snap.status == "failed":
+        raise DigitsError(snap.error)
+    return snap.run
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     kind = registry.get(args.model)
     params = _hyperparameters(args, kind)
@@ -283,19 +337,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         "Ctrl-C stops early and saves.",
     )
     callbacks = [progress] if board is None else [progress, board]
+    remote = _cluster_client(args)
     with _CtrlC() as ctrl_c:
-        run = training.train_run(
-            kind.name,
-            dataset,
-            preset=args.preset,
-            params=params,
-            callbacks=[*callbacks, StopOnEvent(ctrl_c.event)],
-            train_size=args.train_size,
-            name=args.name,
-            out=args.out,
-            overwrite=args.overwrite,
-            command=args.command_line,
-        )
+        if remote is not None:
+            run = _train_on_cluster(args, kind, params, dataset, progress, ctrl_c.event)
+        else:
+            run = training.train_run(
+                kind.name,
+                dataset,
+                preset=args.preset,
+                params=params,
+                callbacks=[*callbacks, StopOnEvent(ctrl_c.event)],
+                train_size=args.train_size,
+                name=args.name,
+                out=args.out,
+                overwrite=args.overwrite,
+                command=args.command_line,
+            )
     summary = run.summary()
     last = (run.meta.get("history") or [{}])[-1]
     if args.json:

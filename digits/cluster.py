@@ -36,6 +36,7 @@ file is unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -220,7 +221,7 @@ def run_remote(
     sent = None
     workers: list[str] = []  # the workers' clients that took the job, in order
     try:
-        control.set(Controls())
+        control.set(dataclasses.asdict(Controls()))  # plain data: msgpack, no pickle
         progress.set(None)  # so that reading it never waits for the worker
         future = dask_client.submit(
             train_on_worker,
@@ -232,7 +233,7 @@ def run_remote(
         while not future.done():
             wanted = controls()
             if wanted != sent:
-                control.set(wanted)
+                control.set(dataclasses.asdict(wanted))
                 sent = Controls(wanted.stop, wanted.paused, list(wanted.settings))
             published = progress.get()
             if published is not None:
@@ -300,6 +301,8 @@ def train_on_worker(settings: dict, ds) -> dict:
         probe=settings["probe"],
         live=settings["live"],
         clock=settings["clock"],
+        preset=settings["preset"],
+        command=settings["command"],
     )
     lower_priority(TRAINING_NICENESS)  # the worker's other work comes first
     done = threading.Event()
@@ -308,7 +311,7 @@ def train_on_worker(settings: dict, ds) -> dict:
         applied = 0
         while not done.wait(REPORT_SECONDS):
             try:
-                wanted = control.get()
+                wanted = Controls(**control.get())
                 applied = _apply(job, wanted, applied)
                 progress.set((worker_client.id, job.snapshot()))
             except Exception:  # the server went away; training carries on

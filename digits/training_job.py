@@ -251,7 +251,10 @@ class TrainingJob(BackgroundJob):
     probe : the image (h, w) to follow through the network as it trains (the
         learner's drawing, preprocessed); None: the first validation image.
     live : whether to take the views inside the network (``LiveView``); off
-        only to measure what they cost (benchmarks/live_views.py).
+        to measure what they cost (benchmarks/live_views.py), and on the command
+        line, which does not show them.
+    preset, command : recorded in the run's metadata (``params`` already has
+        the preset's values); the command line that trained it.
 
     ``pause()``, ``resume()``, ``set_learning_rate()`` and ``set_momentum()`` steer
     a NumPy network's training between batches (``steerable``).
@@ -276,6 +279,8 @@ class TrainingJob(BackgroundJob):
         probe: np.ndarray | None = None,
         live: bool = True,
         clock: tuple[float, float] | None = None,
+        preset: str | None = None,
+        command: str = "dashboard",
     ) -> None:
         self.kind = kind
         self.spec = registry.get(kind)
@@ -286,6 +291,7 @@ class TrainingJob(BackgroundJob):
         self.train_size = train_size
         self.name = name
         self.validation_size = validation_size
+        self.preset, self.command = preset, command  # for the run's metadata
         self._state = _State()
         self._health = explain.TrainingHealth()
         # (estimate, validation seconds): the server's, for a job on a worker.
@@ -463,6 +469,8 @@ class TrainingJob(BackgroundJob):
             "probe": self._probe,
             "live": self._live,
             "clock": (self._clock.seconds, self._clock.validation_seconds),
+            "preset": self.preset,
+            "command": self.command,
         }
         result = cluster.run_remote(
             settings,
@@ -514,7 +522,8 @@ class TrainingJob(BackgroundJob):
             validation_size=self.validation_size,
             name=None if out is not None else self.name,
             out=out,
-            command="dashboard",
+            preset=self.preset,
+            command=self.command,
         )
 
 

@@ -9,6 +9,7 @@ scheduler cannot be reached.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -220,3 +221,17 @@ def test_a_run_sent_back_is_checked_before_it_is_listed(on, mnist, runs):
     assert listed(runs) == [run.name]
     again = store.receive_run(packed, run.name)
     assert again.name == f"{run.name}-2" and again.test_accuracy == run.test_accuracy
+
+
+def test_the_command_line_trains_on_the_cluster(on, runs, capsys):
+    from digits.cli import main
+
+    args = ["train", "--model", "cnn", "--preset", "quick", "--train-size", "2000"]
+    assert main([*args, "--max-iter", "2", "--name", "remote", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert f"Training on the Dask cluster at {on.scheduler_address}" in err
+    assert err.count("epoch ") == 2  # each epoch printed as it ended there
+    assert json.loads(out)["name"] == "remote" and listed(runs) == ["remote"]
+    meta = store.open_run("remote").meta
+    assert meta["preset"] == "quick" and "digits train --model cnn" in meta["command"]
+    assert meta["dataset"]["n_train"] == 2000
