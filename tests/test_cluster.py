@@ -235,3 +235,26 @@ def test_the_command_line_trains_on_the_cluster(on, runs, capsys):
     meta = store.open_run("remote").meta
     assert meta["preset"] == "quick" and "digits train --model cnn" in meta["command"]
     assert meta["dataset"]["n_train"] == 2000
+
+
+def test_the_experiments_page_s_sweeps_run_on_the_cluster(on, mnist, runs):
+    from digits import experiments
+
+    sweep = experiments.plan(
+        "cnn",
+        {"learning_rate_init": [1e-3, 3e-3]},
+        dataset="mnist",
+        train_size=500,
+        params={**SMALL_CNN, "max_iter": 1},
+        name="on-cluster",
+    )
+    small = mnist._replace(x_test=mnist.x_test[:500], y_test=mnist.y_test[:500])
+    job = experiments.SweepJob(sweep, small).start()
+    seen = set()
+    while not job.join(0.05):
+        # The trials run on the workers: their tasks show on the scheduler.
+        seen.update(k for keys in cluster.client().processing().values() for k in keys)
+    snap = job.snapshot()
+    assert snap.status == "done", snap.error
+    assert [t["state"] for t in snap.trials] == ["done", "done"]
+    assert any("run_trial" in str(key) or "batch" in str(key) for key in seen), seen

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from digits import cluster
 from digits.experiments.planning import Sweep
 from digits.experiments.results import read_results
 from digits.experiments.running import run_sweep, trial_progress
@@ -117,10 +118,15 @@ class SweepJob(BackgroundJob):
             self._rows[row["key"]] = row
 
     def _work(self) -> str:
+        # On the Dask cluster when one is set and reachable (digits.cluster);
+        # its trials save their runs in the sweep's folder, so there the workers
+        # must share this machine's disk (see run_sweep).
+        scheduler = cluster.address() if cluster.client() is not None else None
         outcome = run_sweep(
             self.sweep,
             self.ds,
             n_jobs=self.n_jobs,
+            scheduler=scheduler,
             stop=self._stop,
             on_result=self._on_result,
             plan_estimate=self.plan_estimate,
