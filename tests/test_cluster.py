@@ -258,3 +258,27 @@ def test_the_experiments_page_s_sweeps_run_on_the_cluster(on, mnist, runs):
     assert snap.status == "done", snap.error
     assert [t["state"] for t in snap.trials] == ["done", "done"]
     assert any("run_trial" in str(key) or "batch" in str(key) for key in seen), seen
+
+
+def test_the_train_page_trains_on_the_cluster_and_lists_the_run(on, runs):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=60)
+    at.run()
+    at.switch_page("pages/train.py")
+    at.run()
+    at.selectbox(key="train-preset-cnn").set_value("quick").run()
+    at.select_slider(key="train-size-mnist").set_value(1000).run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    job = at.session_state["training-job"]
+    wait_for(lambda: job.snapshot().fraction > 0)  # progress from the worker
+    assert cluster.client() is not None and job.snapshot().status == "running"
+    assert job.join(TIMEOUT)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    run = job.snapshot().run
+    assert any(run.name in s.value for s in at.success)
+    assert listed(runs) == [run.name]
