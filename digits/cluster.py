@@ -134,6 +134,16 @@ def _connect(wanted: str):
         ) from None
 
 
+def connected() -> bool:
+    """Whether jobs go to a cluster now, without trying to connect (for pages,
+    which must never wait for a scheduler)."""
+    with _lock:
+        conn = _connection
+    return (
+        conn is not None and conn.client is not None and conn.client.status == "running"
+    )
+
+
 def notice() -> str | None:
     """Why training runs here although a scheduler is set; None if it does not."""
     with _lock:
