@@ -444,7 +444,7 @@ def queue_notice(snap: jobs.JobProgress, unit: str, what: str) -> None:
     position = snap.queue_position
     if position is None:
         return
-    where = "the cluster" if cluster.client() is not None else "this machine"
+    where = "the cluster" if cluster.connected() else "this machine"
     wait = snap.queue_wait
     when = (
         f"It should start in about {humanize.duration(wait)}, by itself."
