@@ -141,6 +141,7 @@ METADATA_SCHEMA = {
         },
         "validation": _TEXT_OR_NULL,
         "command": _TEXT_OR_NULL,
+        "taught_on": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "tags": {
             "type": "array",
             "maxItems": MAX_TAGS,
@@ -721,6 +722,7 @@ def save_run(
     stopped: str | None = None,
     validation: str | None = None,
     command: str | None = None,
+    taught_on: Sequence[int] | None = None,
     name: str | None = None,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
@@ -731,6 +733,8 @@ def save_run(
     params : the hyperparameters (default: the model's own ``get_params()``).
     test : ``digits.metrics.report`` on the test set.
     command : the command line that trained the model, to reproduce it.
+    taught_on : the ids of the saved drawings (``digits.handwriting``) the model
+        learned from, kept as ``meta["taught_on"]`` (``digits.teach``).
     name : the run's folder name (sanitised); default timestamp-kind-dataset.
     out : an exact folder to save to instead (e.g. ``digits/pretrained/mlp``);
         it must not exist unless ``overwrite``.
@@ -762,6 +766,8 @@ def save_run(
         "versions": _versions(),
         "created": now.isoformat(timespec="seconds"),
     }
+    if taught_on is not None:
+        meta["taught_on"] = sorted({int(i) for i in taught_on})
     root = Path(out).parent if out is not None else runs_dir()
     base = (
         sanitize_name(name)

@@ -21,7 +21,10 @@ digit where the counts allow (``split_drawings``); it learns from one part, mixe
 with a replay sample of MNIST *training* images (never the validation or test
 images) so that it does not forget MNIST, at a small learning rate for a few
 epochs, and scores the other part and the MNIST test set before and after.
-``save_taught`` keeps the fine-tuned copy as a new run.
+``save_taught`` keeps the fine-tuned copy as a new run, with the ids of the
+drawings it learned from in its metadata (``taught_on``); ``unseen_drawings``
+gives the saved drawings a run never learned from, the only ones that test it
+fairly.
 
 Images are (n, 28, 28) uint8 (saved drawings, MNIST) or (28, 28) float in 0..1
 (one preprocessed drawing), white ink on black.
@@ -30,13 +33,15 @@ Images are (n, 28, 28) uint8 (saved drawings, MNIST) or (28, 28) float in 0..1
 from __future__ import annotations
 
 import copy
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from digits import data, explain
+from digits import data, explain, handwriting
 from digits.baseline import MLPBaseline, as_features
 from digits.engine.system import blas_threads
 from digits.errors import ConfigError
@@ -47,6 +52,9 @@ from digits.nn.losses import softmax, softmax_cross_entropy
 from digits.nn.model import Sequential
 from digits.nn.optimizers import OPTIMIZERS, Adam
 from digits.nn.training import Trainer
+
+if TYPE_CHECKING:  # the store is imported only where a run is saved
+    from digits.store import Run
 
 # One step on one drawing: plain SGD at this rate lowered the loss of each of 30
 # MNIST test digits given a wrong label, with both shipped models, and moved the
@@ -403,7 +411,8 @@ def save_taught(taught: FineTune, run, mnist: data.Dataset, name: str | None = N
     """Save ``taught.model`` as a new run (``digits.store``: name sanitised and made
     unique, written atomically), scored on the whole MNIST test set, with its
     prediction cache filled; returns the ``store.Run``. ``run`` is the run it was
-    taught from."""
+    taught from. Its metadata's ``taught_on`` lists the drawings it learned from:
+    ``taught.learned`` and those ``run`` itself learned from."""
     from digits import metrics, store  # the store is needed only when saving
 
     proba = taught.test_proba
@@ -429,7 +438,47 @@ def save_taught(taught: FineTune, run, mnist: data.Dataset, name: str | None = N
             f"{len(taught.replay):,} MNIST training images, {taught.epochs} epochs "
             f"of Adam at {taught.learning_rate:g}"
         ),
+        # A copy of a taught run learned, through it, from its drawings too.
+        taught_on=sorted(set(taught_on(run)) | {int(i) for i in taught.learned}),
         name=base,
     )
     store.predictions(saved, mnist, proba=proba)
     return saved
+
+
+# -- scoring a run on drawings it never learned from --------------------------------
+
+# Runs saved before ``taught_on`` existed name their drawings in the command only.
+_COMMAND_IDS = re.compile(r"on \d+ saved drawings \(ids ([\d, ]*)\)")
+
+
+def taught_on(run: Run) -> list[int]:
+    """The ids of the saved drawings ``run`` (a ``store.Run``) learned from, sorted:
+    its metadata's ``taught_on``, or for a run saved before that field, the ids
+    its ``command`` lists; [] for a run never taught on drawings."""
+    meta = run.meta
+    if meta.get("taught_on") is not None:
+        return sorted({int(i) for i in meta["taught_on"]})
+    found = _COMMAND_IDS.search(meta.get("command") or "")
+    if found is None:
+        return []
+    return sorted({int(i) for i in re.findall(r"\d+", found.group(1))})
+
+
+def unseen_drawings(
+    saved: handwriting.Drawings, run: Run
+) -> tuple[handwriting.Drawings, int]:
+    """The drawings of ``saved`` that ``run`` never learned from (oldest first, as
+    saved), and how many of ``saved`` were left out because it learned from them.
+
+    A model scored on drawings it was taught with would look better than it is,
+    as it would on its own training images."""
+    keep = ~np.isin(saved.ids, taught_on(run))
+    unseen = handwriting.Drawings(
+        images=saved.images[keep],
+        labels=saved.labels[keep],
+        ids=saved.ids[keep],
+        times=saved.times[keep],
+        sources=tuple(s for s, k in zip(saved.sources, keep, strict=True) if k),
+    )
+    return unseen, int((~keep).sum())

@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from digits import data, figures, handwriting, metrics
+from digits import data, figures, handwriting, metrics, teach
 from digits.errors import DigitsError
 
 MAX_GALLERY = 60  # images in one gallery (a confusion cell, a disagreement)
@@ -407,6 +407,35 @@ def curves_tab(chosen: list[str]) -> None:
     )
 
 
+def taught_note(left_out: int, n: int) -> None:
+    """Says that the ``left_out`` drawings the model learned from are not scored,
+    and how many (``n``) are."""
+    were, they = ("was", "it is") if left_out == 1 else ("were", "they are")
+    text = (
+        f"{left_out} of your drawings {were} used to teach this model, so {they} "
+        "left out here"
+    )
+    if n:
+        st.info(
+            f"{text}: a model reads the drawings it learned from better than new "
+            f"ones, which would make it look better than it is. It is scored on "
+            f"the other {n}.",
+            icon=":material/school:",
+        )
+    else:
+        st.info(
+            f"{text}, and none are left to test it on. Draw and save some new "
+            "digits on the Draw page to see how it reads your handwriting.",
+            icon=":material/school:",
+        )
+        st.page_link("pages/draw.py", label="Draw some", icon=":material/draw:")
+    ui.how_computed(
+        "digits.teach.unseen_drawings",
+        note="The ids of the drawings a model was taught on are kept in its "
+        "run's metadata.json (taught_on).",
+    )
+
+
 def handwriting_tab(ds, run, report) -> None:
     hw = handwriting.HandwritingStore()
     saved = ui.saved_drawings(hw)
@@ -431,7 +460,11 @@ def handwriting_tab(ds, run, report) -> None:
             "Home to test a digit model on them."
         )
     else:
-        handwriting_scores(ds, run, report, saved)
+        unseen, left_out = teach.unseen_drawings(saved, run)
+        if left_out:
+            taught_note(left_out, len(unseen.ids))
+        if len(unseen.ids):
+            handwriting_scores(ds, run, report, unseen)
     manage_drawings(hw, saved)
 
 

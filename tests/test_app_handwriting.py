@@ -13,7 +13,7 @@ from sklearn.metrics import confusion_matrix
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from digits import data, handwriting, metrics, preprocess, store, training
+from digits import data, handwriting, metrics, preprocess, store, teach, training
 from tests import test_app
 from tests.test_app import canvas_drawing, figure, page, texts
 
@@ -217,6 +217,58 @@ def test_my_handwriting_does_not_apply_to_8x8_models(at, hw, mnist):
         assert len(at.get("download_button")) == 2  # still exportable
     finally:
         store.delete_run("tiny-8x8")
+
+
+def test_a_taught_model_is_scored_only_on_drawings_it_never_learned_from(at, hw, mnist):
+    # 14 validation digits (never replayed by teaching) saved as drawings; a copy
+    # of tiny-mlp taught on some of them and saved as a run, as Draw does.
+    val = data.validation_split(mnist).validation[:14]
+    for i in val:
+        hw.add(mnist.x_train[i], int(mnist.y_train[i]))
+    saved = hw.load()
+    base = store.open_run("tiny-mlp")
+    taught = teach.fine_tune(
+        store.load_model(base),
+        saved.images,
+        saved.labels,
+        saved.ids,
+        mnist,
+        test_images=100,
+    )
+    run = teach.save_taught(taught, base, mnist, name="tiny-taught")
+    try:
+        at = open_tab(at, run.name, "My handwriting")
+        n_out, n = len(taught.learned), len(taught.held_out)
+        assert 0 < n < 14
+        assert (
+            f"{n_out} of your drawings were used to teach this model, so they are "
+            "left out here" in texts(at.info)
+        )
+        assert f"It is scored on the other {n}." in texts(at.info)
+        held = np.isin(saved.ids, taught.held_out)
+        predicted = store.load_model(run).predict(saved.images[held])
+        right = int(np.sum(predicted == saved.labels[held]))
+        shown = metric(at)
+        assert shown["Accuracy on my handwriting"] == f"{right / n:.1%}"
+        assert shown["Misread drawings"] == f"{n - right} of {n}"
+        assert len(at.image) == n
+        shown_ids = {
+            int(c.value.split()[0][1:]) for c in at.caption if c.value.startswith("#")
+        }
+        assert shown_ids == set(taught.held_out.tolist())
+        # The tiny-mlp it was taught from is still scored on all 14.
+        at = open_tab(at, "tiny-mlp", "My handwriting")
+        assert "used to teach this model" not in texts(at.info)
+        assert metric(at)["Misread drawings"].endswith(" of 14")
+        # With the drawings it never learned from deleted, none are left to score.
+        hw.delete(taught.held_out.tolist())
+        at = open_tab(at, run.name, "My handwriting")
+        assert "and none are left to test it on" in texts(at.info)
+        assert "Accuracy on my handwriting" not in metric(at)
+        assert not at.image
+        assert len(at.get("download_button")) == 2  # still exportable
+    finally:
+        store.delete_run(run.name)
 
 
 def test_export_and_delete(at, hw, mnist, downloads):

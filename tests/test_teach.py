@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digits import data, store, teach
+from digits import data, handwriting, store, teach
 from digits.errors import ConfigError
 from digits.nn import gradcheck
 from digits.nn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
@@ -271,3 +271,58 @@ def test_the_taught_copy_saves_as_a_new_run(
     )
     assert saved.test_accuracy == pytest.approx(taught.test_after)
     assert "saved drawings" in saved.meta["command"]
+
+
+def test_a_taught_run_is_scored_only_on_drawings_it_never_learned_from(
+    mnist, models, drawings, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(store.RUNS_DIR_ENV, str(tmp_path / "runs"))
+    hw = handwriting.HandwritingStore(tmp_path / "handwriting.sqlite")
+    images, labels, _ = drawings
+    for image, label in zip(images, labels, strict=True):
+        hw.add(image, int(label))
+    saved = hw.load()
+    mlp, base = models["default-mlp"], store.open_run("default-mlp")
+    # A run never taught on drawings is scored on all of them.
+    assert teach.taught_on(base) == []
+    unseen, left_out = teach.unseen_drawings(saved, base)
+    assert left_out == 0 and unseen.ids.tolist() == saved.ids.tolist()
+
+    taught = teach.fine_tune(
+        mlp, saved.images, saved.labels, saved.ids, mnist, test_images=100
+    )
+    run = teach.save_taught(taught, base, mnist)
+    assert run.meta["taught_on"] == sorted(taught.learned.tolist())
+    assert store.open_run(run.name).meta["taught_on"] == run.meta["taught_on"]
+    hw.add(mnist.x_test[0], int(mnist.y_test[0]))  # drawn after it was taught
+    now = hw.load()
+    unseen, left_out = teach.unseen_drawings(now, run)
+    assert left_out == len(taught.learned)
+    assert unseen.ids.tolist() == [*taught.held_out.tolist(), int(now.ids[-1])]
+    keep = np.isin(now.ids, unseen.ids)
+    np.testing.assert_array_equal(unseen.images, now.images[keep])
+    np.testing.assert_array_equal(unseen.labels, now.labels[keep])
+    assert unseen.sources == tuple(np.array(now.sources)[keep])
+    assert not np.isin(unseen.ids, taught.learned).any()
+
+    # A run saved before the taught_on field: the ids are read from its command.
+    older = store.Run(run.path, {k: v for k, v in run.meta.items() if k != "taught_on"})
+    assert teach.taught_on(older) == run.meta["taught_on"]
+
+    # Taught again (on drawings that split differently), it has learned from both.
+    later = saved.ids[20:]
+    again = teach.fine_tune(
+        taught.model,
+        saved.images[20:],
+        saved.labels[20:],
+        later,
+        mnist,
+        test_images=100,
+    )
+    twice = teach.save_taught(again, run, mnist)
+    both = set(taught.learned.tolist()) | set(again.learned.tolist())
+    assert teach.taught_on(twice) == sorted(both)
+    assert len(both) > len(taught.learned)
+    unseen, left_out = teach.unseen_drawings(now, twice)
+    assert left_out == len(both)
+    assert set(unseen.ids.tolist()) == set(now.ids.tolist()) - both
