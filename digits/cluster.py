@@ -97,8 +97,12 @@ def client():
         if _connection is None or _connection.address != wanted:
             _connection = _Connection(wanted)
         conn = _connection
-        if conn.client is not None and conn.client.status in ("running", "connecting"):
-            return conn.client
+        if conn.client is not None:
+            if conn.client.status == "running":
+                return conn.client
+            # The scheduler went away: let this client go, and connect afresh.
+            _close(conn.client)
+            conn.client, conn.failed_at = None, -float("inf")
         if time.monotonic() - conn.failed_at < RETRY_SECONDS:
             return None
         try:
@@ -113,6 +117,14 @@ def client():
         # From now on the line of training jobs is as long as the cluster is wide.
         slots.shared().use_capacity(capacity)
         return conn.client
+
+
+def _close(dask_client) -> None:
+    """Close a client whose scheduler may be gone, without waiting long."""
+    try:
+        dask_client.close(timeout=1)
+    except Exception:
+        log.debug("could not close the Dask client", exc_info=True)
 
 
 def _connect(wanted: str):
@@ -195,6 +207,10 @@ def _dataset(ds):
 # -- one job ------------------------------------------------------------------------
 
 
+class SchedulerLost(DigitsError):
+    """The scheduler went away while a job ran there (the job may train here)."""
+
+
 @dataclass
 class Controls:
     """What the server asks of a job on a worker (written by the server only)."""
@@ -213,23 +229,29 @@ def run_remote(
     on_progress: Callable[[Any], None],
     *,
     dask_client,
+    wake: threading.Event | None = None,
 ) -> dict:
     """Run ``train_on_worker(settings, ds)`` on the cluster; return its result.
 
     While it runs, ``controls()`` is sent to the worker whenever it changes and
     every snapshot the worker publishes goes to ``on_progress(snapshot,
     attempt)``, where ``attempt`` counts from 1 and grows when Dask starts the
-    job again on another worker. Raises
-    DigitsError with a message for the user if the job cannot finish (its worker
-    died more often than Dask retries, or the scheduler went away).
+    job again on another worker. ``wake`` set (by Stop) sends the controls at
+    once; Stop also sets a Dask ``Event`` that the worker waits on, so that it
+    learns of it without polling. Raises DigitsError with a message for the user
+    if the job cannot finish (its worker died more often than Dask retries), and
+    SchedulerLost if the scheduler went away.
     """
-    from distributed import Variable
+    from distributed import Event, Variable
 
     key = f"digits-train-{uuid.uuid4().hex}"
     control = Variable(f"{key}-control", client=dask_client)
     progress = Variable(f"{key}-progress", client=dask_client)
+    stop = Event(f"{key}-stop", client=dask_client)
+    wake = wake or threading.Event()
     sent = None
     workers: list[str] = []  # the workers' clients that took the job, in order
+    future = None
     try:
         control.set(dataclasses.asdict(Controls()))  # plain data: msgpack, no pickle
         progress.set(None)  # so that reading it never waits for the worker
@@ -243,6 +265,8 @@ def run_remote(
         while not future.done():
             wanted = controls()
             if wanted != sent:
+                if wanted.stop and not (sent and sent.stop):
+                    stop.set()
                 control.set(dataclasses.asdict(wanted))
                 sent = Controls(wanted.stop, wanted.paused, list(wanted.settings))
             published = progress.get()
@@ -251,21 +275,34 @@ def run_remote(
                 if worker not in workers:
                     workers.append(worker)
                 on_progress(snap, workers.index(worker) + 1)
-            time.sleep(REPORT_SECONDS / 2)
-        try:
-            result = future.result()
-        except DigitsError:
-            raise
-        except Exception as err:
-            raise DigitsError(_lost(err)) from None
+            if wake.wait(REPORT_SECONDS / 2):
+                wake.clear()
+        result = future.result()
         on_progress(result.pop("snapshot"), len(workers) or 1)
         return result
+    except DigitsError:
+        raise
+    except Exception as err:
+        # The worker died too often, or the scheduler went away: not the
+        # user's doing, and nothing of the job reached the runs folder.
+        log.warning("training job %s on the cluster failed", key, exc_info=True)
+        if dask_client.status != "running" or isinstance(err, OSError):
+            raise SchedulerLost(
+                f"The connection to the Dask scheduler at {address()} was lost "
+                f"({type(err).__name__}), so this model trains on this machine "
+                "instead, from the start."
+            ) from None
+        raise DigitsError(_lost(err)) from None
     finally:
-        for variable in (control, progress):
-            try:
-                variable.delete()
-            except Exception:  # the scheduler went away; it forgot them anyway
-                log.debug("could not delete %s", variable.name, exc_info=True)
+        if dask_client.status == "running":
+            if future is not None and not future.done():
+                future.cancel()  # this side gave up: free the worker
+            for variable in (control, progress, stop):
+                try:
+                    # An Event cleared with nobody waiting is forgotten.
+                    variable.clear() if variable is stop else variable.delete()
+                except Exception:  # the scheduler went away; it forgot them anyway
+                    log.debug("could not delete %s", variable.name, exc_info=True)
 
 
 def _lost(err: BaseException) -> str:
@@ -289,7 +326,7 @@ def train_on_worker(settings: dict, ds) -> dict:
     Returns {"status": "done"|"stopped"|"failed", "error": str|None,
     "run": {file name: bytes} or None, "snapshot": the job's last snapshot}.
     """
-    from distributed import Variable, get_client
+    from distributed import Event, Variable, get_client
 
     # Imported here: training_job imports this module. The job is the same as a
     # local one; only its thread and its run folder differ.
@@ -301,6 +338,7 @@ def train_on_worker(settings: dict, ds) -> dict:
     worker_client = get_client()
     control = Variable(f"{key}-control", client=worker_client)
     progress = Variable(f"{key}-progress", client=worker_client)
+    stop = Event(f"{key}-stop", client=worker_client)
     job = TrainingJob(
         settings["kind"],
         ds,
@@ -327,14 +365,28 @@ def train_on_worker(settings: dict, ds) -> dict:
             except Exception:  # the server went away; training carries on
                 log.debug("could not report", exc_info=True)
 
+    def watch_stop() -> None:
+        # Waits on the scheduler, which answers the moment Stop is pressed.
+        while not done.is_set():
+            try:
+                if stop.wait(timeout=1.0):
+                    job.stop()
+                    return
+            except Exception:  # the server went away; so has its Stop button
+                log.debug("could not watch for Stop", exc_info=True)
+                done.wait(REPORT_SECONDS)
+
     reporter = threading.Thread(target=report, name=f"{key}-report", daemon=True)
     reporter.start()
+    stopper = threading.Thread(target=watch_stop, name=f"{key}-stop", daemon=True)
+    stopper.start()
     with tempfile.TemporaryDirectory(prefix="digits-worker-") as tmp:
         try:
             status, error, run = job.run_here(out=Path(tmp) / "run")
         finally:
             done.set()
             reporter.join()
+            stopper.join()
         return {
             "snapshot": job.snapshot(),  # the last, which no report may have sent
             "status": status,

@@ -23,6 +23,7 @@ run the worker sends back in this machine's run store.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -301,6 +302,8 @@ class TrainingJob(BackgroundJob):
         self._steering = Steering()
         self._asked: list[tuple[str, float]] = []  # settings, for a worker
         self._remote: Progress | None = None  # a worker's last snapshot
+        self._notice: str | None = None  # for the learner (Progress.notice)
+        self._wake = threading.Event()  # a control changed: send it to the worker
         self._probe, self._live = probe, live
         self._out: Path | None = None  # the run's folder, on a worker
         # The validation images the curves use (plan's rule: the same for every
@@ -328,23 +331,28 @@ class TrainingJob(BackgroundJob):
     def pause(self) -> None:
         """Hold training after the batch it is in, until ``resume()``."""
         self._steering.pause()
+        self._wake.set()
 
     def resume(self) -> None:
         self._steering.resume()
+        self._wake.set()
 
     def stop(self) -> None:
         super().stop()
         self._steering.resume()  # a paused job must wake to stop
+        self._wake.set()
 
     def set_learning_rate(self, lr: float) -> None:
         """Train at ``lr`` from the next batch, for the rest of the run."""
         self._steering.set_learning_rate(lr)
         self._asked.append(("learning_rate", float(lr)))
+        self._wake.set()
 
     def set_momentum(self, momentum: float) -> None:
         """SGD's momentum, from the next batch."""
         self._steering.set_momentum(momentum)
         self._asked.append(("momentum", float(momentum)))
+        self._wake.set()
 
     def _epoch_clock(self) -> calibrate.EpochClock:
         """The time per epoch, from the probe (the Train page has just run it for
@@ -405,6 +413,7 @@ class TrainingJob(BackgroundJob):
                 ],
                 live=s.live,
                 queue_wait=self._queue_wait(),
+                notice=self._notice,
             )
             if self._remote is not None:
                 return self._on_worker(progress)
@@ -436,7 +445,11 @@ class TrainingJob(BackgroundJob):
         # the scheduler too.
         dask_client = cluster.client() if self._out is None else None
         if dask_client is not None:
-            return self._work_on(dask_client)
+            try:
+                return self._work_on(dask_client)
+            except cluster.SchedulerLost as lost:
+                with self._lock:  # what follows is this machine's progress
+                    self._remote, self._notice = None, str(lost)
         run = self._train_and_save()
         with self._lock:
             self._state.run = run
@@ -478,6 +491,7 @@ class TrainingJob(BackgroundJob):
             self._controls,
             self._on_progress,
             dask_client=dask_client,
+            wake=self._wake,
         )
         if result["run"] is not None:
             run = store.receive_run(result["run"], name)

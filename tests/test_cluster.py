@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 
 import dask
@@ -129,9 +130,10 @@ def test_stop_reaches_the_worker_within_a_second(on, mnist):
     snap = job.snapshot()
     assert snap.status == "stopped" and snap.fraction < 0.5
     assert store.open_run(snap.run.name).meta["stopped"] == "interrupted"
-    # Measured here, so it includes both hops of the report (REPORT_SECONDS
-    # each); the worker's own stop_latency is the batch that was running.
-    assert ended < 1.0 + 2 * cluster.REPORT_SECONDS, ended
+    # Measured here, so it includes the worker's report of "saving" (every
+    # REPORT_SECONDS) and any load on this machine; the figure for a quiet one is
+    # in the closing note. The worker's own stop_latency is the batch that ran.
+    assert ended < 3.0, ended
     assert snap.stop_latency is not None and snap.stop_latency < 1.0
 
 
@@ -282,3 +284,39 @@ def test_the_train_page_trains_on_the_cluster_and_lists_the_run(on, runs):
     run = job.snapshot().run
     assert any(run.name in s.value for s in at.success)
     assert listed(runs) == [run.name]
+
+
+def test_a_job_whose_scheduler_goes_away_trains_here_instead(monkeypatch, mnist, runs):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    local = ["--dashboard-address", "127.0.0.1:0"]
+    scheduler = subprocess.Popen(
+        ["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), *local],
+        stderr=subprocess.DEVNULL,
+    )
+    worker = subprocess.Popen(
+        ["dask", "worker", address, "--host", "127.0.0.1", "--nthreads", "1", *local],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        monkeypatch.setenv(cluster.SCHEDULER_ENV, address)
+        monkeypatch.setattr(cluster, "CONNECT_SECONDS", 30)  # while it starts
+        job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 30}, train_size=5000)
+        job.start()
+        wait_for(lambda: job.snapshot().fraction > 0.01)
+        assert cluster.connected()
+        scheduler.kill()
+        wait_for(lambda: job.snapshot().notice is not None)
+        assert "trains on this machine instead" in job.snapshot().notice
+        wait_for(lambda: job.snapshot().fraction > 0)  # training here
+        job.stop()  # Stop works as for any local job
+        assert job.join(TIMEOUT)
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
+    snap = job.snapshot()
+    assert snap.status == "stopped", snap.error
+    assert listed(runs) == [snap.run.name]
