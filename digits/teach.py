@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -340,11 +340,15 @@ def fine_tune(
     learning_rate: float = FINE_TUNE_RATE,
     test_images: int | None = None,
     progress: Progress | None = None,
+    already_learned: Sequence[int] = (),
 ) -> FineTune:
     """Fine-tune a copy of ``model`` on the saved drawings ``images`` (n, 28, 28)
     uint8 with true ``labels`` (n,) and store ``ids`` (n,).
 
-    The drawings are split by ``split_drawings``; the copy learns from the first
+    The drawings are split by ``split_drawings``, except those of
+    ``already_learned`` (the ids a taught model learned from, ``taught_on``):
+    they are learned again and never held out, since a test on them would
+    flatter it. The copy learns from the first
     part mixed with a fresh replay sample of ``mnist``'s training images each
     epoch (``REPLAY_PER_DRAWING`` per drawing, at least ``REPLAY_MIN``; never its
     validation images, ``data.validation_split``), with Adam at
@@ -355,7 +359,11 @@ def fine_tune(
     start = time.perf_counter()
     report = progress or (lambda fraction, text: None)
     images, labels, ids = np.asarray(images), np.asarray(labels), np.asarray(ids)
-    learned, held = split_drawings(labels)
+    seen = np.isin(ids, np.asarray(list(already_learned), dtype=ids.dtype))
+    fresh = np.flatnonzero(~seen)
+    learned, held = split_drawings(labels[fresh])
+    learned = np.sort(np.concatenate([fresh[learned], np.flatnonzero(seen)]))
+    held = fresh[held]
     n_test = len(mnist.x_test) if test_images is None else int(test_images)
     x_test, y_test = mnist.x_test[:n_test], mnist.y_test[:n_test]
     report(0.0, "Scoring the model before teaching")

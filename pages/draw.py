@@ -772,6 +772,7 @@ def handwriting_section(run, model) -> None:
                 saved.ids,
                 data.load_dataset(MNIST),
                 progress=lambda done, text: bar.progress(done, text=text),
+                already_learned=teach.taught_on(run),
             )
         except DigitsError as err:
             ui.show_error(err)

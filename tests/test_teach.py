@@ -326,3 +326,25 @@ def test_a_taught_run_is_scored_only_on_drawings_it_never_learned_from(
     unseen, left_out = teach.unseen_drawings(now, twice)
     assert left_out == len(both)
     assert set(unseen.ids.tolist()) == set(now.ids.tolist()) - both
+
+
+def test_drawings_a_taught_model_learned_from_are_never_held_out_again(
+    mnist, models, drawings
+):
+    images, labels, ids = drawings
+    mlp = models["default-mlp"]
+    first = teach.fine_tune(mlp, images, labels, ids, mnist, test_images=100)
+    again = teach.fine_tune(
+        first.model,
+        images,
+        labels,
+        ids,
+        mnist,
+        test_images=100,
+        already_learned=first.learned,
+    )
+    # Held out again only from the drawings the first copy never learned from.
+    assert np.intersect1d(again.held_out, first.learned).size == 0
+    assert np.isin(first.learned, again.learned).all()
+    assert sorted(np.concatenate([again.learned, again.held_out])) == list(ids)
+    assert 0 < len(again.held_out) < len(first.held_out)
