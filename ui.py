@@ -42,6 +42,7 @@ from digits import (
     cluster,
     dashboard,
     data,
+    explain,
     figures,
     handwriting,
     humanize,
@@ -1026,6 +1027,161 @@ def gallery(
             with st.container(width=figures.GALLERY_PIXELS, gap=None):
                 st.image(figures.enlarge(image), width=figures.GALLERY_PIXELS)
                 st.caption(caption)
+
+
+# -- one pixel of a feature map, worked out (Draw and Inspect) ----------------------
+
+
+def _pixel_keys(prefix: str, run_name: str) -> dict[str, str]:
+    """The session keys of ``conv_pixel_section`` on page ``prefix`` for a model:
+    its layer and map pickers, and the pixel clicked last."""
+    base = f"{prefix}-pixel-{run_name}"
+    return {"layer": f"{base}-layer", "map": f"{base}-map", "pixel": base}
+
+
+def strip_clicks(prefix: str, run_name: str, layer: str, chart_key: str) -> dict:
+    """``chart``'s arguments that make a ``figures.layer_strip`` of ``layer``
+    (key ``chart_key``) pick, when one of its maps is clicked, the map that
+    ``conv_pixel_section`` enlarges."""
+
+    def picked() -> None:
+        channel = figures.clicked_point(st.session_state.get(chart_key))
+        if channel is not None:
+            keys = _pixel_keys(prefix, run_name)
+            st.session_state[keys["layer"]] = layer
+            st.session_state[keys["map"]] = channel
+            st.session_state.pop(keys["pixel"], None)
+
+    return dict(key=chart_key, on_select=picked, selection_mode=("points",))
+
+
+def conv_pixel_section(
+    prefix: str, run: store.Run, model, image: np.ndarray, outputs, what: str
+) -> None:
+    """One feature map of ``model`` reading ``image`` (h, w), enlarged, and what
+    its clicked pixel computed, with the real numbers: the window of the input it
+    read, the kernel, the products, their sum, the bias and what follows (pooling,
+    ReLU). ``outputs`` are the layers shown (``explain.LayerOutput``; those with
+    maps can be picked), ``what`` names the image for learners ("your digit");
+    ``prefix`` keeps each page's choices apart."""
+    maps = {o.name: o.values for o in outputs if o.values.ndim == 3}
+    if not maps:
+        return
+    keys = _pixel_keys(prefix, run.name)
+    if st.session_state.get(keys["layer"]) not in maps:  # none yet, or new model
+        st.session_state[keys["layer"]] = None
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        # Nothing enlarged until a map is picked: the enlarged map, clickable
+        # pixel by pixel, is the costliest chart to draw (~165 ms a stroke on Draw).
+        layer = st.selectbox(
+            "Layer",
+            list(maps),
+            index=None,
+            placeholder="Pick a layer",
+            key=keys["layer"],
+            help="A conv layer, or the pooling and ReLU after one.",
+        )
+        if layer is None:
+            return
+        n = maps[layer].shape[-1]
+        if st.session_state.get(keys["map"]) not in range(n):
+            st.session_state[keys["map"]] = int(maps[layer].max(axis=(0, 1)).argmax())
+        channel = int(
+            st.number_input(
+                f"Map (0 to {n - 1})",
+                0,
+                n - 1,
+                step=1,
+                key=keys["map"],
+                help="Which of the layer's maps to enlarge (one per filter); it "
+                "starts at the most active.",
+            )
+        )
+    values = maps[layer][..., channel]  # (h, w)
+    shown = (layer, channel)
+    chart_key = f"{prefix}-map-{run.name}-{layer}-{channel}"  # new map, new selection
+
+    def picked() -> None:
+        index = figures.clicked_point(st.session_state.get(chart_key))
+        pixel = None if index is None else (*shown, *divmod(index, values.shape[1]))
+        st.session_state[keys["pixel"]] = pixel
+
+    chart(
+        figures.feature_map(values),
+        f"Map {channel} of {layer} for {what}, enlarged. Click one of its pixels "
+        "to see what it computed, number by number.",
+        key=chart_key,
+        on_select=picked,
+        selection_mode=("points",),
+    )
+    picked_pixel = st.session_state.get(keys["pixel"])
+    if not picked_pixel or tuple(picked_pixel[:2]) != shown:
+        return
+    row, col = picked_pixel[2:]
+    try:
+        px = explain.conv_pixel(model, image, layer, row, col, channel)
+    except DigitsError as err:
+        show_error(err)
+        return
+    _conv_arithmetic(prefix, px, what)
+
+
+def _conv_arithmetic(prefix: str, px: explain.ConvPixel, what: str) -> None:
+    """``px`` (``explain.conv_pixel``) number by number: the window, kernel and
+    products of one input map, then the sum, the bias, pooling and activation."""
+    k, _, c_in = px.window.shape
+    st.markdown(
+        f"#### One pixel of {px.layer}: map {px.channel}, row {px.row}, column {px.col}"
+    )
+    st.caption(
+        f"The convolution **{px.conv}** read a {k}x{k} window of "
+        + (what if c_in == 1 else f"each of the {c_in} maps before it")
+        + f" (at row {px.conv_row}, column {px.conv_col} of its output), "
+        "multiplied it number by number with filter "
+        f"{px.channel}'s weights (its kernel), and added up the products."
+    )
+    input_map = 0
+    if c_in > 1:
+        share = px.products.sum(axis=(0, 1))  # (C_in,) each input map's part
+        input_map = st.selectbox(
+            "Input map shown",
+            range(c_in),
+            index=int(np.abs(share).argmax()),
+            format_func=lambda m: f"Map {m} (its products add up to {share[m]:.3f})",
+            key=f"{prefix}-pixel-input-map",
+        )
+    chart(
+        figures.conv_arithmetic(
+            px.window[..., input_map],
+            px.kernel[..., input_map],
+            px.products[..., input_map],
+            ["Window it read", "Kernel (weights)", "Products"],
+        ),
+        key=f"{prefix}-pixel-arithmetic",
+    )
+    lines = [
+        f"Sum of all {px.products.size} products: **{px.total:.4f}**",
+        f"plus the bias {px.bias:+.4f}: **{px.pre_activation:.4f}**, "
+        f"the convolution's output ({px.conv})",
+    ]
+    for name, kind, value in px.steps[1:]:
+        if kind == "MaxPool2D":
+            square = ", ".join(f"{v:.4f}" for v in px.pooled.ravel())
+            lines.append(
+                f"max pooling keeps the largest of the 2x2 square ({square}): "
+                f"**{value:.4f}** ({name})"
+            )
+        elif kind == "ReLU":
+            lines.append(f"ReLU keeps it if positive, else 0: **{value:.4f}** ({name})")
+        else:
+            lines.append(f"{kind}: **{value:.4f}** ({name})")
+    st.markdown("\n".join(f"{i}. {line}" for i, line in enumerate(lines, start=1)))
+    st.caption(f"Shown on the map you clicked: {px.activation:.4f}.")
+    how_computed(
+        "digits.explain.conv_pixel",
+        note="The window, kernel and bias are the layer's own input and weights; "
+        "the sum plus the bias equals the network's own output at that pixel.",
+    )
 
 
 # -- my handwriting ----------------------------------------------------------------

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
-from PIL import Image
-from plotly.colors import qualitative
+from PIL import Image, ImageDraw, ImageFont
+from plotly.colors import get_colorscale, qualitative, unlabel_rgb
 from plotly.subplots import make_subplots
 
 BLUE, ORANGE, RED, GREY = "#1f77b4", "#ff7f0e", "#ff4b4b", "#9aa5b1"
@@ -775,6 +775,84 @@ def layer_strip(values: np.ndarray, names: Sequence[str]) -> go.Figure:
     )
     fig.update_layout(hoverdistance=-1, clickmode="event+select")
     return fig
+
+
+GAP_RGB = (255, 255, 255)  # between the maps of a strip image, as the page
+
+
+def _signed_lut() -> np.ndarray:
+    """``SIGNED`` as 256 RGB colours (256, 3) uint8, -top at 0 and +top at 255."""
+    scale = get_colorscale(SIGNED)
+    stops = np.array([at for at, _ in scale])
+    rgb = np.array([unlabel_rgb(colour) for _, colour in scale], dtype=np.float64)
+    at = np.linspace(0, 1, 256)
+    return np.stack([np.interp(at, stops, rgb[:, i]) for i in range(3)], 1).astype(
+        np.uint8
+    )
+
+
+SIGNED_LUT = _signed_lut()
+
+
+def coloured(grid: np.ndarray, signed: bool) -> np.ndarray:
+    """``grid`` (h, w) as RGB (h, w, 3) uint8, in ``heatmap``'s colours: signed,
+    red positive and blue negative around white at 0 (scaled to the largest
+    magnitude); else grey from black at 0 to white at max(1, largest). NaN (between
+    tiled maps) shows as ``GAP_RGB``."""
+    grid = np.asarray(grid, dtype=np.float64)
+    if signed:
+        top = float(np.nanmax(np.abs(grid))) or 1.0
+        index = np.clip((grid / top + 1) * 127.5, 0, 255)
+        rgb = SIGNED_LUT[np.nan_to_num(index).round().astype(np.uint8)]
+    else:
+        top = max(1.0, float(np.nanmax(grid)))
+        level = np.clip(np.nan_to_num(grid) / top * 255, 0, 255).round()
+        rgb = np.repeat(level.astype(np.uint8)[..., None], 3, axis=2)
+    rgb[np.isnan(grid)] = GAP_RGB
+    return rgb
+
+
+STRIP_LABEL_PIXELS = 18  # the class names written on a scores strip image
+
+
+def strip_image(values: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """One layer's output for one image as one picture, RGB (H, W, 3) uint8, about
+    ``STRIP_WIDTH`` pixels wide: what the Draw page shows after every stroke (a
+    picture costs the browser almost nothing to draw; a Plotly chart per layer
+    about 20-35 ms each, every stroke).
+
+    values : (h, w, c) feature maps, tiled ``STRIP_MAPS`` to a row; or (n,) units
+        in rows of ``STRIP_UNITS`` cells, each cell written with its class name
+        when there is one unit per class in ``names``.
+    Colours as ``layer_strip``'s: signed values red and blue around white, others
+    grey from black; each pixel of a map (or each unit) a square of whole pixels.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 3:
+        grid = tile(values.transpose(2, 0, 1), min(STRIP_MAPS, values.shape[-1]))
+    else:
+        n = len(values)
+        columns = min(STRIP_UNITS, n)
+        grid = np.full((math.ceil(n / columns), columns), np.nan)
+        grid.ravel()[:n] = values
+    rgb = coloured(grid, signed=bool(np.nanmin(grid) < 0))
+    factor = max(1, round(STRIP_WIDTH / grid.shape[1]))
+    image = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+    if values.ndim == 3 or len(values) != len(names):
+        return image
+    picture = Image.fromarray(image)
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=STRIP_LABEL_PIXELS)
+    for i, name in enumerate(names):  # dark text on light cells, light on dark
+        light = rgb[0, i].astype(int).sum() > 3 * 140
+        draw.text(
+            ((i + 0.5) * factor, 0.5 * factor),
+            str(name),
+            fill=(0, 0, 0) if light else (255, 255, 255),
+            font=font,
+            anchor="mm",
+        )
+    return np.asarray(picture)
 
 
 # Invisible markers that take a chart's clicks; the clicked one shows.

@@ -42,8 +42,6 @@ NOT_SURE = "Not sure"  # shown instead of a digit when `digits.sure` doubts it
 HINT = "Draw a digit on the canvas (or upload a photo) to see what the models read."
 LAYERS_MODEL_KEY = "draw-layers-model"  # whose layers the strips show
 INSIDE_KEY = "draw-inside"  # whether the layers are shown at all
-MAP_KEY = "draw-map"  # the feature map clicked last: (run, layer, channel)
-PIXEL_KEY = "draw-pixel"  # its pixel clicked last: (run, layer, channel, row, col)
 STRIP_KEY = "draw-strip-"  # plus the run's and the layer's names
 # What a strip shows, in words, by the layer's type (its code name goes in the
 # expander); {n} is the number of maps or units.
@@ -59,7 +57,10 @@ STRIP_WORDS = {
 }
 POOLED = " (each map halved, keeping the largest of every 2x2 square: max pooling)"
 HIDDEN_WORDS = "A hidden layer of {n} units: what it passes on. Bright: active."
-SCORES_WORDS = "The score of each digit, before the scores become probabilities."
+SCORES_WORDS = (
+    "The score of each digit, before the scores become probabilities (red: "
+    "high, blue: low). Highest here: **{best}**."
+)
 
 
 def default_models(runs) -> list[str]:
@@ -235,22 +236,6 @@ def open_inspect(run_name: str) -> None:
     st.session_state[ui.INSPECT_MODEL_KEY] = run_name
 
 
-def pick_map(key: str, run_name: str, layer: str) -> None:
-    """Remember the feature map clicked on strip ``key`` (a callback)."""
-    channel = figures.clicked_point(st.session_state.get(key))
-    if channel is not None:
-        st.session_state[MAP_KEY] = (run_name, layer, channel)
-        st.session_state.pop(PIXEL_KEY, None)
-
-
-def pick_pixel(key: str, shown: tuple, width: int) -> None:
-    """Remember the pixel clicked on the enlarged map ``shown``, ``width`` pixels
-    wide (a callback)."""
-    index = figures.clicked_point(st.session_state.get(key))
-    pixel = None if index is None else (*shown, *divmod(index, width))
-    st.session_state[PIXEL_KEY] = pixel
-
-
 def strip_words(out: explain.LayerOutput, before, last: bool, what: str) -> str:
     """The sentence above a strip, for learners."""
     n = out.shape[-1] if out.values.ndim == 3 else out.shape[0]
@@ -271,8 +256,10 @@ def strip_words(out: explain.LayerOutput, before, last: bool, what: str) -> str:
 
 
 def show_layers(run, model, image: np.ndarray, what: str) -> list:
-    """One strip per layer of ``model`` reading ``image`` (h, w); a click on a
-    feature map enlarges it. Returns the layers shown (``explain.LayerOutput``)."""
+    """One strip per layer of ``model`` reading ``image`` (h, w), each one picture
+    (``figures.strip_image``: pictures keep each stroke quick, where a chart per
+    layer doubled the time a stroke takes). Returns the layers shown
+    (``explain.LayerOutput``)."""
     strips = explain.layer_strips(model, image)
     if not strips:
         st.info(f"The layers of {run.name} cannot be reached from here.")
@@ -280,24 +267,12 @@ def show_layers(run, model, image: np.ndarray, what: str) -> list:
     before = None
     for i, out in enumerate(strips):
         last = i == len(strips) - 1
-        st.caption(
-            f"**{out.name}** · {'x'.join(map(str, out.shape))} · "
-            + strip_words(out, before, last, what)
-        )
-        key = f"{STRIP_KEY}{run.name}-{out.name}"
-        clickable = out.values.ndim == 3 and explain.network(model) is not None
-        ui.chart(
-            figures.layer_strip(out.values, run.class_names),
-            key=key,
-            **(
-                dict(
-                    on_select=lambda k=key, n=out.name: pick_map(k, run.name, n),
-                    selection_mode=("points",),
-                )
-                if clickable
-                else {}
-            ),
-        )
+        words = strip_words(out, before, last, what)
+        if last:
+            words = words.format(best=run.class_names[int(out.values.argmax())])
+        with st.container(key=f"{STRIP_KEY}{run.name}-{out.name}", gap="small"):
+            st.caption(f"**{out.name}** · {'x'.join(map(str, out.shape))} · " + words)
+            st.image(figures.strip_image(out.values, run.class_names))
         before = out
     if explain.network(model) is None:
         st.caption(
@@ -308,6 +283,7 @@ def show_layers(run, model, image: np.ndarray, what: str) -> list:
         "digits.explain.layer_strips",
         "digits.explain.activations",
         "digits.explain.mlp_layers",
+        "digits.figures.strip_image",
         note="activations runs the network layer by layer in inference mode and "
         "keeps each output; layer_strips keeps each conv layer and the output of "
         "each stage (flatten and dropout change nothing at inference).",
@@ -315,106 +291,19 @@ def show_layers(run, model, image: np.ndarray, what: str) -> list:
     return strips
 
 
-def shown_map(run, strips: list) -> tuple[str, str, int]:
-    """(run, layer, channel) of the map to enlarge: the one clicked last, else
-    the first conv layer's most active map."""
-    maps = {o.name: o.values for o in strips if o.values.ndim == 3}
-    picked = st.session_state.get(MAP_KEY)
-    if picked and picked[0] == run.name and picked[1] in maps:
-        return picked
-    layer = next(iter(maps))
-    return run.name, layer, int(maps[layer].max(axis=(0, 1)).argmax())
-
-
-def show_conv_pixel(run, model, image: np.ndarray, strips: list) -> None:
-    """The chosen feature map, enlarged, and what its clicked pixel computed,
-    with this drawing's numbers."""
-    shown = shown_map(run, strips)
-    _, layer, channel = shown
-    values = next(o.values for o in strips if o.name == layer)[..., channel]
-    key = f"draw-map-{'-'.join(map(str, shown))}"  # a new map, a new selection
-    ui.chart(
-        figures.feature_map(values),
-        f"Map {channel} of {layer}, enlarged (click another map above to change "
-        "it). Click one of its pixels to see what it computed, number by number.",
-        key=key,
-        on_select=lambda: pick_pixel(key, shown, values.shape[1]),
-        selection_mode=("points",),
-    )
-    picked = st.session_state.get(PIXEL_KEY)
-    if not picked or tuple(picked[:3]) != tuple(shown):
-        return
-    row, col = picked[3:]
-    try:
-        px = explain.conv_pixel(model, image, layer, row, col, channel)
-    except DigitsError as err:
-        ui.show_error(err)
-        return
-    k, _, c_in = px.window.shape
-    st.markdown(f"#### One pixel of {layer}: map {channel}, row {row}, column {col}")
-    st.caption(
-        f"The convolution **{px.conv}** read a {k}x{k} window of "
-        + ("your digit" if c_in == 1 else f"each of the {c_in} maps before it")
-        + f" (at row {px.conv_row}, column {px.conv_col} of its output), "
-        "multiplied it number by number with filter "
-        f"{channel}'s weights (its kernel), and added up the products."
-    )
-    input_map = 0
-    if c_in > 1:
-        share = px.products.sum(axis=(0, 1))  # (C_in,) each input map's part
-        input_map = st.selectbox(
-            "Input map shown",
-            range(c_in),
-            index=int(np.abs(share).argmax()),
-            format_func=lambda m: f"Map {m} (its products add up to {share[m]:.3f})",
-            key="draw-pixel-map",
-        )
-    ui.chart(
-        figures.conv_arithmetic(
-            px.window[..., input_map],
-            px.kernel[..., input_map],
-            px.products[..., input_map],
-            ["Window it read", "Kernel (weights)", "Products"],
-        ),
-        key="draw-pixel-arithmetic",
-    )
-    lines = [
-        f"Sum of all {px.products.size} products: **{px.total:.4f}**",
-        f"plus the bias {px.bias:+.4f}: **{px.pre_activation:.4f}**, "
-        f"the convolution's output ({px.conv})",
-    ]
-    for name, kind, value in px.steps[1:]:
-        if kind == "MaxPool2D":
-            square = ", ".join(f"{v:.4f}" for v in px.pooled.ravel())
-            lines.append(
-                f"max pooling keeps the largest of the 2x2 square ({square}): "
-                f"**{value:.4f}** ({name})"
-            )
-        elif kind == "ReLU":
-            lines.append(f"ReLU keeps it if positive, else 0: **{value:.4f}** ({name})")
-        else:
-            lines.append(f"{kind}: **{value:.4f}** ({name})")
-    st.markdown("\n".join(f"{i}. {line}" for i, line in enumerate(lines, start=1)))
-    st.caption(f"Shown on the map you clicked: {px.activation:.4f}.")
-    ui.how_computed(
-        "digits.explain.conv_pixel",
-        note="The window, kernel and bias are the layer's own input and weights; "
-        "the sum plus the bias equals the network's own output at that pixel.",
-    )
-
-
 def inside_section(chosen: list, models: list, inputs: dict, what: str) -> None:
     """Inside one chosen model (picked here when there are several): its layers
-    for the drawing, and the clicked pixel's arithmetic."""
+    for the drawing, and one pixel of a feature map worked out by hand."""
     start = time.perf_counter()
     st.subheader("Inside the network")
-    # Off by default: the strips are ~8 more charts per stroke, which doubled the
-    # page's time per stroke and pushed a busy class past 1 s per prediction.
+    # On by default: each layer is one picture, cheap for the browser to draw
+    # (a Plotly chart per layer doubled the time per stroke).
     if not st.toggle(
         "Show each layer for this drawing",
+        value=True,
         key=INSIDE_KEY,
         persist_state="session",
-        help="Each stroke takes a little longer while this is on.",
+        help="Turn it off to see only the predictions.",
     ):
         st.caption(
             "Turn this on to see what each layer of the network makes of "
@@ -444,7 +333,12 @@ def inside_section(chosen: list, models: list, inputs: dict, what: str) -> None:
     took = time.perf_counter() - start
     st.caption(f"Layers worked out on the server in {1e3 * took:.0f} ms.")
     if explain.network(model) is not None and explain.capabilities(model)["filters"]:
-        show_conv_pixel(run, model, image, strips)
+        st.markdown("**What one pixel computes**")
+        st.caption(
+            "Pick a map of a layer above: it shows enlarged, and a click on one of "
+            "its pixels works out that pixel, number by number."
+        )
+        ui.conv_pixel_section("draw", run, model, image, strips, what)
 
 
 def show_predictions(image, filename: str | None, chosen: list) -> tuple | None:

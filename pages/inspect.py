@@ -19,6 +19,7 @@ STRONGEST = 8  # filters of a later conv layer shown at first, the strongest
 # wide, the strongest few about 110 px, all of a later layer's about 50 px.
 KERNEL_COLUMNS = {"first": 6, "strongest": 4, "all": 8}
 PROBE_MODELS_KEY = "inspect-probe-models"  # plus the inspected model's name
+PIXEL = "inspect"  # the keys of the pixel worked out (ui.conv_pixel_section)
 MISSING = {
     "filters": "This model has no conv layers, so there are no filters to show.",
     "activations": "The scikit-learn MLP runs inside scikit-learn, and its layer "
@@ -365,20 +366,35 @@ if not outputs:
 else:
     tabs = st.tabs([f"{o.name} {'x'.join(map(str, o.shape))}" for o in outputs])
     for tab, out in zip(tabs, outputs, strict=True):
+        numbers = f"{'x'.join(map(str, out.shape))} numbers"
         with tab:
-            ui.chart(
-                figures.layer_output(out.values, run.class_names, TILE_COLUMNS),
-                f"What this layer passes on for {what}: "
-                f"{'x'.join(map(str, out.shape))} numbers"
-                + (", one map per channel (filter)" if out.values.ndim == 3 else "")
-                + ".",
-                key=f"act-{out.name}",
-            )
+            if out.values.ndim == 3 and can["filters"]:  # maps: click one
+                ui.chart(
+                    figures.layer_strip(out.values, run.class_names),
+                    f"What this layer passes on for {what}: {numbers}, one map per "
+                    "channel (filter). Click a map to enlarge it below.",
+                    **ui.strip_clicks(PIXEL, run.name, out.name, f"act-{out.name}"),
+                )
+            else:
+                ui.chart(
+                    figures.layer_output(out.values, run.class_names, TILE_COLUMNS),
+                    f"What this layer passes on for {what}: {numbers}.",
+                    key=f"act-{out.name}",
+                )
     ui.how_computed(
         "digits.explain.activations",
         note="Runs the network layer by layer in inference mode (no dropout) and "
         "keeps each layer's output.",
     )
+    if can["filters"]:
+        st.markdown("**What one pixel computes**")
+        st.caption(
+            "One map of a layer, enlarged (click a map above, or pick it here). "
+            "Click one of its pixels to see the window of the input it read, the "
+            "filter's weights, their products and sum, the bias and the ReLU, with "
+            f"the numbers of this model and {what}."
+        )
+        ui.conv_pixel_section(PIXEL, run, model, image, outputs, what)
 
 st.subheader("Learned filters")
 st.caption(
