@@ -77,46 +77,64 @@ class _Connection:
     notice: str | None = None  # why jobs train here instead
     failed_at: float = -float("inf")
     threads: tuple[float, int] = (-float("inf"), 0)  # (when counted, count)
+    counting: bool = False  # a thread is counting them now
     datasets: dict = field(default_factory=dict)  # checksum -> Future
 
 
+# _lock guards _connection and is only ever held for a moment: pages read it.
+# _connecting lets one thread at a time wait for a scheduler, outside _lock.
 _lock = threading.Lock()
+_connecting = threading.Lock()
 _connection: _Connection | None = None
+
+
+def _current(wanted: str | None) -> _Connection | None:
+    """The connection for ``wanted`` (made anew for a new address). Under _lock."""
+    global _connection
+    if wanted is None:
+        _connection = None
+    elif _connection is None or _connection.address != wanted:
+        _connection = _Connection(wanted)
+    return _connection
 
 
 def client():
     """The Dask client for ``$DIGITS_SCHEDULER``, connected once per process;
     None when no scheduler is set or it cannot be reached (then ``notice()`` says
-    why, and a later call tries again after ``RETRY_SECONDS``)."""
-    global _connection
+    why, and a later call tries again after ``RETRY_SECONDS``). May wait up to
+    ``CONNECT_SECONDS``: call it from a job's thread, never while drawing a page
+    (``connected()`` is for pages)."""
     wanted = address()
-    with _lock:
-        if wanted is None:
-            _connection = None
-            return None
-        if _connection is None or _connection.address != wanted:
-            _connection = _Connection(wanted)
-        conn = _connection
-        if conn.client is not None:
-            if conn.client.status == "running":
-                return conn.client
-            # The scheduler went away: let this client go, and connect afresh.
-            _close(conn.client)
-            conn.client, conn.failed_at = None, -float("inf")
-        if time.monotonic() - conn.failed_at < RETRY_SECONDS:
-            return None
+    with _connecting:
+        with _lock:
+            conn = _current(wanted)
+            if conn is None:
+                return None
+            lost = None
+            if conn.client is not None:
+                if conn.client.status == "running":
+                    return conn.client
+                # The scheduler went away: let this client go, connect afresh.
+                lost, conn.client, conn.failed_at = conn.client, None, -float("inf")
+            if time.monotonic() - conn.failed_at < RETRY_SECONDS:
+                return None
+        if lost is not None:
+            _close(lost)
         try:
-            conn.client = _connect(wanted)
-            conn.notice = None
-            conn.datasets.clear()
+            fresh = _connect(wanted)
+            threads = _count_threads(fresh)
         except DigitsError as err:
-            conn.client, conn.notice = None, str(err)
-            conn.failed_at = time.monotonic()
+            with _lock:
+                conn.notice, conn.failed_at = str(err), time.monotonic()
             log.warning("%s", err)
             return None
-        # From now on the line of training jobs is as long as the cluster is wide.
-        slots.shared().use_capacity(capacity)
-        return conn.client
+        with _lock:
+            conn.client, conn.notice = fresh, None
+            conn.threads = (time.monotonic(), threads)
+            conn.datasets.clear()
+    # From now on the line of training jobs is as long as the cluster is wide.
+    slots.shared().use_capacity(capacity)
+    return fresh
 
 
 def _close(dask_client) -> None:
@@ -146,6 +164,14 @@ def _connect(wanted: str):
         ) from None
 
 
+def _count_threads(dask_client) -> int:
+    """The cluster's worker threads (a call to the scheduler)."""
+    try:
+        return sum(dask_client.nthreads().values())
+    except Exception as err:  # gone between connecting and counting
+        raise DigitsError(f"The Dask scheduler stopped answering ({err}).") from None
+
+
 def connected() -> bool:
     """Whether jobs go to a cluster now, without trying to connect (for pages,
     which must never wait for a scheduler)."""
@@ -163,20 +189,32 @@ def notice() -> str | None:
 
 
 def capacity() -> int:
-    """How many jobs the cluster runs at once: its workers' threads (counted at
-    most every ``CAPACITY_SECONDS``), or this machine's slots without one."""
+    """How many jobs the cluster runs at once: its workers' threads, or this
+    machine's slots without a cluster. Never waits: the count is refreshed in
+    the background when older than ``CAPACITY_SECONDS`` (the line asks often,
+    under its lock)."""
     with _lock:
         conn = _connection
-    if conn is None or conn.client is None:
-        return slots.default_capacity()
-    counted, threads = conn.threads
-    if time.monotonic() - counted > CAPACITY_SECONDS:
-        try:
-            threads = sum(conn.client.nthreads().values())
-        except Exception:  # the scheduler went away: the last count will do
-            log.debug("could not count the cluster's threads", exc_info=True)
-        conn.threads = (time.monotonic(), threads)
+        if conn is None or conn.client is None:
+            return slots.default_capacity()
+        counted, threads = conn.threads
+        if time.monotonic() - counted > CAPACITY_SECONDS and not conn.counting:
+            conn.counting = True
+            threading.Thread(
+                target=_recount, args=(conn,), name="digits-cluster-count", daemon=True
+            ).start()
     return max(1, threads)
+
+
+def _recount(conn: _Connection) -> None:
+    try:
+        threads = _count_threads(conn.client)
+    except DigitsError:
+        threads = conn.threads[1]  # the scheduler went away: the last count will do
+    with _lock:
+        conn.threads, conn.counting = (time.monotonic(), threads), False
+    # Outside _lock: the line calls capacity() under its own lock.
+    slots.shared().use_capacity(capacity)  # wakes the line to look again
 
 
 def dataset_future(dask_client, ds):
@@ -186,17 +224,21 @@ def dataset_future(dask_client, ds):
     scheduler still has the task and makes it again on another worker, where
     the job that Dask moves there finds it.
     """
+    key = (ds.name, ds.checksum)
     with _lock:
         conn = _connection
         cache = conn.datasets if conn is not None and conn.client is dask_client else {}
-        key = (ds.name, ds.checksum)
-        if key not in cache or cache[key].status in ("error", "cancelled"):
-            name = f"digits-dataset-{ds.checksum[:16]}-{uuid.uuid4().hex}"
-            with warnings.catch_warnings():
-                # Dask warns of a large task: this one is, once per dataset.
-                warnings.filterwarnings("ignore", "Sending large graph")
-                cache[key] = dask_client.submit(_dataset, ds, key=name)
-        return cache[key]
+        future = cache.get(key)
+    if future is None or future.status in ("error", "cancelled"):
+        name = f"digits-dataset-{ds.checksum[:16]}-{uuid.uuid4().hex}"
+        with warnings.catch_warnings():
+            # Dask warns of a large task: this one is, once per dataset. Sent
+            # outside _lock, as it takes a moment.
+            warnings.filterwarnings("ignore", "Sending large graph")
+            future = dask_client.submit(_dataset, ds, key=name)
+        with _lock:
+            cache[key] = future
+    return future
 
 
 def _dataset(ds):

@@ -191,9 +191,15 @@ def test_an_unreachable_scheduler_trains_here_with_a_notice(monkeypatch, mnist, 
         port = s.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
     monkeypatch.setenv(cluster.SCHEDULER_ENV, address)
-    monkeypatch.setattr(cluster, "CONNECT_SECONDS", 1)
+    monkeypatch.setattr(cluster, "CONNECT_SECONDS", 2)
     job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 1}, train_size=600)
     job.start()
+    # While the job's thread waits for the scheduler, a page asking about the
+    # cluster does not wait with it.
+    wait_for(lambda: cluster._connecting.locked())
+    asked = time.monotonic()
+    assert not cluster.connected() and cluster.capacity() == 1
+    assert time.monotonic() - asked < 0.5
     assert job.join(TIMEOUT)
     snap = job.snapshot()
     assert snap.status == "done" and listed(runs) == [snap.run.name]
