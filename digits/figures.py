@@ -159,7 +159,7 @@ def training_curves(snap) -> go.Figure:
     fig.update_layout(
         height=340,
         margin=dict(l=10, r=10, t=40, b=10),
-        legend=dict(orientation="h", y=-0.25),
+        legend=dict(orientation="h", yanchor="top", y=-0.25),
     )
     return fig
 
@@ -198,7 +198,9 @@ def training_health(snap) -> go.Figure:
     fig.update_layout(
         height=320,
         margin=dict(l=10, r=10, t=60, b=10),
-        legend=dict(orientation="h", y=-0.3),
+        # Hung by its top below the axis titles, however many rows it takes
+        # (anchored by its bottom, Plotly's default down here, one row sat higher).
+        legend=dict(orientation="h", yanchor="top", y=-0.3),
     )
     return fig
 
@@ -853,6 +855,20 @@ def strip_image(values: np.ndarray, names: Sequence[str]) -> np.ndarray:
             anchor="mm",
         )
     return np.asarray(picture)
+
+
+KERNELS_IMAGE_WIDTH = 480  # pixels across a picture of kernels, before the browser
+
+
+def kernels_image(kernels: np.ndarray, columns: int = 8) -> np.ndarray:
+    """Conv kernels (n, k, k) as one picture, RGB uint8, ``columns`` to a row on
+    one colour scale (red weights positive, blue negative, white 0), each weight
+    a square of whole pixels: the Train page's live first-layer filters, which a
+    picture shows whole at any column width (a chart of small squares kept
+    its rows' height when the column narrowed, leaving gaps between them)."""
+    grid = tile(np.asarray(kernels, dtype=np.float64), columns)
+    factor = max(1, round(KERNELS_IMAGE_WIDTH / grid.shape[1]))
+    return coloured(grid, signed=True).repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 # Invisible markers that take a chart's clicks; the clicked one shows.

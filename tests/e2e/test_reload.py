@@ -217,9 +217,10 @@ def test_the_url_keeps_the_settings_and_ignores_bad_values(server, page):
     expect(page.get_by_role("combobox", name="Model", exact=True)).to_have_value(
         "CNN (NumPy)"
     )
-    # The page's first settings: the demo preset on all 55,000 images.
+    # The page's first settings: the demo preset, for 5 epochs, on all 55,000
+    # images.
     assert slider_value(page, "Training images") == "55,000"
-    assert epochs_value(page) == "2"
+    assert epochs_value(page) == "5"
     query = parse_qs(urlsplit(page.url).query)
     assert re.fullmatch(r"[A-Za-z0-9_-]{8,64}", query["client"][0])
     assert "dataset" not in query and "train-size-mnist" not in query
