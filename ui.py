@@ -203,6 +203,8 @@ LAYOUT_CSS = """
    value ("sam" for "same" at 1024 px wide). */
 .st-key-inputs [data-testid=stHorizontalBlock] { flex-wrap: wrap; }
 .st-key-inputs [data-testid=stColumn] { flex: 1 1 10rem; min-width: 10rem; }
+/* Draw's layer strips, pictures scaled to one width: sharp squares, not blurred. */
+[class*="st-key-draw-strip-"] img { image-rendering: pixelated; }
 """
 INPUTS = "inputs"  # the key of a container whose rows of inputs may stack
 # Presenter mode: every text larger for the back of a classroom. Streamlit sizes
@@ -1032,6 +1034,10 @@ def gallery(
 # -- one pixel of a feature map, worked out (Draw and Inspect) ----------------------
 
 
+MAP_CHART_WIDTH = figures.PIXEL_FIGURE + 100  # an enlarged map and its colour bar
+ARITHMETIC_GAPS = 60  # pixels between the three grids of one pixel's arithmetic
+
+
 def _pixel_keys(prefix: str, run_name: str) -> dict[str, str]:
     """The session keys of ``conv_pixel_section`` on page ``prefix`` for a model:
     its layer and map pickers, and the pixel clicked last."""
@@ -1110,6 +1116,7 @@ def conv_pixel_section(
         figures.feature_map(values),
         f"Map {channel} of {layer} for {what}, enlarged. Click one of its pixels "
         "to see what it computed, number by number.",
+        width=MAP_CHART_WIDTH,  # the map and its colour bar, not the whole page
         key=chart_key,
         on_select=picked,
         selection_mode=("points",),
@@ -1157,6 +1164,9 @@ def _conv_arithmetic(prefix: str, px: explain.ConvPixel, what: str) -> None:
             px.products[..., input_map],
             ["Window it read", "Kernel (weights)", "Products"],
         ),
+        # As wide as its three grids: across a wide page they shrank to the
+        # figure's height with wide gaps between them.
+        width=3 * k * figures.CONV_CELL + ARITHMETIC_GAPS,
         key=f"{prefix}-pixel-arithmetic",
     )
     lines = [

@@ -272,7 +272,11 @@ def show_layers(run, model, image: np.ndarray, what: str) -> list:
             words = words.format(best=run.class_names[int(out.values.argmax())])
         with st.container(key=f"{STRIP_KEY}{run.name}-{out.name}", gap="small"):
             st.caption(f"**{out.name}** · {'x'.join(map(str, out.shape))} · " + words)
-            st.image(figures.strip_image(out.values, run.class_names))
+            # One width for all (their own widths differ by the maps' sizes).
+            st.image(
+                figures.strip_image(out.values, run.class_names),
+                width=figures.STRIP_WIDTH,
+            )
         before = out
     if explain.network(model) is None:
         st.caption(
