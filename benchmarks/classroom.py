@@ -604,7 +604,12 @@ async def student(
     step = "arriving"
     try:
         step = "opening Home"
-        await session.open_home()
+        try:
+            await session.open_home()
+        except Exception as err:  # once more, as a person would
+            record.error(step, f"{type(err).__name__}: {str(err)[:200]}")
+            session.reloads += 1
+            await session.open_home()
         step = "opening Train"
         await session.visit("Train")
         step = "starting training"
@@ -853,7 +858,14 @@ def run_configuration(workers: int, args: argparse.Namespace) -> dict:
         )
         meter = CpuMeter(roots).start()
         started = time.monotonic()
-        records = asyncio.run(class_load(server.url, args, folder / "shots"))
+        # Playwright's driver and Chromium inherit this thread's nice value; the
+        # server and the cluster, started before, keep their own.
+        niceness = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, niceness + args.generator_nice)
+        try:
+            records = asyncio.run(class_load(server.url, args, folder / "shots"))
+        finally:
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
         elapsed = time.monotonic() - started
         cpu = meter.stop()
         meter = None
@@ -1003,6 +1015,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=6,
         help="look at another page after every N drawings (0: never)",
+    )
+    parser.add_argument(
+        "--generator-nice",
+        type=int,
+        default=0,
+        help="run the load generator (Playwright's driver and Chromium) this much "
+        "nicer than the server, so that on one machine it takes the CPU after it",
     )
     parser.add_argument(
         "--timeout",
