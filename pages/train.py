@@ -287,7 +287,8 @@ def live_views(job: TrainingJob) -> None:
     left.image(
         figures.enlarge((probe / max(probe.max(), 1e-9) * 255).astype(np.uint8)),
         caption=f"Followed: {view.probe_source}",
-        width=140,
+        # No fixed width: 140 px overflowed its column at 1024 px wide (about
+        # 100 px), under the chart beside it, cutting the caption.
     )
     with right:
         ui.chart(
