@@ -125,6 +125,7 @@ class BackgroundJob:
             if self._status in ("queued", "running"):
                 self._status = "stopping"
         self._stop.set()
+        self._slots.wake()  # a job waiting in line leaves it now
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end; True if the job has finished."""

@@ -64,6 +64,7 @@ def test_a_job_stopped_while_waiting_leaves_the_queue_without_a_slot():
     waiting = hold(queue, waiting_ticket, log, threading.Event(), stop)
     wait_for(lambda: queue.position(waiting_ticket) == 1)
     stop.set()
+    queue.wake()  # as BackgroundJob.stop does
     waiting.join(TIMEOUT)
     assert log[-1][:2] == (waiting_ticket, False)
     assert queue.queued == 0 and queue.busy == 1

@@ -172,6 +172,7 @@ def test_a_job_stopped_in_the_queue_leaves_it_without_training(mnist):
     snap = second.snapshot()
     assert snap.status == "stopped" and snap.run is None and snap.points == []
     assert "never" not in [run.name for run in store.list_runs()[0]]
+    wait_for(lambda: first.snapshot().points)  # a model worth saving
     first.stop()
     assert first.join(TIMEOUT) and first.snapshot().run is not None
 
