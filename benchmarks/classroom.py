@@ -7,13 +7,26 @@ at a lower CPU priority (``nice -n 10``) than the server, whose address the
 server gets as ``DIGITS_SCHEDULER``. ``--workers 0`` starts no cluster: the
 server trains in its own queue of training slots (``digits.slots``), as today.
 
-Then ``--students`` sessions arrive over ``--arrive-over`` seconds, each a
-Chromium browser context (spread over ``--browsers`` Chromium processes) driven
-with Playwright as a student would: open Home, go to Train, pick the ``quick``
-preset and press Start, go to Draw and draw a digit every ``--draw-every``
-seconds (a 1 or a 7, cleared after each reading), now and then looking at
-another page and back. Every session keeps drawing until every student's model
-is saved (or ``--timeout``). Measured:
+Then ``--students`` sessions arrive over ``--arrive-over`` seconds, each doing
+what a student does: open Home, go to Train, pick the ``quick`` preset and press
+Start, go to Draw and draw a digit every ``--draw-every`` seconds (a 1 or a 7,
+cleared after each reading), now and then looking at another page and back.
+Every session keeps drawing until every student's model is saved (or
+``--timeout``). A student is one of two kinds of client:
+
+- ``--clients ws`` (the default): a websocket client that speaks Streamlit's own
+  protocol to the server (``classroom_ws.py``, which says how and what it
+  measures), at the cost of a few milliseconds of the harness's CPU per page,
+  with ``--browser-students`` of the class (default 2) Chromium tabs among them,
+  so that what a person sees in a browser is measured under the class's load
+  too. Both populations' latencies are reported apart. (30 Chromium tabs need
+  about 0.7 CPU-s per drawing each, ~2.7 of this machine's 2 cores: they starve
+  the server they measure, and such a run does not finish here.)
+- ``--clients browser``: every student a Chromium browser context (spread over
+  ``--browsers`` Chromium processes) driven with Playwright.
+
+Measured (for a websocket student, in the harness's clock from the rerun sent,
+see classroom_ws.py; for a Chromium one as follows):
 
 - page render: from the click on a sidebar link to the new page's script having
   finished (its title shown, Streamlit idle), in the harness's clock;
@@ -37,6 +50,8 @@ is saved (or ``--timeout``). Measured:
   share (everyone's, from /proc/stat) says how quiet it was.
 
     DIGITS_DATA_DIR=../shared/data python benchmarks/classroom.py --workers 0 1 2
+
+(30 students, 28 of them websocket clients and 2 Chromium tabs.)
 
 Each worker count gets a fresh server (and cluster); the results go side by side
 into one Markdown table (printed) and a JSON file (``--json``). Every process
@@ -92,6 +107,7 @@ from appdriver import (  # noqa: E402
     Server,
     free_port,
 )
+from classroom_ws import until, ws_student  # noqa: E402
 
 SCHEDULER_ENV = "DIGITS_SCHEDULER"  # the lead's setting: train on this cluster
 WORKER_NICENESS = 10  # as the server's own training threads (digits.training_job)
@@ -389,6 +405,7 @@ class Student:
     """What one session saw."""
 
     number: int
+    client: str = "browser"  # or "ws": a websocket client (classroom_ws)
     renders: list[tuple[str, float]] = field(default_factory=list)  # (page, s)
     first_load: float | None = None  # goto Home until it finished, seconds
     predictions: list[float] = field(default_factory=list)  # mouse-up to shown, s
@@ -662,10 +679,7 @@ async def student(
             job = await session.job()
             if job.get("done") is not None or job.get("gone") is not None:
                 record.job["finished"] = True
-            wait = next_draw - time.monotonic()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(class_done.wait(), wait)
+            await until(next_draw, class_done)
     except Exception as err:
         record.error(step, f"{type(err).__name__}: {str(err)[:200]}")
         await session.screenshot("failed")
@@ -678,11 +692,25 @@ async def student(
             await context.close()
 
 
+def browser_numbers(args: argparse.Namespace) -> set[int]:
+    """Which students are Chromium tabs: all with ``--clients browser``; with
+    ``ws``, ``--browser-students`` of them spread evenly over the arrivals."""
+    if args.clients == "browser":
+        return set(range(args.students))
+    n, b = args.students, min(args.browser_students, args.students)
+    return {int((k + 0.5) * n / b) for k in range(b)}
+
+
 async def class_load(url: str, args: argparse.Namespace, shots: Path) -> list[Student]:
-    """Every student against ``url``, over ``args.browsers`` Chromium processes."""
+    """Every student against ``url``: the Chromium ones over ``args.browsers``
+    Chromium processes, the others websocket clients (classroom_ws)."""
     from playwright.async_api import async_playwright
 
-    records = [Student(i) for i in range(args.students)]
+    in_browser = browser_numbers(args)
+    records = [
+        Student(i, client="browser" if i in in_browser else "ws")
+        for i in range(args.students)
+    ]
     class_done = asyncio.Event()
     spacing = args.arrive_over / max(1, args.students - 1)
 
@@ -703,27 +731,35 @@ async def class_load(url: str, args: argparse.Namespace, shots: Path) -> list[St
                 )
         class_done.set()
 
+    def one(r: Student, browsers: list):
+        if r.client == "ws":
+            return ws_student(
+                r,
+                url,
+                r.number * spacing,
+                args,
+                class_done,
+                [(ONE, "1"), (SEVEN, "7")],
+                TOUR,
+                PAGE_PATHS,
+            )
+        return student(
+            r,
+            browsers[r.number % len(browsers)],
+            url,
+            r.number * spacing,
+            args,
+            class_done,
+            shots,
+        )
+
     async with async_playwright() as p:
         browsers = [
             await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            for _ in range(args.browsers)
+            for _ in range(min(args.browsers, len(in_browser)))
         ]
         try:
-            await asyncio.gather(
-                watch(),
-                *(
-                    student(
-                        r,
-                        browsers[r.number % len(browsers)],
-                        url,
-                        r.number * spacing,
-                        args,
-                        class_done,
-                        shots,
-                    )
-                    for r in records
-                ),
-            )
+            await asyncio.gather(watch(), *(one(r, browsers) for r in records))
         finally:
             for browser in browsers:
                 with contextlib.suppress(Exception):
@@ -796,8 +832,21 @@ def summarise(records: list[Student], runs_dir: Path) -> dict:
         }
         for r in records
     ]
+    by_client = {}
+    for kind in ("ws", "browser"):
+        mine = [r for r in records if r.client == kind]
+        by_client[kind] = {
+            "students": len(mine),
+            "page_render": stats([s for r in mine for _, s in r.renders]),
+            "first_load": stats([r.first_load for r in mine if r.first_load]),
+            "prediction": stats([t for r in mine for t in r.predictions]),
+            "draw_page_done": stats([t for r in mine for t in r.page_done]),
+            "draw_run_started": stats([t for r in mine for t in r.run_started]),
+            "errors": sum(len(r.errors) for r in mine),
+        }
     return {
         "students": len(records),
+        "by_client": by_client,
         "page_render": stats(renders),
         "page_render_by_page": {k: stats(v) for k, v in sorted(by_page.items())},
         "first_load": stats([r.first_load for r in records if r.first_load]),
@@ -929,18 +978,46 @@ def table(results: list[dict]) -> str:
     def listed(values: list) -> str:
         return str(len(values))
 
+    def population(kind: str, label: str) -> list:
+        """The latency rows of one kind of student, if any ran."""
+        if not any(r["by_client"][kind]["students"] for r in results):
+            return []
+        what = f"{label}: " if len(kinds) > 1 else ""
+        return [
+            *(
+                [(f"{what}students", lambda r: str(r["by_client"][kind]["students"]))]
+                if what
+                else []
+            ),
+            *(
+                (f"{what}{name}", lambda r, f=figure: seconds(r["by_client"][kind][f]))
+                for name, figure in (
+                    ("page render, s (median / p95)", "page_render"),
+                    ("first load of Home, s", "first_load"),
+                    ("drawing to prediction, s", "prediction"),
+                    ("drawing to its rerun started, s", "draw_run_started"),
+                    ("drawing to Draw page finished, s", "draw_page_done"),
+                )
+            ),
+            (
+                f"{what}drawings",
+                lambda r: str(r["by_client"][kind]["prediction"]["n"]),
+            ),
+        ]
+
+    kinds = [
+        k
+        for k in ("ws", "browser")
+        if any(r["by_client"][k]["students"] for r in results)
+    ]
     rows = [
         ("students", lambda r: str(r["students"])),
-        ("page render, s (median / p95)", lambda r: seconds(r["page_render"])),
-        ("first load of Home, s", lambda r: seconds(r["first_load"])),
-        ("drawing to prediction, s", lambda r: seconds(r["prediction"])),
-        ("drawing to its rerun started, s", lambda r: seconds(r["draw_run_started"])),
-        ("drawing to Draw page finished, s", lambda r: seconds(r["draw_page_done"])),
+        *population("ws", "websocket clients"),
+        *population("browser", "Chromium"),
         (
             "Draw's server time: preprocessing + models, ms",
             lambda r: milliseconds(r["server_preprocess_ms"], r["server_models_ms"]),
         ),
-        ("drawings", lambda r: str(r["prediction"]["n"])),
         ("queue wait per job, s", lambda r: seconds(r["queue_wait"])),
         ("job running to saved, on the page, s", lambda r: seconds(r["job_on_page"])),
         ("training time per job (run store), s", lambda r: seconds(r["train_seconds"])),
@@ -993,6 +1070,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--students", type=int, default=30)
     parser.add_argument(
+        "--clients",
+        choices=["ws", "browser"],
+        default="ws",
+        help="ws: websocket clients speaking Streamlit's protocol (classroom_ws), "
+        "with --browser-students Chromium tabs among them; browser: every student "
+        "a Chromium tab",
+    )
+    parser.add_argument(
+        "--browser-students",
+        type=int,
+        default=2,
+        help="with --clients ws: how many students are Chromium tabs (default 2)",
+    )
+    parser.add_argument(
         "--browsers",
         type=int,
         default=3,
@@ -1042,7 +1133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep each configuration's folder (runs, logs)",
     )
     args = parser.parse_args(argv)
-    if args.students < 1 or args.browsers < 1 or min(args.workers) < 0:
+    if (
+        args.students < 1
+        or args.browsers < 1
+        or args.browser_students < 0
+        or min(args.workers) < 0
+    ):
         parser.error("--students and --browsers must be 1 or more, --workers 0 or more")
     return args
 
