@@ -416,6 +416,8 @@ class Student:
     strokes: list[int] = field(default_factory=list)
     misreads: list[str] = field(default_factory=list)
     reloads: int = 0  # pages reloaded after a blank page or a step that failed
+    media_fetched: int = 0  # images a websocket student fetched (/media/...)
+    media_failed: int = 0  # of which the server did not answer 200
     errors: list[str] = field(default_factory=list)
     start_click: float | None = None  # wall clock
     job: dict = field(default_factory=dict)  # window.__job, wall-clock ms
@@ -858,6 +860,8 @@ def summarise(records: list[Student], runs_dir: Path) -> dict:
         "strokes_redrawn": sum(s > 1 for r in records for s in r.strokes),
         "misreads": [m for r in records for m in r.misreads],
         "reloads": sum(r.reloads for r in records),
+        "media_fetched": sum(r.media_fetched for r in records),
+        "media_failed": sum(r.media_failed for r in records),
         "queue_wait": stats(waits),
         "job_on_page": stats(on_page),
         "train_seconds": stats(train_seconds),
@@ -1038,6 +1042,10 @@ def table(results: list[dict]) -> str:
         ("unfinished jobs", lambda r: listed(r["unfinished_jobs"])),
         ("misread drawings", lambda r: listed(r["misreads"])),
         ("pages reloaded (blank or stuck)", lambda r: str(r["reloads"])),
+        (
+            "images fetched by websocket students / failed",
+            lambda r: f"{r.get('media_fetched', 0)} / {r.get('media_failed', 0)}",
+        ),
         ("CPU: load generator", lambda r: cpu(r, "load generator")),
         ("CPU: server (pages, predictions)", lambda r: cpu(r, "server")),
         ("CPU: server's training threads", lambda r: cpu(r, "server training")),

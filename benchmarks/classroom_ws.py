@@ -26,6 +26,9 @@ What a student does is what a browser tab does, message for message:
   Pillow (white on black, 252 px, brush 18, as the Draw page's canvas), then
   press Clear;
 - now and then look at another page and come back (``--tour-every``);
+- after each of its reruns, fetch the page's images (``/media/...`` URLs of the
+  image elements) over HTTP, as a browser loads them; not timed, and counted
+  (with the ones that failed) apart;
 - rerun the sidebar's fragment when the server asks (``auto_rerun``: every
   second while a job is unfinished), as the frontend's timer does, but only
   while none of the student's own reruns is running (the frontend may send one
@@ -121,6 +124,8 @@ class Run:
         self.started: float | None = None  # its new_session
         self.prediction: tuple[float, str] | None = None  # (time, digit shown)
         self.server_ms: tuple[int, int] | None = None
+        self.media: list[str] = []  # the images' URLs (/media/...) on the page
+        self.done: float | None = None  # its script_finished
         self.finished = asyncio.get_running_loop().create_future()
 
 
@@ -211,14 +216,37 @@ class WsStudent:
         print(f"  [{self.record.number} {now:.2f}] {way} {kind} {text[:300]}")
 
     async def rerun(self, triggers: dict[str, WidgetState] | None = None) -> Run:
-        """Rerun the page (with ``triggers`` pressed) and wait for it to finish."""
+        """Rerun the page (with ``triggers`` pressed), wait for it to finish,
+        then fetch its images as a browser does (not timed: a page counts as
+        shown when its script finished, as the Chromium students')."""
         run = self.pending = Run()
         try:
             await self._send(triggers)
             await asyncio.wait_for(asyncio.shield(run.finished), PAGE_SECONDS)
         finally:
             self.pending = None
+        statuses = await asyncio.gather(
+            *(self._get(url) for url in dict.fromkeys(run.media)),
+            return_exceptions=True,
+        )
+        self.record.media_fetched += len(statuses)
+        self.record.media_failed += sum(status != 200 for status in statuses)
         return run
+
+    async def _get(self, path: str) -> int:
+        """GET ``path`` from the server; its HTTP status."""
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            status = int((await reader.readline()).split()[1])
+            await asyncio.wait_for(reader.read(), PAGE_SECONDS)  # to the end
+            return status
+        finally:
+            writer.close()
 
     async def visit(self, path: str, label: str) -> float:
         """Follow the sidebar's link to the page at ``path`` (labelled ``label``);
@@ -227,7 +255,7 @@ class WsStudent:
         self.query = self.links.get(label, self.query)
         self.states, self.seen_errors = {}, set()
         run = await self.rerun()
-        return time.monotonic() - run.sent
+        return run.done - run.sent
 
     def set_value(self, widget: str, **value) -> None:
         state = WidgetState(id=widget, **value)
@@ -297,8 +325,9 @@ class WsStudent:
         elif kind == "script_finished":
             status = SCRIPT_FINISHED.Name(msg.script_finished)
             if run is not None and status in DONE and not run.finished.done():
+                run.done = time.monotonic()
                 if run.started is None:
-                    run.started = time.monotonic()
+                    run.started = run.done
                 run.finished.set_result(status)
 
     def _element(self, path, element, run: Run | None) -> None:
@@ -312,6 +341,8 @@ class WsStudent:
             self.widgets[name] = widget.id
             if kind == "button":
                 self.disabled[widget.id] = widget.disabled
+        elif kind == "imgs" and run is not None:
+            run.media += [image.url for image in element.imgs.imgs if image.url]
         elif kind == "page_link" and where == SIDEBAR:
             self.links[element.page_link.label] = element.page_link.query_string
         elif kind == "metric" and where == MAIN:
@@ -375,8 +406,8 @@ async def until(moment: float, class_done: asyncio.Event) -> None:
 async def open_home(s: WsStudent) -> None:
     start = time.monotonic()
     await s.connect()
-    await s.rerun()
-    s.record.first_load = time.monotonic() - start
+    run = await s.rerun()
+    s.record.first_load = run.done - start
 
 
 async def start_quick_training(s: WsStudent) -> None:
@@ -414,9 +445,8 @@ async def draw(s: WsStudent, shape, digit: str, rng: np.random.Generator) -> Non
     value, _ = drawing_value(shape, rng)
     s.set_value(canvas, json_value=value)
     run = await s.rerun()
-    done = time.monotonic()
     record.strokes.append(1)
-    record.page_done.append(done - run.sent)
+    record.page_done.append(run.done - run.sent)
     if run.started is not None:
         record.run_started.append(run.started - run.sent)
     if run.server_ms is not None:
