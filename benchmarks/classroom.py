@@ -43,7 +43,8 @@ see classroom_ws.py; for a Chromium one as follows):
   that timed out, jobs that ended without a run; lost runs: runs a page named
   as saved that the run store does not list. Both must be 0;
 - CPU seconds over the load (psutil, sampled twice a second): the load
-  generator (this harness, Playwright's driver and the Chromium processes), the
+  generator (this harness, which runs the websocket students, and apart from
+  it Playwright's driver and the Chromium processes), the
   server (its threads at normal priority, which draw pages and predict, apart
   from its training threads, which run at a lower priority), the scheduler and
   the workers; each as a share of elapsed time x cores. The machine's own busy
@@ -327,7 +328,9 @@ class CpuMeter:
         for name, pid in self.roots.items():
             if pid in pids:
                 return name
-        return "load generator"
+        # This process runs the websocket students; its children are Playwright's
+        # driver and Chromium.
+        return "harness" if proc.pid == os.getpid() else "browsers"
 
     def sample(self) -> dict[tuple, float]:
         now = {}
@@ -380,7 +383,10 @@ class CpuMeter:
         seconds: dict[str, float] = {}
         for key, last in self.last.items():
             group = "worker" if key[0].startswith("worker") else key[0]
-            seconds[group] = seconds.get(group, 0.0) + max(0.0, last - self.first[key])
+            used = max(0.0, last - self.first[key])
+            seconds[group] = seconds.get(group, 0.0) + used
+            if group in ("harness", "browsers"):
+                seconds["load generator"] = seconds.get("load generator", 0.0) + used
         ticks = [b - a for a, b in zip(self.ticks, machine_ticks(), strict=False)]
         idle = ticks[3] + ticks[4]
         return {
@@ -1047,6 +1053,8 @@ def table(results: list[dict]) -> str:
             lambda r: f"{r.get('media_fetched', 0)} / {r.get('media_failed', 0)}",
         ),
         ("CPU: load generator", lambda r: cpu(r, "load generator")),
+        ("  of which the harness (websocket students)", lambda r: cpu(r, "harness")),
+        ("  of which Playwright and Chromium", lambda r: cpu(r, "browsers")),
         ("CPU: server (pages, predictions)", lambda r: cpu(r, "server")),
         ("CPU: server's training threads", lambda r: cpu(r, "server training")),
         ("CPU: Dask workers", lambda r: cpu(r, "worker")),
