@@ -252,6 +252,8 @@ def command(
         # app` in a fresh environment until someone answers it.
         "--server.showEmailPrompt=false",
         "--browser.gatherUsageStats=false",
+        # As .streamlit/config.toml says: no full collection after every run.
+        "--runner.postScriptGC=false",
     ]
 
 

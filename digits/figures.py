@@ -16,6 +16,11 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+# Imported before Plotly Express: px.imshow looks pandas up lazily, and two
+# sessions drawing at once on a cold server could find it half-imported
+# ("partially initialized module 'pandas' has no attribute 'Series'").
+import pandas  # noqa: F401
 import plotly.express as px
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw, ImageFont
