@@ -308,11 +308,12 @@ def _train_on_cluster(args, kind, params, dataset, progress, stop) -> store.Run:
         command=args.command_line,
     ).start()
     progress.on_train_begin()
-    shown = 0
-    while not job.join(0.25):
+    shown, finished = 0, False
+    while not finished:
+        finished = job.join(0.25)
         if stop.is_set():
             job.stop()
-        epochs = job.snapshot().epochs
+        epochs = job.snapshot().epochs  # once more after the end: the last ones
         for epoch in range(shown, len(epochs)):
             progress.on_epoch_end(epoch, epochs[epoch])
         shown = len(epochs)

@@ -283,8 +283,8 @@ def test_the_train_page_trains_on_the_cluster_and_lists_the_run(on, runs):
     next(b for b in at.button if b.label == "Start training").click().run()
     job = at.session_state["training-job"]
     wait_for(lambda: job.snapshot().fraction > 0)  # progress from the worker
-    assert cluster.client() is not None and job.snapshot().status == "running"
     assert job.join(TIMEOUT)
+    assert cluster.connected() and cluster.notice() is None
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     run = job.snapshot().run
