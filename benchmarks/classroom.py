@@ -80,6 +80,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -427,10 +428,14 @@ class Student:
     errors: list[str] = field(default_factory=list)
     start_click: float | None = None  # wall clock
     job: dict = field(default_factory=dict)  # window.__job, wall-clock ms
+    # A websocket student's last messages, printed under each of its errors.
+    recent: Callable[[], str] | None = field(default=None, repr=False)
 
     def error(self, where: str, text: str) -> None:
         self.errors.append(f"student {self.number}, {where}: {text}")
         print(f"  error: {self.errors[-1]}", flush=True)
+        if self.recent is not None:
+            print(self.recent(), flush=True)
 
 
 class Session:

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import io
 import json
@@ -152,6 +153,10 @@ class WsStudent:
         self.seen_errors: set[str] = set()
         self.progress_at: float | None = None  # the sidebar's job, last seen
         self.closed = asyncio.Event()
+        # The last messages each way, in short, printed with an error: the
+        # errors are rare and a full trace of a class is too long to read.
+        self.recent: collections.deque[str] = collections.deque(maxlen=60)
+        record.recent = self.dump
 
     # -- the connection ------------------------------------------------------------
 
@@ -207,7 +212,19 @@ class WsStudent:
         info.color_scheme = "light"
         if TRACE:
             self._trace("->", "rerun_script", msg)
+        self._remember(
+            "->",
+            f"rerun page={self.page[:6]} fragment={fragment[:6]} "
+            f"triggers={sorted(triggers or {})} states={len(states)}",
+        )
         await self.ws.send(msg.SerializeToString())
+
+    def _remember(self, way: str, text: str) -> None:
+        self.recent.append(f"{time.monotonic():.3f} {way} {text}")
+
+    def dump(self) -> str:
+        """The last messages each way, one per line."""
+        return "\n".join(f"    [{self.record.number}] {line}" for line in self.recent)
 
     def _trace(self, way: str, kind: str, msg) -> None:
         text = str(msg).replace("\n", " ")
@@ -301,6 +318,7 @@ class WsStudent:
         kind = msg.WhichOneof("type")
         if TRACE:
             self._trace("<-", kind, msg)
+        self._remember("<-", self._summary(kind, msg))
         run = self.pending
         if kind == "new_session" and msg.metadata.run.fragment_ids:
             pass  # a fragment's run (the sidebar's): the page stays as it is
@@ -329,6 +347,26 @@ class WsStudent:
                 if run.started is None:
                     run.started = run.done
                 run.finished.set_result(status)
+
+    @staticmethod
+    def _summary(kind: str, msg: ForwardMsg) -> str:
+        if kind == "new_session":
+            run = msg.metadata.run if msg.metadata.HasField("run") else None
+            return (
+                f"new_session page={msg.new_session.page_script_hash[:6]} "
+                f"fragments={list(run.fragment_ids) if run else '?'}"
+            )
+        if kind == "script_finished":
+            return "script_finished " + SCRIPT_FINISHED.Name(msg.script_finished)
+        if kind == "delta":
+            delta = msg.delta.WhichOneof("type")
+            what = (
+                msg.delta.new_element.WhichOneof("type")
+                if delta == "new_element"
+                else delta
+            )
+            return f"delta {list(msg.metadata.delta_path)} {what}"
+        return kind
 
     def _element(self, path, element, run: Run | None) -> None:
         kind = element.WhichOneof("type")

@@ -308,12 +308,16 @@ def _train_on_cluster(args, kind, params, dataset, progress, stop) -> store.Run:
         command=args.command_line,
     ).start()
     progress.on_train_begin()
-    shown, finished = 0, False
+    shown, finished, told = 0, False, None
     while not finished:
         finished = job.join(0.25)
         if stop.is_set():
             job.stop()
-        epochs = job.snapshot().epochs  # once more after the end: the last ones
+        snap = job.snapshot()
+        if snap.notice and snap.notice != told:  # e.g. it trains here instead
+            print(snap.notice, file=sys.stderr)
+            told = snap.notice
+        epochs = snap.epochs  # once more after the end: the last ones
         for epoch in range(shown, len(epochs)):
             progress.on_epoch_end(epoch, epochs[epoch])
         shown = len(epochs)

@@ -24,9 +24,10 @@ server checks them and places the run in its run store in one step
 
 Faults: if a worker dies mid-job, Dask runs the job again on another worker (its
 ``allowed-failures``, 3 by default, then ``KilledWorker``); the page shows the
-new attempt's progress from the start. If the scheduler cannot be reached,
+new attempt's progress from the start. If the scheduler cannot be reached, or
+cannot load a job (digits missing there, or another version),
 ``client()`` returns None with a notice (``notice()``) and training falls back to
-this machine; it tries the scheduler again after ``RETRY_SECONDS``.
+this machine; it tries the cluster again after ``RETRY_SECONDS``.
 
 Trust: Dask's protocol pickles what it sends, so the scheduler and workers must
 be trusted machines on a private network (or use Dask's TLS; see the README).
@@ -111,12 +112,17 @@ def client():
             if conn is None:
                 return None
             lost = None
+            resting = time.monotonic() - conn.failed_at < RETRY_SECONDS
             if conn.client is not None:
                 if conn.client.status == "running":
+                    if resting:  # its workers could not run a job (_unusable)
+                        return None
+                    conn.notice = None  # tried again
                     return conn.client
                 # The scheduler went away: let this client go, connect afresh.
                 lost, conn.client, conn.failed_at = conn.client, None, -float("inf")
-            if time.monotonic() - conn.failed_at < RETRY_SECONDS:
+                resting = False
+            if resting:
                 return None
         if lost is not None:
             _close(lost)
@@ -178,7 +184,10 @@ def connected() -> bool:
     with _lock:
         conn = _connection
     return (
-        conn is not None and conn.client is not None and conn.client.status == "running"
+        conn is not None
+        and conn.client is not None
+        and conn.client.status == "running"
+        and time.monotonic() - conn.failed_at >= RETRY_SECONDS
     )
 
 
@@ -250,7 +259,8 @@ def _dataset(ds):
 
 
 class SchedulerLost(DigitsError):
-    """The scheduler went away while a job ran there (the job may train here)."""
+    """The scheduler went away while a job ran there, or its workers cannot run
+    digits' jobs at all (the job may train here)."""
 
 
 @dataclass
@@ -334,6 +344,8 @@ def run_remote(
                 f"({type(err).__name__}), so this model trains on this machine "
                 "instead, from the start."
             ) from None
+        if _cannot_load(err):
+            raise SchedulerLost(_unusable(dask_client, err)) from None
         raise DigitsError(_lost(err)) from None
     finally:
         if dask_client.status == "running":
@@ -345,6 +357,35 @@ def run_remote(
                     variable.clear() if variable is stop else variable.delete()
                 except Exception:  # the scheduler went away; it forgot them anyway
                     log.debug("could not delete %s", variable.name, exc_info=True)
+
+
+def _cannot_load(err: BaseException) -> bool:
+    """Whether a job failed because the cluster could not load it: digits (or a
+    library it pickles) is missing on the scheduler, or at another version
+    (Dask's "Error during deserialization of the task graph")."""
+    return isinstance(err, ImportError) or "deserializ" in str(err).lower()
+
+
+def _unusable(dask_client, err: BaseException) -> str:
+    """Set the cluster aside for ``RETRY_SECONDS`` (jobs train here meanwhile, as
+    when the scheduler cannot be reached), because it cannot load digits' jobs;
+    the notice, in words for the user."""
+    from digits import __version__
+
+    cause = str(err).strip().splitlines()[0][:200]
+    message = (
+        f"The Dask cluster at {address()} cannot load digits' training jobs "
+        f"({type(err).__name__}: {cause}), so models train on this machine for "
+        f"now. Its scheduler and every worker need digits {__version__} "
+        f"installed, as this server has it: pip install "
+        f"'digits[cluster]=={__version__}'."
+    )
+    with _lock:
+        conn = _connection
+        if conn is not None and conn.client is dask_client:
+            conn.notice, conn.failed_at = message, time.monotonic()
+    log.warning("%s", message)
+    return message
 
 
 def _lost(err: BaseException) -> str:

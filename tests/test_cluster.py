@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import dask
@@ -186,10 +187,7 @@ def test_a_job_whose_workers_keep_dying_fails_with_a_message(monkeypatch, mnist,
 
 
 def test_an_unreachable_scheduler_trains_here_with_a_notice(monkeypatch, mnist, runs):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
+    address, _ = free_address()
     monkeypatch.setenv(cluster.SCHEDULER_ENV, address)
     monkeypatch.setattr(cluster, "CONNECT_SECONDS", 2)
     job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 1}, train_size=600)
@@ -292,18 +290,27 @@ def test_the_train_page_trains_on_the_cluster_and_lists_the_run(on, runs):
     assert listed(runs) == [run.name]
 
 
-def test_a_job_whose_scheduler_goes_away_trains_here_instead(monkeypatch, mnist, runs):
-    with socket.socket() as s:
+def free_address() -> tuple[str, int]:
+    with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
-    local = ["--dashboard-address", "127.0.0.1:0"]
-    scheduler = subprocess.Popen(
-        ["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), *local],
-        stderr=subprocess.DEVNULL,
+    return f"tcp://127.0.0.1:{port}", port
+
+
+LOCAL = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+
+
+def start_scheduler(port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["dask", "scheduler", "--port", str(port), *LOCAL], stderr=subprocess.DEVNULL
     )
+
+
+def test_a_job_whose_scheduler_goes_away_trains_here_instead(monkeypatch, mnist, runs):
+    address, port = free_address()
+    scheduler = start_scheduler(port)
     worker = subprocess.Popen(
-        ["dask", "worker", address, "--host", "127.0.0.1", "--nthreads", "1", *local],
+        ["dask", "worker", address, "--nthreads", "1", *LOCAL],
         stderr=subprocess.DEVNULL,
     )
     try:
@@ -326,3 +333,54 @@ def test_a_job_whose_scheduler_goes_away_trains_here_instead(monkeypatch, mnist,
     snap = job.snapshot()
     assert snap.status == "stopped", snap.error
     assert listed(runs) == [snap.run.name]
+
+
+# A scheduler on which ``import digits`` fails, as on a machine where the
+# teacher forgot to install it: Dask's scheduler unpickles each task it is sent.
+WITHOUT_DIGITS = """
+import sys
+sys.modules["digits"] = None  # import digits raises ImportError
+from distributed.cli.dask_scheduler import main
+sys.argv = ["dask-scheduler", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_cluster_without_digits_sends_jobs_back_here_with_a_notice(
+    monkeypatch, mnist, runs, capsys
+):
+    address, port = free_address()
+    scheduler = subprocess.Popen(
+        [sys.executable, "-c", WITHOUT_DIGITS, "--port", str(port), *LOCAL],
+        stderr=subprocess.DEVNULL,
+    )
+    worker = subprocess.Popen(
+        ["dask", "worker", address, "--nthreads", "1", *LOCAL],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        monkeypatch.setenv(cluster.SCHEDULER_ENV, address)
+        monkeypatch.setattr(cluster, "CONNECT_SECONDS", 30)  # while it starts
+        wait_for(lambda: cluster.client() is not None and cluster.capacity() == 1)
+        job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 1}, train_size=600)
+        assert job.start().join(TIMEOUT)
+        snap = job.snapshot()
+        assert snap.status == "done", snap.error
+        assert listed(runs) == [snap.run.name]  # trained here instead
+        for told in (snap.notice, cluster.notice()):
+            assert "cannot load digits' training jobs" in told
+            assert "train on this machine" in told and "pip install" in told
+        # The cluster is set aside for a while: the next job does not try it.
+        assert cluster.client() is None and not cluster.connected()
+        from digits.cli import main
+
+        args = ["train", "--model", "cnn", "--preset", "quick", "--train-size", "600"]
+        monkeypatch.setattr(cluster, "RETRY_SECONDS", 0)  # the command line tries
+        assert main([*args, "--max-iter", "1", "--name", "cli-here"]) == 0
+        err = capsys.readouterr().err
+        assert "cannot load digits' training jobs" in err and "Traceback" not in err
+        assert "cli-here" in listed(runs)
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
