@@ -478,11 +478,9 @@ def train_on_worker(settings: dict, ds) -> dict:
         }
 
 
-def _apply(job, wanted: Controls | None, applied: int) -> int:
+def _apply(job, wanted: Controls, applied: int) -> int:
     """Carry out the server's ``wanted`` controls on the worker's ``job``; return
     how many settings are applied now."""
-    if wanted is None:
-        return applied
     if wanted.stop:
         job.stop()
     elif wanted.paused:
