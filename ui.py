@@ -433,17 +433,31 @@ def how_computed(*names: str, note: str | None = None) -> None:
             st.caption(note)
 
 
+# When jobs meant for a Dask cluster train on the server instead (the reason,
+# for whoever runs the cluster, goes in an expander below it).
+TRAINS_HERE = (
+    "The shared training computers (a Dask cluster) cannot take this job now, "
+    "so it trains on this computer instead, which may take longer."
+)
+
+
 def queue_notice(snap: jobs.JobProgress, unit: str, what: str) -> None:
     """Where a job waiting for a training slot (``digits.slots``) stands in line
     and about how long it waits; and why it trains here although a Dask cluster
     was set, or that the cluster started it again (``digits.cluster``)."""
-    if snap.status in ("queued", "running"):
-        fallback = cluster.notice()
+    if not snap.finished:
+        # The job's own reason if it fell back, else the cluster's (one box:
+        # they are often the same words).
+        fallback = getattr(snap, "fallback", None)
+        if fallback is None and snap.status in ("queued", "running"):
+            fallback = cluster.notice()
         if fallback:
-            st.warning(fallback, icon=":material/cloud_off:")
-    notice = getattr(snap, "notice", None)
-    if notice and not snap.finished:
-        st.warning(notice, icon=":material/restart_alt:")
+            st.warning(TRAINS_HERE, icon=":material/cloud_off:")
+            with st.expander("Details for whoever runs the cluster"):
+                st.markdown(fallback)
+        notice = getattr(snap, "notice", None)
+        if notice:
+            st.warning(notice, icon=":material/restart_alt:")
     position = snap.queue_position
     if position is None:
         return

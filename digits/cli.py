@@ -314,9 +314,10 @@ def _train_on_cluster(args, kind, params, dataset, progress, stop) -> store.Run:
         if stop.is_set():
             job.stop()
         snap = job.snapshot()
-        if snap.notice and snap.notice != told:  # e.g. it trains here instead
-            print(snap.notice, file=sys.stderr)
-            told = snap.notice
+        notice = snap.fallback or snap.notice  # it trains here, or started again
+        if notice and notice != told:
+            print(notice, file=sys.stderr)
+            told = notice
         epochs = snap.epochs  # once more after the end: the last ones
         for epoch in range(shown, len(epochs)):
             progress.on_epoch_end(epoch, epochs[epoch])

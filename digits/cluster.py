@@ -335,8 +335,10 @@ def run_remote(
     except DigitsError:
         raise
     except Exception as err:
-        # The worker died too often, or the scheduler went away: not the
-        # user's doing, and nothing of the job reached the runs folder.
+        # The worker died too often, the scheduler went away or could not load
+        # the job: not the user's doing, and nothing reached the runs folder.
+        if _cannot_load(err):
+            raise SchedulerLost(_unusable(dask_client, err)) from None
         log.warning("training job %s on the cluster failed", key, exc_info=True)
         if dask_client.status != "running" or isinstance(err, OSError):
             raise SchedulerLost(
@@ -344,8 +346,6 @@ def run_remote(
                 f"({type(err).__name__}), so this model trains on this machine "
                 "instead, from the start."
             ) from None
-        if _cannot_load(err):
-            raise SchedulerLost(_unusable(dask_client, err)) from None
         raise DigitsError(_lost(err)) from None
     finally:
         if dask_client.status == "running":
@@ -372,13 +372,14 @@ def _unusable(dask_client, err: BaseException) -> str:
     the notice, in words for the user."""
     from digits import __version__
 
-    cause = str(err).strip().splitlines()[0][:200]
+    # Dask's message is several sentences wrapped over lines: its first will do.
+    cause = " ".join(str(err).split()).split(". ")[0].rstrip(".")[:200]
     message = (
         f"The Dask cluster at {address()} cannot load digits' training jobs "
         f"({type(err).__name__}: {cause}), so models train on this machine for "
-        f"now. Its scheduler and every worker need digits {__version__} "
-        f"installed, as this server has it: pip install "
-        f"'digits[cluster]=={__version__}'."
+        f"now. Install digits {__version__}, this server's version, on the "
+        f"scheduler and on every worker: `pip install "
+        f"'digits[cluster]=={__version__}'`."
     )
     with _lock:
         conn = _connection

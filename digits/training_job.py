@@ -88,6 +88,9 @@ class Progress(JobProgress):
     # Something the learner should know that is not an error (a job that started
     # again on another computer of the cluster).
     notice: str | None = None
+    # Why a job meant for the Dask cluster trains here instead, in the words of
+    # whoever runs the cluster (digits.cluster.SchedulerLost); None if it does not.
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,7 @@ class TrainingJob(BackgroundJob):
         self._asked: list[tuple[str, float]] = []  # settings, for a worker
         self._remote: Progress | None = None  # a worker's last snapshot
         self._notice: str | None = None  # for the learner (Progress.notice)
+        self._fallback: str | None = None  # Progress.fallback
         self._wake = threading.Event()  # a control changed: send it to the worker
         self._probe, self._live = probe, live
         self._out: Path | None = None  # the run's folder, on a worker
@@ -414,6 +418,7 @@ class TrainingJob(BackgroundJob):
                 live=s.live,
                 queue_wait=self._queue_wait(),
                 notice=self._notice,
+                fallback=self._fallback,
             )
             if self._remote is not None:
                 return self._on_worker(progress)
@@ -449,7 +454,8 @@ class TrainingJob(BackgroundJob):
                 return self._work_on(dask_client)
             except cluster.SchedulerLost as lost:
                 with self._lock:  # what follows is this machine's progress
-                    self._remote, self._notice = None, str(lost)
+                    self._remote, self._notice = None, None
+                    self._fallback = str(lost)
         run = self._train_and_save()
         with self._lock:
             self._state.run = run

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -24,6 +25,11 @@ from distributed import LocalCluster
 
 from digits import cluster, slots, store
 from digits.training_job import TrainingJob
+
+ROOT = Path(__file__).resolve().parents[1]
+# ui.py (the pages' helper module) sits beside app.py, outside the package.
+sys.path.insert(0, str(ROOT))
+import ui  # noqa: E402
 
 TIMEOUT = 120  # seconds a job may take before a test gives up on it
 SMALL_CNN = {"conv_channels": (8, 16), "kernel_size": 3, "hidden_layer_sizes": (32,)}
@@ -266,18 +272,21 @@ def test_the_experiments_page_s_sweeps_run_on_the_cluster(on, mnist, runs):
     assert any("run_trial" in str(key) or "batch" in str(key) for key in seen), seen
 
 
-def test_the_train_page_trains_on_the_cluster_and_lists_the_run(on, runs):
-    from pathlib import Path
-
+def train_page():
+    """The Train page in an AppTest, set to the quick preset on 1,000 images."""
     from streamlit.testing.v1 import AppTest
 
-    app = str(Path(__file__).resolve().parents[1] / "app.py")
-    at = AppTest.from_file(app, default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.run()
     at.switch_page("pages/train.py")
     at.run()
     at.selectbox(key="train-preset-cnn").set_value("quick").run()
     at.select_slider(key="train-size-mnist").set_value(1000).run()
+    return at
+
+
+def test_the_train_page_trains_on_the_cluster_and_lists_the_run(on, runs):
+    at = train_page()
     next(b for b in at.button if b.label == "Start training").click().run()
     job = at.session_state["training-job"]
     wait_for(lambda: job.snapshot().fraction > 0)  # progress from the worker
@@ -321,8 +330,8 @@ def test_a_job_whose_scheduler_goes_away_trains_here_instead(monkeypatch, mnist,
         wait_for(lambda: job.snapshot().fraction > 0.01)
         assert cluster.connected()
         scheduler.kill()
-        wait_for(lambda: job.snapshot().notice is not None)
-        assert "trains on this machine instead" in job.snapshot().notice
+        wait_for(lambda: job.snapshot().fallback is not None)
+        assert "trains on this machine instead" in job.snapshot().fallback
         wait_for(lambda: job.snapshot().fraction > 0)  # training here
         job.stop()  # Stop works as for any local job
         assert job.join(TIMEOUT)
@@ -367,15 +376,29 @@ def test_a_cluster_without_digits_sends_jobs_back_here_with_a_notice(
         snap = job.snapshot()
         assert snap.status == "done", snap.error
         assert listed(runs) == [snap.run.name]  # trained here instead
-        for told in (snap.notice, cluster.notice()):
+        for told in (snap.fallback, cluster.notice()):
             assert "cannot load digits' training jobs" in told
             assert "train on this machine" in told and "pip install" in told
         # The cluster is set aside for a while: the next job does not try it.
         assert cluster.client() is None and not cluster.connected()
+        # The Train page says so in a learner's words, the details below.
+        monkeypatch.setattr(cluster, "RETRY_SECONDS", 0)  # so that it tries again
+        at = train_page()
+        next(b for b in at.button if b.label == "Start training").click().run()
+        page_job = at.session_state["training-job"]
+        page_job.pause()  # held here, before its first batch, while we look
+        wait_for(lambda: page_job.snapshot().paused)
+        at.run()
+        warnings = [w.value for w in at.warning]
+        assert ui.TRAINS_HERE in warnings
+        assert not any("cannot load" in w for w in warnings)  # once, in details
+        [details] = [e for e in at.expander if "whoever runs the cluster" in e.label]
+        assert "cannot load digits' training jobs" in details.markdown[0].value
+        page_job.stop()
+        assert page_job.join(TIMEOUT)
         from digits.cli import main
 
         args = ["train", "--model", "cnn", "--preset", "quick", "--train-size", "600"]
-        monkeypatch.setattr(cluster, "RETRY_SECONDS", 0)  # the command line tries
         assert main([*args, "--max-iter", "1", "--name", "cli-here"]) == 0
         err = capsys.readouterr().err
         assert "cannot load digits' training jobs" in err and "Traceback" not in err
