@@ -56,6 +56,10 @@ def test_polish_learns_from_the_training_split_only_and_leaves_the_model(
     # Epochs numbered after the model's own, marked, scored on validation.
     assert [row["epoch"] for row in history] == [2.0, 3.0]
     assert all(row["polish"] == 1.0 for row in history)
+    # The same figures as the epochs of a model trained with validation images
+    # (the shipped CNN's first), which Evaluate's curves read.
+    shipped = store.open_run("default-cnn").meta["history"][0]
+    assert set(history[0]) == set(shipped) | {"polish"}
     x_val, y_val = small.x_train[split.validation], small.y_train[split.validation]
     assert history[-1]["val_accuracy"] == (polished.predict(x_val) == y_val).mean()
     assert polished.history_[-2:] == history and len(polished.history_) == 3
