@@ -119,6 +119,11 @@ def polish(
     return twin, history
 
 
+def polish_epochs(history: list[dict]) -> list[int]:
+    """The epochs (numbered from 1) of a run's ``history`` that were polish."""
+    return [i for i, row in enumerate(history, 1) if row.get("polish")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m digits.polish", description=__doc__.split("\n\n")[0]

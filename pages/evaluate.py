@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from digits import data, figures, handwriting, metrics, teach
+from digits import data, figures, handwriting, metrics, polish, teach
 from digits.errors import DigitsError
 
 MAX_GALLERY = 60  # images in one gallery (a confusion cell, a disagreement)
@@ -405,6 +405,19 @@ def curves_tab(chosen: list[str]) -> None:
         "that opens between the two means the model memorises its training "
         "images instead of learning what generalises.",
     )
+    for run in picked:
+        if epochs := polish.polish_epochs(run.meta.get("history") or []):
+            which = (
+                f"epoch {epochs[0]} is"
+                if len(epochs) == 1
+                else f"epochs {epochs[0]}-{epochs[-1]} are"
+            )
+            st.caption(
+                f"**{run.name}**: {which} a short polish on the training images "
+                "as written, without the warps of the epochs before, so its "
+                "training curves jump there; the validation curve shows what it "
+                "gained."
+            )
 
 
 def taught_note(left_out: int, n: int) -> None:
