@@ -115,7 +115,7 @@ def client():
             resting = time.monotonic() - conn.failed_at < RETRY_SECONDS
             if conn.client is not None:
                 if conn.client.status == "running":
-                    if resting:  # its workers could not run a job (_unusable)
+                    if resting:  # it could not load a job (_unusable)
                         return None
                     conn.notice = None  # tried again
                     return conn.client
@@ -259,7 +259,7 @@ def _dataset(ds):
 
 
 class SchedulerLost(DigitsError):
-    """The scheduler went away while a job ran there, or its workers cannot run
+    """The scheduler went away while a job ran there, or the cluster cannot load
     digits' jobs at all (the job may train here)."""
 
 
