@@ -221,6 +221,11 @@ def test_filters_and_gallery_images_are_large_at_1024(server, page):
     page.set_viewport_size(SMALLEST)
     open_page(page, f"{server.url}/inspect", "Inspect")
     choose(page, "Model", "default-cnn")
+    # Until the default CNN's 32 first-layer filters are drawn: the model shown
+    # before it (another test's run with 8) can still be on the page for a moment.
+    page.wait_for_function(
+        f"() => ({KERNEL_SIDES})('f-conv1')?.length === 32", timeout=PAGE_MS
+    )
     page.wait_for_function(KERNEL_SIDES, arg="f-conv2", timeout=PAGE_MS)
     conv2 = page.evaluate(KERNEL_SIDES, "f-conv2")
     assert len(conv2) == 8  # the eight strongest filters, not 2,048 kernels
