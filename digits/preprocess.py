@@ -767,6 +767,20 @@ def _clean(gray: np.ndarray) -> np.ndarray:
     return np.clip(_thicken(ink, mask), 0, 1)
 
 
+def _fit_followed_the_ink(gray: np.ndarray) -> bool:
+    """True if the lighting fit rose over halfway from the paper to the ink.
+
+    gray : (H, W) float, white ink. A bold digit cropped tight can fill so much
+    of its image that the fit takes the middle of its strokes for background and
+    `_clean` wipes it out, and what is left may no longer reach the edges.
+    Shadows, gradients and squared paper stay well below the ink; only the
+    digit itself brings the fit that close to it.
+    """
+    surface = _background(gray)
+    paper, peak = np.percentile(gray, [5, 99.5])
+    return float(np.max(surface)) > (paper + peak) / 2
+
+
 def _clean_to_the_edges(gray: np.ndarray) -> np.ndarray:
     """`_clean`, on a margin of paper restored if the ink reaches an edge.
 
@@ -781,7 +795,7 @@ def _clean_to_the_edges(gray: np.ndarray) -> np.ndarray:
     """
     cleaned = _clean(gray)
     edges = (cleaned[0], cleaned[-1], cleaned[:, 0], cleaned[:, -1])
-    if not any(edge.any() for edge in edges):
+    if not any(edge.any() for edge in edges) and not _fit_followed_the_ink(gray):
         return cleaned
     rim = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     paper = float(np.percentile(rim, 100 * PAPER_SHARE))
