@@ -10,9 +10,12 @@ under a second.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
+import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from digits import cli, experiments, registry, slots, store
 from digits.data import load_dataset
 from digits.errors import ConfigError, DataError
 from digits.experiments import timing
+from digits.experiments.trial import PROGRESS_PREFIX
 
 TINY = {"max_iter": 1, "batch_size": 32}
 GRID = {"conv_channels": [(), (2,)], "hidden_layer_sizes": [(8,)]}
@@ -294,6 +298,38 @@ def test_stopping_keeps_finished_trials_and_a_second_run_resumes(runs, small):
     second = experiments.run_sweep(sweep, small, n_jobs=1)
     assert (second.ran, second.skipped, second.stopped) == (3, 1, 0)
     assert saved_runs(runs) == sorted(t.run_name for t in sweep.trials)
+
+
+def test_progress_is_read_while_runs_come_and_go(runs):
+    """The Experiments page reads every run's progress while those runs end and
+    remove their control folders; a folder gone between listing and reading it
+    once crashed the page (FileNotFoundError in CI)."""
+    sweep = tiny_sweep()
+    root = sweep.folder / experiments.CONTROL_DIR
+    steady = root / "host-1-steady"
+    steady.mkdir(parents=True)
+    (steady / f"{PROGRESS_PREFIX}kept").write_text("0.5 training")
+    done = threading.Event()
+
+    def come_and_go():
+        for turn in itertools.count():
+            if done.is_set():
+                return
+            control = root / f"host-2-{turn}"
+            control.mkdir()
+            (control / f"{PROGRESS_PREFIX}t{turn}").write_text("0.1 training")
+            shutil.rmtree(control)
+
+    churn = threading.Thread(target=come_and_go)
+    churn.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            progress = experiments.trial_progress(sweep)
+            assert progress["kept"] == (0.5, "training")
+    finally:
+        done.set()
+        churn.join()
 
 
 def test_stopping_worker_processes_mid_trial(runs, small):

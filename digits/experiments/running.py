@@ -314,14 +314,24 @@ def _start_control(sweep: Sweep) -> Path:
 def trial_progress(sweep: Sweep) -> dict[str, tuple[float, str]]:
     """Trial key -> (fraction of its epochs done, phase: "training" or "scoring"
     the test set), for the trials running now."""
-    root = sweep.folder / CONTROL_DIR
     found = {}
     # Every run's control folder: another process's trials of this sweep too.
-    for path in root.glob(f"*/{PROGRESS_PREFIX}*") if root.is_dir() else ():
-        if path.suffix == ".tmp":
-            continue
-        # Bounded, as anything read from a folder others can write to.
-        with contextlib.suppress(OSError, ValueError):
-            fraction, phase = files.read_bounded(path, 64).decode().split()
-            found[path.name.removeprefix(PROGRESS_PREFIX)] = (float(fraction), phase)
+    # Each may be removed at any moment, as its run ends.
+    for control in _entries(sweep.folder / CONTROL_DIR):
+        for path in _entries(control):
+            if not path.name.startswith(PROGRESS_PREFIX) or path.suffix == ".tmp":
+                continue
+            # Bounded, as anything read from a folder others can write to.
+            with contextlib.suppress(OSError, ValueError):
+                fraction, phase = files.read_bounded(path, 64).decode().split()
+                key = path.name.removeprefix(PROGRESS_PREFIX)
+                found[key] = (float(fraction), phase)
     return found
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What a folder holds; nothing if it is missing or was just removed."""
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
