@@ -788,8 +788,9 @@ def _clean_to_the_edges(gray: np.ndarray) -> np.ndarray:
     The lighting fit, the noise floor and the threshold all measure the
     background around the digit; a digit cropped tight to its ink, or
     stretched to fill its image, leaves too little of it (a narrow 1 may be
-    nearly all ink). If the cleaned ink touches an edge, the image is cleaned
-    again inside a margin of `MARGIN` x its longer side, at the level of the
+    nearly all ink). If the cleaned ink touches an edge, or the lighting fit
+    rose toward the ink (`_fit_followed_the_ink`), the image is cleaned again
+    inside a margin of `MARGIN` x its longer side, at the level of the
     darkest `PAPER_SHARE` of its edge pixels (the paper, where any shows), and
     the margin cut off again.
     """
