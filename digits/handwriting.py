@@ -149,8 +149,7 @@ class HandwritingStore:
             problems = [row[0] for row in con.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
                 raise sqlite3.DatabaseError("; ".join(problems[:3]))
-        if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            con.execute("PRAGMA journal_mode = WAL")
+        _use_wal(con)
         if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             con.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
         self._checked = True
@@ -335,6 +334,29 @@ class HandwritingStore:
         for label, image in zip(saved.labels, saved.images, strict=True):
             writer.writerow([int(label), *image.ravel().tolist()])
         return text.getvalue().encode()
+
+
+def _use_wal(con: sqlite3.Connection) -> None:
+    """Switch the file to write-ahead logging, so readers never wait for writers.
+
+    The switch needs the file to itself, and SQLite answers "database is locked"
+    at once, without its busy timeout, if another connection is opening the
+    same new file (two sessions saving their first drawings): so wait here, up
+    to `BUSY_TIMEOUT_S`, as a write would. Once one of them has switched, the
+    file stays in WAL mode.
+    """
+    if con.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            # A file system without WAL keeps its mode and says so: used as is.
+            con.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if _code(err) != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _code(err: sqlite3.Error) -> int | None:
