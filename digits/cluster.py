@@ -27,7 +27,9 @@ Faults: if a worker dies mid-job, Dask runs the job again on another worker (its
 new attempt's progress from the start. If the scheduler cannot be reached, or
 cannot load a job (digits missing there, or another version),
 ``client()`` returns None with a notice (``notice()``) and training falls back to
-this machine; it tries the cluster again after ``RETRY_SECONDS``.
+this machine; it tries the cluster again after ``RETRY_SECONDS``. So does a job
+on a cluster left with no workers for ``NO_WORKERS_SECONDS`` (a worker without
+digits closes itself when given a job).
 
 Trust: Dask's protocol pickles what it sends, so the scheduler and workers must
 be trusted machines on a private network (or use Dask's TLS; see the README).
@@ -61,6 +63,10 @@ CONNECT_SECONDS = 5  # to wait for the scheduler before training here instead
 RETRY_SECONDS = 30  # after a failed connection, before trying again
 REPORT_SECONDS = 0.25  # how often a worker publishes progress and reads controls
 CAPACITY_SECONDS = 2.0  # how long the count of worker threads is trusted
+# A job waits this long on a cluster with no workers before it trains here: a
+# worker restarted by its nanny is back within seconds, but one that cannot
+# load digits' jobs (digits missing on its machine) closes itself for good.
+NO_WORKERS_SECONDS = 30.0
 
 
 def address() -> str | None:
@@ -259,8 +265,8 @@ def _dataset(ds):
 
 
 class SchedulerLost(DigitsError):
-    """The scheduler went away while a job ran there, or the cluster cannot load
-    digits' jobs at all (the job may train here)."""
+    """The scheduler went away while a job ran there, the cluster cannot load
+    digits' jobs at all, or it has no workers (the job may train here)."""
 
 
 @dataclass
@@ -314,7 +320,15 @@ def run_remote(
             key=key,
             pure=False,
         )
+        workers_seen = time.monotonic()  # when the cluster last had a worker
+        counted = 0.0
         while not future.done():
+            if time.monotonic() - counted > CAPACITY_SECONDS:
+                counted = time.monotonic()
+                if _has_workers(dask_client):
+                    workers_seen = counted
+                elif counted - workers_seen > NO_WORKERS_SECONDS:
+                    raise SchedulerLost(_no_workers(dask_client))
             wanted = controls()
             if wanted != sent:
                 if wanted.stop and not (sent and sent.stop):
@@ -359,6 +373,15 @@ def run_remote(
                     log.debug("could not delete %s", variable.name, exc_info=True)
 
 
+def _has_workers(dask_client) -> bool:
+    """Whether the cluster has a worker now (True if the scheduler cannot say:
+    losing it is handled apart)."""
+    try:
+        return _count_threads(dask_client) > 0
+    except DigitsError:
+        return True
+
+
 def _cannot_load(err: BaseException) -> bool:
     """Whether a job failed because the cluster could not load it: digits (or a
     library it pickles) is missing on the scheduler, or at another version
@@ -381,6 +404,26 @@ def _unusable(dask_client, err: BaseException) -> str:
         f"scheduler and on every worker: `pip install "
         f"'digits[cluster]=={__version__}'`."
     )
+    return _set_aside(dask_client, message)
+
+
+def _no_workers(dask_client) -> str:
+    """Set the cluster aside, as `_unusable`, because it has had no workers for
+    ``NO_WORKERS_SECONDS``; the notice, in words for the user."""
+    from digits import __version__
+
+    return _set_aside(
+        dask_client,
+        f"The Dask cluster at {address()} has had no workers for "
+        f"{NO_WORKERS_SECONDS:.0f} s, so this model trains on this machine "
+        "instead, from the start. Start `dask worker` on the training computers; "
+        "a worker that closes as soon as it is given a job most likely lacks "
+        f"digits: `pip install 'digits[cluster]=={__version__}'` there.",
+    )
+
+
+def _set_aside(dask_client, message: str) -> str:
+    """Jobs train here for ``RETRY_SECONDS``, with ``message`` as the notice."""
     with _lock:
         conn = _connection
         if conn is not None and conn.client is dask_client:

@@ -344,6 +344,43 @@ def test_a_job_whose_scheduler_goes_away_trains_here_instead(monkeypatch, mnist,
     assert listed(runs) == [snap.run.name]
 
 
+def test_a_cluster_whose_only_worker_lacks_digits_sends_the_job_back_here(
+    monkeypatch, mnist, runs, tmp_path
+):
+    """A worker machine without digits: its worker cannot unpickle the job and
+    closes itself (its nanny with it), leaving the cluster with no workers. The
+    job does not wait for one forever: it trains here, with the reason."""
+    shadow = tmp_path / "no-digits" / "digits"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("no digits here")\n')
+    address, port = free_address()
+    scheduler = start_scheduler(port)
+    worker = subprocess.Popen(
+        ["dask", "worker", address, "--nthreads", "1", *LOCAL],
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(shadow.parent)},
+        cwd=tmp_path,
+    )
+    try:
+        monkeypatch.setenv(cluster.SCHEDULER_ENV, address)
+        monkeypatch.setattr(cluster, "CONNECT_SECONDS", 30)  # while it starts
+        monkeypatch.setattr(cluster, "NO_WORKERS_SECONDS", 3.0)
+        wait_for(lambda: cluster.client() is not None and cluster.capacity() == 1)
+        job = TrainingJob("cnn", mnist, {**SMALL_CNN, "max_iter": 1}, train_size=600)
+        assert job.start().join(TIMEOUT)
+        assert worker.wait(TIMEOUT) is not None  # the worker did close itself
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
+    snap = job.snapshot()
+    assert snap.status == "done", snap.error
+    assert listed(runs) == [snap.run.name]  # trained here
+    assert "has had no workers" in snap.fallback and "pip install" in snap.fallback
+    assert cluster.notice() == snap.fallback  # set aside: the next job trains here
+    assert not cluster.connected()
+
+
 # A scheduler on which ``import digits`` fails, as on a machine where the
 # teacher forgot to install it: Dask's scheduler unpickles each task it is sent.
 WITHOUT_DIGITS = """
