@@ -212,13 +212,20 @@ def capacity() -> int:
         conn = _connection
         if conn is None or conn.client is None:
             return slots.default_capacity()
-        counted, threads = conn.threads
-        if time.monotonic() - counted > CAPACITY_SECONDS and not conn.counting:
-            conn.counting = True
-            threading.Thread(
-                target=_recount, args=(conn,), name="digits-cluster-count", daemon=True
-            ).start()
+        threads = _counted(conn)
     return max(1, threads)
+
+
+def _counted(conn: _Connection) -> int:
+    """The cluster's worker threads as last counted; recounted in the background
+    when the count is older than ``CAPACITY_SECONDS``. Call under ``_lock``."""
+    counted, threads = conn.threads
+    if time.monotonic() - counted > CAPACITY_SECONDS and not conn.counting:
+        conn.counting = True
+        threading.Thread(
+            target=_recount, args=(conn,), name="digits-cluster-count", daemon=True
+        ).start()
+    return threads
 
 
 def _recount(conn: _Connection) -> None:
@@ -321,14 +328,11 @@ def run_remote(
             pure=False,
         )
         workers_seen = time.monotonic()  # when the cluster last had a worker
-        counted = 0.0
         while not future.done():
-            if time.monotonic() - counted > CAPACITY_SECONDS:
-                counted = time.monotonic()
-                if _has_workers(dask_client):
-                    workers_seen = counted
-                elif counted - workers_seen > NO_WORKERS_SECONDS:
-                    raise SchedulerLost(_no_workers(dask_client))
+            if _has_workers(dask_client):
+                workers_seen = time.monotonic()
+            elif time.monotonic() - workers_seen > NO_WORKERS_SECONDS:
+                raise SchedulerLost(_no_workers(dask_client))
             wanted = controls()
             if wanted != sent:
                 if wanted.stop and not (sent and sent.stop):
@@ -374,12 +378,14 @@ def run_remote(
 
 
 def _has_workers(dask_client) -> bool:
-    """Whether the cluster has a worker now (True if the scheduler cannot say:
-    losing it is handled apart)."""
-    try:
-        return _count_threads(dask_client) > 0
-    except DigitsError:
-        return True
+    """Whether the cluster had a worker at its last count (the one `capacity`
+    keeps; True for a client that is not the connection's, whose count is
+    not kept)."""
+    with _lock:
+        conn = _connection
+        if conn is None or conn.client is not dask_client:
+            return True
+        return _counted(conn) > 0
 
 
 def _cannot_load(err: BaseException) -> bool:

@@ -732,13 +732,18 @@ def _thicken(ink: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return ink
 
 
-def _clean(gray: np.ndarray) -> np.ndarray:
+def _clean(
+    gray: np.ndarray, background: np.ndarray | float | None = None
+) -> np.ndarray:
     """White ink on a black background, everything else removed.
 
-    gray : (H, W) float32 in 0..1, white ink. Returns (H, W) float in 0..1.
+    gray : (H, W) float32 in 0..1, white ink; background : its `_background`,
+    if already fitted. Returns (H, W) float in 0..1.
     Raises NoDigitFound if there is no ink.
     """
-    ink = np.clip(gray - _background(gray), 0, None)
+    if background is None:
+        background = _background(gray)
+    ink = np.clip(gray - background, 0, None)
     smooth = ndimage.gaussian_filter(ink, SMOOTH_SIGMA)
     if smooth.max() < MIN_CONTRAST:
         raise NoDigitFound(
@@ -767,18 +772,18 @@ def _clean(gray: np.ndarray) -> np.ndarray:
     return np.clip(_thicken(ink, mask), 0, 1)
 
 
-def _fit_followed_the_ink(gray: np.ndarray) -> bool:
+def _fit_followed_the_ink(gray: np.ndarray, background: np.ndarray | float) -> bool:
     """True if the lighting fit rose over halfway from the paper to the ink.
 
-    gray : (H, W) float, white ink. A bold digit cropped tight can fill so much
-    of its image that the fit takes the middle of its strokes for background and
-    `_clean` wipes it out, and what is left may no longer reach the edges.
+    gray : (H, W) float, white ink; background : its `_background`. A bold
+    digit cropped tight can fill so much of its image that the fit takes the
+    middle of its strokes for background and `_clean` wipes it out, and what is
+    left may no longer reach the edges.
     Shadows, gradients and squared paper stay well below the ink; only the
     digit itself brings the fit that close to it.
     """
-    surface = _background(gray)
     paper, peak = np.percentile(gray, [5, 99.5])
-    return float(np.max(surface)) > (paper + peak) / 2
+    return float(np.max(background)) > (paper + peak) / 2
 
 
 def _clean_to_the_edges(gray: np.ndarray) -> np.ndarray:
@@ -794,9 +799,12 @@ def _clean_to_the_edges(gray: np.ndarray) -> np.ndarray:
     darkest `PAPER_SHARE` of its edge pixels (the paper, where any shows), and
     the margin cut off again.
     """
-    cleaned = _clean(gray)
+    background = _background(gray)
+    cleaned = _clean(gray, background)
     edges = (cleaned[0], cleaned[-1], cleaned[:, 0], cleaned[:, -1])
-    if not any(edge.any() for edge in edges) and not _fit_followed_the_ink(gray):
+    if not any(edge.any() for edge in edges) and not _fit_followed_the_ink(
+        gray, background
+    ):
         return cleaned
     rim = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     paper = float(np.percentile(rim, 100 * PAPER_SHARE))
